@@ -1,0 +1,600 @@
+//! From the command line's option strings to a [`VmConfig`].
+//!
+//! Each config part has a `parse` function taking the option string of its flag (`--cpus`,
+//! `--disk`, …) with Cloud Hypervisor's keys and defaults; the remote client uses the same
+//! functions for `add-disk` and `add-net`. [`VmConfig::from_params`] puts the flags together and
+//! names the flag in every error.
+
+use std::path::PathBuf;
+
+use thiserror::Error;
+
+use crate::option_parser::{parse_int, OptionError, OptionParser, Options, ValueError};
+use crate::validate::*;
+use crate::vm::*;
+
+/// Default of `--serial` on Palisade's command line.
+pub const DEFAULT_SERIAL_PARAM: &str = "tty";
+/// Default of `--console` on Palisade's command line (`off` until Palisade has a virtio
+/// console).
+pub const DEFAULT_CONSOLE_PARAM: &str = "off";
+/// Default of `--cpus`.
+pub const DEFAULT_CPUS_PARAM: &str = "boot=1";
+/// Default of `--memory`.
+pub const DEFAULT_MEMORY_PARAM: &str = "size=512M";
+/// Default of `--rng`.
+pub const DEFAULT_RNG_PARAM: &str = "src=/dev/urandom";
+
+/// Parses an integer value of `key`, giving the error Palisade prints for it.
+fn int_value(key: &str, value: &str) -> Result<u64, OptionError> {
+    parse_int::<u64>(value).map_err(|e| match e {
+        ValueError::OutOfRange { .. } if value.starts_with('-') => {
+            OptionError::invalid(key, value, "must not be negative")
+        }
+        ValueError::OutOfRange { .. } => OptionError::invalid(key, value, "too large"),
+        e => OptionError::invalid(key, value, e),
+    })
+}
+
+/// Integer `key` of `options`, checked by `check`.
+fn checked_int(
+    options: &Options,
+    key: &str,
+    check: impl FnOnce(u64) -> Result<(), String>,
+) -> Result<Option<u64>, OptionError> {
+    match options.get(key) {
+        None => Ok(None),
+        Some(value) => {
+            let n = int_value(key, value)?;
+            check(n).map_err(|reason| OptionError::invalid(key, value, reason))?;
+            Ok(Some(n))
+        }
+    }
+}
+
+/// A boolean `key` that Palisade only accepts at `off`.
+fn off_only(options: &Options, key: &str) -> Result<(), OptionError> {
+    if options.get_bool(key)? == Some(true) {
+        let value = options.get(key).unwrap_or("on");
+        return Err(OptionError::invalid(
+            key,
+            value,
+            "not supported by Palisade (use off)",
+        ));
+    }
+    Ok(())
+}
+
+/// Narrows an integer already checked to fit.
+fn narrow<T: TryFrom<u64>>(key: &str, n: u64) -> Result<T, OptionError> {
+    T::try_from(n).map_err(|_| OptionError::invalid(key, &n.to_string(), "out of range"))
+}
+
+impl CpusConfig {
+    /// Keys of `--cpus`.
+    pub const KEYS: &'static [&'static str] = &["boot", "max", "kvm_hyperv", "max_phys_bits"];
+
+    /// Parses `--cpus boot=N[,max=M][,kvm_hyperv=off][,max_phys_bits=B]`: `boot` defaults to 1,
+    /// `max` to `boot`; 1 ≤ boot ≤ max ≤ 254.
+    pub fn parse(input: &str) -> Result<Self, OptionError> {
+        let o = OptionParser::new(Self::KEYS).parse(input)?;
+        let boot = checked_int(&o, "boot", check_boot_vcpus)?.unwrap_or(1);
+        let max = checked_int(&o, "max", |max| check_max_vcpus(boot, max))?.unwrap_or(boot);
+        off_only(&o, "kvm_hyperv")?;
+        let bits = checked_int(&o, "max_phys_bits", check_max_phys_bits)?
+            .unwrap_or(u64::from(DEFAULT_MAX_PHYS_BITS));
+        Ok(CpusConfig {
+            max_phys_bits: narrow("max_phys_bits", bits)?,
+            ..CpusConfig::new(narrow("boot", boot)?, narrow("max", max)?)
+        })
+    }
+}
+
+impl MemoryConfig {
+    /// Keys of `--memory`.
+    pub const KEYS: &'static [&'static str] = &["size", "shared", "hugepages", "mergeable"];
+
+    /// Parses `--memory size=SIZE[,shared=off][,hugepages=off][,mergeable=off]`: the size takes
+    /// a K/M/G/T suffix, defaults to 512M, and must be a multiple of 4 KiB between 1 MiB and
+    /// 1 TiB; `shared`, `hugepages` and `mergeable` are accepted at `off` only.
+    pub fn parse(input: &str) -> Result<Self, OptionError> {
+        let o = OptionParser::new(Self::KEYS).parse(input)?;
+        let size = o.get_size("size")?.unwrap_or(DEFAULT_MEMORY_SIZE);
+        if let Some(value) = o.get("size") {
+            check_memory_size(size).map_err(|r| OptionError::invalid("size", value, r))?;
+        }
+        for key in ["shared", "hugepages", "mergeable"] {
+            off_only(&o, key)?;
+        }
+        Ok(MemoryConfig::with_size(size))
+    }
+}
+
+impl ConsoleConfig {
+    /// Keys of `--serial` and `--console` besides the bare modes.
+    pub const KEYS: &'static [&'static str] = &["file", "socket"];
+
+    /// Parses `--serial` or `--console`: `off`, `null`, `tty`, `pty`, `file=PATH` or
+    /// `socket=PATH` (the last parses, but [`VmConfig::validate`] refuses it).
+    pub fn parse(input: &str) -> Result<Self, OptionError> {
+        const USAGE: &str = "use off, null, tty, pty, file=PATH or socket=PATH";
+        let mode = match input.trim() {
+            "off" => Some(ConsoleOutputMode::Off),
+            "null" => Some(ConsoleOutputMode::Null),
+            "tty" => Some(ConsoleOutputMode::Tty),
+            "pty" => Some(ConsoleOutputMode::Pty),
+            "" => return Err(OptionError::Invalid(format!("empty value: {USAGE}"))),
+            _ => None,
+        };
+        if let Some(mode) = mode {
+            return Ok(ConsoleConfig::with_mode(mode));
+        }
+        if !input.contains('=') {
+            return Err(OptionError::Invalid(format!(
+                "{input}: unknown mode: {USAGE}"
+            )));
+        }
+        let o = OptionParser::new(Self::KEYS).parse(input)?;
+        match (o.get("file"), o.get("socket")) {
+            (Some(_), Some(_)) => Err(OptionError::Invalid(format!(
+                "file and socket cannot both be given: {USAGE}"
+            ))),
+            (Some(_), None) => Ok(ConsoleConfig::with_file(o.require("file")?)),
+            (None, Some(_)) => Ok(ConsoleConfig {
+                socket: Some(PathBuf::from(o.require("socket")?)),
+                ..ConsoleConfig::with_mode(ConsoleOutputMode::Socket)
+            }),
+            (None, None) => Err(OptionError::Invalid(format!("empty value: {USAGE}"))),
+        }
+    }
+}
+
+impl DiskConfig {
+    /// Keys of `--disk`.
+    pub const KEYS: &'static [&'static str] = &[
+        "path",
+        "readonly",
+        "direct",
+        "id",
+        "num_queues",
+        "queue_size",
+        "serial",
+    ];
+
+    /// Parses one `--disk path=P[,readonly=on|off][,direct=on|off][,id=ID][,num_queues=N]
+    /// [,queue_size=N][,serial=S]` (also `add-disk`): `path` is required, `num_queues` ≥ 1,
+    /// `queue_size` a power of two up to 32768.
+    pub fn parse(input: &str) -> Result<Self, OptionError> {
+        let o = OptionParser::new(Self::KEYS).parse(input)?;
+        let path = o.require("path")?;
+        let num_queues = checked_int(&o, "num_queues", check_disk_num_queues)?
+            .unwrap_or(u64::from(DEFAULT_DISK_NUM_QUEUES));
+        let queue_size = checked_int(&o, "queue_size", check_queue_size)?
+            .unwrap_or(u64::from(DEFAULT_DISK_QUEUE_SIZE));
+        Ok(DiskConfig {
+            readonly: o.get_bool("readonly")?.unwrap_or(false),
+            direct: o.get_bool("direct")?.unwrap_or(false),
+            num_queues: narrow("num_queues", num_queues)?,
+            queue_size: narrow("queue_size", queue_size)?,
+            id: o.get_nonempty("id")?.map(str::to_string),
+            serial: o.get_nonempty("serial")?.map(str::to_string),
+            ..DiskConfig::with_path(path)
+        })
+    }
+}
+
+impl NetConfig {
+    /// Keys of `--net`.
+    pub const KEYS: &'static [&'static str] = &[
+        "tap",
+        "mac",
+        "ip",
+        "mask",
+        "id",
+        "num_queues",
+        "queue_size",
+        "fd",
+    ];
+
+    /// Parses one `--net tap=NAME,mac=MAC,ip=IP,mask=MASK[,id=ID][,num_queues=N]
+    /// [,queue_size=N][,fd=[a,b]|fd=a]` (also `add-net`). An empty value (`tap=,mac=`) means
+    /// the key was not given. `num_queues` is even and ≥ 2, and defaults to twice the number of
+    /// `fd`s when those are given; `tap` and `fd` exclude each other.
+    pub fn parse(input: &str) -> Result<Self, OptionError> {
+        let o = OptionParser::new(Self::KEYS).parse(input)?;
+        let text = |key: &str| o.get_or_empty(key).map(str::to_string);
+        let checked = |key: &str, check: fn(&str) -> Result<(), String>| match o.get_or_empty(key) {
+            None => Ok(None),
+            Some(v) => check(v)
+                .map(|()| Some(v.to_string()))
+                .map_err(|r| OptionError::invalid(key, v, r)),
+        };
+        let mac = checked("mac", check_mac)?;
+        let ip = checked("ip", |v| check_ipv4(v).map(|_| ()))?;
+        let mask = checked("mask", check_netmask)?;
+        let fds = match o.get_or_empty("fd") {
+            None => None,
+            Some(value) => {
+                let fds = o.get_list::<i32>("fd")?.unwrap_or_default();
+                for fd in &fds {
+                    check_fd(*fd).map_err(|r| OptionError::invalid("fd", value, r))?;
+                }
+                Some(fds)
+            }
+        };
+        let tap = text("tap");
+        if tap.is_some() && fds.is_some() {
+            return Err(OptionError::Invalid(
+                "tap and fd cannot both be given: give one of them".into(),
+            ));
+        }
+        let num_queues = match o.get_or_empty("num_queues") {
+            Some(value) => {
+                let n = int_value("num_queues", value)?;
+                check_net_num_queues(n)
+                    .map_err(|r| OptionError::invalid("num_queues", value, r))?;
+                if let Some(fds) = &fds {
+                    if n != 2 * fds.len() as u64 {
+                        return Err(OptionError::invalid(
+                            "num_queues",
+                            value,
+                            format!(
+                                "{} fd(s) need num_queues={} (two queues per tap file descriptor)",
+                                fds.len(),
+                                2 * fds.len()
+                            ),
+                        ));
+                    }
+                }
+                n
+            }
+            None => match &fds {
+                Some(fds) => {
+                    let n = 2 * fds.len() as u64;
+                    let shown = o.get("fd").unwrap_or_default();
+                    check_net_num_queues(n).map_err(|r| OptionError::invalid("fd", shown, r))?;
+                    n
+                }
+                None => u64::from(DEFAULT_NET_NUM_QUEUES),
+            },
+        };
+        let queue_size = match o.get_or_empty("queue_size") {
+            Some(value) => {
+                let n = int_value("queue_size", value)?;
+                check_queue_size(n).map_err(|r| OptionError::invalid("queue_size", value, r))?;
+                n
+            }
+            None => u64::from(DEFAULT_NET_QUEUE_SIZE),
+        };
+        Ok(NetConfig {
+            tap,
+            ip,
+            mask,
+            mac,
+            num_queues: narrow("num_queues", num_queues)?,
+            queue_size: narrow("queue_size", queue_size)?,
+            id: text("id"),
+            fds,
+            ..NetConfig::default()
+        })
+    }
+}
+
+impl RngConfig {
+    /// Keys of `--rng`.
+    pub const KEYS: &'static [&'static str] = &["src"];
+
+    /// Parses `--rng src=PATH` (default `/dev/urandom`).
+    pub fn parse(input: &str) -> Result<Self, OptionError> {
+        let o = OptionParser::new(Self::KEYS).parse(input)?;
+        Ok(RngConfig::with_src(
+            o.get_nonempty("src")?.unwrap_or(DEFAULT_RNG_SOURCE),
+        ))
+    }
+}
+
+impl LandlockConfig {
+    /// Keys of `--landlock-rules`.
+    pub const KEYS: &'static [&'static str] = &["path", "access"];
+
+    /// Parses one `--landlock-rules path=P,access=r|w|rw` rule. Whether the path exists is
+    /// checked by [`VmConfig::validate`] (and [`VmConfig::from_params`]), not here.
+    pub fn parse(input: &str) -> Result<Self, OptionError> {
+        let o = OptionParser::new(Self::KEYS).parse(input)?;
+        let path = o.require("path")?;
+        let access = o.require("access")?;
+        check_landlock_access(access)
+            .map_err(|_| OptionError::invalid("access", access, "must be r, w or rw"))?;
+        Ok(LandlockConfig {
+            path: PathBuf::from(path),
+            access: access.to_string(),
+        })
+    }
+}
+
+/// Where the REST API listens.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ApiSocketConfig {
+    /// A Unix socket to create at this path.
+    Path(PathBuf),
+    /// An already bound and listening Unix socket, inherited as this file descriptor.
+    Fd(i32),
+}
+
+impl ApiSocketConfig {
+    /// Keys of `--api-socket`.
+    pub const KEYS: &'static [&'static str] = &["path", "fd"];
+
+    /// Parses `--api-socket`: `path=P`, `fd=N`, or a bare path `P` (one without `=`; write
+    /// `path="..."` for a path that holds `=` or `,`).
+    pub fn parse(input: &str) -> Result<Self, OptionError> {
+        if input.trim().is_empty() {
+            return Err(OptionError::Invalid(
+                "empty value: give path=PATH, fd=N or a path".into(),
+            ));
+        }
+        if !input.contains('=') {
+            return Ok(ApiSocketConfig::Path(PathBuf::from(input)));
+        }
+        let o = OptionParser::new(Self::KEYS).parse(input)?;
+        match (o.get("path"), o.get("fd")) {
+            (Some(_), Some(_)) => Err(OptionError::Invalid(
+                "path and fd cannot both be given: give one of them".into(),
+            )),
+            (Some(_), None) => Ok(ApiSocketConfig::Path(PathBuf::from(o.require("path")?))),
+            (None, Some(value)) => {
+                let fd = o.get_int::<i32>("fd")?.unwrap_or(-1);
+                check_fd(fd).map_err(|r| OptionError::invalid("fd", value, r))?;
+                Ok(ApiSocketConfig::Fd(fd))
+            }
+            (None, None) => Err(OptionError::Invalid(
+                "empty value: give path=PATH, fd=N or a path".into(),
+            )),
+        }
+    }
+}
+
+/// The raw values of the VM flags of Palisade's command line, as clap collects them. `None`
+/// (or an empty list) means the flag was not given.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct VmParams {
+    /// `--kernel PATH`.
+    pub kernel: Option<String>,
+    /// `--firmware PATH` (refused with an explanation: Palisade boots kernels only).
+    pub firmware: Option<String>,
+    /// `--initramfs PATH`.
+    pub initramfs: Option<String>,
+    /// `--cmdline TEXT`.
+    pub cmdline: Option<String>,
+    /// `--cpus boot=N,...`.
+    pub cpus: Option<String>,
+    /// `--memory size=SIZE,...`.
+    pub memory: Option<String>,
+    /// `--serial MODE`.
+    pub serial: Option<String>,
+    /// `--console MODE`.
+    pub console: Option<String>,
+    /// Each `--disk` value.
+    pub disks: Vec<String>,
+    /// Each `--net` value.
+    pub net: Vec<String>,
+    /// `--rng src=PATH`.
+    pub rng: Option<String>,
+    /// `--landlock`.
+    pub landlock: bool,
+    /// Each `--landlock-rules` value (one rule each).
+    pub landlock_rules: Vec<String>,
+}
+
+/// A command-line error: one line naming the flag.
+#[derive(Clone, Debug, PartialEq, Eq, Error)]
+pub enum ParamsError {
+    /// A flag's option string is malformed or holds a bad value.
+    #[error("--{flag}: {error}")]
+    Option {
+        /// The flag, without the leading dashes.
+        flag: &'static str,
+        /// What is wrong.
+        error: OptionError,
+    },
+    /// A flag that is wrong given the others, or whose value cannot be used.
+    #[error("--{flag}: {message}")]
+    Invalid {
+        /// The flag, without the leading dashes.
+        flag: &'static str,
+        /// What is wrong and what to do.
+        message: String,
+    },
+    /// The assembled configuration failed [`VmConfig::validate`].
+    #[error("--{flag}: {error}")]
+    Validation {
+        /// The flag the failing field comes from.
+        flag: &'static str,
+        /// What is wrong.
+        error: ValidationError,
+    },
+}
+
+impl ParamsError {
+    /// The flag (without the leading dashes) the error is about.
+    pub fn flag(&self) -> &'static str {
+        match self {
+            ParamsError::Option { flag, .. }
+            | ParamsError::Invalid { flag, .. }
+            | ParamsError::Validation { flag, .. } => flag,
+        }
+    }
+}
+
+/// The command-line flag a config field comes from.
+fn flag_of_field(field: &str) -> &'static str {
+    const FLAGS: [(&str, &str); 11] = [
+        ("payload.firmware", "firmware"),
+        ("payload.initramfs", "initramfs"),
+        ("payload.cmdline", "cmdline"),
+        ("payload", "kernel"),
+        ("cpus", "cpus"),
+        ("memory", "memory"),
+        ("serial", "serial"),
+        ("console", "console"),
+        ("disks", "disk"),
+        ("net", "net"),
+        ("rng", "rng"),
+    ];
+    FLAGS
+        .iter()
+        .find(|(prefix, _)| field.starts_with(prefix))
+        .map(|(_, flag)| *flag)
+        .unwrap_or("landlock-rules")
+}
+
+fn option_err(flag: &'static str) -> impl Fn(OptionError) -> ParamsError {
+    move |error| ParamsError::Option { flag, error }
+}
+
+fn invalid(flag: &'static str, message: impl Into<String>) -> ParamsError {
+    ParamsError::Invalid {
+        flag,
+        message: message.into(),
+    }
+}
+
+impl VmConfig {
+    /// Builds and validates a VM configuration from the command line's VM flags.
+    ///
+    /// Defaults are Cloud Hypervisor's (`boot=1`, `size=512M`, `src=/dev/urandom`) except for
+    /// the consoles: on the command line `--serial` defaults to `tty` and `--console` to `off`,
+    /// because Palisade has no virtio console yet (a JSON config keeps Cloud Hypervisor's
+    /// serial default `Null`, and its console defaults to `Off` too; see [`DEFAULT_SERIAL_PARAM`] and
+    /// [`DEFAULT_CONSOLE_PARAM`]).
+    ///
+    /// Every error is one line starting with the flag, e.g.
+    /// `--cpus: boot=0: must be at least 1`.
+    pub fn from_params(params: &VmParams) -> Result<VmConfig, ParamsError> {
+        if params.firmware.is_some() {
+            return Err(invalid(
+                "firmware",
+                "not supported by Palisade: boot a kernel image with --kernel instead",
+            ));
+        }
+        let kernel = match params.kernel.as_deref() {
+            None => {
+                return Err(invalid(
+                    "kernel",
+                    "required: give the kernel image to boot (Palisade boots a kernel; firmware is not supported)",
+                ))
+            }
+            Some("") => return Err(invalid("kernel", "empty path: give the kernel image to boot")),
+            Some(k) => PathBuf::from(k),
+        };
+        let initramfs = match params.initramfs.as_deref() {
+            Some("") => {
+                return Err(invalid(
+                    "initramfs",
+                    "empty path: give the initramfs image or leave the flag out",
+                ))
+            }
+            other => other.map(PathBuf::from),
+        };
+        let payload = PayloadConfig {
+            kernel: Some(kernel),
+            initramfs,
+            cmdline: params.cmdline.clone(),
+            ..PayloadConfig::default()
+        };
+
+        let cpus = CpusConfig::parse(params.cpus.as_deref().unwrap_or(DEFAULT_CPUS_PARAM))
+            .map_err(option_err("cpus"))?;
+        let memory = MemoryConfig::parse(params.memory.as_deref().unwrap_or(DEFAULT_MEMORY_PARAM))
+            .map_err(option_err("memory"))?;
+        let serial = parse_console(
+            "serial",
+            params.serial.as_deref().unwrap_or(DEFAULT_SERIAL_PARAM),
+        )?;
+        let console = parse_console(
+            "console",
+            params.console.as_deref().unwrap_or(DEFAULT_CONSOLE_PARAM),
+        )?;
+        if serial.mode == ConsoleOutputMode::Tty && console.mode == ConsoleOutputMode::Tty {
+            return Err(invalid(
+                "console",
+                "tty: the serial port already uses tty (the default of --serial): give --serial off, null, pty or file=PATH",
+            ));
+        }
+
+        let disks = params
+            .disks
+            .iter()
+            .map(|d| DiskConfig::parse(d).map_err(option_err("disk")))
+            .collect::<Result<Vec<_>, _>>()?;
+        let net = params
+            .net
+            .iter()
+            .map(|n| NetConfig::parse(n).map_err(option_err("net")))
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut ids: Vec<&str> = Vec::new();
+        let disk_ids = disks
+            .iter()
+            .filter_map(|d| d.id.as_deref().map(|i| ("disk", i)));
+        let net_ids = net
+            .iter()
+            .filter_map(|n| n.id.as_deref().map(|i| ("net", i)));
+        for (flag, id) in disk_ids.chain(net_ids) {
+            if ids.contains(&id) {
+                return Err(invalid(
+                    flag,
+                    format!("id={id}: already used by another --disk or --net (give each device its own id)"),
+                ));
+            }
+            ids.push(id);
+        }
+
+        let rng = RngConfig::parse(params.rng.as_deref().unwrap_or(DEFAULT_RNG_PARAM))
+            .map_err(option_err("rng"))?;
+
+        if !params.landlock_rules.is_empty() && !params.landlock {
+            return Err(invalid(
+                "landlock-rules",
+                "needs --landlock (the rules only apply when Landlock is enabled)",
+            ));
+        }
+        let mut rules = Vec::new();
+        for text in &params.landlock_rules {
+            let rule = LandlockConfig::parse(text).map_err(option_err("landlock-rules"))?;
+            check_landlock_rule(&rule)
+                .map_err(|reason| invalid("landlock-rules", format!("{text}: {reason}")))?;
+            rules.push(rule);
+        }
+
+        let config = VmConfig {
+            cpus,
+            memory,
+            payload,
+            serial,
+            console,
+            disks: (!disks.is_empty()).then_some(disks),
+            net: (!net.is_empty()).then_some(net),
+            rng,
+            landlock_enable: params.landlock,
+            landlock_rules: (!rules.is_empty()).then_some(rules),
+            ..VmConfig::default()
+        };
+        config.validate().map_err(|error| ParamsError::Validation {
+            flag: flag_of_field(&error.field()),
+            error,
+        })?;
+        Ok(config)
+    }
+}
+
+/// Parses `--serial` or `--console`, refusing the socket mode with a command-line hint.
+fn parse_console(flag: &'static str, input: &str) -> Result<ConsoleConfig, ParamsError> {
+    let console = ConsoleConfig::parse(input).map_err(option_err(flag))?;
+    if console.mode == ConsoleOutputMode::Socket {
+        return Err(invalid(
+            flag,
+            format!("{input}: socket mode is not supported by Palisade (use off, null, tty, pty or file=PATH)"),
+        ));
+    }
+    Ok(console)
+}

@@ -1,0 +1,5 @@
+//! Unit tests of the whole crate, one file per area.
+
+mod params;
+mod serde_json_io;
+mod validation;

@@ -1,0 +1,817 @@
+//! `VmConfig::validate` and the per-device checks.
+
+use std::path::PathBuf;
+
+use serde_json::json;
+
+use crate::*;
+
+fn good() -> VmConfig {
+    VmConfig {
+        payload: PayloadConfig {
+            kernel: Some("/boot/vmlinux".into()),
+            ..PayloadConfig::default()
+        },
+        ..VmConfig::default()
+    }
+}
+
+fn fails(c: &VmConfig) -> String {
+    let e = c
+        .validate()
+        .expect_err("expected a validation error")
+        .to_string();
+    assert!(!e.contains('\n'), "error is not one line: {e}");
+    e
+}
+
+fn with(f: impl FnOnce(&mut VmConfig)) -> VmConfig {
+    let mut c = good();
+    f(&mut c);
+    c
+}
+
+#[test]
+fn good_config_validates() {
+    assert_eq!(good().validate(), Ok(()));
+    let c = with(|c| {
+        c.cpus = CpusConfig::new(4, 254);
+        c.memory = MemoryConfig::with_size(1 << 40);
+        c.disks = Some(vec![
+            DiskConfig::with_path("/a"),
+            DiskConfig::with_path("/b"),
+        ]);
+        c.net = Some(vec![NetConfig::default(), NetConfig::default()]);
+        c.serial = ConsoleConfig::with_file("/tmp/s.log");
+        c.console = ConsoleConfig::with_mode(ConsoleOutputMode::Pty);
+        c.landlock_enable = true;
+        c.landlock_rules = Some(vec![LandlockConfig {
+            path: std::env::temp_dir(),
+            access: "rw".into(),
+        }]);
+    });
+    assert_eq!(c.validate(), Ok(()));
+}
+
+#[test]
+fn vcpu_counts() {
+    assert_eq!(
+        fails(&with(|c| c.cpus = CpusConfig::new(0, 0))),
+        "cpus.boot_vcpus=0: must be at least 1"
+    );
+    assert_eq!(
+        fails(&with(|c| c.cpus = CpusConfig::new(255, 255))),
+        "cpus.boot_vcpus=255: must be at most 254"
+    );
+    assert_eq!(
+        fails(&with(|c| c.cpus = CpusConfig::new(4, 2))),
+        "cpus.max_vcpus=2: must be at least the boot vCPU count (4)"
+    );
+    assert_eq!(
+        fails(&with(|c| c.cpus = CpusConfig::new(1, 255))),
+        "cpus.max_vcpus=255: must be at most 254"
+    );
+    assert_eq!(
+        fails(&with(|c| c.cpus.max_phys_bits = 60)),
+        "cpus.max_phys_bits=60: must be between 36 and 52"
+    );
+}
+
+#[test]
+fn memory_size() {
+    assert_eq!(
+        fails(&with(|c| c.memory.size = 0)),
+        "memory.size=0: must be at least 1 MiB (e.g. 512M)"
+    );
+    assert_eq!(
+        fails(&with(|c| c.memory.size = (1 << 20) + 512)),
+        "memory.size=1049088: must be a multiple of 4 KiB"
+    );
+    assert_eq!(
+        fails(&with(|c| c.memory.size = (1 << 40) + 4096)),
+        "memory.size=1099511631872: must be at most 1 TiB"
+    );
+    assert!(with(|c| c.memory.size = 1 << 20).validate().is_ok());
+}
+
+#[test]
+fn payload() {
+    let e = fails(&with(|c| c.payload.kernel = None));
+    assert_eq!(
+        e,
+        "payload.kernel: missing: give the kernel image to boot (Palisade boots a kernel; firmware is not supported)"
+    );
+    let e = fails(&with(|c| {
+        c.payload.kernel = None;
+        c.payload.firmware = Some("/fw".into());
+    }));
+    assert_eq!(
+        e,
+        "payload.firmware: not supported by Palisade: boot a kernel image with payload.kernel instead"
+    );
+    let e = fails(&with(|c| c.payload.kernel = Some(PathBuf::new())));
+    assert!(e.starts_with("payload.kernel=: empty path"), "{e}");
+    let e = fails(&with(|c| c.payload.igvm = Some("/x.igvm".into())));
+    assert_eq!(
+        e,
+        "payload.igvm: not supported by Palisade: remove it or set it to null"
+    );
+    let e = fails(&with(|c| c.payload.host_data = Some("00".into())));
+    assert!(
+        e.starts_with("payload.host_data: not supported by Palisade"),
+        "{e}"
+    );
+}
+
+#[test]
+fn consoles() {
+    let e = fails(&with(|c| {
+        c.serial = ConsoleConfig::with_mode(ConsoleOutputMode::File)
+    }));
+    assert_eq!(
+        e,
+        "serial.file: missing: mode File needs the path of the file to write to"
+    );
+    let e = fails(&with(|c| {
+        c.console = ConsoleConfig::with_mode(ConsoleOutputMode::File)
+    }));
+    assert!(e.starts_with("console.file: missing"), "{e}");
+    let e = fails(&with(|c| {
+        c.serial = ConsoleConfig {
+            socket: Some("/tmp/s".into()),
+            ..ConsoleConfig::with_mode(ConsoleOutputMode::Socket)
+        }
+    }));
+    assert_eq!(
+        e,
+        "serial.mode=Socket: not supported by Palisade: use Pty, Tty, File, Null or Off"
+    );
+    let e = fails(&with(|c| {
+        c.console = ConsoleConfig::with_mode(ConsoleOutputMode::Socket)
+    }));
+    assert!(
+        e.starts_with("console.mode=Socket: not supported by Palisade"),
+        "{e}"
+    );
+    let e = fails(&with(|c| {
+        c.serial = ConsoleConfig::with_mode(ConsoleOutputMode::Tty);
+        c.console = ConsoleConfig::with_mode(ConsoleOutputMode::Tty);
+    }));
+    assert!(
+        e.starts_with("console.mode: serial and console cannot both use Tty"),
+        "{e}"
+    );
+    let e = fails(&with(|c| c.console.iommu = true));
+    assert_eq!(
+        e,
+        "console.iommu: not supported by Palisade: remove it or set it to false"
+    );
+    let e = fails(&with(|c| c.console.id = Some("con".into())));
+    assert!(
+        e.starts_with("console.id: not supported by Palisade"),
+        "{e}"
+    );
+    let e = fails(&with(|c| c.serial.pci_segment = 1));
+    assert_eq!(
+        e,
+        "serial.pci_segment: not supported by Palisade: remove it or set it to 0"
+    );
+    let e = fails(&with(|c| c.console.pci_device_id = Some(3)));
+    assert!(
+        e.starts_with("console.pci_device_id: not supported by Palisade"),
+        "{e}"
+    );
+}
+
+#[test]
+fn disks() {
+    let disk = |d: DiskConfig| with(|c| c.disks = Some(vec![DiskConfig::with_path("/ok"), d]));
+    assert_eq!(
+        fails(&disk(DiskConfig::default())),
+        "disks[1].path: missing: give the path of the disk image"
+    );
+    assert_eq!(
+        fails(&disk(DiskConfig {
+            path: Some(PathBuf::new()),
+            ..DiskConfig::default()
+        })),
+        "disks[1].path: missing: give the path of the disk image"
+    );
+    assert_eq!(
+        fails(&disk(DiskConfig {
+            num_queues: 0,
+            ..DiskConfig::with_path("/a")
+        })),
+        "disks[1].num_queues=0: must be at least 1"
+    );
+    for q in [0, 3, 100] {
+        assert_eq!(
+            fails(&disk(DiskConfig {
+                queue_size: q,
+                ..DiskConfig::with_path("/a")
+            })),
+            format!("disks[1].queue_size={q}: must be a power of two between 1 and 32768")
+        );
+    }
+    assert!(fails(&disk(DiskConfig {
+        id: Some(String::new()),
+        ..DiskConfig::with_path("/a")
+    }))
+    .starts_with("disks[1].id=: empty id"));
+    // The stand-alone form, for vm.add-disk.
+    assert_eq!(
+        DiskConfig::default().validate().unwrap_err().to_string(),
+        "disk.path: missing: give the path of the disk image"
+    );
+}
+
+#[test]
+fn disk_compat_fields() {
+    let cases: Vec<(DiskConfig, &str)> = vec![
+        (
+            DiskConfig {
+                iommu: true,
+                ..DiskConfig::with_path("/a")
+            },
+            "disk.iommu: not supported by Palisade",
+        ),
+        (
+            DiskConfig {
+                vhost_user: true,
+                ..DiskConfig::with_path("/a")
+            },
+            "disk.vhost_user: not supported by Palisade",
+        ),
+        (
+            DiskConfig {
+                vhost_socket: Some("/s".into()),
+                ..DiskConfig::with_path("/a")
+            },
+            "disk.vhost_socket: not supported by Palisade",
+        ),
+        (
+            DiskConfig {
+                rate_limiter_config: Some(json!({"bandwidth": {"size": 1, "refill_time": 1}})),
+                ..DiskConfig::with_path("/a")
+            },
+            "disk.rate_limiter_config: not supported by Palisade",
+        ),
+        (
+            DiskConfig {
+                pci_segment: 1,
+                ..DiskConfig::with_path("/a")
+            },
+            "disk.pci_segment: not supported by Palisade",
+        ),
+        (
+            DiskConfig {
+                pci_device_id: Some(5),
+                ..DiskConfig::with_path("/a")
+            },
+            "disk.pci_device_id: not supported by Palisade",
+        ),
+        (
+            DiskConfig {
+                rate_limit_group: Some("g".into()),
+                ..DiskConfig::with_path("/a")
+            },
+            "disk.rate_limit_group: not supported by Palisade",
+        ),
+        (
+            DiskConfig {
+                queue_affinity: Some(vec![json!({"queue_index": 0, "host_cpus": [1]})]),
+                ..DiskConfig::with_path("/a")
+            },
+            "disk.queue_affinity: not supported by Palisade",
+        ),
+        (
+            DiskConfig {
+                backing_files: true,
+                ..DiskConfig::with_path("/a")
+            },
+            "disk.backing_files: not supported by Palisade",
+        ),
+        (
+            DiskConfig {
+                sparse: false,
+                ..DiskConfig::with_path("/a")
+            },
+            "disk.sparse: not supported by Palisade: remove it or set it to true",
+        ),
+        (
+            DiskConfig {
+                image_type: Some(ImageType::Qcow2),
+                ..DiskConfig::with_path("/a")
+            },
+            "disk.image_type=Qcow2: not supported by Palisade",
+        ),
+        (
+            DiskConfig {
+                lock_granularity: Some(LockGranularity::Full),
+                ..DiskConfig::with_path("/a")
+            },
+            "disk.lock_granularity=Full: not supported by Palisade",
+        ),
+    ];
+    for (d, want) in cases {
+        let e = d.validate().unwrap_err().to_string();
+        assert!(e.starts_with(want), "{e} / {want}");
+    }
+    let ok = DiskConfig {
+        image_type: Some(ImageType::Raw),
+        lock_granularity: Some(LockGranularity::ByteRange),
+        rate_limiter_config: Some(serde_json::Value::Null),
+        queue_affinity: Some(vec![]),
+        ..DiskConfig::with_path("/a")
+    };
+    assert_eq!(ok.validate(), Ok(()));
+}
+
+#[test]
+fn nets() {
+    let net = |n: NetConfig| with(|c| c.net = Some(vec![n]));
+    let e = fails(&net(NetConfig {
+        mac: Some("52:54:00".into()),
+        ..NetConfig::default()
+    }));
+    assert!(
+        e.starts_with("net[0].mac=52:54:00: not a MAC address"),
+        "{e}"
+    );
+    let e = fails(&net(NetConfig {
+        mac: Some("01:00:5e:00:00:01".into()),
+        ..NetConfig::default()
+    }));
+    assert!(
+        e.starts_with("net[0].mac=01:00:5e:00:00:01: is a multicast address"),
+        "{e}"
+    );
+    let e = fails(&net(NetConfig {
+        ip: Some("1.2.3".into()),
+        ..NetConfig::default()
+    }));
+    assert!(e.starts_with("net[0].ip=1.2.3: not an IPv4 address"), "{e}");
+    let e = fails(&net(NetConfig {
+        mask: Some("255.255.0.255".into()),
+        ..NetConfig::default()
+    }));
+    assert!(
+        e.starts_with("net[0].mask=255.255.0.255: not a valid netmask"),
+        "{e}"
+    );
+    let e = fails(&net(NetConfig {
+        num_queues: 3,
+        ..NetConfig::default()
+    }));
+    assert!(
+        e.starts_with("net[0].num_queues=3: must be an even number, at least 2"),
+        "{e}"
+    );
+    let e = fails(&net(NetConfig {
+        num_queues: 0,
+        ..NetConfig::default()
+    }));
+    assert!(
+        e.starts_with("net[0].num_queues=0: must be an even number"),
+        "{e}"
+    );
+    let e = fails(&net(NetConfig {
+        queue_size: 6,
+        ..NetConfig::default()
+    }));
+    assert!(
+        e.starts_with("net[0].queue_size=6: must be a power of two"),
+        "{e}"
+    );
+    let e = fails(&net(NetConfig {
+        fds: Some(vec![3, 4]),
+        ..NetConfig::default()
+    }));
+    assert!(
+        e.starts_with("net[0].num_queues: is 2 but 2 tap file descriptor(s) need 4 queues"),
+        "{e}"
+    );
+    let e = fails(&net(NetConfig {
+        fds: Some(vec![3]),
+        tap: Some("tap0".into()),
+        ..NetConfig::default()
+    }));
+    assert!(
+        e.starts_with("net[0].fds: tap and fds cannot both be given"),
+        "{e}"
+    );
+    let e = fails(&net(NetConfig {
+        fds: Some(vec![]),
+        ..NetConfig::default()
+    }));
+    assert!(e.starts_with("net[0].fds=[]: empty list"), "{e}");
+    let e = fails(&net(NetConfig {
+        fds: Some(vec![-2]),
+        ..NetConfig::default()
+    }));
+    assert!(
+        e.starts_with("net[0].fds=[-2]: file descriptors are not negative"),
+        "{e}"
+    );
+    let ok = NetConfig {
+        mac: Some("52:54:00:AB:cd:ef".into()),
+        ip: Some("10.0.0.1".into()),
+        mask: Some("255.255.255.252".into()),
+        fds: Some(vec![7]),
+        ..NetConfig::default()
+    };
+    assert_eq!(ok.validate(), Ok(()));
+    // Empty strings, as in CH's `tap=,mac=`, are not given.
+    let empty = NetConfig {
+        tap: Some(String::new()),
+        mac: Some(String::new()),
+        ip: Some(String::new()),
+        mask: Some(String::new()),
+        ..NetConfig::default()
+    };
+    assert_eq!(empty.validate(), Ok(()));
+}
+
+#[test]
+fn net_compat_fields() {
+    let cases: Vec<(NetConfig, &str)> = vec![
+        (
+            NetConfig {
+                host_mac: Some("52:54:00:00:00:02".into()),
+                ..NetConfig::default()
+            },
+            "net.host_mac: not supported by Palisade",
+        ),
+        (
+            NetConfig {
+                mtu: Some(9000),
+                ..NetConfig::default()
+            },
+            "net.mtu: not supported by Palisade",
+        ),
+        (
+            NetConfig {
+                iommu: true,
+                ..NetConfig::default()
+            },
+            "net.iommu: not supported by Palisade",
+        ),
+        (
+            NetConfig {
+                vhost_user: true,
+                ..NetConfig::default()
+            },
+            "net.vhost_user: not supported by Palisade",
+        ),
+        (
+            NetConfig {
+                vhost_socket: Some("/s".into()),
+                ..NetConfig::default()
+            },
+            "net.vhost_socket: not supported by Palisade",
+        ),
+        (
+            NetConfig {
+                vhost_mode: VhostMode::Server,
+                ..NetConfig::default()
+            },
+            "net.vhost_mode=Server: not supported by Palisade",
+        ),
+        (
+            NetConfig {
+                pci_segment: 2,
+                ..NetConfig::default()
+            },
+            "net.pci_segment: not supported by Palisade",
+        ),
+        (
+            NetConfig {
+                pci_device_id: Some(1),
+                ..NetConfig::default()
+            },
+            "net.pci_device_id: not supported by Palisade",
+        ),
+        (
+            NetConfig {
+                rate_limiter_config: Some(json!({"ops": {"size": 1, "refill_time": 1}})),
+                ..NetConfig::default()
+            },
+            "net.rate_limiter_config: not supported by Palisade",
+        ),
+        (
+            NetConfig {
+                offload_tso: false,
+                ..NetConfig::default()
+            },
+            "net.offload_tso: not supported by Palisade",
+        ),
+        (
+            NetConfig {
+                offload_ufo: false,
+                ..NetConfig::default()
+            },
+            "net.offload_ufo: not supported by Palisade",
+        ),
+        (
+            NetConfig {
+                offload_csum: false,
+                ..NetConfig::default()
+            },
+            "net.offload_csum: not supported by Palisade",
+        ),
+    ];
+    for (n, want) in cases {
+        let e = n.validate().unwrap_err().to_string();
+        assert!(e.starts_with(want), "{e} / {want}");
+    }
+}
+
+#[test]
+fn duplicate_ids() {
+    let e = fails(&with(|c| {
+        c.disks = Some(vec![
+            DiskConfig {
+                id: Some("d".into()),
+                ..DiskConfig::with_path("/a")
+            },
+            DiskConfig {
+                id: Some("d".into()),
+                ..DiskConfig::with_path("/b")
+            },
+        ])
+    }));
+    assert_eq!(
+        e,
+        "id \"d\" is used by both disks[0] and disks[1]: give each device its own id"
+    );
+    let e = fails(&with(|c| {
+        c.disks = Some(vec![DiskConfig {
+            id: Some("x".into()),
+            ..DiskConfig::with_path("/a")
+        }]);
+        c.net = Some(vec![
+            NetConfig::default(),
+            NetConfig {
+                id: Some("x".into()),
+                ..NetConfig::default()
+            },
+        ]);
+    }));
+    assert_eq!(
+        e,
+        "id \"x\" is used by both disks[0] and net[1]: give each device its own id"
+    );
+    let ok = with(|c| {
+        c.disks = Some(vec![DiskConfig {
+            id: Some("a".into()),
+            ..DiskConfig::with_path("/a")
+        }]);
+        c.net = Some(vec![NetConfig {
+            id: Some("b".into()),
+            ..NetConfig::default()
+        }]);
+    });
+    assert_eq!(ok.validate(), Ok(()));
+}
+
+#[test]
+fn landlock_rules() {
+    let rule = |path: &str, access: &str| {
+        with(|c| {
+            c.landlock_enable = true;
+            c.landlock_rules = Some(vec![
+                LandlockConfig {
+                    path: "/tmp".into(),
+                    access: "r".into(),
+                },
+                LandlockConfig {
+                    path: path.into(),
+                    access: access.into(),
+                },
+            ]);
+        })
+    };
+    assert_eq!(
+        fails(&rule("/tmp", "x")),
+        "landlock_rules[1] (path=/tmp,access=x): access must be r, w or rw"
+    );
+    assert_eq!(
+        fails(&rule("/nope-palisade", "rw")),
+        "landlock_rules[1] (path=/nope-palisade,access=rw): /nope-palisade does not exist (create it first or fix the path)"
+    );
+    assert!(fails(&rule("", "r")).contains("path is empty"));
+    assert_eq!(rule("/", "w").validate(), Ok(()));
+    let e = fails(&with(|c| {
+        c.landlock_rules = Some(vec![LandlockConfig {
+            path: "/tmp".into(),
+            access: "r".into(),
+        }]);
+    }));
+    assert!(
+        e.starts_with("landlock_rules: given but landlock_enable is false"),
+        "{e}"
+    );
+    // An empty list is fine without Landlock.
+    assert_eq!(with(|c| c.landlock_rules = Some(vec![])).validate(), Ok(()));
+}
+
+#[test]
+fn cpus_and_memory_compat_fields() {
+    let cases: Vec<(VmConfig, &str)> = vec![
+        (
+            with(|c| c.cpus.kvm_hyperv = true),
+            "cpus.kvm_hyperv: not supported by Palisade",
+        ),
+        (
+            with(|c| c.cpus.topology = Some(json!({"threads_per_core": 2}))),
+            "cpus.topology: not supported by Palisade",
+        ),
+        (
+            with(|c| c.cpus.nested = false),
+            "cpus.nested: not supported by Palisade: remove it or set it to true",
+        ),
+        (
+            with(|c| c.cpus.affinity = Some(vec![json!({"vcpu": 0, "host_cpus": [0]})])),
+            "cpus.affinity: not supported by Palisade",
+        ),
+        (
+            with(|c| c.cpus.features.amx = true),
+            "cpus.features.amx: not supported by Palisade",
+        ),
+        (
+            with(|c| c.cpus.core_scheduling = CoreScheduling::Vcpu),
+            "cpus.core_scheduling=Vcpu: not supported by Palisade",
+        ),
+        (
+            with(|c| c.memory.hotplug_size = Some(1 << 30)),
+            "memory.hotplug_size: not supported by Palisade",
+        ),
+        (
+            with(|c| c.memory.hotplugged_size = Some(0)),
+            "memory.hotplugged_size: not supported by Palisade",
+        ),
+        (
+            with(|c| c.memory.mergeable = true),
+            "memory.mergeable: not supported by Palisade",
+        ),
+        (
+            with(|c| c.memory.hotplug_method = HotplugMethod::VirtioMem),
+            "memory.hotplug_method=VirtioMem: not supported by Palisade",
+        ),
+        (
+            with(|c| c.memory.shared = true),
+            "memory.shared: not supported by Palisade",
+        ),
+        (
+            with(|c| c.memory.hugepages = true),
+            "memory.hugepages: not supported by Palisade",
+        ),
+        (
+            with(|c| c.memory.hugepage_size = Some(2 << 20)),
+            "memory.hugepage_size: not supported by Palisade",
+        ),
+        (
+            with(|c| c.memory.prefault = true),
+            "memory.prefault: not supported by Palisade",
+        ),
+        (
+            with(|c| c.memory.reserve = true),
+            "memory.reserve: not supported by Palisade",
+        ),
+        (
+            with(|c| c.memory.thp = false),
+            "memory.thp: not supported by Palisade",
+        ),
+        (
+            with(|c| c.memory.zones = Some(vec![json!({"id": "z", "size": 1})])),
+            "memory.zones: not supported by Palisade",
+        ),
+        (
+            with(|c| c.rng.id = Some("rng".into())),
+            "rng.id: not supported by Palisade",
+        ),
+        (
+            with(|c| c.rng.iommu = true),
+            "rng.iommu: not supported by Palisade",
+        ),
+        (
+            with(|c| c.rng.pci_segment = 1),
+            "rng.pci_segment: not supported by Palisade",
+        ),
+        (
+            with(|c| c.rng.pci_device_id = Some(1)),
+            "rng.pci_device_id: not supported by Palisade",
+        ),
+        (with(|c| c.rng.src = PathBuf::new()), "rng.src=: empty path"),
+    ];
+    for (c, want) in cases {
+        let e = fails(&c);
+        assert!(e.starts_with(want), "{e} / {want}");
+    }
+    assert_eq!(
+        with(|c| c.cpus.core_scheduling = CoreScheduling::Off).validate(),
+        Ok(())
+    );
+}
+
+#[test]
+fn top_level_compat_fields() {
+    let cases: Vec<(VmConfig, &str)> = vec![
+        (
+            with(|c| c.rate_limit_groups = Some(vec![json!({"id": "g"})])),
+            "rate_limit_groups",
+        ),
+        (with(|c| c.balloon = Some(json!({"size": 1}))), "balloon"),
+        (with(|c| c.fs = Some(vec![json!({"tag": "t"})])), "fs"),
+        (
+            with(|c| c.generic_vhost_user = Some(vec![json!({})])),
+            "generic_vhost_user",
+        ),
+        (with(|c| c.pmem = Some(vec![json!({"file": "/f"})])), "pmem"),
+        (
+            with(|c| c.devices = Some(vec![json!({"path": "/sys/x"})])),
+            "devices",
+        ),
+        (
+            with(|c| c.user_devices = Some(vec![json!({"socket": "/s"})])),
+            "user_devices",
+        ),
+        (
+            with(|c| c.vdpa = Some(vec![json!({"path": "/dev/vhost-vdpa-0"})])),
+            "vdpa",
+        ),
+        (
+            with(|c| c.vsock = Some(json!({"cid": 3, "socket": "/s"}))),
+            "vsock",
+        ),
+        (
+            with(|c| c.numa = Some(vec![json!({"guest_numa_id": 0})])),
+            "numa",
+        ),
+        (with(|c| c.iommu = true), "iommu"),
+        (with(|c| c.watchdog = true), "watchdog"),
+        (with(|c| c.rtc = Some(json!({"id": "rtc0"}))), "rtc"),
+        (with(|c| c.pvpanic = true), "pvpanic"),
+        (
+            with(|c| c.pci_segments = Some(vec![json!({"pci_segment": 1})])),
+            "pci_segments",
+        ),
+        (
+            with(|c| c.platform = Some(json!({"num_pci_segments": 2}))),
+            "platform",
+        ),
+        (with(|c| c.tpm = Some(json!({"socket": "/s"}))), "tpm"),
+        (
+            with(|c| {
+                c.debug_console = Some(DebugConsoleConfig {
+                    file: None,
+                    mode: ConsoleOutputMode::Tty,
+                    iobase: Some(0xe9),
+                })
+            }),
+            "debug_console.mode=Tty",
+        ),
+    ];
+    for (c, field) in cases {
+        let e = fails(&c);
+        assert!(
+            e.starts_with(&format!("{field}: not supported by Palisade")),
+            "{e} / {field}"
+        );
+    }
+    // Null, empty lists and empty objects count as not given.
+    let ok = with(|c| {
+        c.fs = Some(vec![]);
+        c.platform = Some(json!({}));
+        c.rtc = Some(serde_json::Value::Null);
+        c.debug_console = Some(DebugConsoleConfig {
+            file: None,
+            mode: ConsoleOutputMode::Off,
+            iobase: Some(0xe9),
+        });
+    });
+    assert_eq!(ok.validate(), Ok(()));
+}
+
+#[test]
+fn error_field_accessor() {
+    let e = with(|c| c.cpus = CpusConfig::new(0, 0))
+        .validate()
+        .unwrap_err();
+    assert_eq!(e.field(), "cpus.boot_vcpus");
+    let e = with(|c| {
+        c.disks = Some(vec![
+            DiskConfig {
+                id: Some("d".into()),
+                ..DiskConfig::with_path("/a")
+            },
+            DiskConfig {
+                id: Some("d".into()),
+                ..DiskConfig::with_path("/b")
+            },
+        ])
+    })
+    .validate()
+    .unwrap_err();
+    assert_eq!(e.field(), "disks[1]");
+}

@@ -1,0 +1,760 @@
+//! The VM configuration types, as carried by `PUT /api/v1/vm.create` and built from the
+//! command line.
+//!
+//! Every struct rejects unknown JSON fields so that a typo is an error rather than a silently
+//! ignored setting.
+//!
+//! Besides the fields Palisade uses, the structs carry the other fields of Cloud Hypervisor's
+//! `VmConfig` schema that its clients send (marked "compatibility" below). They are optional,
+//! are left out of serialized output while at their default, and [`VmConfig::validate`] rejects
+//! any other value with `<field>: not supported by Palisade`. Compatibility fields whose content
+//! Palisade never looks at are kept as raw JSON ([`serde_json::Value`]).
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// Default memory size: 512 MiB, as in Cloud Hypervisor.
+pub const DEFAULT_MEMORY_SIZE: u64 = 512 << 20;
+/// Default entropy source of the virtio-rng device.
+pub const DEFAULT_RNG_SOURCE: &str = "/dev/urandom";
+/// Default number of vCPUs started at boot.
+pub const DEFAULT_BOOT_VCPUS: u8 = 1;
+/// Default number of physical address bits given to the guest, as in Cloud Hypervisor.
+pub const DEFAULT_MAX_PHYS_BITS: u8 = 46;
+/// Default number of queues of a block device.
+pub const DEFAULT_DISK_NUM_QUEUES: u16 = 1;
+/// Default size of each block device queue.
+pub const DEFAULT_DISK_QUEUE_SIZE: u16 = 128;
+/// Default number of queues of a network device (one receive and one transmit queue).
+pub const DEFAULT_NET_NUM_QUEUES: u16 = 2;
+/// Default size of each network device queue.
+pub const DEFAULT_NET_QUEUE_SIZE: u16 = 256;
+
+pub(crate) fn is_false(b: &bool) -> bool {
+    !*b
+}
+
+pub(crate) fn is_true(b: &bool) -> bool {
+    *b
+}
+
+pub(crate) fn is_zero(n: &u16) -> bool {
+    *n == 0
+}
+
+pub(crate) fn is_default<T: Default + PartialEq>(v: &T) -> bool {
+    *v == T::default()
+}
+
+fn default_true() -> bool {
+    true
+}
+
+/// The whole configuration of one VM.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VmConfig {
+    /// vCPU counts.
+    #[serde(default)]
+    pub cpus: CpusConfig,
+    /// Guest memory.
+    #[serde(default)]
+    pub memory: MemoryConfig,
+    /// What to boot.
+    pub payload: PayloadConfig,
+    /// The 16550 serial port.
+    #[serde(default = "ConsoleConfig::default_serial")]
+    pub serial: ConsoleConfig,
+    /// The virtio console.
+    #[serde(default = "ConsoleConfig::default_console")]
+    pub console: ConsoleConfig,
+    /// Block devices.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disks: Option<Vec<DiskConfig>>,
+    /// Network devices.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub net: Option<Vec<NetConfig>>,
+    /// The entropy device.
+    #[serde(default)]
+    pub rng: RngConfig,
+    /// Confine the VMM process with Landlock when the VM is created.
+    #[serde(default)]
+    pub landlock_enable: bool,
+    /// Extra paths the confined VMM may reach (for resources hot-plugged later).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub landlock_rules: Option<Vec<LandlockConfig>>,
+
+    /// Compatibility: rate-limit groups (must be absent or empty).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limit_groups: Option<Vec<Value>>,
+    /// Compatibility: memory balloon (must be absent or null).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub balloon: Option<Value>,
+    /// Compatibility: virtio-fs devices (must be absent or empty).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fs: Option<Vec<Value>>,
+    /// Compatibility: generic vhost-user devices (must be absent or empty).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub generic_vhost_user: Option<Vec<Value>>,
+    /// Compatibility: persistent memory devices (must be absent or empty).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pmem: Option<Vec<Value>>,
+    /// Compatibility: the debug port console (must be absent or in mode `Off`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub debug_console: Option<DebugConsoleConfig>,
+    /// Compatibility: VFIO devices (must be absent or empty).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub devices: Option<Vec<Value>>,
+    /// Compatibility: user-space (vfio-user) devices (must be absent or empty).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user_devices: Option<Vec<Value>>,
+    /// Compatibility: vDPA devices (must be absent or empty).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vdpa: Option<Vec<Value>>,
+    /// Compatibility: the vsock device (must be absent or null).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vsock: Option<Value>,
+    /// Compatibility: NUMA nodes (must be absent or empty).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub numa: Option<Vec<Value>>,
+    /// Compatibility: a virtual IOMMU (must be false).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub iommu: bool,
+    /// Compatibility: the virtio watchdog (must be false).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub watchdog: bool,
+    /// Compatibility: the virtio RTC (must be absent or null).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rtc: Option<Value>,
+    /// Compatibility: the pvpanic device (must be false).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub pvpanic: bool,
+    /// Compatibility: extra PCI segments (must be absent or empty).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pci_segments: Option<Vec<Value>>,
+    /// Compatibility: platform settings (must be absent, null or `{}`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub platform: Option<Value>,
+    /// Compatibility: a TPM (must be absent or null).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tpm: Option<Value>,
+}
+
+impl Default for VmConfig {
+    /// The configuration a JSON body `{"payload": {}}` gives: every field at its JSON default
+    /// (which includes no kernel, so it does not validate as is).
+    fn default() -> Self {
+        VmConfig {
+            cpus: CpusConfig::default(),
+            memory: MemoryConfig::default(),
+            payload: PayloadConfig::default(),
+            serial: ConsoleConfig::default_serial(),
+            console: ConsoleConfig::default_console(),
+            disks: None,
+            net: None,
+            rng: RngConfig::default(),
+            landlock_enable: false,
+            landlock_rules: None,
+            rate_limit_groups: None,
+            balloon: None,
+            fs: None,
+            generic_vhost_user: None,
+            pmem: None,
+            debug_console: None,
+            devices: None,
+            user_devices: None,
+            vdpa: None,
+            vsock: None,
+            numa: None,
+            iommu: false,
+            watchdog: false,
+            rtc: None,
+            pvpanic: false,
+            pci_segments: None,
+            platform: None,
+            tpm: None,
+        }
+    }
+}
+
+impl VmConfig {
+    /// Whether a disk or network device already uses `id` (for hot-plug requests).
+    pub fn has_device_id(&self, id: &str) -> bool {
+        let disk_ids = self.disks.iter().flatten().filter_map(|d| d.id.as_deref());
+        let net_ids = self.net.iter().flatten().filter_map(|n| n.id.as_deref());
+        disk_ids.chain(net_ids).any(|i| i == id)
+    }
+}
+
+/// How a scheduler's core-scheduling cookies are shared (compatibility only).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum CoreScheduling {
+    /// One cookie for the whole VM (Cloud Hypervisor's default).
+    #[default]
+    Vm,
+    /// One cookie per vCPU.
+    Vcpu,
+    /// No core scheduling.
+    Off,
+}
+
+/// vCPU configuration.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CpusConfig {
+    /// vCPUs started at boot.
+    pub boot_vcpus: u8,
+    /// vCPUs the guest may ever see (at least `boot_vcpus`).
+    pub max_vcpus: u8,
+    /// Expose Hyper-V enlightenments (not supported by Palisade: must be false).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub kvm_hyperv: bool,
+    /// Number of physical address bits advertised to the guest (clamped to the host's).
+    #[serde(default = "CpusConfig::default_max_phys_bits")]
+    pub max_phys_bits: u8,
+    /// Compatibility: CPU topology (must be absent or null).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub topology: Option<Value>,
+    /// Compatibility: nested virtualization (must stay true, the default).
+    #[serde(default = "default_true", skip_serializing_if = "is_true")]
+    pub nested: bool,
+    /// Compatibility: vCPU to host CPU affinity (must be absent or empty).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub affinity: Option<Vec<Value>>,
+    /// Compatibility: extra CPU features (none may be enabled).
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub features: CpuFeatures,
+    /// Compatibility: core scheduling (`Vm`, the default, or `Off`).
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub core_scheduling: CoreScheduling,
+}
+
+impl CpusConfig {
+    fn default_max_phys_bits() -> u8 {
+        DEFAULT_MAX_PHYS_BITS
+    }
+
+    /// `boot` vCPUs at boot and `max` at most, everything else at its default.
+    pub fn new(boot: u8, max: u8) -> Self {
+        CpusConfig {
+            boot_vcpus: boot,
+            max_vcpus: max,
+            ..Self::default()
+        }
+    }
+}
+
+impl Default for CpusConfig {
+    fn default() -> Self {
+        CpusConfig {
+            boot_vcpus: DEFAULT_BOOT_VCPUS,
+            max_vcpus: DEFAULT_BOOT_VCPUS,
+            kvm_hyperv: false,
+            max_phys_bits: DEFAULT_MAX_PHYS_BITS,
+            topology: None,
+            nested: true,
+            affinity: None,
+            features: CpuFeatures::default(),
+            core_scheduling: CoreScheduling::default(),
+        }
+    }
+}
+
+/// Extra CPU features (compatibility only).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CpuFeatures {
+    /// Intel AMX (must be false).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub amx: bool,
+}
+
+/// How memory is hot-plugged (compatibility only).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum HotplugMethod {
+    /// ACPI memory devices (Cloud Hypervisor's default).
+    #[default]
+    Acpi,
+    /// virtio-mem.
+    VirtioMem,
+}
+
+/// Guest memory configuration.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MemoryConfig {
+    /// Guest RAM in bytes.
+    pub size: u64,
+    /// Compatibility: hot-pluggable memory (must be absent or null).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hotplug_size: Option<u64>,
+    /// Compatibility: memory already hot-plugged (must be absent or null).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hotplugged_size: Option<u64>,
+    /// Compatibility: KSM merging (must be false).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub mergeable: bool,
+    /// Compatibility: hot-plug method (must be `Acpi`, the default).
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub hotplug_method: HotplugMethod,
+    /// Compatibility: shared (`MAP_SHARED`) memory (must be false).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub shared: bool,
+    /// Compatibility: huge pages (must be false).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub hugepages: bool,
+    /// Compatibility: huge page size (must be absent or null).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hugepage_size: Option<u64>,
+    /// Compatibility: populate memory at start (must be false).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub prefault: bool,
+    /// Compatibility: reserve swap space (must be false).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub reserve: bool,
+    /// Compatibility: transparent huge pages (must stay true, the default).
+    #[serde(default = "default_true", skip_serializing_if = "is_true")]
+    pub thp: bool,
+    /// Compatibility: memory zones (must be absent or empty).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub zones: Option<Vec<Value>>,
+}
+
+impl MemoryConfig {
+    /// `size` bytes of RAM, everything else at its default.
+    pub fn with_size(size: u64) -> Self {
+        MemoryConfig {
+            size,
+            ..Self::default()
+        }
+    }
+}
+
+impl Default for MemoryConfig {
+    fn default() -> Self {
+        MemoryConfig {
+            size: DEFAULT_MEMORY_SIZE,
+            hotplug_size: None,
+            hotplugged_size: None,
+            mergeable: false,
+            hotplug_method: HotplugMethod::default(),
+            shared: false,
+            hugepages: false,
+            hugepage_size: None,
+            prefault: false,
+            reserve: false,
+            thp: true,
+            zones: None,
+        }
+    }
+}
+
+/// What the VM boots.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PayloadConfig {
+    /// Firmware image (not supported by Palisade; present so that the error can say so).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub firmware: Option<PathBuf>,
+    /// Kernel image: an ELF vmlinux (PVH or 64-bit entry) or a bzImage.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kernel: Option<PathBuf>,
+    /// Kernel command line.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cmdline: Option<String>,
+    /// Initial RAM disk.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub initramfs: Option<PathBuf>,
+    /// Compatibility: IGVM image (must be absent or null).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub igvm: Option<PathBuf>,
+    /// Compatibility: confidential-computing host data (must be absent or null).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host_data: Option<String>,
+}
+
+/// Where a console's output goes (and its input comes from).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ConsoleOutputMode {
+    /// No device at all.
+    Off,
+    /// A new pseudo-terminal whose path is reported.
+    Pty,
+    /// Palisade's own terminal (standard input and output).
+    Tty,
+    /// Output appended to a file.
+    File,
+    /// A Unix socket (not supported by Palisade; present so that the error can say so).
+    Socket,
+    /// The device exists but its output is discarded.
+    Null,
+}
+
+/// The serial port or the virtio console.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConsoleConfig {
+    /// The file for `File` mode.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub file: Option<PathBuf>,
+    /// The socket for `Socket` mode.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub socket: Option<PathBuf>,
+    /// Where output goes.
+    pub mode: ConsoleOutputMode,
+    /// Compatibility: place the virtio console behind a virtual IOMMU (must be false).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub iommu: bool,
+    /// Compatibility: device identifier (must be absent or null).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    /// Compatibility: PCI segment (must be 0).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub pci_segment: u16,
+    /// Compatibility: PCI slot (must be absent or null).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pci_device_id: Option<u8>,
+}
+
+impl ConsoleConfig {
+    /// A console in `mode` with no file.
+    pub fn with_mode(mode: ConsoleOutputMode) -> Self {
+        ConsoleConfig {
+            file: None,
+            socket: None,
+            mode,
+            iommu: false,
+            id: None,
+            pci_segment: 0,
+            pci_device_id: None,
+        }
+    }
+
+    /// A console in `File` mode writing to `path`.
+    pub fn with_file(path: impl Into<PathBuf>) -> Self {
+        ConsoleConfig {
+            file: Some(path.into()),
+            ..Self::with_mode(ConsoleOutputMode::File)
+        }
+    }
+
+    /// The serial port's default when a JSON config does not name one.
+    pub fn default_serial() -> Self {
+        Self::with_mode(ConsoleOutputMode::Null)
+    }
+
+    /// The virtio console's default when a JSON config does not name one: `Off` until
+    /// Palisade has a virtio console (Cloud Hypervisor's default is `Tty`).
+    pub fn default_console() -> Self {
+        Self::with_mode(ConsoleOutputMode::Off)
+    }
+}
+
+/// The debug port console (compatibility only: Palisade has none).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DebugConsoleConfig {
+    /// The file for `File` mode.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub file: Option<PathBuf>,
+    /// Where output goes (must be `Off`).
+    pub mode: ConsoleOutputMode,
+    /// The I/O port.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub iobase: Option<u16>,
+}
+
+/// Disk image formats (compatibility only: Palisade reads raw images).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ImageType {
+    /// Fixed-size VHD.
+    FixedVhd,
+    /// QCOW2.
+    Qcow2,
+    /// Raw.
+    Raw,
+    /// VHDX.
+    Vhdx,
+    /// Not said (Palisade then reads the image as raw).
+    Unknown,
+}
+
+/// How a disk image is locked (compatibility only).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum LockGranularity {
+    /// Byte-range locks (Cloud Hypervisor's default).
+    #[default]
+    ByteRange,
+    /// A whole-file lock.
+    Full,
+}
+
+/// A virtio block device.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DiskConfig {
+    /// Image file (raw).
+    pub path: Option<PathBuf>,
+    /// Advertise the disk read-only and refuse writes.
+    #[serde(default)]
+    pub readonly: bool,
+    /// Open the image with `O_DIRECT`.
+    #[serde(default)]
+    pub direct: bool,
+    /// Number of request queues.
+    #[serde(default = "DiskConfig::default_num_queues")]
+    pub num_queues: u16,
+    /// Size of each queue.
+    #[serde(default = "DiskConfig::default_queue_size")]
+    pub queue_size: u16,
+    /// Device identifier (generated when absent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    /// Serial number reported to the guest (`get-id`); defaults to the id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub serial: Option<String>,
+    /// Compatibility: behind a virtual IOMMU (must be false).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub iommu: bool,
+    /// Compatibility: vhost-user backend (must be false).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub vhost_user: bool,
+    /// Compatibility: vhost-user socket (must be absent or null).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vhost_socket: Option<String>,
+    /// Compatibility: I/O rate limiter (must be absent or null).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limiter_config: Option<Value>,
+    /// Compatibility: PCI segment (must be 0).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub pci_segment: u16,
+    /// Compatibility: PCI slot (must be absent or null).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pci_device_id: Option<u8>,
+    /// Compatibility: rate-limit group (must be absent or null).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limit_group: Option<String>,
+    /// Compatibility: queue to host CPU affinity (must be absent or empty).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queue_affinity: Option<Vec<Value>>,
+    /// Compatibility: follow backing files (must be false).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub backing_files: bool,
+    /// Compatibility: keep the image sparse (must stay true, the default).
+    #[serde(default = "default_true", skip_serializing_if = "is_true")]
+    pub sparse: bool,
+    /// Compatibility: image format (absent, `Raw` or `Unknown`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_type: Option<ImageType>,
+    /// Compatibility: image lock granularity (must be absent or `ByteRange`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lock_granularity: Option<LockGranularity>,
+}
+
+impl DiskConfig {
+    fn default_num_queues() -> u16 {
+        DEFAULT_DISK_NUM_QUEUES
+    }
+    fn default_queue_size() -> u16 {
+        DEFAULT_DISK_QUEUE_SIZE
+    }
+
+    /// A disk backed by the image at `path`, everything else at its default.
+    pub fn with_path(path: impl Into<PathBuf>) -> Self {
+        DiskConfig {
+            path: Some(path.into()),
+            ..Self::default()
+        }
+    }
+}
+
+impl Default for DiskConfig {
+    /// No path (which does not validate), default queues.
+    fn default() -> Self {
+        DiskConfig {
+            path: None,
+            readonly: false,
+            direct: false,
+            num_queues: DEFAULT_DISK_NUM_QUEUES,
+            queue_size: DEFAULT_DISK_QUEUE_SIZE,
+            id: None,
+            serial: None,
+            iommu: false,
+            vhost_user: false,
+            vhost_socket: None,
+            rate_limiter_config: None,
+            pci_segment: 0,
+            pci_device_id: None,
+            rate_limit_group: None,
+            queue_affinity: None,
+            backing_files: false,
+            sparse: true,
+            image_type: None,
+            lock_granularity: None,
+        }
+    }
+}
+
+/// Which side of a vhost-user socket connects (compatibility only).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum VhostMode {
+    /// The VMM connects (Cloud Hypervisor's default).
+    #[default]
+    Client,
+    /// The VMM listens.
+    Server,
+}
+
+/// A virtio network device backed by a tap.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NetConfig {
+    /// Tap device name; empty or absent creates a new tap.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tap: Option<String>,
+    /// Host-side IPv4 address of the tap.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ip: Option<String>,
+    /// Host-side IPv4 netmask of the tap.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mask: Option<String>,
+    /// Guest MAC address (random, locally administered, when absent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mac: Option<String>,
+    /// Number of queues (receive and transmit pairs times two).
+    #[serde(default = "NetConfig::default_num_queues")]
+    pub num_queues: u16,
+    /// Size of each queue.
+    #[serde(default = "NetConfig::default_queue_size")]
+    pub queue_size: u16,
+    /// Device identifier (generated when absent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    /// Tap file descriptors passed in by a supervisor.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fds: Option<Vec<i32>>,
+    /// Compatibility: host-side MAC address (must be absent or null).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host_mac: Option<String>,
+    /// Compatibility: MTU (must be absent or null).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mtu: Option<u16>,
+    /// Compatibility: behind a virtual IOMMU (must be false).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub iommu: bool,
+    /// Compatibility: vhost-user backend (must be false).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub vhost_user: bool,
+    /// Compatibility: vhost-user socket (must be absent or null).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vhost_socket: Option<String>,
+    /// Compatibility: vhost-user socket side (must be `Client`, the default).
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub vhost_mode: VhostMode,
+    /// Compatibility: PCI segment (must be 0).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub pci_segment: u16,
+    /// Compatibility: PCI slot (must be absent or null).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pci_device_id: Option<u8>,
+    /// Compatibility: I/O rate limiter (must be absent or null).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limiter_config: Option<Value>,
+    /// Compatibility: TCP segmentation offload (must stay true, the default).
+    #[serde(default = "default_true", skip_serializing_if = "is_true")]
+    pub offload_tso: bool,
+    /// Compatibility: UDP fragmentation offload (must stay true, the default).
+    #[serde(default = "default_true", skip_serializing_if = "is_true")]
+    pub offload_ufo: bool,
+    /// Compatibility: checksum offload (must stay true, the default).
+    #[serde(default = "default_true", skip_serializing_if = "is_true")]
+    pub offload_csum: bool,
+}
+
+impl NetConfig {
+    fn default_num_queues() -> u16 {
+        DEFAULT_NET_NUM_QUEUES
+    }
+    fn default_queue_size() -> u16 {
+        DEFAULT_NET_QUEUE_SIZE
+    }
+}
+
+impl Default for NetConfig {
+    /// A new tap with a random MAC, default queues.
+    fn default() -> Self {
+        NetConfig {
+            tap: None,
+            ip: None,
+            mask: None,
+            mac: None,
+            num_queues: DEFAULT_NET_NUM_QUEUES,
+            queue_size: DEFAULT_NET_QUEUE_SIZE,
+            id: None,
+            fds: None,
+            host_mac: None,
+            mtu: None,
+            iommu: false,
+            vhost_user: false,
+            vhost_socket: None,
+            vhost_mode: VhostMode::default(),
+            pci_segment: 0,
+            pci_device_id: None,
+            rate_limiter_config: None,
+            offload_tso: true,
+            offload_ufo: true,
+            offload_csum: true,
+        }
+    }
+}
+
+/// The virtio entropy device.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RngConfig {
+    /// Entropy source.
+    pub src: PathBuf,
+    /// Compatibility: device identifier (must be absent or null).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    /// Compatibility: behind a virtual IOMMU (must be false).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub iommu: bool,
+    /// Compatibility: PCI segment (must be 0).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub pci_segment: u16,
+    /// Compatibility: PCI slot (must be absent or null).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pci_device_id: Option<u8>,
+}
+
+impl RngConfig {
+    /// An entropy device reading `src`.
+    pub fn with_src(src: impl Into<PathBuf>) -> Self {
+        RngConfig {
+            src: src.into(),
+            id: None,
+            iommu: false,
+            pci_segment: 0,
+            pci_device_id: None,
+        }
+    }
+}
+
+impl Default for RngConfig {
+    fn default() -> Self {
+        Self::with_src(DEFAULT_RNG_SOURCE)
+    }
+}
+
+/// One user-given Landlock rule.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LandlockConfig {
+    /// A file or a directory.
+    pub path: PathBuf,
+    /// `r`, `w` or `rw`.
+    pub access: String,
+}

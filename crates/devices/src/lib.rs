@@ -1,0 +1,12 @@
+//! Palisade's device models.
+//!
+//! Devices here see the guest only through small interfaces — a [`bus::BusDevice`] for
+//! register accesses, an [`ioapic::InterruptLine`] for each interrupt and an
+//! [`vmm_sys_util::eventfd::EventFd`] for each request they raise — so each one can be driven by a unit test without a VM.
+
+pub mod bus;
+pub mod ioapic;
+pub mod legacy;
+pub mod serial;
+
+pub use bus::{Bus, BusDevice, BusError};

@@ -1,0 +1,304 @@
+//! Applying a policy: the Landlock ruleset, its enforcement on every thread, and what was
+//! enforced.
+
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::fs::FileTypeExt;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use landlock::{
+    CompatLevel, Compatible, PathBeneath, PathFd, RestrictSelfAttr, Ruleset, RulesetAttr,
+    RulesetCreated, RulesetCreatedAttr, RulesetStatus, ABI,
+};
+use serde::Serialize;
+
+use crate::policy::{Access, Held, Origin, Policy, Rule};
+use crate::rights::{self, PathKind};
+use crate::threads::{self, TaskList, ThreadError};
+
+/// Why confinement could not be applied.
+#[derive(Debug, thiserror::Error)]
+pub enum SandboxError {
+    /// The kernel has no usable Landlock.
+    #[error("Landlock was requested but {0}; refusing to run the VM unconfined")]
+    Unavailable(String),
+    /// A rule's path cannot be used.
+    #[error("landlock rule path={},access={}: {source}", path.display(), access.as_str())]
+    RulePath {
+        /// The rule's path.
+        path: PathBuf,
+        /// The rule's access.
+        access: Access,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The ruleset could not be built or applied.
+    #[error("cannot apply the Landlock ruleset: {0}")]
+    Ruleset(#[from] landlock::RulesetError),
+    /// Some thread could not be confined; the process is partly confined and must not go on.
+    #[error("{0}; the VMM is only partly confined")]
+    Thread(#[from] ThreadError),
+}
+
+/// A rule as enforced: the policy rule and the Landlock rights it became.
+#[derive(Clone, Debug, Serialize)]
+pub struct EnforcedRule {
+    /// The rule.
+    #[serde(flatten)]
+    pub rule: Rule,
+    /// The Landlock rights granted beneath its path.
+    pub rights: Vec<String>,
+}
+
+/// The rights the ruleset handles (denied unless a rule grants them).
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Handled {
+    /// File-system rights.
+    pub fs: Vec<String>,
+    /// Network rights (no port is allowed).
+    pub net: Vec<String>,
+    /// Scopes (no abstract Unix socket or signal outside the sandbox).
+    pub scopes: Vec<String>,
+}
+
+/// What confinement enforced, for `vm.info` and the log.
+#[derive(Clone, Debug, Serialize)]
+pub struct Report {
+    /// The kernel's Landlock ABI.
+    pub abi: i32,
+    /// `full`, or `partial` on a kernel older than Palisade's policy needs.
+    pub enforcement: &'static str,
+    /// What the policy asks for but this kernel cannot enforce.
+    pub not_enforced: Vec<String>,
+    /// Rights handled by the ruleset.
+    pub handled: Handled,
+    /// What may still be opened.
+    pub rules: Vec<EnforcedRule>,
+    /// What is held open instead of granted.
+    pub held: Vec<Held>,
+    /// Threads confined.
+    pub threads: usize,
+    /// How threads were confined: the kernel's all-threads flag, or each thread itself.
+    pub method: &'static str,
+    /// Landlock layers applied to the process so far (one per confined VM creation).
+    pub layers: usize,
+}
+
+impl Report {
+    /// The lines logged once when confinement is applied.
+    pub fn log_lines(&self) -> Vec<String> {
+        let mut lines = vec![format!(
+            "Landlock ABI {} enforced ({}) on {} threads ({}); {} rules, {} items held open",
+            self.abi,
+            self.enforcement,
+            self.threads,
+            self.method,
+            self.rules.len(),
+            self.held.len()
+        )];
+        if !self.not_enforced.is_empty() {
+            lines.push(format!(
+                "Landlock: this kernel cannot enforce: {}",
+                self.not_enforced.join(", ")
+            ));
+        }
+        lines.push(format!(
+            "Landlock handles fs [{}], net [{}], scopes [{}]",
+            self.handled.fs.join(" "),
+            self.handled.net.join(" "),
+            self.handled.scopes.join(" ")
+        ));
+        for r in &self.rules {
+            lines.push(format!(
+                "Landlock rule: {} access={} ({}) from {}",
+                r.rule.path.display(),
+                r.rule.access.as_str(),
+                r.rights.join(" "),
+                origin_text(&r.rule.origin)
+            ));
+        }
+        for h in &self.held {
+            lines.push(format!(
+                "Landlock: no rule needed for {} ({}): {}",
+                h.path.display(),
+                origin_text(&h.origin),
+                h.how
+            ));
+        }
+        lines
+    }
+}
+
+/// A short human description of an origin.
+pub fn origin_text(origin: &Origin) -> String {
+    match origin {
+        Origin::Kernel => "kernel".into(),
+        Origin::Initramfs => "initramfs".into(),
+        Origin::Serial => "serial".into(),
+        Origin::Console => "console".into(),
+        Origin::Disk { id } => format!("disk {id}"),
+        Origin::Rng => "rng".into(),
+        Origin::Net { id } => format!("net {id}"),
+        Origin::UserRule { index } => format!("landlock rule #{index}"),
+    }
+}
+
+// The confinement in force, process-wide (Landlock cannot be undone).
+static CONFINED: Mutex<Option<Report>> = Mutex::new(None);
+
+/// The confinement in force, if the process is confined.
+pub fn current() -> Option<Report> {
+    CONFINED.lock().unwrap_or_else(|e| e.into_inner()).clone()
+}
+
+/// The kernel's Landlock ABI version, or why there is none.
+pub fn kernel_abi() -> Result<i32, String> {
+    // SAFETY: the version query takes no attribute pointer and has no side effect.
+    let v = unsafe {
+        libc::syscall(
+            libc::SYS_landlock_create_ruleset,
+            std::ptr::null::<libc::c_void>(),
+            0usize,
+            1u32, // LANDLOCK_CREATE_RULESET_VERSION
+        )
+    };
+    if v >= 1 {
+        return Ok(v as i32);
+    }
+    let e = std::io::Error::last_os_error();
+    Err(match e.raw_os_error() {
+        Some(libc::EOPNOTSUPP) => "Landlock is built into this kernel but disabled (add landlock to the lsm= boot parameter)".into(),
+        Some(libc::ENOSYS) => "this kernel has no Landlock (it needs Linux 5.13 or later built with CONFIG_SECURITY_LANDLOCK)".into(),
+        _ => format!("the Landlock version query failed: {e}"),
+    })
+}
+
+fn path_kind(path: &Path) -> std::io::Result<PathKind> {
+    let meta = std::fs::metadata(path)?;
+    let ft = meta.file_type();
+    Ok(if ft.is_dir() {
+        PathKind::Directory {
+            under_dev: path.starts_with("/dev"),
+        }
+    } else if ft.is_char_device() || ft.is_block_device() {
+        PathKind::Device
+    } else {
+        PathKind::File
+    })
+}
+
+/// What confinement needs from before any thread starts: a handle on the thread list.
+pub struct Sandbox {
+    tasks: TaskList,
+}
+
+impl Sandbox {
+    /// Prepares confinement; call at start-up, while `/proc` can still be opened.
+    pub fn prepare() -> std::io::Result<Sandbox> {
+        Ok(Sandbox {
+            tasks: TaskList::open()?,
+        })
+    }
+
+    /// Confines every thread of the process to `policy`, for good.
+    pub fn confine(&self, policy: &Policy) -> Result<Report, SandboxError> {
+        let abi_number = kernel_abi().map_err(SandboxError::Unavailable)?;
+        let abi = ABI::from(abi_number);
+        let fs = rights::handled_fs(abi);
+        let net = rights::handled_net(abi);
+        let scopes = rights::handled_scopes(abi);
+
+        let mut ruleset = Ruleset::default()
+            .set_compatibility(CompatLevel::BestEffort)
+            .handle_access(fs)?;
+        if !net.is_empty() {
+            ruleset = ruleset.handle_access(net)?;
+        }
+        if !scopes.is_empty() {
+            ruleset = ruleset.scope(scopes)?;
+        }
+        let mut created: RulesetCreated = ruleset.create()?;
+        let mut enforced = Vec::with_capacity(policy.rules.len());
+        for rule in &policy.rules {
+            let rule_error = |source| SandboxError::RulePath {
+                path: rule.path.clone(),
+                access: rule.access,
+                source,
+            };
+            let kind = path_kind(&rule.path).map_err(rule_error)?;
+            let granted = rights::granted(rule.access, kind) & fs;
+            let fd = PathFd::new(&rule.path)
+                .map_err(|e| rule_error(std::io::Error::other(e.to_string())))?;
+            created = created.add_rule(PathBeneath::new(fd, granted))?;
+            enforced.push(EnforcedRule {
+                rule: rule.clone(),
+                rights: rights::fs_names(granted),
+            });
+        }
+
+        let (status, threads, method) = if abi_number >= 8 {
+            let status = created.all_threads(true)?.restrict_self()?;
+            let count = self.tasks.tids().map(|t| t.len()).unwrap_or(1);
+            (status.ruleset, count, "all-threads flag")
+        } else {
+            let fd: Option<OwnedFd> = created
+                .try_clone()
+                .map_err(|e| SandboxError::Thread(ThreadError::Io(e)))?
+                .into();
+            let fd = fd.ok_or_else(|| {
+                SandboxError::Unavailable("the Landlock ruleset could not be created".into())
+            })?;
+            let others = threads::confine_others(fd.as_raw_fd(), &self.tasks)?;
+            let status = created.restrict_self()?;
+            (status.ruleset, others + 1, "each thread confined itself")
+        };
+        if status == RulesetStatus::NotEnforced {
+            return Err(SandboxError::Unavailable(
+                "the kernel enforced none of the ruleset".into(),
+            ));
+        }
+        let not_enforced = rights::not_enforced(abi);
+        let mut state = CONFINED.lock().unwrap_or_else(|e| e.into_inner());
+        let layers = state.as_ref().map_or(0, |r| r.layers) + 1;
+        let report = Report {
+            abi: abi_number,
+            enforcement: if not_enforced.is_empty() && status == RulesetStatus::FullyEnforced {
+                "full"
+            } else {
+                "partial"
+            },
+            not_enforced,
+            handled: Handled {
+                fs: rights::fs_names(fs),
+                net: rights::net_names(net),
+                scopes: rights::scope_names(scopes),
+            },
+            rules: enforced,
+            held: policy.held.clone(),
+            threads,
+            method,
+            layers,
+        };
+        *state = Some(report.clone());
+        Ok(report)
+    }
+}
+
+/// If the process is confined and `path` is outside what it may open with `access`, the
+/// one-line explanation for the user (path, reason, the rule that would allow it).
+pub fn explain_denial(path: &Path, access: Access) -> Option<String> {
+    let report = current()?;
+    let allowed = report
+        .rules
+        .iter()
+        .any(|r| path.starts_with(&r.rule.path) && r.rule.access.covers(access));
+    if allowed {
+        return None;
+    }
+    Some(format!(
+        "{}: Permission denied: the path is outside the Landlock ruleset applied when the VM \
+         was created, and a running Palisade cannot widen it; restart Palisade with {} to allow it",
+        path.display(),
+        crate::policy::suggested_rule(path, access)
+    ))
+}

@@ -1,0 +1,17 @@
+//! Palisade's self-confinement with Landlock.
+//!
+//! When a VM is created with Landlock on, Palisade computes a [`policy::Policy`] from its
+//! configuration (a pure function: what is held open, what may still be opened), turns it
+//! into a Landlock ruleset that handles every right the kernel knows, and confines every
+//! thread of the process to it ([`enforce::Sandbox::confine`]). The [`enforce::Report`] says
+//! what was enforced. [`janitor`] removes the API socket at exit without giving the confined
+//! VMM the right to delete files.
+
+pub mod enforce;
+pub mod janitor;
+pub mod policy;
+pub mod rights;
+pub mod threads;
+
+pub use enforce::{current, explain_denial, Report, Sandbox, SandboxError};
+pub use policy::{Access, Origin, Policy};

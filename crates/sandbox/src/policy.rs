@@ -1,0 +1,375 @@
+//! From a VM configuration to a Landlock policy: what the confined VMM may still open, and
+//! what it holds open instead.
+//!
+//! Palisade opens every file a VM uses when the VM is created, before confinement, and keeps
+//! the descriptors (a reboot reloads the kernel through them). Those items need no rule at
+//! all: the ruleset only grants what must really be opened later — the user's
+//! `--landlock-rules`, meant for hot-plug. This module is a pure function of the config, so
+//! the policy for any VM can be checked without touching the file system.
+
+use std::path::{Path, PathBuf};
+
+use config::{ConsoleConfig, ConsoleOutputMode, VmConfig};
+use serde::Serialize;
+
+/// What a rule lets the VMM do with a path, in the user's terms.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub enum Access {
+    /// Read (`r`).
+    Read,
+    /// Write (`w`).
+    Write,
+    /// Read and write (`rw`).
+    ReadWrite,
+}
+
+impl Access {
+    /// Parses `r`, `w` or `rw`.
+    pub fn parse(s: &str) -> Option<Access> {
+        match s {
+            "r" => Some(Access::Read),
+            "w" => Some(Access::Write),
+            "rw" => Some(Access::ReadWrite),
+            _ => None,
+        }
+    }
+
+    /// The `access=` value that asks for this.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Access::Read => "r",
+            Access::Write => "w",
+            Access::ReadWrite => "rw",
+        }
+    }
+
+    /// Whether this includes reading.
+    pub fn reads(self) -> bool {
+        matches!(self, Access::Read | Access::ReadWrite)
+    }
+
+    /// Whether this includes writing.
+    pub fn writes(self) -> bool {
+        matches!(self, Access::Write | Access::ReadWrite)
+    }
+
+    /// Whether this grants at least what `other` needs.
+    pub fn covers(self, other: Access) -> bool {
+        (!other.reads() || self.reads()) && (!other.writes() || self.writes())
+    }
+}
+
+/// The config item a rule or a held descriptor comes from.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Origin {
+    /// `payload.kernel`.
+    Kernel,
+    /// `payload.initramfs`.
+    Initramfs,
+    /// The serial port's file or pty.
+    Serial,
+    /// The virtio console's file or pty.
+    Console,
+    /// A disk, by id (or index when it has none).
+    Disk {
+        /// The disk's id.
+        id: String,
+    },
+    /// The entropy source.
+    Rng,
+    /// A network device's tap.
+    Net {
+        /// The device's id.
+        id: String,
+    },
+    /// A `--landlock-rules` / `landlock_rules` entry, by position.
+    UserRule {
+        /// Position in the list, from 0.
+        index: usize,
+    },
+}
+
+/// A path the confined VMM may still open.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Rule {
+    /// File or directory (a directory covers everything beneath it).
+    pub path: PathBuf,
+    /// What may be done with it.
+    pub access: Access,
+    /// Where the rule comes from.
+    pub origin: Origin,
+}
+
+/// A resource opened before confinement and kept open, so it needs no rule.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Held {
+    /// The path it was opened from.
+    pub path: PathBuf,
+    /// How it is used (what was opened, with which access).
+    pub how: String,
+    /// Where it comes from.
+    pub origin: Origin,
+}
+
+/// The Landlock policy of one VM.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Policy {
+    /// What may still be opened after confinement.
+    pub rules: Vec<Rule>,
+    /// What is held open and therefore needs no rule.
+    pub held: Vec<Held>,
+}
+
+fn console_item(cfg: &ConsoleConfig, origin: Origin, held: &mut Vec<Held>) {
+    match cfg.mode {
+        ConsoleOutputMode::File => {
+            if let Some(file) = &cfg.file {
+                held.push(Held {
+                    path: file.clone(),
+                    how: "output file, opened for writing".into(),
+                    origin,
+                });
+            }
+        }
+        ConsoleOutputMode::Pty => held.push(Held {
+            // The pty's path is only known once it exists; /dev/ptmx is what was opened.
+            path: cfg
+                .file
+                .clone()
+                .unwrap_or_else(|| PathBuf::from("/dev/ptmx")),
+            how: "pseudo-terminal, both sides held open".into(),
+            origin,
+        }),
+        ConsoleOutputMode::Tty => held.push(Held {
+            path: PathBuf::from("/dev/stdin"),
+            how: "Palisade's own standard input and output".into(),
+            origin,
+        }),
+        ConsoleOutputMode::Off | ConsoleOutputMode::Null | ConsoleOutputMode::Socket => {}
+    }
+}
+
+impl Policy {
+    /// The policy for `config`: every file of the VM is held; the user's rules are granted.
+    pub fn from_config(config: &VmConfig) -> Policy {
+        let mut held = Vec::new();
+        if let Some(kernel) = &config.payload.kernel {
+            held.push(Held {
+                path: kernel.clone(),
+                how: "kernel image, opened read-only (reloaded through it on reboot)".into(),
+                origin: Origin::Kernel,
+            });
+        }
+        if let Some(initramfs) = &config.payload.initramfs {
+            held.push(Held {
+                path: initramfs.clone(),
+                how: "initramfs, opened read-only".into(),
+                origin: Origin::Initramfs,
+            });
+        }
+        console_item(&config.serial, Origin::Serial, &mut held);
+        console_item(&config.console, Origin::Console, &mut held);
+        for (index, disk) in config.disks.iter().flatten().enumerate() {
+            if let Some(path) = &disk.path {
+                held.push(Held {
+                    path: path.clone(),
+                    how: if disk.readonly {
+                        "disk image, opened read-only".into()
+                    } else {
+                        "disk image, opened read-write".into()
+                    },
+                    origin: Origin::Disk {
+                        id: disk.id.clone().unwrap_or_else(|| format!("_disk{index}")),
+                    },
+                });
+            }
+        }
+        let rules = config
+            .landlock_rules
+            .iter()
+            .flatten()
+            .enumerate()
+            .filter_map(|(index, r)| {
+                Access::parse(&r.access).map(|access| Rule {
+                    path: r.path.clone(),
+                    access,
+                    origin: Origin::UserRule { index },
+                })
+            })
+            .collect();
+        Policy { rules, held }
+    }
+
+    /// The rule that lets `path` be opened with `access`, if any: the path itself or a
+    /// directory above it, with enough access.
+    pub fn allowing(&self, path: &Path, access: Access) -> Option<&Rule> {
+        self.rules
+            .iter()
+            .find(|r| path.starts_with(&r.path) && r.access.covers(access))
+    }
+}
+
+/// The `--landlock-rules` value that would let `path` be opened with `access`.
+pub fn suggested_rule(path: &Path, access: Access) -> String {
+    format!(
+        "--landlock-rules path={},access={}",
+        path.display(),
+        access.as_str()
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use config::{DiskConfig, LandlockConfig};
+
+    fn base() -> VmConfig {
+        let mut c = VmConfig::default();
+        c.payload.kernel = Some("/boot/vmlinux".into());
+        c.serial = ConsoleConfig::with_mode(ConsoleOutputMode::Null);
+        c.console = ConsoleConfig::with_mode(ConsoleOutputMode::Off);
+        c.landlock_enable = true;
+        c
+    }
+
+    #[test]
+    fn access_values_parse_and_cover() {
+        assert_eq!(Access::parse("r"), Some(Access::Read));
+        assert_eq!(Access::parse("w"), Some(Access::Write));
+        assert_eq!(Access::parse("rw"), Some(Access::ReadWrite));
+        assert_eq!(Access::parse("rwx"), None);
+        assert_eq!(Access::parse("R"), None);
+        assert!(Access::ReadWrite.covers(Access::Read));
+        assert!(Access::ReadWrite.covers(Access::Write));
+        assert!(!Access::Read.covers(Access::Write));
+        assert!(!Access::Write.covers(Access::Read));
+        assert!(!Access::Read.covers(Access::ReadWrite));
+    }
+
+    #[test]
+    fn kernel_and_initramfs_are_held_not_granted() {
+        let mut c = base();
+        c.payload.initramfs = Some("/boot/initrd".into());
+        let p = Policy::from_config(&c);
+        assert!(p.rules.is_empty());
+        let origins: Vec<_> = p.held.iter().map(|h| h.origin.clone()).collect();
+        assert_eq!(origins, vec![Origin::Kernel, Origin::Initramfs]);
+        assert_eq!(p.held[0].path, PathBuf::from("/boot/vmlinux"));
+        assert!(p.held[0].how.contains("read-only"));
+    }
+
+    #[test]
+    fn console_files_ptys_and_ttys_are_held() {
+        let mut c = base();
+        c.serial = ConsoleConfig::with_file(PathBuf::from("/var/log/serial.log"));
+        c.console = ConsoleConfig::with_mode(ConsoleOutputMode::Pty);
+        let p = Policy::from_config(&c);
+        assert!(p.rules.is_empty());
+        let serial = p.held.iter().find(|h| h.origin == Origin::Serial).unwrap();
+        assert_eq!(serial.path, PathBuf::from("/var/log/serial.log"));
+        assert!(serial.how.contains("writing"));
+        let console = p.held.iter().find(|h| h.origin == Origin::Console).unwrap();
+        assert_eq!(console.path, PathBuf::from("/dev/ptmx"));
+        c.serial = ConsoleConfig::with_mode(ConsoleOutputMode::Tty);
+        let p = Policy::from_config(&c);
+        assert!(p.held.iter().any(|h| h.origin == Origin::Serial));
+        c.serial = ConsoleConfig::with_mode(ConsoleOutputMode::Off);
+        let p = Policy::from_config(&c);
+        assert!(!p.held.iter().any(|h| h.origin == Origin::Serial));
+    }
+
+    #[test]
+    fn disks_are_held_with_their_access() {
+        let mut c = base();
+        let mut ro = DiskConfig::with_path(PathBuf::from("/img/ro.raw"));
+        ro.readonly = true;
+        ro.id = Some("root".into());
+        let rw = DiskConfig::with_path(PathBuf::from("/img/rw.raw"));
+        c.disks = Some(vec![ro, rw]);
+        let p = Policy::from_config(&c);
+        let ro = p
+            .held
+            .iter()
+            .find(|h| h.origin == Origin::Disk { id: "root".into() })
+            .unwrap();
+        assert!(ro.how.contains("read-only"));
+        let rw = p
+            .held
+            .iter()
+            .find(|h| {
+                h.origin
+                    == Origin::Disk {
+                        id: "_disk1".into(),
+                    }
+            })
+            .unwrap();
+        assert!(rw.how.contains("read-write"));
+        assert!(p.rules.is_empty());
+    }
+
+    #[test]
+    fn user_rules_become_rules_in_order_with_their_origin() {
+        let mut c = base();
+        c.landlock_rules = Some(vec![
+            LandlockConfig {
+                path: "/srv/hotplug".into(),
+                access: "rw".into(),
+            },
+            LandlockConfig {
+                path: "/srv/iso/cd.iso".into(),
+                access: "r".into(),
+            },
+        ]);
+        let p = Policy::from_config(&c);
+        assert_eq!(
+            p.rules,
+            vec![
+                Rule {
+                    path: "/srv/hotplug".into(),
+                    access: Access::ReadWrite,
+                    origin: Origin::UserRule { index: 0 }
+                },
+                Rule {
+                    path: "/srv/iso/cd.iso".into(),
+                    access: Access::Read,
+                    origin: Origin::UserRule { index: 1 }
+                },
+            ]
+        );
+    }
+
+    #[test]
+    fn allowing_finds_the_covering_rule_or_none() {
+        let mut c = base();
+        c.landlock_rules = Some(vec![
+            LandlockConfig {
+                path: "/srv/ro".into(),
+                access: "r".into(),
+            },
+            LandlockConfig {
+                path: "/srv/rw".into(),
+                access: "rw".into(),
+            },
+        ]);
+        let p = Policy::from_config(&c);
+        assert!(p
+            .allowing(Path::new("/srv/ro/a.raw"), Access::Read)
+            .is_some());
+        assert!(p
+            .allowing(Path::new("/srv/ro/a.raw"), Access::ReadWrite)
+            .is_none());
+        assert!(p
+            .allowing(Path::new("/srv/rw/b/c.raw"), Access::ReadWrite)
+            .is_some());
+        // Component-wise prefix: /srv/rwx is not beneath /srv/rw.
+        assert!(p
+            .allowing(Path::new("/srv/rwx/c.raw"), Access::Read)
+            .is_none());
+        assert!(p.allowing(Path::new("/etc/passwd"), Access::Read).is_none());
+        assert_eq!(
+            suggested_rule(Path::new("/data/d.raw"), Access::ReadWrite),
+            "--landlock-rules path=/data/d.raw,access=rw"
+        );
+    }
+}

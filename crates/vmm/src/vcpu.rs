@@ -1,0 +1,419 @@
+//! vCPU threads: each runs `KVM_RUN` in a loop and dispatches port and MMIO exits to the buses.
+//!
+//! The VMM steers them through a shared [`VcpuControl`]: run, pause (park on a condition
+//! variable) or stop. A thread blocked inside `KVM_RUN` is pulled out by a signal whose
+//! handler sets the `immediate_exit` flag of that thread's `kvm_run` page, so a kick sent just
+//! before the thread enters the kernel is not lost.
+
+use std::cell::Cell;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::thread::JoinHandle;
+
+use devices::ioapic::IoApic;
+use devices::Bus;
+use kvm_bindings::kvm_run;
+use kvm_ioctls::{VcpuExit, VcpuFd};
+use log::{debug, trace};
+use vmm_sys_util::eventfd::EventFd;
+use vmm_sys_util::signal::{register_signal_handler, Killable, SIGRTMIN};
+
+/// What the VMM wants the vCPUs to do.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+enum Desired {
+    Run = 0,
+    Pause = 1,
+    Stop = 2,
+}
+
+/// Shared steering of all vCPUs of one running machine.
+pub struct VcpuControl {
+    desired: AtomicU8,
+    parked: Mutex<usize>,
+    changed: Condvar,
+}
+
+impl Default for VcpuControl {
+    fn default() -> Self {
+        VcpuControl {
+            desired: AtomicU8::new(Desired::Run as u8),
+            parked: Mutex::new(0),
+            changed: Condvar::new(),
+        }
+    }
+}
+
+impl VcpuControl {
+    fn desired(&self) -> Desired {
+        match self.desired.load(Ordering::Acquire) {
+            0 => Desired::Run,
+            1 => Desired::Pause,
+            _ => Desired::Stop,
+        }
+    }
+
+    fn set(&self, d: Desired) {
+        let _guard = self.parked.lock().unwrap_or_else(|e| e.into_inner());
+        self.desired.store(d as u8, Ordering::Release);
+        self.changed.notify_all();
+    }
+
+    /// Called by a vCPU thread between runs; returns false when the thread must end.
+    fn checkpoint(&self) -> bool {
+        if self.desired() == Desired::Run {
+            return true;
+        }
+        let mut parked = self.parked.lock().unwrap_or_else(|e| e.into_inner());
+        loop {
+            match self.desired() {
+                Desired::Run => return true,
+                Desired::Stop => return false,
+                Desired::Pause => {
+                    *parked += 1;
+                    self.changed.notify_all();
+                    parked = self
+                        .changed
+                        .wait_while(parked, |_| self.desired() == Desired::Pause)
+                        .unwrap_or_else(|e| e.into_inner());
+                    *parked -= 1;
+                }
+            }
+        }
+    }
+
+    /// Blocks a vCPU thread that has nothing more to run until the machine stops.
+    fn wait_for_stop(&self) {
+        let parked = self.parked.lock().unwrap_or_else(|e| e.into_inner());
+        let _unused = self
+            .changed
+            .wait_while(parked, |_| self.desired() != Desired::Stop)
+            .unwrap_or_else(|e| e.into_inner());
+    }
+
+    /// Waits until `count` vCPUs are parked (or the machine is stopping).
+    fn wait_parked(&self, count: usize) {
+        let parked = self.parked.lock().unwrap_or_else(|e| e.into_inner());
+        let _unused = self
+            .changed
+            .wait_while(parked, |p| *p < count && self.desired() == Desired::Pause)
+            .unwrap_or_else(|e| e.into_inner());
+    }
+}
+
+/// Why a vCPU stopped the VM.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VcpuFault {
+    /// The vCPU's index.
+    pub vcpu: u8,
+    /// The exit or error, named.
+    pub reason: String,
+    /// The guest instruction pointer at the time, when it could be read.
+    pub rip: Option<u64>,
+}
+
+impl std::fmt::Display for VcpuFault {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "vCPU {} stopped the VM: {}", self.vcpu, self.reason)?;
+        match self.rip {
+            Some(rip) => write!(f, " at guest RIP {rip:#x}"),
+            None => write!(f, " (guest RIP unreadable)"),
+        }
+    }
+}
+
+/// Where vCPUs report faults: the first one is kept and `evt` wakes the VMM.
+pub struct FaultSink {
+    fault: Mutex<Option<VcpuFault>>,
+    evt: EventFd,
+}
+
+impl FaultSink {
+    /// A sink that wakes `evt`.
+    pub fn new(evt: EventFd) -> Self {
+        FaultSink {
+            fault: Mutex::new(None),
+            evt,
+        }
+    }
+
+    fn report(&self, fault: VcpuFault) {
+        let mut slot = self.fault.lock().unwrap_or_else(|e| e.into_inner());
+        if slot.is_none() {
+            *slot = Some(fault);
+        }
+        // Overflowing the counter is impossible in practice; the fault is stored regardless.
+        let _ = self.evt.write(1);
+    }
+
+    /// Takes the first fault reported, if any.
+    pub fn take(&self) -> Option<VcpuFault> {
+        self.fault.lock().unwrap_or_else(|e| e.into_inner()).take()
+    }
+}
+
+/// What a vCPU thread needs besides its fd.
+#[derive(Clone)]
+pub struct VcpuContext {
+    /// Port I/O devices.
+    pub pio: Arc<Bus>,
+    /// MMIO devices.
+    pub mmio: Arc<Bus>,
+    /// The I/O APIC, told of end-of-interrupts for level-triggered vectors.
+    pub ioapic: Arc<Mutex<IoApic>>,
+    /// Steering.
+    pub control: Arc<VcpuControl>,
+    /// Fault reporting.
+    pub faults: Arc<FaultSink>,
+    /// Raised when the CPU resets itself (triple fault), as the chipset would.
+    pub reset: Arc<EventFd>,
+}
+
+thread_local! {
+    // The kvm_run page of the vCPU this thread runs, for the kick signal handler.
+    static KVM_RUN: Cell<*mut kvm_run> = const { Cell::new(std::ptr::null_mut()) };
+}
+
+extern "C" fn kick_handler(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {
+    KVM_RUN.with(|run| {
+        let run = run.get();
+        if !run.is_null() {
+            // SAFETY: the pointer is this thread's own kvm_run mapping, set before the thread
+            // first enters KVM_RUN and cleared before the VcpuFd (and its mapping) is dropped;
+            // a volatile byte store is async-signal-safe.
+            unsafe { std::ptr::addr_of_mut!((*run).immediate_exit).write_volatile(1) };
+        }
+    });
+}
+
+/// The signal that kicks a vCPU out of `KVM_RUN`.
+pub fn kick_signal() -> libc::c_int {
+    SIGRTMIN()
+}
+
+/// Installs the kick handler; call once before starting vCPUs.
+pub fn install_kick_handler() -> std::io::Result<()> {
+    register_signal_handler(kick_signal(), kick_handler)
+        .map_err(|e| std::io::Error::from_raw_os_error(e.errno()))
+}
+
+/// A running vCPU thread.
+pub struct VcpuThread {
+    handle: JoinHandle<()>,
+}
+
+impl VcpuThread {
+    /// Starts a thread running `vcpu`.
+    pub fn spawn(index: u8, vcpu: VcpuFd, ctx: VcpuContext) -> std::io::Result<Self> {
+        let handle = std::thread::Builder::new()
+            .name(format!("vcpu{index}"))
+            .spawn(move || run(index, vcpu, ctx))?;
+        Ok(VcpuThread { handle })
+    }
+
+    /// Interrupts `KVM_RUN` so the thread looks at its control.
+    pub fn kick(&self) {
+        if self.handle.is_finished() {
+            return;
+        }
+        if let Err(e) = self.handle.kill(kick_signal()) {
+            debug!("kicking a vCPU: {e}");
+        }
+    }
+
+    /// Waits for the thread to end.
+    pub fn join(self) {
+        if self.handle.join().is_err() {
+            log::error!("a vCPU thread panicked");
+        }
+    }
+}
+
+/// Pauses every vCPU and waits until all are parked.
+pub fn pause_all(control: &VcpuControl, threads: &[VcpuThread]) {
+    control.set(Desired::Pause);
+    threads.iter().for_each(VcpuThread::kick);
+    control.wait_parked(threads.len());
+}
+
+/// Lets paused vCPUs run again.
+pub fn resume_all(control: &VcpuControl) {
+    control.set(Desired::Run);
+}
+
+/// Stops every vCPU and joins their threads.
+pub fn stop_all(control: &VcpuControl, threads: Vec<VcpuThread>) {
+    control.set(Desired::Stop);
+    threads.iter().for_each(VcpuThread::kick);
+    threads.into_iter().for_each(VcpuThread::join);
+}
+
+/// How one exit was handled.
+enum Outcome {
+    Continue,
+    Reset,
+    Fault(String),
+}
+
+fn handle_exit(exit: VcpuExit<'_>, ctx: &VcpuContext) -> Outcome {
+    match exit {
+        VcpuExit::IoIn(port, data) => {
+            if !ctx.pio.read(port as u64, data) {
+                trace!("unhandled port read {port:#x}");
+                data.fill(0xff);
+            }
+        }
+        VcpuExit::IoOut(port, data) => {
+            if !ctx.pio.write(port as u64, data) {
+                trace!("unhandled port write {port:#x}");
+            }
+        }
+        VcpuExit::MmioRead(addr, data) => {
+            if !ctx.mmio.read(addr, data) {
+                trace!("unhandled MMIO read {addr:#x}");
+                data.fill(0xff);
+            }
+        }
+        VcpuExit::MmioWrite(addr, data) => {
+            if !ctx.mmio.write(addr, data) {
+                trace!("unhandled MMIO write {addr:#x}");
+            }
+        }
+        VcpuExit::IoapicEoi(vector) => {
+            ctx.ioapic
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .end_of_interrupt(vector);
+        }
+        // A triple fault puts the processor in shutdown, which a PC turns into a reset.
+        VcpuExit::Shutdown => return Outcome::Reset,
+        VcpuExit::InternalError => return Outcome::Fault("KVM internal error".into()),
+        VcpuExit::FailEntry(reason, cpu) => {
+            return Outcome::Fault(format!(
+                "KVM entry failure (hardware reason {reason:#x}, host CPU {cpu})"
+            ))
+        }
+        VcpuExit::Hlt => return Outcome::Fault("unexpected HLT exit".into()),
+        VcpuExit::SystemEvent(kind, _) => {
+            return Outcome::Fault(format!("unexpected system event {kind}"))
+        }
+        other => return Outcome::Fault(format!("unhandled exit {}", exit_name(&other))),
+    }
+    Outcome::Continue
+}
+
+fn exit_name(exit: &VcpuExit<'_>) -> String {
+    let debug = format!("{exit:?}");
+    debug
+        .split(|c: char| !c.is_alphanumeric())
+        .next()
+        .unwrap_or("?")
+        .to_string()
+}
+
+/// Extra detail for an internal error: KVM's sub-error code.
+fn internal_error_detail(vcpu: &mut VcpuFd) -> String {
+    let run = vcpu.get_kvm_run();
+    // SAFETY: the exit reason is KVM_EXIT_INTERNAL_ERROR, so `internal` is the active member.
+    let suberror = unsafe { run.__bindgen_anon_1.internal.suberror };
+    match suberror {
+        1 => "emulation failure".into(),
+        2 => "simultaneous exception".into(),
+        3 => "delivery event during event vectoring".into(),
+        n => format!("sub-error {n}"),
+    }
+}
+
+fn run(index: u8, mut vcpu: VcpuFd, ctx: VcpuContext) {
+    let run_page: *mut kvm_run = vcpu.get_kvm_run();
+    KVM_RUN.with(|r| r.set(run_page));
+    while ctx.control.checkpoint() {
+        let outcome = match vcpu.run() {
+            Ok(exit) => {
+                let internal = matches!(exit, VcpuExit::InternalError);
+                match handle_exit(exit, &ctx) {
+                    Outcome::Continue => continue,
+                    Outcome::Reset => {
+                        log::info!("vCPU {index}: triple fault: resetting the VM");
+                        if let Err(e) = ctx.reset.write(1) {
+                            format!("triple fault, and the reset request failed: {e}")
+                        } else {
+                            // Nothing more to run until the VMM rebuilds the machine.
+                            ctx.control.wait_for_stop();
+                            break;
+                        }
+                    }
+                    Outcome::Fault(reason) if internal => {
+                        format!("{reason}: {}", internal_error_detail(&mut vcpu))
+                    }
+                    Outcome::Fault(reason) => reason,
+                }
+            }
+            Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {
+                vcpu.set_kvm_immediate_exit(0);
+                continue;
+            }
+            Err(e) => format!("KVM_RUN failed: {e}"),
+        };
+        let rip = vcpu.get_regs().ok().map(|r| r.rip);
+        ctx.faults.report(VcpuFault {
+            vcpu: index,
+            reason: outcome,
+            rip,
+        });
+        break;
+    }
+    KVM_RUN.with(|r| r.set(std::ptr::null_mut()));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn control_parks_and_releases_threads() {
+        let control = Arc::new(VcpuControl::default());
+        let mut threads = Vec::new();
+        for _ in 0..3 {
+            let c = control.clone();
+            threads.push(std::thread::spawn(move || {
+                let mut laps = 0u64;
+                while c.checkpoint() {
+                    laps += 1;
+                    std::thread::sleep(Duration::from_micros(50));
+                }
+                laps
+            }));
+        }
+        control.set(Desired::Pause);
+        control.wait_parked(3);
+        assert_eq!(*control.parked.lock().unwrap(), 3);
+        control.set(Desired::Run);
+        std::thread::sleep(Duration::from_millis(5));
+        control.set(Desired::Stop);
+        for t in threads {
+            assert!(t.join().unwrap() > 0);
+        }
+    }
+
+    #[test]
+    fn fault_sink_keeps_the_first_fault_and_wakes_the_vmm() {
+        let evt = EventFd::new(vmm_sys_util::eventfd::EFD_NONBLOCK).unwrap();
+        let sink = FaultSink::new(evt.try_clone().unwrap());
+        let fault = |vcpu| VcpuFault {
+            vcpu,
+            reason: "x".into(),
+            rip: Some(0x1000),
+        };
+        sink.report(fault(1));
+        sink.report(fault(2));
+        assert_eq!(evt.read().unwrap(), 2);
+        assert_eq!(sink.take().unwrap().vcpu, 1);
+        assert!(sink.take().is_none());
+        assert_eq!(
+            fault(0).to_string(),
+            "vCPU 0 stopped the VM: x at guest RIP 0x1000"
+        );
+    }
+}

@@ -1,0 +1,422 @@
+//! One VM: its configuration, guest memory, held files and devices, and — while it runs — the
+//! KVM machine (VM fd and vCPU threads).
+//!
+//! Creating a VM opens every file it will ever need and allocates its memory; booting builds
+//! a fresh KVM machine, loads the kernel and starts the vCPUs. A reboot tears the machine
+//! down and boots a new one over the same memory and devices (a warm reset: RAM keeps its
+//! contents, the kernel image is loaded again), so it never re-opens a path.
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use config::VmConfig;
+use kvm_bindings::{
+    kvm_enable_cap, kvm_mp_state, kvm_userspace_memory_region, CpuId, KVM_CAP_SPLIT_IRQCHIP,
+    KVM_MP_STATE_RUNNABLE, KVM_MP_STATE_UNINITIALIZED,
+};
+use kvm_ioctls::{Kvm, VcpuFd, VmFd};
+use serde::Serialize;
+use vm_memory::{Address, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
+
+use crate::device_manager::{DeviceError, DeviceManager, MachineEvents};
+use crate::vcpu::{self, FaultSink, VcpuContext, VcpuControl, VcpuThread};
+use crate::x86_64::boot::{self, BootError, DEFAULT_INITRD_ADDR_MAX};
+use crate::x86_64::layout::{self, KVM_IDENTITY_MAP_ADDRESS, KVM_TSS_ADDRESS};
+use crate::x86_64::regs::{self, EntryMode};
+use crate::x86_64::{cpuid, mptable};
+
+/// The lifecycle state of a VM, named as in the REST API.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub enum VmState {
+    /// Created, never booted.
+    Created,
+    /// vCPUs running.
+    Running,
+    /// vCPUs parked.
+    Paused,
+    /// Stopped after running; may be booted again.
+    Shutdown,
+}
+
+/// Errors creating or running a VM.
+#[derive(Debug, thiserror::Error)]
+pub enum VmError {
+    /// The process is confined and the path is outside its Landlock ruleset.
+    #[error("{what} {message}")]
+    Denied {
+        /// Which config item.
+        what: &'static str,
+        /// The explanation, naming the path and the rule that would allow it.
+        message: String,
+    },
+    /// A file of the VM could not be opened.
+    #[error("{what} {path}: {source}")]
+    Open {
+        /// Which config item.
+        what: &'static str,
+        /// The path.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// No kernel in the payload.
+    #[error("no kernel given: set payload.kernel (--kernel)")]
+    NoKernel,
+    /// Guest memory could not be allocated.
+    #[error("cannot allocate {size} bytes of guest memory: {detail}")]
+    Memory {
+        /// Requested size.
+        size: u64,
+        /// Why.
+        detail: String,
+    },
+    /// Device set-up failed.
+    #[error(transparent)]
+    Device(#[from] DeviceError),
+    /// A KVM call failed.
+    #[error("KVM: {what}: {source}")]
+    Kvm {
+        /// Which operation.
+        what: &'static str,
+        /// Why.
+        source: kvm_ioctls::Error,
+    },
+    /// Loading the kernel or writing boot structures failed.
+    #[error(transparent)]
+    Boot(#[from] BootError),
+    /// The MP table could not be built.
+    #[error(transparent)]
+    Mptable(#[from] mptable::MptableError),
+    /// An eventfd could not be duplicated.
+    #[error("cannot create an eventfd: {0}")]
+    EventFd(std::io::Error),
+    /// A vCPU thread could not be started.
+    #[error("cannot start a vCPU thread: {0}")]
+    Thread(std::io::Error),
+}
+
+fn kvm_err(what: &'static str) -> impl Fn(kvm_ioctls::Error) -> VmError {
+    move |source| VmError::Kvm { what, source }
+}
+
+fn open(what: &'static str, path: &Path) -> Result<File, VmError> {
+    File::open(path).map_err(|source| {
+        if source.kind() == std::io::ErrorKind::PermissionDenied {
+            if let Some(why) = sandbox::explain_denial(path, sandbox::Access::Read) {
+                return VmError::Denied { what, message: why };
+            }
+        }
+        VmError::Open {
+            what,
+            path: path.to_owned(),
+            source,
+        }
+    })
+}
+
+/// A running KVM incarnation of the VM.
+struct Machine {
+    // Dropped after the vCPU threads are joined (see `stop`).
+    _vm_fd: Arc<VmFd>,
+    control: Arc<VcpuControl>,
+    threads: Vec<VcpuThread>,
+}
+
+impl Machine {
+    fn stop(self, devices: &DeviceManager) {
+        vcpu::stop_all(&self.control, self.threads);
+        devices.attach(None);
+    }
+}
+
+/// A VM.
+pub struct Vm {
+    config: VmConfig,
+    memory: GuestMemoryMmap,
+    kernel: File,
+    initramfs: Option<(File, u64)>,
+    devices: DeviceManager,
+    faults: Arc<FaultSink>,
+    reset_evt: Arc<vmm_sys_util::eventfd::EventFd>,
+    machine: Option<Machine>,
+    state: VmState,
+}
+
+impl Vm {
+    /// Opens the VM's files, allocates its memory and builds its devices.
+    pub fn create(
+        mut config: VmConfig,
+        events: &MachineEvents,
+        faults: Arc<FaultSink>,
+    ) -> Result<Self, VmError> {
+        let kernel_path = config.payload.kernel.as_deref().ok_or(VmError::NoKernel)?;
+        let kernel = open("kernel", kernel_path)?;
+        let initramfs = match &config.payload.initramfs {
+            Some(path) => {
+                let file = open("initramfs", path)?;
+                let size = file
+                    .metadata()
+                    .map_err(|source| VmError::Open {
+                        what: "initramfs",
+                        path: path.clone(),
+                        source,
+                    })?
+                    .len();
+                Some((file, size))
+            }
+            None => None,
+        };
+        let size = config.memory.size;
+        let ranges: Vec<(GuestAddress, usize)> = layout::ram_regions(size)
+            .into_iter()
+            .map(|(start, len)| (GuestAddress(start), len as usize))
+            .collect();
+        let memory = GuestMemoryMmap::from_ranges(&ranges).map_err(|e| VmError::Memory {
+            size,
+            detail: e.to_string(),
+        })?;
+        let devices = DeviceManager::new(
+            &config,
+            events,
+            mptable::ioapic_id(config.cpus.max_vcpus.max(config.cpus.boot_vcpus)),
+        )?;
+        if let Some(pty) = &devices.serial_pty {
+            // Report the pty the way a file would be reported.
+            config.serial.file = Some(pty.clone());
+            log::info!("serial port on {}", pty.display());
+        }
+        let reset_evt = Arc::new(events.reset.try_clone().map_err(VmError::EventFd)?);
+        Ok(Vm {
+            config,
+            memory,
+            kernel,
+            initramfs,
+            devices,
+            faults,
+            reset_evt,
+            machine: None,
+            state: VmState::Created,
+        })
+    }
+
+    /// The configuration (with pty paths filled in).
+    pub fn config(&self) -> &VmConfig {
+        &self.config
+    }
+
+    /// The current state.
+    pub fn state(&self) -> VmState {
+        self.state
+    }
+
+    /// The devices.
+    pub fn devices(&self) -> &DeviceManager {
+        &self.devices
+    }
+
+    /// Bytes of guest RAM.
+    pub fn memory_size(&self) -> u64 {
+        self.memory.iter().map(|r| r.len()).sum()
+    }
+
+    /// Builds a KVM machine, loads the kernel and starts the vCPUs.
+    pub fn boot(&mut self, kvm: &Kvm, supported_cpuid: &CpuId) -> Result<(), VmError> {
+        let machine = self.build_machine(kvm, supported_cpuid)?;
+        self.machine = Some(machine);
+        self.state = VmState::Running;
+        Ok(())
+    }
+
+    /// Stops the vCPUs; the VM may be booted again.
+    pub fn shutdown(&mut self) {
+        if let Some(machine) = self.machine.take() {
+            machine.stop(&self.devices);
+        }
+        self.state = VmState::Shutdown;
+    }
+
+    /// Warm reset: a new machine over the same memory and devices, the kernel loaded again.
+    pub fn reboot(&mut self, kvm: &Kvm, supported_cpuid: &CpuId) -> Result<(), VmError> {
+        self.shutdown();
+        self.devices.reset();
+        self.boot(kvm, supported_cpuid)
+    }
+
+    /// Parks every vCPU.
+    pub fn pause(&mut self) {
+        if let Some(m) = &self.machine {
+            vcpu::pause_all(&m.control, &m.threads);
+            self.state = VmState::Paused;
+        }
+    }
+
+    /// Lets parked vCPUs run again.
+    pub fn resume(&mut self) {
+        if let Some(m) = &self.machine {
+            vcpu::resume_all(&m.control);
+            self.state = VmState::Running;
+        }
+    }
+
+    fn build_machine(&mut self, kvm: &Kvm, supported_cpuid: &CpuId) -> Result<Machine, VmError> {
+        let vm = kvm.create_vm().map_err(kvm_err("create the VM"))?;
+        vm.set_tss_address(KVM_TSS_ADDRESS as usize)
+            .map_err(kvm_err("set the TSS address"))?;
+        vm.set_identity_map_address(KVM_IDENTITY_MAP_ADDRESS)
+            .map_err(kvm_err("set the identity map address"))?;
+        // Local APICs in KVM, the I/O APIC in userspace (see `devices::ioapic`).
+        let mut split = kvm_enable_cap {
+            cap: KVM_CAP_SPLIT_IRQCHIP,
+            ..Default::default()
+        };
+        split.args[0] = devices::ioapic::NUM_PINS as u64;
+        vm.enable_cap(&split)
+            .map_err(kvm_err("create the local APICs (split irqchip)"))?;
+        for (slot, region) in self.memory.iter().enumerate() {
+            let mapping = kvm_userspace_memory_region {
+                slot: slot as u32,
+                guest_phys_addr: region.start_addr().raw_value(),
+                memory_size: region.len(),
+                userspace_addr: region.as_ptr() as u64,
+                flags: 0,
+            };
+            // SAFETY: the region is a live mapping of `memory_size` bytes owned by
+            // `self.memory`, which outlives this KVM VM (the machine is stopped and dropped
+            // before the memory, see `Drop for Vm`).
+            unsafe { vm.set_user_memory_region(mapping) }.map_err(kvm_err("map guest memory"))?;
+        }
+        let vm = Arc::new(vm);
+        self.devices.attach(Some(vm.clone()));
+
+        let entry = self.load_payload()?;
+        let max_vcpus = self.config.cpus.max_vcpus.max(self.config.cpus.boot_vcpus);
+        let boot_vcpus = self.config.cpus.boot_vcpus;
+        mptable::setup(&self.memory, boot_vcpus)?;
+
+        let mut fds = Vec::with_capacity(boot_vcpus as usize);
+        for id in 0..boot_vcpus {
+            let fd = vm
+                .create_vcpu(id as u64)
+                .map_err(kvm_err("create a vCPU"))?;
+            configure_vcpu(&fd, id, max_vcpus, supported_cpuid, entry)?;
+            fds.push(fd);
+        }
+        let control = Arc::new(VcpuControl::default());
+        let ctx = VcpuContext {
+            pio: self.devices.pio.clone(),
+            mmio: self.devices.mmio.clone(),
+            ioapic: self.devices.ioapic.clone(),
+            control: control.clone(),
+            faults: self.faults.clone(),
+            reset: self.reset_evt.clone(),
+        };
+        let mut threads = Vec::with_capacity(fds.len());
+        for (id, fd) in fds.into_iter().enumerate() {
+            match VcpuThread::spawn(id as u8, fd, ctx.clone()) {
+                Ok(t) => threads.push(t),
+                Err(e) => {
+                    vcpu::stop_all(&control, threads);
+                    return Err(VmError::Thread(e));
+                }
+            }
+        }
+        Ok(Machine {
+            _vm_fd: vm,
+            control,
+            threads,
+        })
+    }
+
+    /// Loads kernel, initramfs, command line and the boot structures of the entry protocol.
+    fn load_payload(&mut self) -> Result<(EntryMode, u64), VmError> {
+        let kernel = boot::load_kernel(&self.memory, &mut self.kernel)?;
+        let ram = self.config.memory.size;
+        let initramfs = match &mut self.initramfs {
+            Some((file, size)) => {
+                let addr_max = kernel
+                    .setup_header
+                    .map(|h| h.initrd_addr_max as u64)
+                    .filter(|&m| m != 0)
+                    .unwrap_or(DEFAULT_INITRD_ADDR_MAX);
+                let addr = boot::initramfs_address(*size, ram, kernel.end, addr_max)?;
+                boot::load_initramfs(&self.memory, file, addr, *size)?;
+                Some((addr, *size))
+            }
+            None => None,
+        };
+        let cmdline = boot::build_cmdline(self.config.payload.cmdline.as_deref().unwrap_or(""))?;
+        let cmdline_len = boot::write_cmdline(&self.memory, &cmdline)?;
+        regs::write_boot_tables(&self.memory).map_err(|e| BootError::Write {
+            what: "the boot page tables",
+            detail: e.to_string(),
+        })?;
+        match kernel.mode {
+            EntryMode::Pvh => boot::write_pvh(&self.memory, ram, initramfs)?,
+            EntryMode::Linux64 => boot::write_linux(
+                &self.memory,
+                &boot::linux_boot_params(ram, kernel.setup_header, cmdline_len, initramfs),
+            )?,
+        }
+        Ok((kernel.mode, kernel.entry))
+    }
+}
+
+impl Drop for Vm {
+    fn drop(&mut self) {
+        // vCPU threads use the memory: stop them before it is unmapped.
+        if let Some(machine) = self.machine.take() {
+            machine.stop(&self.devices);
+        }
+    }
+}
+
+/// Sets a vCPU's CPUID, MSRs, FPU, local APIC and (for the boot vCPU) entry registers.
+fn configure_vcpu(
+    fd: &VcpuFd,
+    id: u8,
+    max_vcpus: u8,
+    supported_cpuid: &CpuId,
+    (mode, entry): (EntryMode, u64),
+) -> Result<(), VmError> {
+    fd.set_cpuid2(&cpuid::for_vcpu(supported_cpuid, id, max_vcpus))
+        .map_err(kvm_err("set CPUID"))?;
+    let msrs = regs::boot_msrs_fam().map_err(|_| VmError::Kvm {
+        what: "build the MSR list",
+        source: kvm_ioctls::Error::new(libc::EINVAL),
+    })?;
+    fd.set_msrs(&msrs).map_err(kvm_err("set MSRs"))?;
+    fd.set_fpu(&regs::boot_fpu())
+        .map_err(kvm_err("set the FPU"))?;
+    let mut lapic = fd.get_lapic().map_err(kvm_err("read the local APIC"))?;
+    regs::set_lint(&mut lapic);
+    fd.set_lapic(&lapic)
+        .map_err(kvm_err("set the local APIC"))?;
+    if id == 0 {
+        let sregs = fd.get_sregs().map_err(kvm_err("read special registers"))?;
+        fd.set_sregs(&regs::boot_sregs(sregs, mode))
+            .map_err(kvm_err("set special registers"))?;
+        fd.set_regs(&regs::boot_regs(mode, entry))
+            .map_err(kvm_err("set registers"))?;
+        fd.set_mp_state(kvm_mp_state {
+            mp_state: KVM_MP_STATE_RUNNABLE,
+        })
+        .map_err(kvm_err("make the boot vCPU runnable"))?;
+    } else {
+        // Application processors wait for INIT and SIPI from the boot processor.
+        fd.set_mp_state(kvm_mp_state {
+            mp_state: KVM_MP_STATE_UNINITIALIZED,
+        })
+        .map_err(kvm_err("park an application processor"))?;
+    }
+    Ok(())
+}
+
+/// Opens `/dev/kvm` and reads the CPUID it supports.
+pub fn open_kvm() -> Result<(Kvm, CpuId), VmError> {
+    let kvm = Kvm::new().map_err(kvm_err("open /dev/kvm"))?;
+    let cpuid = kvm
+        .get_supported_cpuid(kvm_bindings::KVM_MAX_CPUID_ENTRIES)
+        .map_err(kvm_err("read supported CPUID"))?;
+    Ok((kvm, cpuid))
+}

@@ -1,0 +1,601 @@
+//! The VMM thread: one epoll loop over the guest's power requests, vCPU faults, console
+//! input, termination signals and control requests, and the VM lifecycle state machine.
+
+use std::os::fd::{AsRawFd, RawFd};
+use std::sync::mpsc::SyncSender;
+use std::sync::Arc;
+
+use config::VmConfig;
+use kvm_bindings::CpuId;
+use kvm_ioctls::Kvm;
+use log::{error, info, warn};
+use serde_json::json;
+use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+
+use crate::console;
+use crate::control::{ErrorKind, Reply, Request, RequestError, RequestReceiver, Response};
+use crate::device_manager::MachineEvents;
+use crate::vcpu::{self, FaultSink};
+use crate::vm::{self, Vm, VmError, VmState};
+use sandbox::{Policy, Sandbox, SandboxError};
+
+/// Options of the VMM process itself.
+#[derive(Clone, Debug, Default)]
+pub struct VmmOptions {
+    /// Keep the VMM running when the guest powers off (`--no-shutdown`).
+    pub no_shutdown: bool,
+}
+
+/// Why the VMM's loop ended, and the process exit status that goes with it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ExitReason {
+    /// The guest powered off.
+    GuestPoweroff,
+    /// `vmm.shutdown` was requested.
+    Requested,
+    /// SIGTERM or SIGINT.
+    Signal(i32),
+    /// A vCPU stopped the VM with an error.
+    Fault(String),
+}
+
+impl ExitReason {
+    /// The process exit status.
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            ExitReason::Fault(_) => 1,
+            _ => 0,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u64)]
+enum Token {
+    Reset = 1,
+    Poweroff,
+    Fault,
+    Control,
+    ConsoleInput,
+    InputDrained,
+    Signal,
+}
+
+impl Token {
+    fn from_u64(v: u64) -> Option<Token> {
+        [
+            Token::Reset,
+            Token::Poweroff,
+            Token::Fault,
+            Token::Control,
+            Token::ConsoleInput,
+            Token::InputDrained,
+            Token::Signal,
+        ]
+        .into_iter()
+        .find(|t| *t as u64 == v)
+    }
+}
+
+/// The VMM: at most one VM, and the loop that drives it.
+pub struct Vmm {
+    kvm: Kvm,
+    cpuid: CpuId,
+    options: VmmOptions,
+    events: MachineEvents,
+    fault_evt: EventFd,
+    faults: Arc<FaultSink>,
+    epoll: Epoll,
+    control: Option<RequestReceiver>,
+    signals: Option<SignalFd>,
+    sandbox: Sandbox,
+    vm: Option<Vm>,
+    input_watched: bool,
+    exit: Option<ExitReason>,
+}
+
+/// Errors starting the VMM.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// KVM is not usable.
+    #[error(transparent)]
+    Kvm(#[from] VmError),
+    /// A host resource of the event loop could not be set up.
+    #[error("cannot set up the {what}: {source}")]
+    Io {
+        /// Which resource.
+        what: &'static str,
+        /// Why.
+        source: std::io::Error,
+    },
+}
+
+fn io_err(what: &'static str) -> impl Fn(std::io::Error) -> StartError {
+    move |source| StartError::Io { what, source }
+}
+
+impl Vmm {
+    /// Opens KVM and sets up the loop. `control` carries API requests, if there is an API.
+    pub fn new(options: VmmOptions, control: Option<RequestReceiver>) -> Result<Self, StartError> {
+        let (kvm, cpuid) = vm::open_kvm()?;
+        vcpu::install_kick_handler().map_err(io_err("vCPU kick signal handler"))?;
+        let sandbox = Sandbox::prepare().map_err(io_err("Landlock thread list"))?;
+        let events = MachineEvents::new().map_err(io_err("eventfd"))?;
+        let fault_evt = EventFd::new(EFD_NONBLOCK).map_err(io_err("eventfd"))?;
+        let faults = Arc::new(FaultSink::new(
+            fault_evt.try_clone().map_err(io_err("eventfd"))?,
+        ));
+        let epoll = Epoll::new().map_err(io_err("epoll"))?;
+        let signals = SignalFd::termination().map_err(io_err("signalfd"))?;
+        let vmm = Vmm {
+            kvm,
+            cpuid,
+            options,
+            events,
+            fault_evt,
+            faults,
+            epoll,
+            control,
+            signals: Some(signals),
+            sandbox,
+            vm: None,
+            input_watched: false,
+            exit: None,
+        };
+        vmm.watch(vmm.events.reset.as_raw_fd(), Token::Reset)?;
+        vmm.watch(vmm.events.poweroff.as_raw_fd(), Token::Poweroff)?;
+        vmm.watch(vmm.fault_evt.as_raw_fd(), Token::Fault)?;
+        if let Some(c) = &vmm.control {
+            vmm.watch(c.eventfd().as_raw_fd(), Token::Control)?;
+        }
+        if let Some(s) = &vmm.signals {
+            vmm.watch(s.fd, Token::Signal)?;
+        }
+        Ok(vmm)
+    }
+
+    fn watch(&self, fd: RawFd, token: Token) -> Result<(), StartError> {
+        self.epoll
+            .ctl(
+                ControlOperation::Add,
+                fd,
+                EpollEvent::new(EventSet::IN, token as u64),
+            )
+            .map_err(io_err("epoll"))
+    }
+
+    fn unwatch(&self, fd: RawFd) {
+        let _ = self
+            .epoll
+            .ctl(ControlOperation::Delete, fd, EpollEvent::default());
+    }
+
+    /// Runs until the VMM should exit; returns why.
+    pub fn run(&mut self) -> ExitReason {
+        let mut events = vec![EpollEvent::default(); 16];
+        loop {
+            if let Some(reason) = self.exit.take() {
+                self.teardown();
+                return reason;
+            }
+            let n = match self.epoll.wait(-1, &mut events) {
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    self.teardown();
+                    return ExitReason::Fault(format!("epoll_wait failed: {e}"));
+                }
+            };
+            for event in &events[..n] {
+                match Token::from_u64(event.data()) {
+                    Some(Token::Reset) => self.on_reset(),
+                    Some(Token::Poweroff) => self.on_poweroff(),
+                    Some(Token::Fault) => self.on_fault(),
+                    Some(Token::Control) => self.on_control(),
+                    Some(Token::ConsoleInput) => self.on_console_input(),
+                    Some(Token::InputDrained) => self.on_input_drained(),
+                    Some(Token::Signal) => self.on_signal(),
+                    None => {}
+                }
+            }
+        }
+    }
+
+    fn teardown(&mut self) {
+        self.delete_vm();
+    }
+
+    fn on_reset(&mut self) {
+        let _ = self.events.reset.read();
+        if self.vm.as_ref().map(Vm::state) != Some(VmState::Running) {
+            return;
+        }
+        info!("guest requested a reset: rebooting");
+        if let Err(e) = self.reboot_vm() {
+            error!("reboot failed: {e}");
+            self.exit = Some(ExitReason::Fault(format!("reboot failed: {e}")));
+        }
+    }
+
+    fn on_poweroff(&mut self) {
+        let _ = self.events.poweroff.read();
+        if self.vm.as_ref().map(Vm::state) != Some(VmState::Running) {
+            return;
+        }
+        info!("guest powered off");
+        if self.options.no_shutdown {
+            if let Some(vm) = &mut self.vm {
+                vm.shutdown();
+            }
+        } else {
+            self.exit = Some(ExitReason::GuestPoweroff);
+        }
+    }
+
+    fn on_fault(&mut self) {
+        let _ = self.fault_evt.read();
+        let Some(fault) = self.faults.take() else {
+            return;
+        };
+        if let Some(vm) = &mut self.vm {
+            vm.shutdown();
+        }
+        if self.options.no_shutdown {
+            error!("{fault}; the VMM keeps running (--no-shutdown)");
+        } else {
+            // The caller reports it as the reason the VMM ends.
+            self.exit = Some(ExitReason::Fault(fault.to_string()));
+        }
+    }
+
+    fn on_signal(&mut self) {
+        if let Some(signo) = self.signals.as_ref().and_then(SignalFd::read) {
+            info!("received signal {signo}: shutting down");
+            self.exit = Some(ExitReason::Signal(signo));
+        }
+    }
+
+    fn on_control(&mut self) {
+        let Some(control) = &self.control else {
+            return;
+        };
+        for (request, reply) in control.drain() {
+            let response = self.handle(request);
+            answer(reply, response);
+        }
+    }
+
+    fn on_console_input(&mut self) {
+        let Some(vm) = &self.vm else {
+            return;
+        };
+        let devices = vm.devices();
+        let Some(input) = devices.serial.as_ref().and_then(|s| s.input.as_ref()) else {
+            return;
+        };
+        if !devices.serial_wants_input() {
+            // The guest is not reading: stop polling until it drains the FIFO.
+            self.unwatch(input.fd());
+            self.input_watched = false;
+            return;
+        }
+        let mut buf = [0u8; 64];
+        match input.read(&mut buf) {
+            Ok(0) => {
+                // End of input (e.g. stdin closed): nothing more will come.
+                self.unwatch(input.fd());
+                self.input_watched = false;
+            }
+            Ok(n) => {
+                let taken = devices.serial_input(&buf[..n]);
+                if taken < n {
+                    warn!(
+                        "serial input: the guest's FIFO overflowed, {} bytes dropped",
+                        n - taken
+                    );
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(e) => {
+                warn!("serial input: {e}");
+                self.unwatch(input.fd());
+                self.input_watched = false;
+            }
+        }
+    }
+
+    fn on_input_drained(&mut self) {
+        let Some(serial) = self.vm.as_ref().and_then(|vm| vm.devices().serial.as_ref()) else {
+            return;
+        };
+        let _ = serial.input_drained.read();
+        if !self.input_watched {
+            if let Some(input) = &serial.input {
+                let fd = input.fd();
+                if self.watch(fd, Token::ConsoleInput).is_ok() {
+                    self.input_watched = true;
+                }
+            }
+        }
+    }
+
+    /// Carries out one request in the VM's current state.
+    pub fn handle(&mut self, request: Request) -> Response {
+        match request {
+            Request::Ping => Ok(Reply::Json(ping_info())),
+            Request::ShutdownVmm => {
+                self.exit = Some(ExitReason::Requested);
+                Ok(Reply::Done)
+            }
+            Request::Create(config) => self.create_vm(*config),
+            Request::Boot => {
+                let state = self.require_vm("vm.boot")?;
+                if !matches!(state, VmState::Created | VmState::Shutdown) {
+                    return Err(wrong_state("vm.boot", state, "Created or Shutdown"));
+                }
+                self.boot_vm()
+                    .map(|_| Reply::Done)
+                    .map_err(|e| RequestError::from_error(ErrorKind::Internal, "vm.boot", &e))
+            }
+            Request::Shutdown => {
+                let state = self.require_vm("vm.shutdown")?;
+                if !matches!(state, VmState::Running | VmState::Paused) {
+                    return Err(wrong_state("vm.shutdown", state, "Running or Paused"));
+                }
+                if let Some(vm) = &mut self.vm {
+                    vm.shutdown();
+                }
+                Ok(Reply::Done)
+            }
+            Request::Reboot => {
+                let state = self.require_vm("vm.reboot")?;
+                if !matches!(state, VmState::Running | VmState::Paused) {
+                    return Err(wrong_state("vm.reboot", state, "Running or Paused"));
+                }
+                self.reboot_vm()
+                    .map(|_| Reply::Done)
+                    .map_err(|e| RequestError::from_error(ErrorKind::Internal, "vm.reboot", &e))
+            }
+            Request::Pause => {
+                let state = self.require_vm("vm.pause")?;
+                if state != VmState::Running {
+                    return Err(wrong_state("vm.pause", state, "Running"));
+                }
+                if let Some(vm) = &mut self.vm {
+                    vm.pause();
+                }
+                Ok(Reply::Done)
+            }
+            Request::Resume => {
+                let state = self.require_vm("vm.resume")?;
+                if state != VmState::Paused {
+                    return Err(wrong_state("vm.resume", state, "Paused"));
+                }
+                if let Some(vm) = &mut self.vm {
+                    vm.resume();
+                }
+                Ok(Reply::Done)
+            }
+            Request::Delete => {
+                // Deleting when there is no VM is not an error, as in the reference API.
+                self.delete_vm();
+                Ok(Reply::Done)
+            }
+            Request::Info => {
+                self.require_vm("vm.info")?;
+                Ok(Reply::Json(self.info()))
+            }
+            Request::Counters => {
+                self.require_vm("vm.counters")?;
+                Ok(Reply::Json(json!({})))
+            }
+        }
+    }
+
+    fn require_vm(&self, action: &str) -> Result<VmState, RequestError> {
+        self.vm.as_ref().map(Vm::state).ok_or_else(|| {
+            RequestError::new(
+                ErrorKind::NotFound,
+                format!("{action}: no VM has been created; create one with vm.create first"),
+            )
+        })
+    }
+
+    fn info(&self) -> serde_json::Value {
+        match &self.vm {
+            Some(vm) => {
+                let confinement = sandbox::current();
+                let mut landlock = confinement.as_ref().map_or(json!({}), |r| json!(r));
+                landlock["requested"] = json!(vm.config().landlock_enable);
+                landlock["confined"] = json!(confinement.is_some());
+                json!({
+                    "config": vm.config(),
+                    "state": vm.state(),
+                    "memory_actual_size": vm.memory_size(),
+                    "landlock": landlock,
+                })
+            }
+            None => json!({}),
+        }
+    }
+
+    fn create_vm(&mut self, config: VmConfig) -> Response {
+        if let Some(vm) = &self.vm {
+            return Err(RequestError::new(
+                ErrorKind::WrongState,
+                format!(
+                    "vm.create: a VM already exists (state {:?}); delete it with vm.delete first",
+                    vm.state()
+                ),
+            ));
+        }
+        config
+            .validate()
+            .map_err(|e| RequestError::new(ErrorKind::BadRequest, format!("vm.create: {e}")))?;
+        let landlock = config.landlock_enable;
+        let vm = Vm::create(config, &self.events, self.faults.clone())
+            .map_err(|e| RequestError::from_error(ErrorKind::BadRequest, "vm.create", &e))?;
+        if landlock {
+            // The VM's files are open: from here on only the policy's rules can be opened.
+            let policy = Policy::from_config(vm.config());
+            match self.sandbox.confine(&policy) {
+                Ok(report) => {
+                    for line in report.log_lines() {
+                        info!("{line}");
+                    }
+                }
+                Err(e) => {
+                    if matches!(e, SandboxError::Thread(_)) {
+                        // Some threads are confined and some are not: never go on like that.
+                        error!("{e}: stopping the VMM");
+                        self.exit = Some(ExitReason::Fault(e.to_string()));
+                    }
+                    return Err(RequestError::from_error(
+                        ErrorKind::Internal,
+                        "vm.create",
+                        &e,
+                    ));
+                }
+            }
+        }
+        self.vm = Some(vm);
+        self.start_console_input();
+        Ok(Reply::Done)
+    }
+
+    fn start_console_input(&mut self) {
+        let Some(serial) = self.vm.as_ref().and_then(|vm| vm.devices().serial.as_ref()) else {
+            return;
+        };
+        let drained = serial.input_drained.as_raw_fd();
+        let input = serial
+            .input
+            .as_ref()
+            .map(|i| (i.fd(), matches!(i, console::ConsoleInput::Stdin)));
+        let _ = self.watch(drained, Token::InputDrained);
+        if let Some((fd, is_stdin)) = input {
+            if is_stdin {
+                if let Err(e) = console::stdin_raw_mode() {
+                    warn!("cannot put the terminal in raw mode: {e}");
+                }
+            }
+            self.input_watched = self.watch(fd, Token::ConsoleInput).is_ok();
+        }
+    }
+
+    fn boot_vm(&mut self) -> Result<(), VmError> {
+        let Some(vm) = &mut self.vm else {
+            return Ok(());
+        };
+        vm.boot(&self.kvm, &self.cpuid)
+    }
+
+    fn reboot_vm(&mut self) -> Result<(), VmError> {
+        let Some(vm) = &mut self.vm else {
+            return Ok(());
+        };
+        vm.reboot(&self.kvm, &self.cpuid)
+    }
+
+    fn delete_vm(&mut self) {
+        if let Some(vm) = self.vm.take() {
+            if let Some(serial) = &vm.devices().serial {
+                self.unwatch(serial.input_drained.as_raw_fd());
+                if let Some(input) = &serial.input {
+                    self.unwatch(input.fd());
+                }
+            }
+            self.input_watched = false;
+            drop(vm);
+            console::restore_terminal();
+        }
+    }
+}
+
+fn answer(reply: SyncSender<Response>, response: Response) {
+    // The requester may have gone away (client disconnected); nothing to do then.
+    let _ = reply.send(response);
+}
+
+fn wrong_state(action: &str, state: VmState, allowed: &str) -> RequestError {
+    RequestError::new(
+        ErrorKind::WrongState,
+        format!("{action}: the VM is {state:?}; this is only allowed when it is {allowed}"),
+    )
+}
+
+/// The `vmm.ping` document.
+pub fn ping_info() -> serde_json::Value {
+    json!({
+        "build_version": env!("CARGO_PKG_VERSION"),
+        "version": env!("CARGO_PKG_VERSION"),
+        "pid": std::process::id(),
+        "features": ["kvm", "landlock"],
+    })
+}
+
+/// SIGTERM and SIGINT, delivered through a signalfd instead of a handler so they reach the
+/// loop like any other event. They must be blocked in every thread: call
+/// [`block_termination_signals`] before starting any.
+struct SignalFd {
+    fd: RawFd,
+}
+
+fn termination_set() -> libc::sigset_t {
+    // SAFETY: sigset_t is plain data; sigemptyset/sigaddset initialise it.
+    let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };
+    // SAFETY: `set` is a valid sigset_t.
+    unsafe {
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGTERM);
+        libc::sigaddset(&mut set, libc::SIGINT);
+    }
+    set
+}
+
+/// Blocks SIGTERM and SIGINT in the calling thread and every thread it starts afterwards,
+/// so that they are delivered to the VMM's signalfd.
+pub fn block_termination_signals() -> std::io::Result<()> {
+    let set = termination_set();
+    // SAFETY: `set` is initialised; the old mask is not wanted.
+    let rc = unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) };
+    if rc != 0 {
+        return Err(std::io::Error::from_raw_os_error(rc));
+    }
+    Ok(())
+}
+
+impl SignalFd {
+    fn termination() -> std::io::Result<Self> {
+        let set = termination_set();
+        // SAFETY: `set` is initialised; -1 asks for a new descriptor.
+        let fd = unsafe { libc::signalfd(-1, &set, libc::SFD_NONBLOCK | libc::SFD_CLOEXEC) };
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(SignalFd { fd })
+    }
+
+    fn read(&self) -> Option<i32> {
+        // SAFETY: signalfd_siginfo is plain data.
+        let mut info: libc::signalfd_siginfo = unsafe { std::mem::zeroed() };
+        let size = std::mem::size_of::<libc::signalfd_siginfo>();
+        // SAFETY: `info` is writable for `size` bytes; the descriptor is ours.
+        let n = unsafe {
+            libc::read(
+                self.fd,
+                (&mut info as *mut libc::signalfd_siginfo).cast(),
+                size,
+            )
+        };
+        (n as usize == size).then_some(info.ssi_signo as i32)
+    }
+}
+
+impl Drop for SignalFd {
+    fn drop(&mut self) {
+        // SAFETY: the descriptor was opened by `termination` and is closed once.
+        unsafe { libc::close(self.fd) };
+    }
+}

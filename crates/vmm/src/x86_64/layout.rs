@@ -1,0 +1,166 @@
+//! Where things live in guest physical memory and in the port space.
+//!
+//! ```text
+//! 0x0000_0500  GDT                       0x0000_9000  PML4 (identity map for 64-bit entry)
+//! 0x0000_0520  IDT (empty)               0x0000_a000  PDPT
+//! 0x0000_6000  PVH hvm_start_info        0x0000_b000  PD (2 MiB pages, first 1 GiB)
+//! 0x0000_6040  PVH module list           0x0002_0000  kernel command line
+//! 0x0000_6100  PVH memory map            0x0009_fc00  EBDA .. 1 MiB: reserved (BIOS area)
+//! 0x0000_7000  Linux boot_params         0x000f_0000  MP tables
+//! 0x0000_8ff0  boot stack top            0x0010_0000  kernel (high memory)
+//! RAM up to 3 GiB, then a 1 GiB hole for MMIO (IOAPIC, LAPIC, later PCI), then the rest of RAM.
+//! ```
+
+/// Global descriptor table used at entry.
+pub const BOOT_GDT_START: u64 = 0x500;
+/// Interrupt descriptor table (empty) used at entry.
+pub const BOOT_IDT_START: u64 = 0x520;
+/// PVH `hvm_start_info`.
+pub const PVH_INFO_START: u64 = 0x6000;
+/// PVH module list (the initramfs).
+pub const PVH_MODLIST_START: u64 = 0x6040;
+/// PVH memory map.
+pub const PVH_MEMMAP_START: u64 = 0x6100;
+/// Linux `boot_params` ("zero page").
+pub const ZERO_PAGE_START: u64 = 0x7000;
+/// Initial stack pointer for the 64-bit entry.
+pub const BOOT_STACK_POINTER: u64 = 0x8ff0;
+/// Page-map level 4 table.
+pub const PML4_START: u64 = 0x9000;
+/// Page-directory-pointer table.
+pub const PDPTE_START: u64 = 0xa000;
+/// Page directory.
+pub const PDE_START: u64 = 0xb000;
+/// Kernel command line.
+pub const CMDLINE_START: u64 = 0x2_0000;
+/// Largest command line Palisade passes (including the terminating NUL).
+pub const CMDLINE_MAX_SIZE: usize = 4096;
+/// Start of the extended BIOS data area: RAM below it is usable by the guest.
+pub const EBDA_START: u64 = 0x9_fc00;
+/// The MP floating pointer and configuration table.
+pub const MPTABLE_START: u64 = 0xf_0000;
+/// Start of high memory, where kernels are loaded.
+pub const HIGH_RAM_START: u64 = 0x10_0000;
+/// First address of the 32-bit MMIO hole.
+pub const MEM_32BIT_GAP_START: u64 = 0xc000_0000;
+/// Size of the 32-bit MMIO hole.
+pub const MEM_32BIT_GAP_SIZE: u64 = 0x4000_0000;
+/// RAM resumes here when the guest has more than fits below the hole.
+pub const RAM_64BIT_START: u64 = 0x1_0000_0000;
+/// The I/O APIC's registers.
+pub const IOAPIC_START: u64 = 0xfec0_0000;
+/// The local APICs' registers.
+pub const APIC_START: u64 = 0xfee0_0000;
+/// Three pages KVM needs for the task state segment (inside the MMIO hole).
+pub const KVM_TSS_ADDRESS: u64 = 0xfffb_d000;
+/// One page KVM needs for the identity map (just below the TSS).
+pub const KVM_IDENTITY_MAP_ADDRESS: u64 = 0xfffb_c000;
+
+// The interrupt controllers and KVM's private pages must sit inside the MMIO hole.
+const _: () = assert!(IOAPIC_START >= MEM_32BIT_GAP_START && APIC_START < RAM_64BIT_START);
+const _: () = assert!(KVM_IDENTITY_MAP_ADDRESS >= MEM_32BIT_GAP_START);
+const _: () = assert!(KVM_TSS_ADDRESS + 3 * 4096 <= RAM_64BIT_START);
+
+/// What a range of guest physical memory is, as the guest's memory map reports it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MemoryKind {
+    /// Usable RAM.
+    Ram,
+    /// Present but reserved (BIOS area).
+    Reserved,
+}
+
+/// A range of the guest's memory map.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MemoryRange {
+    /// First address.
+    pub start: u64,
+    /// Length in bytes.
+    pub len: u64,
+    /// What it is.
+    pub kind: MemoryKind,
+}
+
+/// The RAM regions backing `ram_size` bytes of guest memory: below the 32-bit hole, and the
+/// rest above 4 GiB.
+pub fn ram_regions(ram_size: u64) -> Vec<(u64, u64)> {
+    if ram_size <= MEM_32BIT_GAP_START {
+        vec![(0, ram_size)]
+    } else {
+        vec![
+            (0, MEM_32BIT_GAP_START),
+            (RAM_64BIT_START, ram_size - MEM_32BIT_GAP_START),
+        ]
+    }
+}
+
+/// The memory map the guest is told about (e820 for Linux boot, the PVH memory map): low RAM,
+/// the reserved BIOS area, and the RAM regions above 1 MiB.
+pub fn memory_map(ram_size: u64) -> Vec<MemoryRange> {
+    let mut map = vec![
+        MemoryRange {
+            start: 0,
+            len: EBDA_START,
+            kind: MemoryKind::Ram,
+        },
+        MemoryRange {
+            start: EBDA_START,
+            len: HIGH_RAM_START - EBDA_START,
+            kind: MemoryKind::Reserved,
+        },
+    ];
+    for (start, len) in ram_regions(ram_size) {
+        let start_high = start.max(HIGH_RAM_START);
+        let end = start + len;
+        if end > start_high {
+            map.push(MemoryRange {
+                start: start_high,
+                len: end - start_high,
+                kind: MemoryKind::Ram,
+            });
+        }
+    }
+    map
+}
+
+/// The highest guest address (exclusive) of RAM below the 32-bit hole.
+pub fn low_ram_end(ram_size: u64) -> u64 {
+    ram_size.min(MEM_32BIT_GAP_START)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn small_guest_has_one_region_and_a_bios_hole_in_its_map() {
+        assert_eq!(ram_regions(128 << 20), vec![(0, 128 << 20)]);
+        let map = memory_map(128 << 20);
+        assert_eq!(map.len(), 3);
+        assert_eq!((map[0].start, map[0].len), (0, EBDA_START));
+        assert_eq!(map[1].kind, MemoryKind::Reserved);
+        assert_eq!(map[1].start + map[1].len, HIGH_RAM_START);
+        assert_eq!(
+            (map[2].start, map[2].len),
+            (HIGH_RAM_START, (128 << 20) - HIGH_RAM_START)
+        );
+    }
+
+    #[test]
+    fn large_guest_splits_around_the_mmio_hole() {
+        let size = 4u64 << 30;
+        let regions = ram_regions(size);
+        assert_eq!(
+            regions,
+            vec![(0, MEM_32BIT_GAP_START), (RAM_64BIT_START, 1 << 30)]
+        );
+        let total: u64 = regions.iter().map(|r| r.1).sum();
+        assert_eq!(total, size);
+        let map = memory_map(size);
+        assert_eq!(map.last().unwrap().start, RAM_64BIT_START);
+        // Nothing in the map reaches into the hole.
+        for r in &map {
+            assert!(r.start + r.len <= MEM_32BIT_GAP_START || r.start >= RAM_64BIT_START);
+        }
+    }
+}

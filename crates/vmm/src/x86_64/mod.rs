@@ -1,0 +1,7 @@
+//! The x86_64 machine: memory layout, boot protocols, CPU state and firmware tables.
+
+pub mod boot;
+pub mod cpuid;
+pub mod layout;
+pub mod mptable;
+pub mod regs;

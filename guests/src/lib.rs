@@ -1,0 +1,63 @@
+//! Tiny guests for Palisade's tests and demo, written in assembly and built by `build.rs`
+//! with the system toolchain (no downloads). Each prints an explicit success line before it
+//! powers off, so a test checks what the guest saw, not only the VMM's exit status.
+//!
+//! | guest | entry | success line | needs |
+//! | --- | --- | --- | --- |
+//! | `hello` | PVH | `Hello from the Palisade test guest` | |
+//! | `pvh_info` | PVH | `PASS pvh_info` | optional command line and initramfs |
+//! | `linux64` | Linux 64-bit (ELF) | `PASS linux64` | optional command line and initrd |
+//! | `bzimage` | Linux 64-bit (bzImage) | `PASS bzimage` | optional command line and initrd |
+//! | `smp` | PVH | `PASS smp: N cpus` | any number of vCPUs |
+//! | `echo` | PVH | `PASS echo` | input on the serial port ending with `q` |
+//! | `reboot` | PVH | `PASS reboot` | `method=acpi` on the command line for an ACPI reset |
+//! | `fault` | PVH | (none: the VMM must report a vCPU fault) | |
+//! | `triple` | PVH | `PASS triple: reset after triple fault` | |
+//! | `demo` | PVH | `PASS demo` | |
+//!
+//! A failed check prints `FAIL <name>: <why>` and powers off.
+
+use std::path::PathBuf;
+
+include!(concat!(env!("OUT_DIR"), "/guests.rs"));
+
+/// The path of the built guest `name` (its image, ready for `--kernel`).
+///
+/// Panics if there is no such guest: a test asking for one that does not exist is a bug.
+pub fn path(name: &str) -> PathBuf {
+    let file = FILES
+        .iter()
+        .find(|(n, _)| *n == name)
+        .map(|(_, f)| *f)
+        .unwrap_or_else(|| panic!("no test guest named {name}"));
+    PathBuf::from(env!("OUT_DIR")).join(file)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_guest_is_built() {
+        assert!(ALL.contains(&"hello"));
+        for name in ALL {
+            let p = path(name);
+            let len = std::fs::metadata(&p).map(|m| m.len()).unwrap_or(0);
+            assert!(len > 0, "{} is missing or empty", p.display());
+        }
+    }
+
+    #[test]
+    fn the_bzimage_guest_is_a_flat_image_with_a_setup_header() {
+        let image = std::fs::read(path("bzimage")).expect("read bzimage");
+        assert_eq!(&image[0x202..0x206], b"HdrS");
+        assert_eq!(&image[0x1fe..0x200], &[0x55, 0xaa]);
+        assert_eq!(image[0x211] & 1, 1, "LOADED_HIGH");
+    }
+
+    #[test]
+    #[should_panic(expected = "no test guest")]
+    fn an_unknown_guest_panics() {
+        path("no-such-guest");
+    }
+}

@@ -1,0 +1,248 @@
+//! `palisade`: boots a VM from the command line, or serves the REST API on a Unix socket, with
+//! Cloud Hypervisor's flags and option syntax.
+
+mod logger;
+
+use std::fs::OpenOptions;
+use std::path::Path;
+use std::process::ExitCode;
+use std::time::Instant;
+
+use clap::{ArgAction, Parser};
+use config::{ApiSocketConfig, VmConfig, VmParams};
+use vmm::{Request, Vmm, VmmOptions};
+
+/// Launch a Palisade VMM: a KVM virtual machine monitor that confines itself with Landlock.
+#[derive(Parser, Debug)]
+#[command(name = "palisade", version, about, long_about = None)]
+struct Cli {
+    /// Kernel to boot: an ELF vmlinux (PVH or 64-bit entry) or a bzImage.
+    #[arg(long, value_name = "PATH")]
+    kernel: Option<String>,
+
+    /// Firmware to boot (not supported by Palisade: boot a kernel directly).
+    #[arg(long, value_name = "PATH")]
+    firmware: Option<String>,
+
+    /// Initial RAM disk.
+    #[arg(long, value_name = "PATH")]
+    initramfs: Option<String>,
+
+    /// Kernel command line.
+    #[arg(long, value_name = "STRING")]
+    cmdline: Option<String>,
+
+    /// vCPUs: "boot=<boot_vcpus>,max=<max_vcpus>" [default: boot=1].
+    #[arg(long, value_name = "OPTIONS")]
+    cpus: Option<String>,
+
+    /// Memory: "size=<guest_memory_size>" (K, M, G suffixes) [default: size=512M].
+    #[arg(long, value_name = "OPTIONS")]
+    memory: Option<String>,
+
+    /// Serial port: "off|null|tty|pty|file=<path>" [default: tty].
+    #[arg(long, value_name = "MODE")]
+    serial: Option<String>,
+
+    /// Virtio console: "off" (the virtio console is not available yet) [default: off].
+    #[arg(long, value_name = "MODE")]
+    console: Option<String>,
+
+    /// REST API socket: "path=<path>" or "fd=<fd>".
+    #[arg(long, value_name = "SOCKET")]
+    api_socket: Option<String>,
+
+    /// Confine the VMM with Landlock when the VM is created.
+    #[arg(long)]
+    landlock: bool,
+
+    /// Extra Landlock rules: "path=<path/to/{file,dir}>,access=[r|w|rw]".
+    #[arg(long, value_name = "RULE", num_args = 1.., action = ArgAction::Append)]
+    landlock_rules: Vec<String>,
+
+    /// Keep the VMM running when the guest powers off.
+    #[arg(long)]
+    no_shutdown: bool,
+
+    /// Log file [default: standard error].
+    #[arg(long, value_name = "PATH")]
+    log_file: Option<String>,
+
+    /// More log output (repeat for more).
+    #[arg(short = 'v', action = ArgAction::Count)]
+    verbose: u8,
+}
+
+impl Cli {
+    fn vm_params(&self) -> VmParams {
+        VmParams {
+            kernel: self.kernel.clone(),
+            firmware: self.firmware.clone(),
+            initramfs: self.initramfs.clone(),
+            cmdline: self.cmdline.clone(),
+            cpus: self.cpus.clone(),
+            memory: self.memory.clone(),
+            serial: self.serial.clone(),
+            console: self.console.clone(),
+            landlock: self.landlock,
+            landlock_rules: self.landlock_rules.clone(),
+            ..VmParams::default()
+        }
+    }
+
+    /// Whether any flag describing a VM was given.
+    fn describes_vm(&self) -> bool {
+        self.kernel.is_some() || self.firmware.is_some()
+    }
+}
+
+/// A one-line failure: printed as `palisade: <message>`, exit status 1.
+struct Failure(String);
+
+impl<T: std::fmt::Display> From<T> for Failure {
+    fn from(e: T) -> Self {
+        Failure(e.to_string())
+    }
+}
+
+fn parse_cli() -> Result<Cli, ExitCode> {
+    match Cli::try_parse() {
+        Ok(cli) => Ok(cli),
+        Err(e) => {
+            use clap::error::ErrorKind;
+            if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) {
+                // Help and version go to standard output, as usual.
+                let _ = e.print();
+                return Err(ExitCode::SUCCESS);
+            }
+            // Keep clap's first line (what is wrong, naming the flag) and drop the usage block.
+            let rendered = e.render().to_string();
+            let first = rendered
+                .lines()
+                .next()
+                .unwrap_or("invalid arguments")
+                .trim_start_matches("error: ");
+            eprintln!("palisade: {first} (see --help)");
+            Err(ExitCode::from(1))
+        }
+    }
+}
+
+/// Checks a file given on the command line can be opened, naming the flag if not.
+fn check_readable(flag: &str, path: Option<&Path>) -> Result<(), Failure> {
+    if let Some(path) = path {
+        std::fs::File::open(path)
+            .map_err(|e| Failure(format!("{flag} {}: {e}", path.display())))?;
+    }
+    Ok(())
+}
+
+fn run(cli: Cli, start: Instant) -> Result<ExitCode, Failure> {
+    let log_file = match &cli.log_file {
+        Some(path) => Some(
+            OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .map_err(|e| Failure(format!("--log-file {path}: {e}")))?,
+        ),
+        None => None,
+    };
+    logger::init(cli.verbose, log_file, start);
+
+    let vm_config = if cli.describes_vm() {
+        let config = VmConfig::from_params(&cli.vm_params())?;
+        check_readable("--kernel", config.payload.kernel.as_deref())?;
+        check_readable("--initramfs", config.payload.initramfs.as_deref())?;
+        Some(config)
+    } else if cli.api_socket.is_none() {
+        return Err(Failure(
+            "nothing to run: give --kernel to boot a VM, or --api-socket to serve the API".into(),
+        ));
+    } else {
+        None
+    };
+
+    let api_socket = match &cli.api_socket {
+        Some(s) => {
+            let cfg =
+                ApiSocketConfig::parse(s).map_err(|e| Failure(format!("--api-socket: {e}")))?;
+            Some(api::socket::bind(&cfg).map_err(|e| Failure(format!("--api-socket: {e}")))?)
+        }
+        None => None,
+    };
+    // While the process has one thread: the janitor that removes the socket at exit (the
+    // confined VMM itself may not be allowed to).
+    let _janitor = match api_socket.as_ref().and_then(|s| s.path()) {
+        Some(path) => Some(
+            sandbox::janitor::spawn(path)
+                .map_err(|e| Failure(format!("--api-socket {}: {e}", path.display())))?,
+        ),
+        None => None,
+    };
+    // Before any thread starts, so that every thread inherits the mask and SIGTERM/SIGINT
+    // reach the VMM's signalfd.
+    vmm::vmm::block_termination_signals()?;
+    let (control, mut server) = match &api_socket {
+        Some(socket) => {
+            let (sender, receiver) = vmm::control::request_channel()?;
+            let listener = socket.try_clone_listener()?;
+            let server = api::server::start(listener, sender)
+                .map_err(|e| Failure(format!("cannot start the API server: {e}")))?;
+            log::info!("API listening on {}", socket.describe());
+            (Some(receiver), Some(server))
+        }
+        None => (None, None),
+    };
+    let options = VmmOptions {
+        no_shutdown: cli.no_shutdown,
+    };
+    let mut vmm = Vmm::new(options, control).map_err(|e| Failure(format!("cannot start: {e}")))?;
+
+    if let Some(config) = vm_config {
+        vmm.handle(Request::Create(Box::new(config))).map_err(|e| {
+            Failure(format!(
+                "cannot create the VM: {}",
+                e.messages.join(": ").trim_start_matches("vm.create: ")
+            ))
+        })?;
+        vmm.handle(Request::Boot).map_err(|e| {
+            Failure(format!(
+                "cannot boot the VM: {}",
+                e.messages.join(": ").trim_start_matches("vm.boot: ")
+            ))
+        })?;
+    }
+
+    let reason = vmm.run();
+    log::info!("exiting: {reason:?}");
+    if let Some(server) = server.as_mut() {
+        server.stop();
+    }
+    if let Some(socket) = &api_socket {
+        // Under Landlock this is refused; the janitor removes the socket once we are gone.
+        if let Err(e) = socket.remove_file() {
+            log::debug!("API socket left to the janitor: {e}");
+        }
+    }
+    if let vmm::ExitReason::Fault(message) = &reason {
+        eprintln!("palisade: {message}");
+    }
+    Ok(ExitCode::from(reason.exit_code() as u8))
+}
+
+fn main() -> ExitCode {
+    let start = Instant::now();
+    let cli = match parse_cli() {
+        Ok(cli) => cli,
+        Err(code) => return code,
+    };
+    match run(cli, start) {
+        Ok(code) => code,
+        Err(Failure(message)) => {
+            vmm::console::restore_terminal();
+            eprintln!("palisade: {message}");
+            ExitCode::from(1)
+        }
+    }
+}

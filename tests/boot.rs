@@ -1,0 +1,287 @@
+//! Every boot path and machine behaviour, from the guest's side: PVH, the Linux 64-bit
+//! entry (ELF and bzImage), command line and initramfs delivery, SMP bring-up, serial input,
+//! reset through the i8042, ACPI and a triple fault, and faults that stop the VM.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::process::Stdio;
+use std::time::Duration;
+
+use common::*;
+
+fn boot(guest_name: &str, extra: &[&str]) -> std::process::Output {
+    let kernel = guest(guest_name);
+    let mut args = vec!["--kernel", path_str(&kernel)];
+    if !extra.contains(&"--memory") {
+        args.extend_from_slice(&["--memory", "size=128M"]);
+    }
+    args.extend_from_slice(extra);
+    run_palisade(&args)
+}
+
+fn assert_pass(out: &std::process::Output, line: &str) {
+    let text = stdout(out);
+    assert!(!text.contains("FAIL"), "guest reported a failure:\n{text}");
+    assert!(
+        text.contains(line),
+        "missing {line:?} in:\n{text}\nstderr: {}",
+        stderr(out)
+    );
+    assert_eq!(out.status.code(), Some(0), "stderr: {}", stderr(out));
+}
+
+fn initramfs(dir: &TempDir) -> std::path::PathBuf {
+    let p = dir.path("initramfs.img");
+    std::fs::write(&p, "palisade initramfs marker 7\nsecond line\n").unwrap();
+    p
+}
+
+#[test]
+fn pvh_entry_gets_cmdline_memory_map_and_initramfs_module() {
+    let dir = TempDir::new("pvh");
+    let initrd = initramfs(&dir);
+    let out = boot(
+        "pvh_info",
+        &[
+            "--cmdline",
+            "console=ttyS0 marker=42",
+            "--initramfs",
+            path_str(&initrd),
+        ],
+    );
+    assert_pass(&out, "PASS pvh_info");
+    let text = stdout(&out);
+    assert!(
+        text.contains("cmdline: console=ttyS0 marker=42\n"),
+        "{text}"
+    );
+    // 128 MiB minus the 385 KiB BIOS hole below 1 MiB.
+    assert!(text.contains("memmap: 3 entries, 130687 KiB RAM"), "{text}");
+    assert!(
+        text.contains("initramfs: 40 bytes: palisade initramfs marker 7"),
+        "{text}"
+    );
+}
+
+#[test]
+fn pvh_entry_without_initramfs_has_no_module() {
+    let out = boot("pvh_info", &[]);
+    assert_pass(&out, "PASS pvh_info");
+    assert!(!stdout(&out).contains("initramfs:"));
+}
+
+#[test]
+fn linux_64bit_entry_from_an_elf_gets_boot_params() {
+    let dir = TempDir::new("linux64");
+    let initrd = initramfs(&dir);
+    let out = boot(
+        "linux64",
+        &[
+            "--cmdline",
+            "root=/dev/vda quiet",
+            "--initramfs",
+            path_str(&initrd),
+        ],
+    );
+    assert_pass(&out, "PASS linux64");
+    let text = stdout(&out);
+    assert!(text.contains("cmdline: root=/dev/vda quiet\n"), "{text}");
+    assert!(text.contains("e820: 3 entries, 130687 KiB RAM"), "{text}");
+    assert!(
+        text.contains("initrd: 40 bytes: palisade initramfs marker 7"),
+        "{text}"
+    );
+}
+
+#[test]
+fn bzimage_is_loaded_and_entered_at_its_64bit_entry() {
+    let dir = TempDir::new("bzimage");
+    let initrd = initramfs(&dir);
+    let out = boot(
+        "bzimage",
+        &[
+            "--cmdline",
+            "console=ttyS0",
+            "--initramfs",
+            path_str(&initrd),
+        ],
+    );
+    assert_pass(&out, "PASS bzimage");
+    let text = stdout(&out);
+    assert!(text.contains("cmdline: console=ttyS0\n"), "{text}");
+    assert!(text.contains("initrd: 40 bytes:"), "{text}");
+}
+
+#[test]
+fn more_memory_is_reported_to_the_guest() {
+    let out = boot("pvh_info", &["--memory", "size=256M"]);
+    assert_pass(&out, "memmap: 3 entries, 261759 KiB RAM");
+}
+
+#[test]
+fn every_vcpu_comes_up_with_its_own_apic_id() {
+    for n in [1u32, 2, 4] {
+        let cpus = format!("boot={n}");
+        let out = boot("smp", &["--cpus", &cpus]);
+        assert_pass(&out, &format!("PASS smp: {n} cpus"));
+        let text = stdout(&out);
+        for id in 1..n {
+            assert!(text.contains(&format!("cpu {id} up\n")), "{text}");
+        }
+        assert!(text.contains("cpu 0 up (boot cpu)"), "{text}");
+    }
+}
+
+#[test]
+fn max_vcpus_above_boot_vcpus_lists_only_booted_cpus() {
+    let out = boot("smp", &["--cpus", "boot=2,max=4"]);
+    assert_pass(&out, "PASS smp: 2 cpus");
+}
+
+#[test]
+fn serial_input_from_stdin_reaches_the_guest() {
+    let kernel = guest("echo");
+    let mut child = palisade()
+        .args(["--kernel", path_str(&kernel), "--memory", "size=64M"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"palisade echo q")
+        .unwrap();
+    let out = wait_output(child, Duration::from_secs(60));
+    assert_pass(&out, "PASS echo");
+    assert!(stdout(&out).contains("palisade echo "), "{}", stdout(&out));
+}
+
+#[test]
+fn i8042_reset_reboots_and_reloads_the_kernel() {
+    let out = boot("reboot", &[]);
+    assert_pass(&out, "PASS reboot");
+    let text = stdout(&out);
+    assert!(text.contains("reboot: first boot") && text.contains("reboot: second boot"));
+}
+
+#[test]
+fn acpi_reset_register_reboots_too() {
+    let out = boot("reboot", &["--cmdline", "method=acpi"]);
+    assert_pass(&out, "PASS reboot");
+    assert!(stdout(&out).contains("through ACPI"));
+}
+
+#[test]
+fn a_triple_fault_resets_the_machine() {
+    let out = boot("triple", &[]);
+    assert_pass(&out, "PASS triple: reset after triple fault");
+}
+
+#[test]
+fn reboot_brings_every_vcpu_back() {
+    // The smp guest cannot reboot itself, but reboot + smp is covered by rebooting smp's
+    // machine: boot the reboot guest with 4 vCPUs and check it still passes.
+    let out = boot("reboot", &["--cpus", "boot=4"]);
+    assert_pass(&out, "PASS reboot");
+}
+
+#[test]
+fn an_unhandled_fault_stops_the_vm_with_an_error_naming_exit_and_rip() {
+    let out = boot("fault", &[]);
+    assert!(stdout(&out).contains("fault: jumping to unbacked memory"));
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains("KVM internal error"), "{err}");
+    assert!(err.contains("guest RIP 0xd0000000"), "{err}");
+}
+
+#[test]
+fn demo_guest_runs() {
+    let out = boot("demo", &["--cpus", "boot=2", "--cmdline", "console=ttyS0"]);
+    assert_pass(&out, "PASS demo");
+    assert!(stdout(&out).contains("cpus: 2 in the MP table"));
+}
+
+#[test]
+fn no_shutdown_keeps_the_vmm_until_sigterm() {
+    let kernel = guest("hello");
+    let mut child = palisade()
+        .args(["--kernel", path_str(&kernel), "--no-shutdown", "-v"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout_pipe = child.stdout.take().unwrap();
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 64];
+    while !seen.ends_with(b"\n") {
+        let n = stdout_pipe.read(&mut buf).unwrap();
+        assert!(n > 0, "guest output ended early");
+        seen.extend_from_slice(&buf[..n]);
+    }
+    // The guest has powered off, but the VMM stays.
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "palisade exited despite --no-shutdown"
+    );
+    // SAFETY: sending SIGTERM to our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let out = wait_output(child, Duration::from_secs(10));
+    assert_eq!(out.status.code(), Some(0));
+    assert!(
+        stderr(&out).contains("received signal 15"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn pty_serial_passes_input_and_output() {
+    let kernel = guest("echo");
+    let mut child = palisade()
+        // --no-shutdown keeps the pty open until the test has read everything.
+        .args([
+            "--kernel",
+            path_str(&kernel),
+            "--serial",
+            "pty",
+            "--no-shutdown",
+            "-v",
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pty = read_log_until(&mut child, "serial port on ");
+    let pty = pty.trim().to_string();
+    let mut term = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&pty)
+        .unwrap_or_else(|e| panic!("open {pty}: {e}"));
+    term.write_all(b"via pty q").unwrap();
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 256];
+    while !String::from_utf8_lossy(&seen).contains("PASS echo") {
+        let n = term.read(&mut buf).unwrap();
+        assert!(n > 0);
+        seen.extend_from_slice(&buf[..n]);
+    }
+    let text = String::from_utf8_lossy(&seen);
+    assert!(
+        text.contains("echo: ready") && text.contains("via pty "),
+        "{text}"
+    );
+    // SAFETY: sending SIGTERM to our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let out = wait_output(child, Duration::from_secs(30));
+    assert_eq!(out.status.code(), Some(0));
+}
