@@ -1,9 +1,10 @@
 //! Landlock rights: which the ruleset handles on a given kernel ABI, and which a rule grants.
 //!
-//! Least privilege: a rule never grants execute, truncate, rename/link (`refer`), or the
-//! creation or removal of anything. Reading a directory needs `read_dir` on top of
-//! `read_file`; `ioctl_dev` is granted only on device nodes (a tap's `/dev/net/tun`, a block
-//! device), where the VMM needs it.
+//! Least privilege: a rule never grants execute, rename/link (`refer`), or the creation or
+//! removal of anything. Reading a directory needs `read_dir` on top of `read_file`; writing
+//! includes truncating (a console file is truncated when a VM opens it), so a read-only rule
+//! can neither write nor truncate; `ioctl_dev` is granted only on device nodes (a tap's
+//! `/dev/net/tun`, a block device), where the VMM needs it.
 
 use landlock::{Access as _, AccessFs, AccessNet, BitFlags, Scope, ABI};
 
@@ -33,7 +34,7 @@ pub fn granted(access: Access, kind: PathKind) -> BitFlags<AccessFs> {
         }
     }
     if access.writes() {
-        rights |= AccessFs::WriteFile;
+        rights |= AccessFs::WriteFile | AccessFs::Truncate;
     }
     if matches!(
         kind,
@@ -116,9 +117,8 @@ mod tests {
     use super::*;
 
     #[test]
-    fn rules_never_grant_exec_truncate_refer_or_creation() {
+    fn rules_never_grant_exec_refer_or_creation() {
         let forbidden = AccessFs::Execute
-            | AccessFs::Truncate
             | AccessFs::Refer
             | AccessFs::MakeReg
             | AccessFs::MakeDir
@@ -143,21 +143,21 @@ mod tests {
     #[test]
     fn read_only_rules_do_not_write_and_write_only_rules_do_not_read() {
         let f = granted(Access::Read, PathKind::File);
-        assert_eq!(f, AccessFs::ReadFile);
+        assert_eq!(f, AccessFs::ReadFile, "no write, no truncate");
         let w = granted(Access::Write, PathKind::File);
-        assert_eq!(w, AccessFs::WriteFile);
+        assert_eq!(w, AccessFs::WriteFile | AccessFs::Truncate);
         let d = granted(Access::Read, PathKind::Directory { under_dev: false });
         assert_eq!(d, AccessFs::ReadFile | AccessFs::ReadDir);
         let dw = granted(Access::Write, PathKind::Directory { under_dev: false });
         assert_eq!(
             dw,
-            AccessFs::WriteFile,
+            AccessFs::WriteFile | AccessFs::Truncate,
             "writing into a directory lists nothing"
         );
         let dev = granted(Access::ReadWrite, PathKind::Device);
         assert_eq!(
             dev,
-            AccessFs::ReadFile | AccessFs::WriteFile | AccessFs::IoctlDev
+            AccessFs::ReadFile | AccessFs::WriteFile | AccessFs::Truncate | AccessFs::IoctlDev
         );
     }
 

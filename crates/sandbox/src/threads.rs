@@ -106,6 +106,45 @@ impl TaskList {
         })
     }
 
+    /// Whether `tid` is a kernel worker living in the process (KVM starts one per VM): it
+    /// never runs user code, so it neither needs nor can take a Landlock domain. Unknown
+    /// (unreadable) counts as a user thread.
+    pub fn is_kernel_worker(&self, tid: i32) -> bool {
+        const PF_KTHREAD: u64 = 0x0020_0000;
+        const PF_USER_WORKER: u64 = 0x0000_4000;
+        let Ok(name) = std::ffi::CString::new(format!("{tid}/stat")) else {
+            return false;
+        };
+        // SAFETY: `name` is NUL-terminated and the directory descriptor is ours.
+        let fd = unsafe {
+            libc::openat(
+                self.dir.as_raw_fd(),
+                name.as_ptr(),
+                libc::O_RDONLY | libc::O_CLOEXEC,
+            )
+        };
+        if fd < 0 {
+            return false;
+        }
+        let mut buf = [0u8; 512];
+        // SAFETY: reading into a local buffer from a descriptor we just opened.
+        let n = unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) };
+        // SAFETY: closing the descriptor opened above.
+        unsafe { libc::close(fd) };
+        if n <= 0 {
+            return false;
+        }
+        let text = String::from_utf8_lossy(&buf[..n as usize]);
+        // The command name may hold spaces; the fields after its closing parenthesis are
+        // state, ppid, pgrp, session, tty_nr, tpgid, flags.
+        let flags = text
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().nth(6))
+            .and_then(|f| f.parse::<u64>().ok())
+            .unwrap_or(0);
+        flags & (PF_KTHREAD | PF_USER_WORKER) != 0
+    }
+
     /// The ids of the process's threads now.
     pub fn tids(&self) -> io::Result<Vec<i32>> {
         let fd = self.dir.as_raw_fd();
@@ -177,7 +216,7 @@ pub fn confine_others(fd: RawFd, tasks: &TaskList) -> Result<usize, ThreadError>
             .tids()
             .map_err(ThreadError::Io)?
             .into_iter()
-            .filter(|t| *t != me && !signalled.contains(t))
+            .filter(|t| *t != me && !signalled.contains(t) && !tasks.is_kernel_worker(*t))
             .collect();
         if fresh.is_empty() {
             break;
@@ -235,6 +274,8 @@ mod tests {
         });
         let tid = tid_rx.recv().unwrap();
         assert!(tasks.tids().unwrap().contains(&tid));
+        assert!(!tasks.is_kernel_worker(tid));
+        assert!(!tasks.is_kernel_worker(gettid()));
         drop(tx);
         t.join().unwrap();
     }

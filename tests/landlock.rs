@@ -1,0 +1,763 @@
+//! Landlock confinement, end to end, with the real kernel's Landlock.
+//!
+//! Whether each thread of a running `palisade` is confined is observed from inside the
+//! process: the tests load `tests/probe/landlock_probe.c` with LD_PRELOAD; on SIGUSR1 the
+//! receiving thread tries a list of file, network and signal operations itself and writes the
+//! results to a file. Every test that expects a denial also runs a control where the same
+//! probe succeeds, so a probe that cannot fail would be noticed.
+
+mod common;
+
+use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use common::*;
+
+const EACCES: i64 = 13;
+const EPERM: i64 = 1;
+const EXDEV: i64 = 18;
+
+/// Builds the probe library once per test binary.
+fn probe_library() -> PathBuf {
+    static LIB: OnceLock<PathBuf> = OnceLock::new();
+    LIB.get_or_init(|| {
+        let dir = std::env::temp_dir().join(format!("palisade-probe-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let lib = dir.join("landlock_probe.so");
+        let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/probe/landlock_probe.c");
+        let status = Command::new("gcc")
+            .args(["-shared", "-fPIC", "-O1", "-Wall", "-Werror", "-o"])
+            .arg(&lib)
+            .arg(&src)
+            .status()
+            .expect("run gcc");
+        assert!(status.success(), "building the probe library failed");
+        lib
+    })
+    .clone()
+}
+
+/// One probe result: the call's return value and errno.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Outcome {
+    ret: i64,
+    errno: i64,
+}
+
+impl Outcome {
+    fn ok(self) -> bool {
+        self.ret >= 0 && self.errno == 0
+    }
+}
+
+/// A palisade process with the probe loaded.
+struct Probed {
+    child: Child,
+    list: PathBuf,
+    out: PathBuf,
+}
+
+impl Probed {
+    fn spawn(cmd: &mut Command, dir: &TempDir) -> Probed {
+        let list = dir.path("probes.list");
+        let out = dir.path("probes.out");
+        std::fs::write(&list, "").unwrap();
+        let child = cmd
+            .env("LD_PRELOAD", probe_library())
+            .env("PALISADE_PROBE_LIST", &list)
+            .env("PALISADE_PROBE_OUT", &out)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn palisade");
+        Probed { child, list, out }
+    }
+
+    fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    /// The user threads of the process (KVM's kernel workers run no user code).
+    fn threads(&self) -> Vec<(i32, String)> {
+        let mut out = Vec::new();
+        let Ok(entries) = std::fs::read_dir(format!("/proc/{}/task", self.pid())) else {
+            return out;
+        };
+        for e in entries.flatten() {
+            let tid: i32 = e.file_name().to_string_lossy().parse().unwrap();
+            let stat = std::fs::read_to_string(e.path().join("stat")).unwrap_or_default();
+            let flags: u64 = stat
+                .rsplit_once(')')
+                .and_then(|(_, r)| r.split_whitespace().nth(6))
+                .and_then(|f| f.parse().ok())
+                .unwrap_or(0);
+            if flags & (0x20_0000 | 0x4000) != 0 {
+                continue;
+            }
+            let comm = std::fs::read_to_string(e.path().join("comm")).unwrap_or_default();
+            out.push((tid, comm.trim().to_string()));
+        }
+        out
+    }
+
+    /// Runs `probes` (`name|op|arg|arg` entries) in every user thread; returns, per thread
+    /// name, the outcome of each probe.
+    fn run(&self, probes: &[String]) -> HashMap<String, HashMap<String, Outcome>> {
+        std::fs::write(&self.list, probes.join("\n")).unwrap();
+        // Truncate, not remove: the probe appends through a descriptor opened at start-up.
+        std::fs::write(&self.out, "").unwrap();
+        let threads = self.threads();
+        assert!(!threads.is_empty(), "palisade is not running");
+        for (tid, _) in &threads {
+            // SAFETY: signalling a thread of our own child.
+            unsafe { libc::syscall(libc::SYS_tgkill, self.pid(), *tid, libc::SIGUSR1) };
+        }
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let text = std::fs::read_to_string(&self.out).unwrap_or_default();
+            let mut per_tid: HashMap<i32, HashMap<String, Outcome>> = HashMap::new();
+            for line in text.lines() {
+                let f: Vec<&str> = line.split_whitespace().collect();
+                if f.len() == 4 {
+                    per_tid.entry(f[0].parse().unwrap()).or_default().insert(
+                        f[1].to_string(),
+                        Outcome {
+                            ret: f[2].parse().unwrap(),
+                            errno: f[3].parse().unwrap(),
+                        },
+                    );
+                }
+            }
+            let complete = threads
+                .iter()
+                .all(|(t, _)| per_tid.get(t).is_some_and(|m| m.len() == probes.len()));
+            if complete {
+                return threads
+                    .iter()
+                    .map(|(t, name)| (format!("{name}/{t}"), per_tid.remove(t).unwrap()))
+                    .collect();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "threads {threads:?} did not all answer the probe: {text}"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    fn stop(mut self) -> std::process::Output {
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(self.pid(), libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while self.child.try_wait().unwrap().is_none() {
+            assert!(
+                Instant::now() < deadline,
+                "palisade did not stop on SIGTERM"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        self.child.wait_with_output().unwrap()
+    }
+}
+
+fn probe(name: &str, op: &str, a: &str, b: &str) -> String {
+    format!("{name}|{op}|{a}|{b}")
+}
+
+/// Waits until a log line containing `marker` appears; keeps draining the log afterwards.
+fn wait_for_log(p: &mut Probed, marker: &str) -> String {
+    read_log_until(&mut p.child, marker)
+}
+
+fn echo_round_trip(pty: &str, text: &str) -> String {
+    let mut term = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(pty)
+        .unwrap();
+    term.write_all(text.as_bytes()).unwrap();
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 256];
+    let want = text.trim_end_matches('q').to_string();
+    while !String::from_utf8_lossy(&seen).contains("PASS echo") {
+        let n = term.read(&mut buf).unwrap();
+        assert!(n > 0);
+        seen.extend_from_slice(&buf[..n]);
+    }
+    let seen = String::from_utf8_lossy(&seen).into_owned();
+    assert!(seen.contains(&want), "{seen}");
+    seen
+}
+
+fn start_echo_vm(dir: &TempDir, landlock: bool, extra: &[&str]) -> (Probed, String) {
+    let kernel = guest("echo");
+    let sock = dir.path("api.sock");
+    let mut cmd = palisade();
+    cmd.args([
+        "--kernel",
+        path_str(&kernel),
+        "--serial",
+        "pty",
+        "--no-shutdown",
+        "-v",
+    ])
+    .args(["--api-socket", path_str(&sock)]);
+    if landlock {
+        cmd.arg("--landlock");
+    }
+    cmd.args(extra);
+    let mut p = Probed::spawn(&mut cmd, dir);
+    let pty = wait_for_log(&mut p, "serial port on ").trim().to_string();
+    // Make sure an API connection thread exists too, and is probed.
+    let ping = api::client::request(&sock, "GET", "/api/v1/vmm.ping", None).unwrap();
+    assert_eq!(ping.status, 200);
+    (p, pty)
+}
+
+#[test]
+fn every_thread_is_refused_outside_the_ruleset_while_the_guest_works() {
+    let dir = TempDir::new("ll-threads");
+    let allowed = dir.path("allowed");
+    std::fs::create_dir(&allowed).unwrap();
+    std::fs::write(allowed.join("file"), "ok").unwrap();
+    let outside = dir.path("outside.txt");
+    std::fs::write(&outside, "secret").unwrap();
+    let rule = format!("path={},access=r", allowed.display());
+    let probes = vec![
+        probe("outside", "read", path_str(&outside), ""),
+        probe("etc", "read", "/etc/hostname", ""),
+        probe("inside", "read", path_str(&allowed.join("file")), ""),
+    ];
+
+    // Control: without Landlock every thread can read everything.
+    let (p, _) = start_echo_vm(&dir, false, &[]);
+    let results = p.run(&probes);
+    for (thread, r) in &results {
+        assert!(r["outside"].ok() && r["etc"].ok(), "{thread}: {r:?}");
+    }
+    p.stop();
+
+    let (p, pty) = start_echo_vm(&dir, true, &["--landlock-rules", &rule]);
+    let results = p.run(&probes);
+    let names: Vec<&String> = results.keys().collect();
+    for wanted in ["palisade", "api", "vcpu0"] {
+        assert!(
+            names.iter().any(|n| n.starts_with(&format!("{wanted}/"))),
+            "no {wanted} thread in {names:?}"
+        );
+    }
+    for (thread, r) in &results {
+        assert_eq!(
+            r["outside"],
+            Outcome {
+                ret: -1,
+                errno: EACCES
+            },
+            "{thread}"
+        );
+        assert_eq!(
+            r["etc"],
+            Outcome {
+                ret: -1,
+                errno: EACCES
+            },
+            "{thread}"
+        );
+        assert!(
+            r["inside"].ok(),
+            "{thread}: the rule's file must stay readable: {r:?}"
+        );
+    }
+    // The guest still runs, and answers through its console.
+    echo_round_trip(&pty, "still here q");
+    let out = p.stop();
+    assert_eq!(out.status.code(), Some(0));
+}
+
+#[test]
+fn escape_attempts_all_fail() {
+    let dir = TempDir::new("ll-escape");
+    let rw = dir.path("rw");
+    let ro = dir.path("ro");
+    let outside = dir.path("outside");
+    for d in [&rw, &ro, &outside] {
+        std::fs::create_dir(d).unwrap();
+    }
+    std::fs::write(rw.join("file"), "rw file").unwrap();
+    std::fs::write(ro.join("disk.img"), vec![7u8; 4096]).unwrap();
+    std::fs::write(outside.join("secret"), "secret").unwrap();
+    std::os::unix::fs::symlink(outside.join("secret"), rw.join("link")).unwrap();
+    std::fs::copy("/bin/true", rw.join("prog")).unwrap();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port().to_string();
+    let abstract_name = format!("palisade-test-{}", std::process::id());
+    let abstract_listener = abstract_unix_listener(&abstract_name);
+    let mut bystander = Command::new("sleep").arg("60").spawn().unwrap();
+    let bystander_pid = bystander.id().to_string();
+
+    let p = |name: &str, op: &str, a: &Path, b: &Path| probe(name, op, path_str(a), path_str(b));
+    let none = Path::new("");
+    let probes = vec![
+        p("dotdot", "read", &rw.join("../outside/secret"), none),
+        p("symlink", "read", &rw.join("link"), none),
+        p(
+            "hardlink_in",
+            "link",
+            &outside.join("secret"),
+            &rw.join("stolen"),
+        ),
+        p(
+            "hardlink_out",
+            "link",
+            &rw.join("file"),
+            &outside.join("leaked"),
+        ),
+        p(
+            "rename_out",
+            "rename",
+            &rw.join("file"),
+            &outside.join("moved"),
+        ),
+        p(
+            "rename_in",
+            "rename",
+            &outside.join("secret"),
+            &rw.join("moved"),
+        ),
+        p(
+            "new_symlink",
+            "symlink",
+            &outside.join("secret"),
+            &rw.join("link2"),
+        ),
+        p(
+            "proc_root",
+            "read",
+            &Path::new("/proc/self/root").join(outside.join("secret").strip_prefix("/").unwrap()),
+            none,
+        ),
+        p("proc_fd", "read", Path::new("/proc/self/fd/0"), none),
+        p("truncate_ro", "truncate", &ro.join("disk.img"), none),
+        p("write_ro", "write", &ro.join("disk.img"), none),
+        p("truncate_rw", "truncate", &rw.join("file"), none),
+        p("create_in_ro", "create", &ro.join("new"), none),
+        p("create_in_rw", "create", &rw.join("new"), none),
+        p("mkdir", "mkdir", &rw.join("sub"), none),
+        p("unlink", "unlink", &rw.join("file"), none),
+        p("exec", "exec", &rw.join("prog"), none),
+        probe("tcp", "tcp", &port, ""),
+        probe("abstract", "abstract", &abstract_name, ""),
+        probe("kill", "kill", &bystander_pid, ""),
+        // What the rules do allow, to show the probes can succeed.
+        p("read_ro", "read", &ro.join("disk.img"), none),
+        p("write_rw", "write", &rw.join("file"), none),
+    ];
+    let rules = [
+        format!("path={},access=rw", rw.display()),
+        format!("path={},access=r", ro.display()),
+    ];
+
+    // Control run: without Landlock the escapes "work" (the probe is not blind). The
+    // destructive ones are left out so the second run starts from the same files.
+    let control: Vec<String> = probes
+        .iter()
+        .filter(|s| {
+            [
+                "dotdot|",
+                "symlink|",
+                "proc_root|",
+                "exec|",
+                "tcp|",
+                "abstract|",
+                "kill|",
+            ]
+            .iter()
+            .any(|k| s.starts_with(k))
+        })
+        .cloned()
+        .collect();
+    let (pr, _) = start_echo_vm(&dir, false, &[]);
+    for (thread, r) in pr.run(&control) {
+        for (name, o) in &r {
+            assert!(
+                o.ok(),
+                "control {thread}: {name} failed without Landlock: {o:?}"
+            );
+        }
+    }
+    pr.stop();
+
+    let (pr, pty) = start_echo_vm(&dir, true, &["--landlock-rules", &rules[0], &rules[1]]);
+    let results = pr.run(&probes);
+    for (thread, r) in &results {
+        let denied = |name: &str, errnos: &[i64]| {
+            let o = r[name];
+            assert!(
+                o.ret != 0
+                    && (errnos.contains(&o.errno) || (name == "exec" && o.ret == 100 + EACCES)),
+                "{thread}: {name} was not refused: {o:?}"
+            );
+        };
+        denied("dotdot", &[EACCES]);
+        denied("symlink", &[EACCES]);
+        denied("hardlink_in", &[EACCES, EXDEV]);
+        denied("hardlink_out", &[EACCES, EXDEV]);
+        denied("rename_out", &[EACCES, EXDEV]);
+        denied("rename_in", &[EACCES, EXDEV]);
+        denied("new_symlink", &[EACCES]);
+        denied("proc_root", &[EACCES]);
+        denied("proc_fd", &[EACCES]);
+        denied("truncate_ro", &[EACCES]);
+        denied("write_ro", &[EACCES]);
+        denied("create_in_ro", &[EACCES]);
+        denied("create_in_rw", &[EACCES]);
+        denied("mkdir", &[EACCES]);
+        denied("unlink", &[EACCES]);
+        denied("exec", &[]);
+        denied("tcp", &[EACCES]);
+        denied("abstract", &[EPERM]);
+        denied("kill", &[EPERM]);
+        assert!(r["read_ro"].ok(), "{thread}: {:?}", r["read_ro"]);
+        assert!(r["write_rw"].ok(), "{thread}: {:?}", r["write_rw"]);
+        assert!(
+            r["truncate_rw"].ok(),
+            "{thread}: writing includes truncating"
+        );
+    }
+    // Nothing moved, appeared or vanished.
+    assert!(rw.join("file").exists() && outside.join("secret").exists());
+    for gone in ["stolen", "moved", "link2", "new", "sub"] {
+        assert!(!rw.join(gone).exists(), "{gone} was created");
+    }
+    assert!(!outside.join("leaked").exists() && !outside.join("moved").exists());
+    assert_eq!(std::fs::metadata(ro.join("disk.img")).unwrap().len(), 4096);
+    assert!(
+        bystander.try_wait().unwrap().is_none(),
+        "the bystander was signalled"
+    );
+    echo_round_trip(&pty, "escaped? no q");
+    pr.stop();
+    let _ = bystander.kill();
+    let _ = bystander.wait();
+    drop(listener);
+    drop(abstract_listener);
+}
+
+fn abstract_unix_listener(name: &str) -> std::os::unix::net::UnixListener {
+    use std::os::linux::net::SocketAddrExt;
+    let addr = std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes()).unwrap();
+    std::os::unix::net::UnixListener::bind_addr(&addr).unwrap()
+}
+
+#[test]
+fn reboot_smp_and_console_file_work_under_landlock() {
+    let dir = TempDir::new("ll-cli");
+    let log = dir.path("serial.log");
+    let serial = format!("file={}", log.display());
+    for (name, extra, pass) in [
+        ("reboot", vec!["--cpus", "boot=2"], "PASS reboot"),
+        ("reboot", vec!["--cmdline", "method=acpi"], "PASS reboot"),
+        ("triple", vec![], "PASS triple"),
+        ("smp", vec!["--cpus", "boot=4"], "PASS smp: 4 cpus"),
+    ] {
+        let kernel = guest(name);
+        let mut args = vec![
+            "--kernel",
+            path_str(&kernel),
+            "--landlock",
+            "--serial",
+            &serial,
+        ];
+        args.extend(extra);
+        let out = run_palisade(&args);
+        assert_eq!(out.status.code(), Some(0), "{name}: {}", stderr(&out));
+        let text = std::fs::read_to_string(&log).unwrap();
+        assert!(
+            text.contains(pass) && !text.contains("FAIL"),
+            "{name}: {text}"
+        );
+    }
+}
+
+#[test]
+fn the_ruleset_is_logged_once_with_every_rule_and_held_item() {
+    let dir = TempDir::new("ll-log");
+    std::fs::create_dir(dir.path("hotplug")).unwrap();
+    let rule = format!("path={},access=rw", dir.path("hotplug").display());
+    let kernel = guest("hello");
+    let out = run_palisade(&[
+        "--kernel",
+        path_str(&kernel),
+        "--landlock",
+        "--landlock-rules",
+        &rule,
+        "-v",
+    ]);
+    assert_eq!(out.status.code(), Some(0));
+    let log = stderr(&out);
+    assert_eq!(log.matches("Landlock ABI").count(), 1, "{log}");
+    assert!(log.contains("enforced (full)"), "{log}");
+    assert!(log.contains(&format!(
+        "Landlock rule: {} access=rw (write_file read_file read_dir truncate) from landlock rule #0",
+        dir.path("hotplug").display()
+    )));
+    assert!(log.contains(&format!("no rule needed for {} (kernel)", kernel.display())));
+}
+
+/// Runs palisade under a seccomp filter that makes the Landlock system calls fail with
+/// ENOSYS, as on a kernel without Landlock.
+fn without_landlock(cmd: &mut Command) -> &mut Command {
+    // SAFETY: the closure runs in the child between fork and exec and only calls prctl.
+    unsafe {
+        cmd.pre_exec(|| {
+            // struct sock_filter: code u16, jt u8, jf u8, k u32.
+            const LD_NR: u16 = 0x20; // BPF_LD | BPF_W | BPF_ABS
+            const JGE: u16 = 0x35; // BPF_JMP | BPF_JGE | BPF_K
+            const JGT: u16 = 0x25; // BPF_JMP | BPF_JGT | BPF_K
+            const RET: u16 = 0x06; // BPF_RET | BPF_K
+            const ALLOW: u32 = 0x7fff_0000;
+            const ERRNO_ENOSYS: u32 = 0x0005_0000 | 38;
+            let filter: [libc::sock_filter; 5] = [
+                libc::sock_filter {
+                    code: LD_NR,
+                    jt: 0,
+                    jf: 0,
+                    k: 0,
+                },
+                // landlock_create_ruleset (444) ..= landlock_restrict_self (446)
+                libc::sock_filter {
+                    code: JGE,
+                    jt: 0,
+                    jf: 2,
+                    k: 444,
+                },
+                libc::sock_filter {
+                    code: JGT,
+                    jt: 1,
+                    jf: 0,
+                    k: 446,
+                },
+                libc::sock_filter {
+                    code: RET,
+                    jt: 0,
+                    jf: 0,
+                    k: ERRNO_ENOSYS,
+                },
+                libc::sock_filter {
+                    code: RET,
+                    jt: 0,
+                    jf: 0,
+                    k: ALLOW,
+                },
+            ];
+            let prog = libc::sock_fprog {
+                len: filter.len() as u16,
+                filter: filter.as_ptr() as *mut libc::sock_filter,
+            };
+            if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0
+                || libc::prctl(libc::PR_SET_SECCOMP, libc::SECCOMP_MODE_FILTER, &prog) != 0
+            {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        })
+    }
+}
+
+#[test]
+fn no_landlock_in_the_kernel_means_no_vm_when_landlock_is_asked_for() {
+    let kernel = guest("hello");
+    let out = run_with_timeout(
+        without_landlock(palisade().args(["--kernel", path_str(&kernel), "--landlock"])),
+        Duration::from_secs(60),
+    );
+    assert!(stdout(&out).is_empty(), "the guest ran: {}", stdout(&out));
+    assert_one_line_error(
+        &out,
+        "Landlock was requested but this kernel has no Landlock",
+    );
+    // The same kernel boots the VM when confinement was not asked for.
+    let out = run_with_timeout(
+        without_landlock(palisade().args(["--kernel", path_str(&kernel)])),
+        Duration::from_secs(60),
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(stdout(&out).contains("Hello from the Palisade test guest"));
+}
+
+fn api(
+    socket: &Path,
+    method: &str,
+    endpoint: &str,
+    body: Option<serde_json::Value>,
+) -> (u16, String) {
+    let body = body.map(|b| b.to_string());
+    let r = api::client::request(
+        socket,
+        method,
+        &format!("/api/v1/{endpoint}"),
+        body.as_deref(),
+    )
+    .expect("API request");
+    (r.status, r.body)
+}
+
+fn wait_for(path: &Path, needle: &str, count: usize) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .matches(needle)
+        .count()
+        < count
+    {
+        assert!(
+            Instant::now() < deadline,
+            "{needle:?} x{count} never appeared in {}",
+            path.display()
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+#[test]
+fn lifecycle_under_landlock_from_the_api_and_recreation_within_the_ruleset() {
+    let dir = TempDir::new("ll-api");
+    let images = dir.path("images");
+    let logs = dir.path("logs");
+    std::fs::create_dir(&images).unwrap();
+    std::fs::create_dir(&logs).unwrap();
+    let kernel = images.join("echo.elf");
+    std::fs::copy(guest("echo"), &kernel).unwrap();
+    let serial = logs.join("serial.log");
+    std::fs::write(&serial, "").unwrap();
+    let socket = dir.path("api.sock");
+    let mut child = palisade()
+        .args(["--api-socket", path_str(&socket), "--no-shutdown", "-v"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while api::client::request(&socket, "GET", "/api/v1/vmm.ping", None).is_err() {
+        assert!(Instant::now() < deadline);
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let config = |kernel: &Path| {
+        serde_json::json!({
+            "payload": {"kernel": kernel},
+            "memory": {"size": 64u64 << 20},
+            "serial": {"mode": "File", "file": serial},
+            "landlock_enable": true,
+            "landlock_rules": [
+                {"path": images, "access": "r"},
+                {"path": logs, "access": "w"},
+            ],
+        })
+    };
+    let (code, body) = api(&socket, "PUT", "vm.create", Some(config(&kernel)));
+    assert_eq!(code, 204, "{body}");
+    let (_, info) = api(&socket, "GET", "vm.info", None);
+    let info: serde_json::Value = serde_json::from_str(&info).unwrap();
+    let ll = &info["landlock"];
+    assert_eq!(ll["requested"], serde_json::json!(true));
+    assert_eq!(ll["confined"], serde_json::json!(true));
+    assert_eq!(ll["enforcement"], serde_json::json!("full"));
+    assert!(ll["abi"].as_i64().unwrap() >= 6);
+    assert!(ll["threads"].as_u64().unwrap() >= 2, "{ll}");
+    assert_eq!(ll["rules"].as_array().unwrap().len(), 2);
+    assert_eq!(
+        ll["rules"][0]["rights"],
+        serde_json::json!(["read_file", "read_dir"])
+    );
+    assert_eq!(
+        ll["rules"][1]["rights"],
+        serde_json::json!(["write_file", "truncate"])
+    );
+    assert_eq!(
+        ll["rules"][0]["origin"],
+        serde_json::json!({"kind": "user_rule", "index": 0})
+    );
+    assert!(ll["handled"]["net"].as_array().unwrap().len() == 2);
+    assert!(ll["held"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|h| h["origin"]["kind"] == "kernel"));
+    assert_eq!(
+        info["config"]["landlock_rules"].as_array().unwrap().len(),
+        2
+    );
+
+    for (step, state) in [
+        ("vm.boot", "Running"),
+        ("vm.pause", "Paused"),
+        ("vm.resume", "Running"),
+        ("vm.reboot", "Running"),
+    ] {
+        let (code, body) = api(&socket, "PUT", step, None);
+        assert_eq!(code, 204, "{step}: {body}");
+        let (_, info) = api(&socket, "GET", "vm.info", None);
+        assert!(
+            info.contains(&format!("\"state\":\"{state}\"")),
+            "{step}: {info}"
+        );
+    }
+    wait_for(&serial, "echo: ready", 2);
+    let (code, _) = api(&socket, "PUT", "vm.shutdown", None);
+    assert_eq!(code, 204);
+    let (code, _) = api(&socket, "PUT", "vm.delete", None);
+    assert_eq!(code, 204);
+
+    // A new VM whose files fit the ruleset: created, booted, it runs.
+    let (code, body) = api(&socket, "PUT", "vm.create", Some(config(&kernel)));
+    assert_eq!(code, 204, "{body}");
+    let (code, _) = api(&socket, "PUT", "vm.boot", None);
+    assert_eq!(code, 204);
+    wait_for(&serial, "echo: ready", 1);
+    let (code, _) = api(&socket, "PUT", "vm.delete", None);
+    assert_eq!(code, 204);
+
+    // One whose kernel lies outside: refused, with the path, the reason and the fix.
+    let outside = dir.path("other-kernel.elf");
+    std::fs::copy(guest("hello"), &outside).unwrap();
+    let (code, body) = api(&socket, "PUT", "vm.create", Some(config(&outside)));
+    assert!((400..500).contains(&code), "{code}: {body}");
+    assert!(body.contains(path_str(&outside)), "{body}");
+    assert!(body.contains("outside the Landlock ruleset"), "{body}");
+    assert!(body.contains("cannot widen"), "{body}");
+    assert!(
+        body.contains(&format!(
+            "--landlock-rules path={},access=r",
+            outside.display()
+        )),
+        "{body}"
+    );
+    // The VMM is still there and serving.
+    let (code, _) = api(&socket, "GET", "vmm.ping", None);
+    assert_eq!(code, 200);
+
+    // Clean exit, socket removed although the VMM itself may not delete files.
+    let (code, _) = api(&socket, "PUT", "vmm.shutdown", None);
+    assert_eq!(code, 204);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(Instant::now() < deadline);
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    assert!(status.success());
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while socket.exists() {
+        assert!(Instant::now() < deadline, "the API socket was left behind");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
