@@ -197,6 +197,12 @@ fn full_lifecycle_through_curl() {
     assert_eq!(info["landlock"]["requested"], json!(false));
     let (code, body) = vmm.curl("GET", "vm.counters", None);
     assert_eq!(code, 200, "{body}");
+    let counters: Value = serde_json::from_str(&body).unwrap();
+    // "echo: ready\n" at least, printed by three boots.
+    assert!(
+        counters["serial"]["tx_bytes"].as_u64().unwrap() >= 36,
+        "{body}"
+    );
 
     let (code, _) = vmm.curl("PUT", "vm.delete", None);
     assert_eq!(code, 204);

@@ -139,3 +139,84 @@ fn log_file_and_verbosity() {
     ]);
     assert_one_line_error(&out, "--log-file");
 }
+
+/// Opens a pseudo-terminal pair: (master, slave).
+fn open_pty() -> (std::fs::File, std::fs::File) {
+    use std::os::fd::FromRawFd;
+    let mut master = 0;
+    let mut slave = 0;
+    // SAFETY: openpty writes two descriptors into the given integers; the name, termios and
+    // window size arguments may be null.
+    let rc = unsafe {
+        libc::openpty(
+            &mut master,
+            &mut slave,
+            std::ptr::null_mut(),
+            std::ptr::null(),
+            std::ptr::null(),
+        )
+    };
+    assert_eq!(rc, 0, "openpty");
+    // SAFETY: both descriptors were just returned by openpty and are owned by nobody else.
+    unsafe {
+        (
+            std::fs::File::from_raw_fd(master),
+            std::fs::File::from_raw_fd(slave),
+        )
+    }
+}
+
+fn termios_of(f: &std::fs::File) -> libc::termios {
+    use std::os::fd::AsRawFd;
+    // SAFETY: termios is plain data filled by tcgetattr.
+    let mut t: libc::termios = unsafe { std::mem::zeroed() };
+    // SAFETY: valid descriptor and termios.
+    assert_eq!(unsafe { libc::tcgetattr(f.as_raw_fd(), &mut t) }, 0);
+    t
+}
+
+#[test]
+fn tty_mode_reads_the_terminal_raw_and_restores_it_on_exit() {
+    use std::io::{Read, Write};
+    let (mut master, slave) = open_pty();
+    let before = termios_of(&slave);
+    assert_ne!(
+        before.c_lflag & libc::ICANON,
+        0,
+        "a fresh pty is in canonical mode"
+    );
+    let kernel = guest("echo");
+    let child = palisade()
+        .args(["--kernel", path_str(&kernel), "--serial", "tty"])
+        .stdin(slave.try_clone().unwrap())
+        .stdout(slave.try_clone().unwrap())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Wait for the guest's prompt, then check the terminal is raw while it runs.
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 256];
+    while !String::from_utf8_lossy(&seen).contains("echo: ready") {
+        let n = master.read(&mut buf).unwrap();
+        seen.extend_from_slice(&buf[..n]);
+    }
+    let during = termios_of(&slave);
+    assert_eq!(
+        during.c_lflag & (libc::ICANON | libc::ECHO),
+        0,
+        "raw while the guest runs"
+    );
+    // Keys go to the guest one by one, without waiting for a newline.
+    master.write_all(b"ab").unwrap();
+    while !String::from_utf8_lossy(&seen).contains("ab") {
+        let n = master.read(&mut buf).unwrap();
+        seen.extend_from_slice(&buf[..n]);
+    }
+    master.write_all(b"q").unwrap();
+    let out = wait_output(child, std::time::Duration::from_secs(30));
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let after = termios_of(&slave);
+    assert_eq!(after.c_lflag, before.c_lflag, "local modes restored");
+    assert_eq!(after.c_iflag, before.c_iflag, "input modes restored");
+    assert_eq!(after.c_oflag, before.c_oflag, "output modes restored");
+}

@@ -214,7 +214,7 @@ fn start_echo_vm(dir: &TempDir, landlock: bool, extra: &[&str]) -> (Probed, Stri
     cmd.args(extra);
     let mut p = Probed::spawn(&mut cmd, dir);
     let pty = wait_for_log(&mut p, "serial port on ").trim().to_string();
-    // Make sure an API connection thread exists too, and is probed.
+    // The API is up and answering (its thread is among those probed).
     let ping = api::client::request(&sock, "GET", "/api/v1/vmm.ping", None).unwrap();
     assert_eq!(ping.status, 200);
     (p, pty)

@@ -1,33 +1,48 @@
-//! The API server: accepts connections on the listening socket and serves each on its own
-//! thread, passing every API call to the VMM thread and waiting for its answer.
+//! The API server: accepts connections on the listening socket and serves them with hyper
+//! (HTTP/1.1) on a tokio current-thread runtime, all on one thread named `api`. Every API call
+//! goes to the VMM thread with [`RequestSender::send`]; the VMM thread's answer completes a
+//! one-shot channel the request's task waits on, so a slow VMM call never holds up the other
+//! connections and the `api` thread never blocks on the VMM.
 //!
-//! Threads: `api` accepts; each connection gets an `api-conn` thread, which reads requests
-//! (HTTP/1.1 keep-alive), calls [`RequestSender::call`] and writes the answers. All of them are
-//! started by the `api` thread, so a confinement applied to it when it starts (see
-//! [`ServerOptions::confine`]) holds for every thread of the server.
+//! A confinement applied to the `api` thread when it starts (see [`ServerOptions::confine`])
+//! holds for all of the server: it starts no other thread.
 //!
 //! Status codes: 200 with the VMM's JSON, or 204; errors carry a JSON array of messages,
 //! outermost first: 400 (bad request or VM configuration), 404 (no such endpoint, or no VM), 405
-//! (method not allowed, with `Allow`; or the VM's state forbids the action), 408 (request not
-//! received in time), 409, 413 (body over [`crate::MAX_BODY_SIZE`]), 415 (body not JSON), 431,
-//! 500, 501 (an endpoint Palisade does not serve yet), 503 (too many connections), 505.
+//! (method not allowed, with `Allow`; or the VM's state forbids the action), 408 (request body
+//! not received in time), 409, 413 (body over [`crate::MAX_BODY_SIZE`]), 415 (body not JSON),
+//! 500, 501 (an endpoint Palisade does not serve yet), 503 (too many connections). A request
+//! that is not valid HTTP is answered by hyper itself, with an empty body: 400, or 431 for a
+//! request head over [`crate::MAX_HEAD_SIZE`].
 
-use std::collections::HashMap;
+use std::convert::Infallible;
+use std::error::Error as StdError;
 use std::fmt;
+use std::future::{poll_fn, Future};
 use std::io;
 use std::net::Shutdown;
 use std::os::fd::OwnedFd;
 use std::os::unix::net::{UnixListener, UnixStream};
+use std::pin::pin;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{mpsc, Arc, Condvar, Mutex, MutexGuard};
+use std::sync::{mpsc, Arc};
+use std::task::Poll;
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use vmm::control::{Reply, RequestSender};
+use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
+use hyper::body::{Body, Bytes, Incoming};
+use hyper::header::{HeaderValue, ALLOW, CONNECTION, CONTENT_TYPE, SERVER};
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::StatusCode;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::sync::{oneshot, watch};
+use tokio::task::JoinSet;
+use vmm::control::{ErrorKind, Reply, RequestError, RequestSender};
 
-use crate::http::{Connection, Framing, HttpError, ReadError, RequestHead, Response};
 use crate::routes;
-use crate::MAX_BODY_SIZE;
+use crate::{MAX_BODY_SIZE, MAX_HEAD_SIZE};
 
 /// A function run on the `api` thread before it starts serving (see
 /// [`ServerOptions::confine`]).
@@ -35,17 +50,20 @@ pub type ConfineFn = Box<dyn FnOnce() -> io::Result<()> + Send>;
 
 /// Tunables of the server.
 pub struct ServerOptions {
-    /// How long a kept-alive connection may stay idle between requests before it is closed.
+    /// How long the server waits for a whole request head, counted from the moment the
+    /// connection opens or the previous answer on it was sent: a connection that stays idle
+    /// that long, or stalls in the middle of a request head, is closed without an answer.
     pub idle_timeout: Duration,
-    /// How long a client has, once a request has started, to send all of it; a slower one is
-    /// answered 408 and disconnected.
+    /// How long a client has, once a request's head has arrived, to send all of its body; a
+    /// slower one is answered 408 and disconnected.
     pub request_timeout: Duration,
-    /// How many connections are served at once; a client beyond that is answered 503.
+    /// How many connections are served at once. A client beyond that is answered 503 (as many
+    /// again at most; further ones are closed at once).
     pub max_connections: usize,
-    /// Run on the `api` thread before anything is served; every thread of the server is
-    /// started from that thread afterwards and so inherits what it sets up (for instance a
-    /// Landlock domain that allows no file-system access, which the API never needs). If it
-    /// fails, [`start_with`] fails with its error.
+    /// Run on the `api` thread before anything is served. The server runs entirely on that
+    /// thread, so whatever it sets up (for instance a Landlock domain that allows no
+    /// file-system access, which the API never needs) holds for all of it. If it fails,
+    /// [`start_with`] fails with its error.
     pub confine: Option<ConfineFn>,
 }
 
@@ -71,66 +89,15 @@ impl fmt::Debug for ServerOptions {
     }
 }
 
-/// The options the serving threads use.
-#[derive(Clone, Copy, Debug)]
-struct Settings {
-    idle_timeout: Duration,
-    request_timeout: Duration,
-    max_connections: usize,
-}
-
 /// How long [`ApiServer::stop`] waits for answers in progress.
 const STOP_GRACE: Duration = Duration::from_secs(2);
-/// How long, and how much, a connection closed early still reads from its client.
-const LINGER_TIME: Duration = Duration::from_millis(500);
-const LINGER_BYTES: usize = 4 << 20;
-
-/// State shared by the accept thread, the connection threads and [`ApiServer`].
-struct Shared {
-    stopping: AtomicBool,
-    connections: Mutex<Connections>,
-    /// Signalled whenever a connection ends.
-    ended: Condvar,
-}
-
-#[derive(Default)]
-struct Connections {
-    next_id: u64,
-    /// A handle on each open connection, to shut it down on stop.
-    open: HashMap<u64, UnixStream>,
-}
-
-impl Shared {
-    fn connections(&self) -> MutexGuard<'_, Connections> {
-        // A panicking connection thread cannot leave the table inconsistent: recover it.
-        self.connections
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-    }
-
-    fn stopping(&self) -> bool {
-        self.stopping.load(Ordering::SeqCst)
-    }
-}
-
-/// Removes a connection from the table when its thread ends, however it ends.
-struct Registration {
-    shared: Arc<Shared>,
-    id: u64,
-}
-
-impl Drop for Registration {
-    fn drop(&mut self) {
-        self.shared.connections().open.remove(&self.id);
-        self.shared.ended.notify_all();
-    }
-}
+/// How long a client refused for lack of room has to send its request head.
+const REFUSAL_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// The running server. Stop it with [`ApiServer::stop`] (dropping it also stops it).
 pub struct ApiServer {
-    shared: Arc<Shared>,
-    /// A second handle on the listening socket, to wake the accept thread on stop.
-    listener: Option<UnixListener>,
+    /// Set to `true` to stop the server.
+    stop: watch::Sender<bool>,
     thread: Option<JoinHandle<()>>,
 }
 
@@ -149,26 +116,18 @@ pub fn start(listener: UnixListener, sender: RequestSender) -> io::Result<ApiSer
 
 /// Starts serving the API on `listener` on a new thread named `api`; returns once that thread
 /// runs (and `options.confine`, if any, succeeded).
+///
+/// The listening socket is made non-blocking (a flag it shares with every other handle on it).
 pub fn start_with(
     listener: UnixListener,
     sender: RequestSender,
     mut options: ServerOptions,
 ) -> io::Result<ApiServer> {
-    listener.set_nonblocking(false)?;
+    listener.set_nonblocking(true)?;
     let waker = listener.try_clone()?;
-    let shared = Arc::new(Shared {
-        stopping: AtomicBool::new(false),
-        connections: Mutex::new(Connections::default()),
-        ended: Condvar::new(),
-    });
     let confine = options.confine.take();
-    let settings = Settings {
-        idle_timeout: options.idle_timeout,
-        request_timeout: options.request_timeout,
-        max_connections: options.max_connections.max(1),
-    };
+    let (stop_tx, stop_rx) = watch::channel(false);
     let (ready_tx, ready_rx) = mpsc::sync_channel::<io::Result<()>>(1);
-    let thread_shared = shared.clone();
     let thread = std::thread::Builder::new()
         .name("api".into())
         .spawn(move || {
@@ -178,8 +137,31 @@ pub fn start_with(
                     return;
                 }
             }
+            let runtime = match tokio::runtime::Builder::new_current_thread()
+                .enable_io()
+                .enable_time()
+                .build()
+            {
+                Ok(runtime) => runtime,
+                Err(e) => {
+                    let _ = ready_tx.send(Err(e));
+                    return;
+                }
+            };
+            let listener = {
+                let _context = runtime.enter();
+                match tokio::net::UnixListener::from_std(listener) {
+                    Ok(listener) => listener,
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(e));
+                        return;
+                    }
+                }
+            };
             let _ = ready_tx.send(Ok(()));
-            accept_loop(listener, sender, thread_shared, settings);
+            let server = Server::new(sender, &options, stop_rx);
+            runtime.block_on(server.serve(listener, waker));
+            // Dropping the runtime drops every connection still open: they are cut.
         })?;
     let started = ready_rx.recv().unwrap_or_else(|_| {
         Err(io::Error::other(
@@ -191,16 +173,16 @@ pub fn start_with(
         return Err(e);
     }
     Ok(ApiServer {
-        shared,
-        listener: Some(waker),
+        stop: stop_tx,
         thread: Some(thread),
     })
 }
 
 impl ApiServer {
     /// Stops the server: stops accepting, lets every answer in progress be written (waiting up
-    /// to a couple of seconds), closes every connection and joins the `api` thread. Idle and
-    /// half-received requests are dropped. Calling it again does nothing.
+    /// to a couple of seconds), closes every connection and joins the `api` thread. Idle
+    /// connections and requests still being received are dropped. Calling it again does
+    /// nothing.
     ///
     /// This shuts down the listening socket (an adopted descriptor included) but never removes
     /// the socket file: see [`crate::socket::BoundSocket::remove_file`].
@@ -208,43 +190,9 @@ impl ApiServer {
         let Some(thread) = self.thread.take() else {
             return;
         };
-        self.shared.stopping.store(true, Ordering::SeqCst);
-        if let Some(listener) = self.listener.take() {
-            // std offers no shutdown(2) for listeners; one issued through a stream handle on the
-            // same descriptor is the same call, and it wakes the blocked accept(2) with EINVAL.
-            let as_stream = UnixStream::from(OwnedFd::from(listener));
-            if let Err(e) = as_stream.shutdown(Shutdown::Both) {
-                log::warn!("API server: cannot shut down the listening socket: {e}");
-            }
-        }
+        self.stop.send_replace(true);
         if thread.join().is_err() {
-            log::error!("API server: the accept thread panicked");
-        }
-        // No new connection can appear now. Stop reading on the open ones: idle ones end at
-        // once; one waiting for the VMM still writes its answer, then ends.
-        let deadline = Instant::now() + STOP_GRACE;
-        let mut connections = self.shared.connections();
-        for stream in connections.open.values() {
-            let _ = stream.shutdown(Shutdown::Read);
-        }
-        while !connections.open.is_empty() {
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                break;
-            }
-            connections = match self.shared.ended.wait_timeout(connections, left) {
-                Ok((guard, _)) => guard,
-                Err(poisoned) => poisoned.into_inner().0,
-            };
-        }
-        for stream in connections.open.values() {
-            let _ = stream.shutdown(Shutdown::Both);
-        }
-        if !connections.open.is_empty() {
-            log::warn!(
-                "API server: {} connection(s) still busy at stop were cut",
-                connections.open.len()
-            );
+            log::error!("API server: the API thread panicked");
         }
     }
 }
@@ -255,236 +203,417 @@ impl Drop for ApiServer {
     }
 }
 
-fn accept_loop(
-    listener: UnixListener,
+/// Runs `future` until it completes, or until the server stops; `None` if it stopped first.
+async fn unless_stopped<F: Future>(
+    future: F,
+    stop: &mut watch::Receiver<bool>,
+) -> Option<F::Output> {
+    let mut future = pin!(future);
+    // Also done if the `ApiServer` is gone altogether.
+    let mut stopped = pin!(stop.wait_for(|stopping| *stopping));
+    poll_fn(|cx| {
+        // The stop first: once it is asked for, `future` is not polled again.
+        if stopped.as_mut().poll(cx).is_ready() {
+            return Poll::Ready(None);
+        }
+        future.as_mut().poll(cx).map(Some)
+    })
+    .await
+}
+
+/// What every request handler shares.
+struct Context {
     sender: RequestSender,
-    shared: Arc<Shared>,
-    settings: Settings,
-) {
-    loop {
-        let stream = match listener.accept() {
-            Ok((stream, _)) => stream,
-            Err(_) if shared.stopping() => break,
-            Err(e) => match e.kind() {
-                io::ErrorKind::Interrupted | io::ErrorKind::ConnectionAborted => continue,
-                _ => {
-                    // Out of descriptors or memory, most likely: give the system a moment
-                    // rather than spin, and keep serving.
-                    log::error!("API server: cannot accept a connection: {e}");
-                    std::thread::sleep(Duration::from_millis(100));
-                    continue;
-                }
-            },
-        };
-        if shared.stopping() {
-            break;
-        }
-        serve_new(stream, &sender, &shared, settings);
-    }
-    log::debug!("API server: stopped accepting");
+    request_timeout: Duration,
+    stop: watch::Receiver<bool>,
 }
 
-/// Registers `stream` and starts its connection thread, or refuses it if too many are open.
-fn serve_new(stream: UnixStream, sender: &RequestSender, shared: &Arc<Shared>, settings: Settings) {
-    let id = {
-        let mut connections = shared.connections();
-        if connections.open.len() >= settings.max_connections {
-            drop(connections);
-            refuse_busy(stream, settings.max_connections);
-            return;
+/// The server's state on the `api` thread.
+struct Server {
+    context: Arc<Context>,
+    /// Serves the admitted connections.
+    http: http1::Builder,
+    /// Serves the refused ones: one request, answered 503.
+    refusal_http: http1::Builder,
+    max_connections: usize,
+}
+
+impl Server {
+    fn new(sender: RequestSender, options: &ServerOptions, stop: watch::Receiver<bool>) -> Self {
+        let mut http = http1::Builder::new();
+        http.timer(TokioTimer::new())
+            .header_read_timeout(options.idle_timeout)
+            .max_buf_size(MAX_HEAD_SIZE)
+            // A client may shut down its sending side once its request is out and still get
+            // the answer.
+            .half_close(true);
+        let mut refusal_http = http.clone();
+        refusal_http
+            .keep_alive(false)
+            .header_read_timeout(REFUSAL_TIMEOUT);
+        Server {
+            context: Arc::new(Context {
+                sender,
+                request_timeout: options.request_timeout,
+                stop,
+            }),
+            http,
+            refusal_http,
+            max_connections: options.max_connections.max(1),
         }
-        let handle = match stream.try_clone() {
-            Ok(handle) => handle,
-            Err(e) => {
-                log::error!("API server: cannot register a connection: {e}");
-                return;
+    }
+
+    /// Serves until the stop; `waker` is a second handle on the listening socket.
+    async fn serve(self, listener: tokio::net::UnixListener, waker: UnixListener) {
+        let mut stop = self.context.stop.clone();
+        let mut connections = JoinSet::new();
+        let mut refusals = JoinSet::new();
+        loop {
+            let Some(accepted) = unless_stopped(listener.accept(), &mut stop).await else {
+                break;
+            };
+            let stream = match accepted {
+                Ok((stream, _)) => stream,
+                Err(_) if *stop.borrow() => break,
+                Err(e) => match e.kind() {
+                    io::ErrorKind::Interrupted | io::ErrorKind::ConnectionAborted => continue,
+                    _ => {
+                        // Out of descriptors or memory, most likely: give the system a moment
+                        // rather than spin, and keep serving.
+                        log::error!("API server: cannot accept a connection: {e}");
+                        let pause = tokio::time::sleep(Duration::from_millis(100));
+                        if unless_stopped(pause, &mut stop).await.is_none() {
+                            break;
+                        }
+                        continue;
+                    }
+                },
+            };
+            reap(&mut connections);
+            reap(&mut refusals);
+            if connections.len() < self.max_connections {
+                connections.spawn(serve_connection(
+                    stream,
+                    self.http.clone(),
+                    self.context.clone(),
+                ));
+            } else if refusals.len() < self.max_connections {
+                refusals.spawn(refuse(
+                    stream,
+                    self.refusal_http.clone(),
+                    self.max_connections,
+                ));
+            } else {
+                // Too busy even to refuse politely.
+                drop(stream);
             }
-        };
-        let id = connections.next_id;
-        connections.next_id += 1;
-        connections.open.insert(id, handle);
-        id
-    };
-    let registration = Registration {
-        shared: shared.clone(),
-        id,
-    };
-    let sender = sender.clone();
-    let thread_shared = shared.clone();
-    let spawned = std::thread::Builder::new()
-        .name("api-conn".into())
-        .spawn(move || {
-            let _registration = registration;
-            serve_connection(stream, &sender, &thread_shared, settings);
-        });
-    if let Err(e) = spawned {
-        // The closure (and with it the registration and the stream) has been dropped.
-        log::error!("API server: cannot start a connection thread: {e}");
+        }
+        log::debug!("API server: stopped accepting");
+        // Only once the runtime no longer watches it: a shut-down listener stays readable
+        // forever, and accept(2) on it keeps failing with EAGAIN.
+        drop(listener);
+        // std offers no shutdown(2) for listeners; one issued through a stream handle on the
+        // same descriptor is the same call. It makes connecting fail from now on, even though
+        // the socket stays open (the caller holds another handle on it).
+        if let Err(e) = UnixStream::from(OwnedFd::from(waker)).shutdown(Shutdown::Both) {
+            log::warn!("API server: cannot shut down the listening socket: {e}");
+        }
+        drop(refusals);
+        // Idle connections close at once; those with an answer in progress once it is written.
+        let all_done = async { while connections.join_next().await.is_some() {} };
+        if tokio::time::timeout(STOP_GRACE, all_done).await.is_err() {
+            log::warn!(
+                "API server: {} connection(s) still busy at stop were cut",
+                connections.len()
+            );
+        }
     }
 }
 
-fn refuse_busy(stream: UnixStream, max: usize) {
-    let _ = stream.set_write_timeout(Some(Duration::from_millis(100)));
-    let mut response = Response::error(
-        503,
-        &[format!(
-            "the API is serving {max} connections already; retry once some have closed"
-        )],
-    );
-    response.close = true;
-    let mut connection = Connection::new(stream);
-    let _ = connection.write_response(&response, false);
+/// Collects the connection tasks that have ended.
+fn reap(tasks: &mut JoinSet<()>) {
+    while let Some(result) = tasks.try_join_next() {
+        if let Err(e) = result {
+            if e.is_panic() {
+                log::error!("API server: a connection handler panicked");
+            }
+        }
+    }
 }
 
-/// Serves the requests of one connection until it closes.
-fn serve_connection(
-    stream: UnixStream,
-    sender: &RequestSender,
-    shared: &Shared,
-    settings: Settings,
+/// Serves the requests of one connection until it closes, or the server stops.
+async fn serve_connection(
+    stream: tokio::net::UnixStream,
+    http: http1::Builder,
+    context: Arc<Context>,
 ) {
-    let mut connection = Connection::new(stream);
-    loop {
-        if shared.stopping() {
+    let mut stop = context.stop.clone();
+    // Whether a request of this connection has reached the handler (its head was received).
+    let started = Arc::new(AtomicBool::new(false));
+    let service = {
+        let started = started.clone();
+        service_fn(move |request| {
+            started.store(true, Ordering::Relaxed);
+            let context = context.clone();
+            async move { answer(request, &context).await }
+        })
+    };
+    let mut connection = pin!(http.serve_connection(TokioIo::new(stream), service));
+    match unless_stopped(connection.as_mut(), &mut stop).await {
+        Some(Ok(())) => return,
+        Some(Err(e)) => {
+            log::debug!("API server: connection ended: {e}");
             return;
         }
-        let head = match connection.read_head(settings.idle_timeout, settings.request_timeout) {
-            Ok(head) => head,
-            Err(ReadError::Gone) => return,
-            Err(ReadError::Http(e)) => return fail(connection, e),
-        };
-        let keep_alive = head.keep_alive();
-        let (mut response, body_left) = match answer(&mut connection, &head, sender) {
-            Ok(response) => (response, false),
-            Err(Answer::Gone) => return,
-            Err(Answer::Early(response)) => (response, true),
-        };
-        let close = body_left || !keep_alive || shared.stopping();
-        response.close = close;
-        if connection
-            .write_response(&response, head.method == "HEAD")
-            .is_err()
-        {
-            return;
-        }
-        if body_left {
-            // The body was not read, so the next request's start is unknown.
-            return connection.linger(LINGER_TIME, LINGER_BYTES);
-        }
-        if close {
-            return;
-        }
+        None => {}
+    }
+    if !started.load(Ordering::Relaxed) {
+        // Not even one request head received: nothing worth waiting for.
+        return;
+    }
+    // Closes the connection if it is idle; otherwise once the answer in progress is written.
+    // A request still being received is abandoned by its handler, which watches for the stop.
+    connection.as_mut().graceful_shutdown();
+    if let Err(e) = connection.await {
+        log::debug!("API server: connection ended at stop: {e}");
     }
 }
 
-/// Answers a request that could not be read, then closes the connection.
-fn fail(mut connection: Connection, error: HttpError) {
-    let mut response = Response::error(error.status, &[error.message]);
-    response.close = true;
-    if connection.write_response(&response, false).is_ok() {
-        connection.linger(LINGER_TIME, LINGER_BYTES);
+/// Answers the first request of a connection beyond the limit with 503, then closes it.
+async fn refuse(stream: tokio::net::UnixStream, http: http1::Builder, max: usize) {
+    let service = service_fn(move |_request| async move {
+        let mut response = error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("the API is serving {max} connections already; retry once some have closed"),
+        );
+        close_after(&mut response);
+        Ok::<_, Infallible>(response)
+    });
+    let _ = http.serve_connection(TokioIo::new(stream), service).await;
+}
+
+type HttpResponse = hyper::Response<Full<Bytes>>;
+
+/// Why a request got no answer: the client went away, or the server is stopping. Hyper then
+/// closes the connection without answering.
+#[derive(Debug)]
+struct NoAnswer;
+
+impl fmt::Display for NoAnswer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("the request was abandoned")
     }
 }
 
-/// Why [`answer`] gave no ordinary response.
-enum Answer {
-    /// The client went away.
+impl StdError for NoAnswer {}
+
+fn with_common_headers(mut response: HttpResponse) -> HttpResponse {
+    response
+        .headers_mut()
+        .insert(SERVER, HeaderValue::from_static("Palisade"));
+    response
+}
+
+/// A response without a body.
+fn empty(status: StatusCode) -> HttpResponse {
+    let mut response = hyper::Response::new(Full::new(Bytes::new()));
+    *response.status_mut() = status;
+    with_common_headers(response)
+}
+
+/// A response with a JSON body.
+fn json(status: StatusCode, body: String) -> HttpResponse {
+    let mut response = hyper::Response::new(Full::new(Bytes::from(body)));
+    *response.status_mut() = status;
+    response
+        .headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    with_common_headers(response)
+}
+
+/// An error response: the messages as a JSON array of strings, outermost first.
+fn error_list(status: StatusCode, messages: &[String]) -> HttpResponse {
+    let body = serde_json::to_string(messages).unwrap_or_else(|_| "[]".to_string());
+    json(status, body)
+}
+
+fn error(status: StatusCode, message: String) -> HttpResponse {
+    error_list(status, &[message])
+}
+
+/// The response for a failed VMM request.
+fn request_error(e: &RequestError) -> HttpResponse {
+    let status =
+        StatusCode::from_u16(e.kind.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    error_list(status, &e.messages)
+}
+
+/// Marks `response` as the last one of its connection.
+fn close_after(response: &mut HttpResponse) {
+    response
+        .headers_mut()
+        .insert(CONNECTION, HeaderValue::from_static("close"));
+}
+
+/// Why a request body could not be read.
+enum BodyError {
+    /// Over [`MAX_BODY_SIZE`].
+    TooLarge,
+    /// Not valid HTTP framing (a bad chunk size, say).
+    Malformed(String),
+    /// The connection ended or failed.
     Gone,
-    /// An answer given without reading the request's body.
-    Early(Response),
 }
 
-fn error(status: u16, message: String) -> Response {
-    Response::error(status, &[message])
+fn classify_body_error(e: &(dyn StdError + 'static)) -> BodyError {
+    if e.downcast_ref::<LengthLimitError>().is_some() {
+        return BodyError::TooLarge;
+    }
+    let mut cause = Some(e);
+    while let Some(e) = cause {
+        if let Some(io_error) = e.downcast_ref::<io::Error>() {
+            return match io_error.kind() {
+                // What hyper's decoder reports for framing it cannot decode.
+                io::ErrorKind::InvalidData | io::ErrorKind::InvalidInput => {
+                    BodyError::Malformed(io_error.to_string())
+                }
+                _ => BodyError::Gone,
+            };
+        }
+        cause = e.source();
+    }
+    BodyError::Gone
 }
 
 /// Works out the response to one request, reading its body when it is needed.
-fn answer(
-    connection: &mut Connection,
-    head: &RequestHead,
-    sender: &RequestSender,
-) -> Result<Response, Answer> {
-    let framing = match head.framing() {
-        Ok(framing) => framing,
-        Err(e) => return Err(Answer::Early(error(e.status, e.message))),
-    };
-    let early = |response: Response| {
-        if framing == Framing::None {
-            Ok(response)
-        } else {
-            Err(Answer::Early(response))
+async fn answer(
+    request: hyper::Request<Incoming>,
+    context: &Context,
+) -> Result<HttpResponse, NoAnswer> {
+    let has_body = !request.body().is_end_stream();
+    // An answer given without reading the body ends the connection: the next request's start
+    // is unknown.
+    let early = |mut response: HttpResponse| {
+        if has_body {
+            close_after(&mut response);
         }
+        Ok(response)
     };
-    let Some(endpoint) = routes::find(&head.path) else {
+    let path = request.uri().path();
+    let Some(endpoint) = routes::find(path) else {
         return early(error(
-            404,
+            StatusCode::NOT_FOUND,
             format!(
-                "{}: no such endpoint; the endpoints are under {}",
-                head.path,
+                "{path}: no such endpoint; the endpoints are under {}",
                 crate::API_PREFIX
             ),
         ));
     };
     let name = endpoint.name;
-    if head.method != endpoint.method {
+    if request.method().as_str() != endpoint.method {
         let mut response = error(
-            405,
+            StatusCode::METHOD_NOT_ALLOWED,
             format!(
                 "{name}: method {} is not allowed; use {}",
-                head.method, endpoint.method
+                request.method(),
+                endpoint.method
             ),
         );
-        response.allow = Some(endpoint.method.to_string());
+        response
+            .headers_mut()
+            .insert(ALLOW, HeaderValue::from_static(endpoint.method));
         return early(response);
     }
-    if let Framing::Length(length) = framing {
-        if length > MAX_BODY_SIZE as u64 {
-            return Err(Answer::Early(error(
-                413,
-                format!(
-                    "{name}: the request body ({length} bytes) is larger than the limit of \
-                     {MAX_BODY_SIZE} bytes"
-                ),
-            )));
-        }
+    // The declared length (hyper has checked it is one number), before any byte is read.
+    let declared = request.body().size_hint().lower();
+    if declared > MAX_BODY_SIZE as u64 {
+        return early(error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!(
+                "{name}: the request body ({declared} bytes) is larger than the limit of \
+                 {MAX_BODY_SIZE} bytes"
+            ),
+        ));
     }
-    if framing != Framing::None {
-        if let Some(content_type) = head.header("content-type") {
-            let media_type = content_type.split(';').next().unwrap_or_default().trim();
+    if has_body {
+        if let Some(content_type) = request.headers().get(CONTENT_TYPE) {
+            let text = String::from_utf8_lossy(content_type.as_bytes());
+            let media_type = text.split(';').next().unwrap_or_default().trim();
             if !media_type.eq_ignore_ascii_case("application/json") {
-                return Err(Answer::Early(error(
-                    415,
-                    format!("{name}: the body is `{content_type}`; send it as application/json"),
-                )));
+                return early(error(
+                    StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                    format!("{name}: the body is `{text}`; send it as application/json"),
+                ));
             }
         }
-        if head.expects_continue() && connection.write_continue().is_err() {
-            return Err(Answer::Gone);
-        }
     }
-    let body = match connection.read_body(framing, MAX_BODY_SIZE) {
-        Ok(body) => body,
-        Err(ReadError::Gone) => return Err(Answer::Gone),
-        Err(ReadError::Http(e)) => {
-            return Err(Answer::Early(error(
-                e.status,
-                format!("{name}: {}", e.message),
-            )))
+    // Reading the body is what makes hyper send `100 Continue` to a client that expects it.
+    let body = if has_body {
+        let limited = Limited::new(request.into_body(), MAX_BODY_SIZE);
+        let mut stop = context.stop.clone();
+        let read = tokio::time::timeout(context.request_timeout, limited.collect());
+        // A request still being received when the server stops is dropped.
+        let Some(read) = unless_stopped(read, &mut stop).await else {
+            return Err(NoAnswer);
+        };
+        let failed = |status, message: String| {
+            let mut response = error(status, format!("{name}: {message}"));
+            close_after(&mut response);
+            Ok(response)
+        };
+        match read {
+            Ok(Ok(collected)) => collected.to_bytes(),
+            Ok(Err(e)) => {
+                return match classify_body_error(&*e) {
+                    BodyError::TooLarge => failed(
+                        StatusCode::PAYLOAD_TOO_LARGE,
+                        format!(
+                            "the request body is larger than the limit of {MAX_BODY_SIZE} bytes"
+                        ),
+                    ),
+                    BodyError::Malformed(reason) => failed(
+                        StatusCode::BAD_REQUEST,
+                        format!("malformed request body: {reason}"),
+                    ),
+                    BodyError::Gone => Err(NoAnswer),
+                }
+            }
+            Err(_elapsed) => {
+                return failed(
+                    StatusCode::REQUEST_TIMEOUT,
+                    "the request body was not received in time; send it whole without pausing"
+                        .to_string(),
+                )
+            }
         }
+    } else {
+        Bytes::new()
     };
     if !endpoint.served {
         return Ok(error(
-            501,
+            StatusCode::NOT_IMPLEMENTED,
             format!("{name}: Palisade does not support this endpoint yet"),
         ));
     }
-    let request = match routes::request_for(name, &body) {
-        Ok(request) => request,
-        Err(e) => return Ok(Response::error(e.kind.http_status(), &e.messages)),
+    let vmm_request = match routes::request_for(name, &body) {
+        Ok(vmm_request) => vmm_request,
+        Err(e) => return Ok(request_error(&e)),
     };
-    Ok(match sender.call(request) {
-        Ok(Reply::Done) => Response::empty(204),
-        Ok(Reply::Json(value)) => Response::json(200, value.to_string()),
-        Err(e) => Response::error(e.kind.http_status(), &e.messages),
+    let (reply_tx, reply_rx) = oneshot::channel();
+    context.sender.send(vmm_request, move |response| {
+        // The client may be gone and its task with it; nothing to do then.
+        let _ = reply_tx.send(response);
+    });
+    // The VMM always answers (see `Responder`); a lost answer would mean it is gone.
+    let response = reply_rx.await.unwrap_or_else(|_| {
+        Err(RequestError::new(
+            ErrorKind::Internal,
+            "the VMM is shutting down",
+        ))
+    });
+    Ok(match response {
+        Ok(Reply::Done) => empty(StatusCode::NO_CONTENT),
+        Ok(Reply::Json(value)) => json(StatusCode::OK, value.to_string()),
+        Err(e) => request_error(&e),
     })
 }

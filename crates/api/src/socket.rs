@@ -272,11 +272,8 @@ fn adopt_fd(fd: RawFd) -> Result<BoundSocket, SocketError> {
     // SAFETY: `fd` is an open Unix stream socket in the listening state (checked above), and
     // the caller hands its ownership over (documented on `bind`): nothing else closes it.
     let listener = unsafe { UnixListener::from_raw_fd(fd) };
-    // The server relies on blocking accept(2); an inherited socket may be non-blocking. Keep
-    // the descriptor from leaking into any program Palisade might start.
-    listener
-        .set_nonblocking(false)
-        .map_err(|e| bad(format!("cannot make it blocking: {e}")))?;
+    // Keep the descriptor from leaking into any program Palisade might start. (Whether it is
+    // blocking does not matter: the server makes it non-blocking itself.)
     set_cloexec(&listener).map_err(|e| bad(format!("cannot set close-on-exec: {e}")))?;
     Ok(BoundSocket {
         listener,

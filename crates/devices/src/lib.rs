@@ -5,8 +5,11 @@
 //! [`vmm_sys_util::eventfd::EventFd`] for each request they raise — so each one can be driven by a unit test without a VM.
 
 pub mod bus;
+pub mod hotplug;
 pub mod ioapic;
 pub mod legacy;
+pub mod pci;
 pub mod serial;
+pub mod virtio;
 
 pub use bus::{Bus, BusDevice, BusError};

@@ -5,6 +5,7 @@
 //! `input_drained` so the VMM can start reading its input source again.
 
 use std::io::{self, Write};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use log::debug;
@@ -34,26 +35,47 @@ impl Trigger for IrqTrigger {
     }
 }
 
-/// Tells the VMM that the receive FIFO has room again.
-pub struct InputDrained(EventFd);
+/// What went through a port, for `vm.counters`.
+#[derive(Debug, Default)]
+pub struct SerialCounters {
+    /// Bytes the guest sent.
+    pub tx_bytes: AtomicU64,
+    /// Bytes the guest sent that could not be written out.
+    pub tx_lost_bytes: AtomicU64,
+    /// Bytes the guest read.
+    pub rx_bytes: AtomicU64,
+}
 
-impl SerialEvents for InputDrained {
-    fn buffer_read(&self) {}
-    fn out_byte(&self) {}
-    fn tx_lost_byte(&self) {}
+/// Counts traffic, and tells the VMM that the receive FIFO has room again.
+pub struct PortEvents {
+    drained: EventFd,
+    counters: Arc<SerialCounters>,
+}
+
+impl SerialEvents for PortEvents {
+    fn buffer_read(&self) {
+        self.counters.rx_bytes.fetch_add(1, Ordering::Relaxed);
+    }
+    fn out_byte(&self) {
+        self.counters.tx_bytes.fetch_add(1, Ordering::Relaxed);
+    }
+    fn tx_lost_byte(&self) {
+        self.counters.tx_lost_bytes.fetch_add(1, Ordering::Relaxed);
+    }
     fn in_buffer_empty(&self) {
         // Losing this wake-up only delays input until the next byte arrives.
-        let _ = self.0.write(1);
+        let _ = self.drained.write(1);
     }
 }
 
-type Uart = Serial<IrqTrigger, InputDrained, Box<dyn Write + Send>>;
+type Uart = Serial<IrqTrigger, PortEvents, Box<dyn Write + Send>>;
 
 /// A COM port.
 pub struct SerialPort {
     uart: Uart,
     irq: Arc<dyn InterruptLine>,
     input_drained: EventFd,
+    counters: Arc<SerialCounters>,
 }
 
 impl SerialPort {
@@ -64,24 +86,35 @@ impl SerialPort {
         input_drained: EventFd,
         out: Box<dyn Write + Send>,
     ) -> io::Result<Self> {
-        let uart = Self::uart(&irq, &input_drained, out)?;
+        let counters = Arc::new(SerialCounters::default());
+        let uart = Self::uart(&irq, &input_drained, &counters, out)?;
         Ok(SerialPort {
             uart,
             irq,
             input_drained,
+            counters,
         })
     }
 
     fn uart(
         irq: &Arc<dyn InterruptLine>,
         drained: &EventFd,
+        counters: &Arc<SerialCounters>,
         out: Box<dyn Write + Send>,
     ) -> io::Result<Uart> {
         Ok(Serial::with_events(
             IrqTrigger(irq.clone()),
-            InputDrained(drained.try_clone()?),
+            PortEvents {
+                drained: drained.try_clone()?,
+                counters: counters.clone(),
+            },
             out,
         ))
+    }
+
+    /// The port's traffic counters (kept across resets).
+    pub fn counters(&self) -> Arc<SerialCounters> {
+        self.counters.clone()
     }
 
     /// Queues bytes for the guest to read; returns how many fitted in the receive FIFO.
@@ -106,7 +139,7 @@ impl SerialPort {
     /// Returns the UART to its power-on state, keeping its output and interrupt.
     pub fn reset(&mut self) -> io::Result<()> {
         let out = std::mem::replace(self.uart.writer_mut(), Box::new(io::sink()));
-        self.uart = Self::uart(&self.irq, &self.input_drained, out)?;
+        self.uart = Self::uart(&self.irq, &self.input_drained, &self.counters, out)?;
         Ok(())
     }
 }
@@ -133,7 +166,7 @@ impl BusDevice for SerialPort {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::atomic::AtomicUsize;
     use std::sync::Mutex;
     use vmm_sys_util::eventfd::EFD_NONBLOCK;
 
@@ -183,6 +216,7 @@ mod tests {
             port.write(DATA, &[*b]);
         }
         assert_eq!(out.0.lock().unwrap().as_slice(), b"hi\n");
+        assert_eq!(port.counters().tx_bytes.load(Ordering::Relaxed), 3);
     }
 
     #[test]
@@ -200,6 +234,7 @@ mod tests {
         port.read(DATA, &mut b);
         assert_eq!(b[0], b'k');
         assert!(drained.read().is_ok());
+        assert_eq!(port.counters().rx_bytes.load(Ordering::Relaxed), 2);
         port.read(LSR, &mut b);
         assert_eq!(b[0] & 1, 0);
     }

@@ -1,14 +1,14 @@
 //! Applying a policy: the Landlock ruleset, its enforcement on every thread, and what was
 //! enforced.
 
-use std::os::fd::{AsRawFd, OwnedFd};
-use std::os::unix::fs::FileTypeExt;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 use landlock::{
-    CompatLevel, Compatible, PathBeneath, PathFd, RestrictSelfAttr, Ruleset, RulesetAttr,
-    RulesetCreated, RulesetCreatedAttr, RulesetStatus, ABI,
+    CompatLevel, Compatible, PathBeneath, RestrictSelfAttr, Ruleset, RulesetAttr, RulesetCreated,
+    RulesetCreatedAttr, RulesetStatus, ABI,
 };
 use serde::Serialize;
 
@@ -173,18 +173,31 @@ pub fn kernel_abi() -> Result<i32, String> {
     })
 }
 
-fn path_kind(path: &Path) -> std::io::Result<PathKind> {
-    let meta = std::fs::metadata(path)?;
-    let ft = meta.file_type();
-    Ok(if ft.is_dir() {
-        PathKind::Directory {
+/// Opens `path` as a Landlock rule anchor (`O_PATH`) and tells what kind of file it is,
+/// with one path lookup.
+fn open_rule_path(path: &Path) -> std::io::Result<(OwnedFd, PathKind)> {
+    let c_path = std::ffi::CString::new(path.as_os_str().as_bytes())?;
+    // SAFETY: `c_path` is NUL-terminated; O_PATH needs no mode argument.
+    let fd = unsafe { libc::open(c_path.as_ptr(), libc::O_PATH | libc::O_CLOEXEC) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: `fd` was just opened and is owned by nothing else.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    // SAFETY: stat is plain data that fstat fills in.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: `fd` is open and `st` writable.
+    if unsafe { libc::fstat(fd.as_raw_fd(), &mut st) } < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    let kind = match st.st_mode & libc::S_IFMT {
+        libc::S_IFDIR => PathKind::Directory {
             under_dev: path.starts_with("/dev"),
-        }
-    } else if ft.is_char_device() || ft.is_block_device() {
-        PathKind::Device
-    } else {
-        PathKind::File
-    })
+        },
+        libc::S_IFCHR | libc::S_IFBLK => PathKind::Device,
+        _ => PathKind::File,
+    };
+    Ok((fd, kind))
 }
 
 /// What confinement needs from before any thread starts: a handle on the thread list.
@@ -225,10 +238,8 @@ impl Sandbox {
                 access: rule.access,
                 source,
             };
-            let kind = path_kind(&rule.path).map_err(rule_error)?;
+            let (fd, kind) = open_rule_path(&rule.path).map_err(rule_error)?;
             let granted = rights::granted(rule.access, kind) & fs;
-            let fd = PathFd::new(&rule.path)
-                .map_err(|e| rule_error(std::io::Error::other(e.to_string())))?;
             created = created.add_rule(PathBeneath::new(fd, granted))?;
             enforced.push(EnforcedRule {
                 rule: rule.clone(),

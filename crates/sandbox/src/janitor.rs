@@ -63,7 +63,9 @@ fn confine_to_removing_in(dir: &Path) -> Result<(), landlock::RulesetError> {
 /// Forks the janitor for the socket at `path`. Call while the process has a single thread.
 pub fn spawn(path: &Path) -> std::io::Result<SocketJanitor> {
     let meta = std::fs::symlink_metadata(path)?;
-    let (dev, ino) = (meta.dev(), meta.ino());
+    // Device and inode alone are not enough: a file system may give the next socket bound at
+    // this path (by another Palisade) the same inode number; its change time differs.
+    let identity = (meta.dev(), meta.ino(), meta.ctime(), meta.ctime_nsec());
     let dir = path
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
@@ -111,8 +113,7 @@ pub fn spawn(path: &Path) -> std::io::Result<SocketJanitor> {
         let mut st: libc::stat = unsafe { std::mem::zeroed() };
         // SAFETY: `c_path` is NUL-terminated and `st` writable.
         let same = unsafe { libc::lstat(c_path.as_ptr(), &mut st) } == 0
-            && st.st_dev == dev
-            && st.st_ino == ino;
+            && (st.st_dev, st.st_ino, st.st_ctime, st.st_ctime_nsec) == identity;
         if same {
             // SAFETY: `c_path` is NUL-terminated.
             unsafe { libc::unlink(c_path.as_ptr()) };

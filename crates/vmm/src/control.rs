@@ -1,10 +1,13 @@
 //! Requests to the VMM thread and their answers: what the REST API (or the command line)
 //! asks the VMM to do, and how it answers.
 //!
-//! Requests travel over a channel; an eventfd wakes the VMM's event loop; the sender waits on
-//! a one-shot reply channel. Error kinds map onto the REST API's status codes.
+//! Requests travel over a channel; an eventfd wakes the VMM's event loop; each request carries
+//! a [`Responder`], a function the VMM thread calls with the answer. [`RequestSender::call`]
+//! waits for that answer on a one-shot channel; [`RequestSender::send`] lets the caller decide
+//! how to be told (the API server completes an asynchronous one-shot channel with it, so that it
+//! never blocks). Error kinds map onto the REST API's status codes.
 
-use std::sync::mpsc::{channel, sync_channel, Receiver, Sender, SyncSender};
+use std::sync::mpsc::{channel, sync_channel, Receiver, SendError, Sender};
 use std::sync::Arc;
 
 use config::VmConfig;
@@ -119,7 +122,49 @@ impl std::error::Error for RequestError {}
 /// The answer to a request.
 pub type Response = Result<Reply, RequestError>;
 
-type Envelope = (Request, SyncSender<Response>);
+/// The answer given for a request the VMM will never carry out.
+fn vmm_gone() -> RequestError {
+    RequestError::new(ErrorKind::Internal, "the VMM is shutting down")
+}
+
+type ReplyFn = Box<dyn FnOnce(Response) + Send>;
+
+/// Where the answer to one request goes: a function called exactly once with it.
+///
+/// The VMM thread answers with [`Responder::send`]. A responder dropped without answering (the
+/// VMM ended with the request still queued, or dropped it) answers "the VMM is shutting down"
+/// (an internal error) as it goes, so a requester is never left waiting.
+pub struct Responder(Option<ReplyFn>);
+
+impl Responder {
+    /// A responder that hands the answer to `on_reply`.
+    pub fn new(on_reply: impl FnOnce(Response) + Send + 'static) -> Self {
+        Responder(Some(Box::new(on_reply)))
+    }
+
+    /// Answers the request. The requester may have gone away meanwhile; that is its business.
+    pub fn send(mut self, response: Response) {
+        if let Some(on_reply) = self.0.take() {
+            on_reply(response);
+        }
+    }
+}
+
+impl Drop for Responder {
+    fn drop(&mut self) {
+        if let Some(on_reply) = self.0.take() {
+            on_reply(Err(vmm_gone()));
+        }
+    }
+}
+
+impl std::fmt::Debug for Responder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Responder")
+    }
+}
+
+type Envelope = (Request, Responder);
 
 /// The sending side, cloned into each API connection handler.
 #[derive(Clone)]
@@ -131,11 +176,27 @@ pub struct RequestSender {
 impl RequestSender {
     /// Sends `request` to the VMM thread and waits for its answer.
     pub fn call(&self, request: Request) -> Response {
-        let gone = || RequestError::new(ErrorKind::Internal, "the VMM is shutting down");
         let (reply_tx, reply_rx) = sync_channel(1);
-        self.tx.send((request, reply_tx)).map_err(|_| gone())?;
-        self.wake.write(1).map_err(|_| gone())?;
-        reply_rx.recv().map_err(|_| gone())?
+        self.send(request, move |response| {
+            let _ = reply_tx.send(response);
+        });
+        reply_rx.recv().unwrap_or_else(|_| Err(vmm_gone()))
+    }
+
+    /// Sends `request` to the VMM thread without waiting. `on_reply` is called exactly once
+    /// with the answer: on the VMM thread when it answers, or at once on this thread when the
+    /// VMM is gone (with "the VMM is shutting down"). It must not block: the VMM's event loop
+    /// waits for it.
+    pub fn send(&self, request: Request, on_reply: impl FnOnce(Response) + Send + 'static) {
+        match self.tx.send((request, Responder::new(on_reply))) {
+            // An eventfd write only fails when its counter would overflow, which one write per
+            // request cannot make happen; the request is queued either way.
+            Ok(()) => {
+                let _ = self.wake.write(1);
+            }
+            // Dropping the responder answers that the VMM is gone.
+            Err(SendError(envelope)) => drop(envelope),
+        }
     }
 }
 
@@ -151,8 +212,8 @@ impl RequestReceiver {
         &self.wake
     }
 
-    /// Takes every pending request.
-    pub fn drain(&self) -> Vec<(Request, SyncSender<Response>)> {
+    /// Takes every pending request, each with the [`Responder`] to answer it through.
+    pub fn drain(&self) -> Vec<(Request, Responder)> {
         // Consume the wake-ups first so a request sent after this read wakes us again.
         let _ = self.wake.read();
         self.rx.try_iter().collect()
@@ -190,7 +251,7 @@ mod tests {
                     Request::Ping => Ok(Reply::Json(serde_json::json!({"ok": true}))),
                     _ => Err(RequestError::new(ErrorKind::WrongState, "no")),
                 };
-                reply.send(answer).unwrap();
+                reply.send(answer);
             }
             return;
         });
@@ -202,6 +263,69 @@ mod tests {
         // The receiver is gone: calls fail cleanly instead of hanging.
         let err = tx.call(Request::Boot).unwrap_err();
         assert_eq!(err.kind, ErrorKind::Internal);
+    }
+
+    #[test]
+    fn a_reply_can_be_delivered_through_a_callback() {
+        let (tx, rx) = request_channel().unwrap();
+        let (got_tx, got_rx) = channel();
+        let on_reply = move |tag: &'static str| {
+            let got_tx = got_tx.clone();
+            move |response: Response| {
+                let thread = std::thread::current().name().map(str::to_string);
+                got_tx.send((tag, thread, response)).unwrap();
+            }
+        };
+        // Queued before the VMM thread even runs: nothing blocks the sender.
+        tx.send(Request::Ping, on_reply("ping"));
+        tx.send(Request::Boot, on_reply("boot"));
+        tx.send(Request::Info, on_reply("info"));
+        let vmm = std::thread::Builder::new()
+            .name("vmm".into())
+            .spawn(move || {
+                let mut left = 3;
+                while left > 0 {
+                    for (request, reply) in rx.drain() {
+                        left -= 1;
+                        match request {
+                            Request::Ping => {
+                                reply.send(Ok(Reply::Json(serde_json::json!({"ok": true}))))
+                            }
+                            Request::Boot => reply.send(Ok(Reply::Done)),
+                            // Dropped without an answer.
+                            _ => drop(reply),
+                        }
+                    }
+                    std::thread::yield_now();
+                }
+            })
+            .unwrap();
+        let mut answers: Vec<_> = (0..3).map(|_| got_rx.recv().unwrap()).collect();
+        answers.sort_by_key(|(tag, _, _)| *tag);
+        let vmm_thread = Some("vmm".to_string());
+        assert_eq!(answers[0].0, "boot");
+        assert_eq!(
+            (&answers[0].1, &answers[0].2),
+            (&vmm_thread, &Ok(Reply::Done))
+        );
+        assert_eq!(answers[1].0, "info");
+        assert_eq!(answers[1].1, vmm_thread);
+        let dropped = answers[1].2.as_ref().unwrap_err();
+        assert_eq!(dropped.kind, ErrorKind::Internal);
+        assert_eq!(dropped.messages, vec!["the VMM is shutting down"]);
+        assert_eq!(answers[2].0, "ping");
+        assert_eq!(
+            answers[2].2,
+            Ok(Reply::Json(serde_json::json!({"ok": true})))
+        );
+        vmm.join().unwrap();
+
+        // The VMM is gone: the callback is called at once, on the sending thread.
+        let here = std::thread::current().name().map(str::to_string);
+        tx.send(Request::Pause, on_reply("late"));
+        let (tag, thread, response) = got_rx.try_recv().unwrap();
+        assert_eq!((tag, thread), ("late", here));
+        assert_eq!(response.unwrap_err().kind, ErrorKind::Internal);
     }
 
     #[test]

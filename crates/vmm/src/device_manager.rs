@@ -1,19 +1,21 @@
 //! The devices of one VM: the buses, the serial port and the legacy power controls, with the
 //! host endpoints they use and the interrupts they raise.
 
+use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 
-use std::sync::RwLock;
-
-use devices::ioapic::{IoApic, IoApicPin, MsiSink, IOAPIC_BASE, IOAPIC_SIZE};
+use devices::hotplug::{GenericEventDevice, PciHotplugController, GED_EVENT_PCI_HOTPLUG};
+use devices::ioapic::{IoApic, IoApicPin, IOAPIC_BASE, IOAPIC_SIZE};
 use devices::legacy::{AcpiPowerControl, ACPI_PM_BASE, ACPI_PM_LEN, I8042, I8042_BASE, I8042_LEN};
 use devices::serial::{SerialPort, COM1_BASE, COM1_IRQ, COM1_LEN};
 use devices::{Bus, BusError};
-use kvm_bindings::kvm_msi;
 use kvm_ioctls::VmFd;
+use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use crate::console::{self, ConsoleError, ConsoleInput};
+use crate::pci_devices::{CurrentVm, PciDeviceError, PciDevices};
+use crate::x86_64::layout;
 
 /// Errors setting up devices.
 #[derive(Debug, thiserror::Error)]
@@ -30,38 +32,9 @@ pub enum DeviceError {
     /// Two devices claim the same addresses.
     #[error("device layout: {0}")]
     Bus(#[from] BusError),
-}
-
-/// Sends MSIs into whichever KVM VM currently runs the guest (a reboot builds a new one).
-#[derive(Default)]
-pub struct KvmMsi {
-    vm: RwLock<Option<Arc<VmFd>>>,
-}
-
-impl KvmMsi {
-    /// Points delivery at `vm`, or nowhere.
-    pub fn set_vm(&self, vm: Option<Arc<VmFd>>) {
-        *self.vm.write().unwrap_or_else(|e| e.into_inner()) = vm;
-    }
-}
-
-impl MsiSink for KvmMsi {
-    fn send_msi(&self, address: u64, data: u32) -> std::io::Result<()> {
-        let vm = self.vm.read().unwrap_or_else(|e| e.into_inner());
-        let Some(vm) = vm.as_ref() else {
-            // No machine (stopped): the interrupt has nobody to go to.
-            return Ok(());
-        };
-        let msi = kvm_msi {
-            address_lo: address as u32,
-            address_hi: (address >> 32) as u32,
-            data,
-            ..Default::default()
-        };
-        vm.signal_msi(msi)
-            .map(|_| ())
-            .map_err(|e| std::io::Error::from_raw_os_error(e.errno()))
-    }
+    /// A PCI device could not be plugged.
+    #[error(transparent)]
+    Pci(#[from] PciDeviceError),
 }
 
 /// Requests the guest makes of the machine, as eventfds the VMM polls.
@@ -109,7 +82,14 @@ pub struct DeviceManager {
     pub mmio: Arc<Bus>,
     /// The I/O APIC legacy interrupts go through.
     pub ioapic: Arc<Mutex<IoApic>>,
-    msi: Arc<KvmMsi>,
+    vm: Arc<CurrentVm>,
+    /// The PCI bus and its devices.
+    pub pci: PciDevices,
+    ged: Arc<Mutex<GenericEventDevice>>,
+    hotplug: Arc<Mutex<PciHotplugController>>,
+    /// Signalled when the guest ejected a hot-plugged device.
+    pub eject_evt: EventFd,
+    ejected: Arc<Mutex<VecDeque<u8>>>,
     /// COM1, unless the serial port is off.
     pub serial: Option<SerialConsole>,
     /// The pseudo-terminal of the serial port in `pty` mode.
@@ -123,15 +103,30 @@ impl DeviceManager {
         cfg: &config::VmConfig,
         events: &MachineEvents,
         ioapic_id: u8,
+        mem: &GuestMemoryMmap,
     ) -> Result<Self, DeviceError> {
         if cfg.console.mode != config::ConsoleOutputMode::Off {
             return Err(DeviceError::ConsoleUnsupported(cfg.console.mode));
         }
         let pio = Arc::new(Bus::new());
         let mmio = Arc::new(Bus::new());
-        let msi = Arc::new(KvmMsi::default());
-        let ioapic = Arc::new(Mutex::new(IoApic::new(ioapic_id, msi.clone())));
+        let vm = Arc::new(CurrentVm::default());
+        let ioapic = Arc::new(Mutex::new(IoApic::new(ioapic_id, vm.clone())));
         mmio.insert(ioapic.clone(), IOAPIC_BASE, IOAPIC_SIZE)?;
+        let ged = Arc::new(Mutex::new(GenericEventDevice::new(Arc::new(
+            IoApicPin::new(ioapic.clone(), layout::ACPI_GED_IRQ as usize),
+        ))));
+        mmio.insert(ged.clone(), layout::ACPI_GED_START, layout::ACPI_GED_SIZE)?;
+        let eject_evt = eventfd()?;
+        let hotplug = PciHotplugController::new(clone_evt(&eject_evt)?);
+        let ejected = hotplug.ejected();
+        let hotplug = Arc::new(Mutex::new(hotplug));
+        mmio.insert(
+            hotplug.clone(),
+            layout::PCI_HOTPLUG_START,
+            layout::PCI_HOTPLUG_SIZE,
+        )?;
+        let pci = PciDevices::new(&pio, &mmio, vm.clone(), mem.clone(), cfg.memory.size)?;
         pio.insert(
             Arc::new(Mutex::new(I8042::new(clone_evt(&events.reset)?))),
             I8042_BASE,
@@ -166,19 +161,68 @@ impl DeviceManager {
                 _pty_slave: endpoint.pty_slave,
             });
         }
-        Ok(DeviceManager {
+        let mut manager = DeviceManager {
             pio,
             mmio,
             ioapic,
-            msi,
+            vm,
+            pci,
+            ged,
+            hotplug,
+            eject_evt,
+            ejected,
             serial,
             serial_pty,
-        })
+        };
+        for (index, disk) in cfg.disks.iter().flatten().enumerate() {
+            let id = disk.id.clone().unwrap_or_else(|| format!("_disk{index}"));
+            manager.pci.add_disk(&id, disk)?;
+        }
+        Ok(manager)
     }
 
-    /// Delivers the devices' interrupts into `vm` (a new machine), or nowhere.
+    /// Delivers the devices' interrupts and notifications into `vm` (a new machine), or
+    /// nowhere.
     pub fn attach(&self, vm: Option<Arc<VmFd>>) {
-        self.msi.set_vm(vm);
+        let running = vm.is_some();
+        self.vm.set(vm);
+        if running {
+            self.pci.attach();
+        }
+    }
+
+    /// Tells the guest that `slot` was plugged in.
+    pub fn announce_plugged(&self, slot: u8) {
+        self.hotplug
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .plugged(slot);
+        self.ged
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .notify(GED_EVENT_PCI_HOTPLUG);
+    }
+
+    /// Asks the guest to release `slot`.
+    pub fn request_eject(&self, slot: u8) {
+        self.hotplug
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .request_eject(slot);
+        self.ged
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .notify(GED_EVENT_PCI_HOTPLUG);
+    }
+
+    /// The slots the guest has ejected since the last call.
+    pub fn take_ejected(&self) -> Vec<u8> {
+        let _ = self.eject_evt.read();
+        self.ejected
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .drain(..)
+            .collect()
     }
 
     /// Returns every device to its power-on state (on reboot).
@@ -187,6 +231,11 @@ impl DeviceManager {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .reset();
+        self.hotplug
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .reset();
+        self.pci.reset();
         if let Some(serial) = &self.serial {
             let mut port = serial.port.lock().unwrap_or_else(|e| e.into_inner());
             if let Err(e) = port.reset() {
@@ -205,6 +254,38 @@ impl DeviceManager {
                 .enqueue_input(bytes),
             None => 0,
         }
+    }
+
+    /// Traffic counters of each device, by device name, for `vm.counters`.
+    pub fn counters(&self) -> serde_json::Value {
+        let mut all = serde_json::Map::new();
+        for e in self.pci.entries() {
+            let c = e
+                .device
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .device()
+                .counters();
+            all.insert(e.id.clone(), serde_json::Value::Object(c));
+        }
+        if let Some(serial) = &self.serial {
+            let c = serial
+                .port
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .counters();
+            let get =
+                |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
+            all.insert(
+                "serial".into(),
+                serde_json::json!({
+                    "tx_bytes": get(&c.tx_bytes),
+                    "tx_lost_bytes": get(&c.tx_lost_bytes),
+                    "rx_bytes": get(&c.rx_bytes),
+                }),
+            );
+        }
+        serde_json::Value::Object(all)
     }
 
     /// Whether the serial port can take host input now.

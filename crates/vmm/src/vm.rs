@@ -24,7 +24,7 @@ use crate::vcpu::{self, FaultSink, VcpuContext, VcpuControl, VcpuThread};
 use crate::x86_64::boot::{self, BootError, DEFAULT_INITRD_ADDR_MAX};
 use crate::x86_64::layout::{self, KVM_IDENTITY_MAP_ADDRESS, KVM_TSS_ADDRESS};
 use crate::x86_64::regs::{self, EntryMode};
-use crate::x86_64::{cpuid, mptable};
+use crate::x86_64::{acpi, cpuid, mptable};
 
 /// The lifecycle state of a VM, named as in the REST API.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -88,6 +88,9 @@ pub enum VmError {
     /// The MP table could not be built.
     #[error(transparent)]
     Mptable(#[from] mptable::MptableError),
+    /// The ACPI tables could not be built.
+    #[error(transparent)]
+    Acpi(#[from] acpi::AcpiError),
     /// An eventfd could not be duplicated.
     #[error("cannot create an eventfd: {0}")]
     EventFd(std::io::Error),
@@ -180,6 +183,7 @@ impl Vm {
             &config,
             events,
             mptable::ioapic_id(config.cpus.max_vcpus.max(config.cpus.boot_vcpus)),
+            &memory,
         )?;
         if let Some(pty) = &devices.serial_pty {
             // Report the pty the way a file would be reported.
@@ -292,7 +296,6 @@ impl Vm {
         let entry = self.load_payload()?;
         let max_vcpus = self.config.cpus.max_vcpus.max(self.config.cpus.boot_vcpus);
         let boot_vcpus = self.config.cpus.boot_vcpus;
-        mptable::setup(&self.memory, boot_vcpus)?;
 
         let mut fds = Vec::with_capacity(boot_vcpus as usize);
         for id in 0..boot_vcpus {
@@ -328,8 +331,26 @@ impl Vm {
         })
     }
 
+    /// Writes the MP and ACPI tables; returns the RSDP's address.
+    fn write_firmware_tables(&self) -> Result<u64, VmError> {
+        let boot_vcpus = self.config.cpus.boot_vcpus;
+        let max_vcpus = self.config.cpus.max_vcpus.max(boot_vcpus);
+        mptable::setup(&self.memory, boot_vcpus)?;
+        let layout = acpi::AcpiLayout {
+            boot_vcpus,
+            max_vcpus,
+            // The same id the MP table and the I/O APIC model use.
+            ioapic_id: mptable::ioapic_id(max_vcpus),
+            ram_size: self.config.memory.size,
+            serial: self.devices.serial.is_some(),
+            hotplug_slots: acpi::HOTPLUG_SLOT_RANGE.collect(),
+        };
+        Ok(acpi::write(&self.memory, &layout)?)
+    }
+
     /// Loads kernel, initramfs, command line and the boot structures of the entry protocol.
     fn load_payload(&mut self) -> Result<(EntryMode, u64), VmError> {
+        let rsdp = self.write_firmware_tables()?;
         let kernel = boot::load_kernel(&self.memory, &mut self.kernel)?;
         let ram = self.config.memory.size;
         let initramfs = match &mut self.initramfs {
@@ -352,10 +373,10 @@ impl Vm {
             detail: e.to_string(),
         })?;
         match kernel.mode {
-            EntryMode::Pvh => boot::write_pvh(&self.memory, ram, initramfs)?,
+            EntryMode::Pvh => boot::write_pvh(&self.memory, ram, initramfs, rsdp)?,
             EntryMode::Linux64 => boot::write_linux(
                 &self.memory,
-                &boot::linux_boot_params(ram, kernel.setup_header, cmdline_len, initramfs),
+                &boot::linux_boot_params(ram, kernel.setup_header, cmdline_len, initramfs, rsdp),
             )?,
         }
         Ok((kernel.mode, kernel.entry))

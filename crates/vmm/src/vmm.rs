@@ -2,7 +2,6 @@
 //! input, termination signals and control requests, and the VM lifecycle state machine.
 
 use std::os::fd::{AsRawFd, RawFd};
-use std::sync::mpsc::SyncSender;
 use std::sync::Arc;
 
 use config::VmConfig;
@@ -262,7 +261,8 @@ impl Vmm {
         };
         for (request, reply) in control.drain() {
             let response = self.handle(request);
-            answer(reply, response);
+            // The requester may have gone away (client disconnected); nothing to do then.
+            reply.send(response);
         }
     }
 
@@ -388,7 +388,11 @@ impl Vmm {
             }
             Request::Counters => {
                 self.require_vm("vm.counters")?;
-                Ok(Reply::Json(json!({})))
+                let counters = self
+                    .vm
+                    .as_ref()
+                    .map_or(json!({}), |vm| vm.devices().counters());
+                Ok(Reply::Json(counters))
             }
         }
     }
@@ -511,11 +515,6 @@ impl Vmm {
             console::restore_terminal();
         }
     }
-}
-
-fn answer(reply: SyncSender<Response>, response: Response) {
-    // The requester may have gone away (client disconnected); nothing to do then.
-    let _ = reply.send(response);
 }
 
 fn wrong_state(action: &str, state: VmState, allowed: &str) -> RequestError {

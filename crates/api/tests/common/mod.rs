@@ -87,7 +87,7 @@ impl FakeVmm {
                     if !delay.is_zero() {
                         std::thread::sleep(delay);
                     }
-                    let _ = reply.send(handle(&mut vm, request));
+                    reply.send(handle(&mut vm, request));
                 }
             }
         });

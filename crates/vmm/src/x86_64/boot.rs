@@ -178,6 +178,7 @@ pub fn write_cmdline(mem: &GuestMemoryMmap, cmdline: &Cmdline) -> Result<usize, 
 pub fn pvh_start_info(
     ram_size: u64,
     initramfs: Option<(u64, u64)>,
+    rsdp: u64,
 ) -> (
     hvm_start_info,
     Vec<hvm_memmap_table_entry>,
@@ -214,7 +215,7 @@ pub fn pvh_start_info(
             PVH_MODLIST_START
         },
         cmdline_paddr: CMDLINE_START,
-        rsdp_paddr: 0,
+        rsdp_paddr: rsdp,
         memmap_paddr: PVH_MEMMAP_START,
         memmap_entries: memmap.len() as u32,
         reserved: 0,
@@ -228,8 +229,12 @@ pub fn linux_boot_params(
     header: Option<setup_header>,
     cmdline_len: usize,
     initramfs: Option<(u64, u64)>,
+    rsdp: u64,
 ) -> boot_params {
-    let mut params = boot_params::default();
+    let mut params = boot_params {
+        acpi_rsdp_addr: rsdp,
+        ..Default::default()
+    };
     if let Some(h) = header {
         params.hdr = h;
     } else {
@@ -271,8 +276,9 @@ pub fn write_pvh(
     mem: &GuestMemoryMmap,
     ram_size: u64,
     initramfs: Option<(u64, u64)>,
+    rsdp: u64,
 ) -> Result<(), BootError> {
-    let (info, memmap, modules) = pvh_start_info(ram_size, initramfs);
+    let (info, memmap, modules) = pvh_start_info(ram_size, initramfs, rsdp);
     let mut params = BootParams::new(&info, GuestAddress(PVH_INFO_START));
     params.set_sections(&memmap, GuestAddress(PVH_MEMMAP_START));
     if !modules.is_empty() {
@@ -303,10 +309,11 @@ mod tests {
 
     #[test]
     fn pvh_start_info_has_magic_map_cmdline_and_module() {
-        let (info, map, mods) = pvh_start_info(128 * MIB, Some((0x700_0000, 4096)));
+        let (info, map, mods) = pvh_start_info(128 * MIB, Some((0x700_0000, 4096)), 0xe_0000);
         assert_eq!(info.magic, PVH_MAGIC);
         assert_eq!(info.version, 1);
         assert_eq!(info.cmdline_paddr, CMDLINE_START);
+        assert_eq!(info.rsdp_paddr, 0xe_0000);
         assert_eq!(info.memmap_entries as usize, map.len());
         assert_eq!(
             (info.nr_modules, info.modlist_paddr),
@@ -330,19 +337,20 @@ mod tests {
 
     #[test]
     fn pvh_without_initramfs_lists_no_module() {
-        let (info, _, mods) = pvh_start_info(64 * MIB, None);
+        let (info, _, mods) = pvh_start_info(64 * MIB, None, 0);
         assert_eq!((info.nr_modules, info.modlist_paddr), (0, 0));
         assert!(mods.is_empty());
     }
 
     #[test]
     fn boot_params_fields_sit_at_their_documented_offsets() {
-        let p = linux_boot_params(256 * MIB, None, 11, Some((0x800_0000, 0x2000)));
+        let p = linux_boot_params(256 * MIB, None, 11, Some((0x800_0000, 0x2000)), 0xe_0000);
         let bytes = p.as_slice();
         let u16_at = |o: usize| u16::from_le_bytes(bytes[o..o + 2].try_into().unwrap());
         let u32_at = |o: usize| u32::from_le_bytes(bytes[o..o + 4].try_into().unwrap());
         let u64_at = |o: usize| u64::from_le_bytes(bytes[o..o + 8].try_into().unwrap());
         assert_eq!(bytes.len(), 4096);
+        assert_eq!(u64_at(0x70), 0xe_0000); // acpi_rsdp_addr
         assert_eq!(u16_at(0x1fe), BOOT_FLAG);
         assert_eq!(u32_at(0x202), BOOT_HDR_MAGIC);
         assert_eq!(bytes[0x210], LOADER_UNDEFINED);
@@ -371,7 +379,7 @@ mod tests {
             ..Default::default()
         };
         h.loadflags = 1;
-        let p = linux_boot_params(64 * MIB, Some(h), 0, None);
+        let p = linux_boot_params(64 * MIB, Some(h), 0, None, 0);
         assert_eq!({ p.hdr.version }, 0x20f);
         assert_eq!({ p.hdr.setup_sects }, 3);
         assert_eq!({ p.hdr.type_of_loader }, LOADER_UNDEFINED);
@@ -406,14 +414,14 @@ mod tests {
     #[test]
     fn structures_land_in_guest_memory() {
         let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 2 << 20)]).unwrap();
-        write_pvh(&mem, 2 << 20, Some((0x18_0000, 16))).unwrap();
+        write_pvh(&mem, 2 << 20, Some((0x18_0000, 16)), 0).unwrap();
         let info: hvm_start_info = read_obj(&mem, PVH_INFO_START).unwrap();
         assert_eq!(info.magic, PVH_MAGIC);
         let first: hvm_memmap_table_entry = read_obj(&mem, PVH_MEMMAP_START).unwrap();
         assert_eq!((first.addr, first.type_), (0, E820_RAM));
         let module: hvm_modlist_entry = read_obj(&mem, PVH_MODLIST_START).unwrap();
         assert_eq!(module.paddr, 0x18_0000);
-        write_linux(&mem, &linux_boot_params(2 << 20, None, 0, None)).unwrap();
+        write_linux(&mem, &linux_boot_params(2 << 20, None, 0, None, 0)).unwrap();
         let p: boot_params = read_obj(&mem, ZERO_PAGE_START).unwrap();
         assert_eq!({ p.hdr.header }, BOOT_HDR_MAGIC);
     }

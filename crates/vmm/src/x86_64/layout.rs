@@ -47,6 +47,32 @@ pub const MEM_32BIT_GAP_START: u64 = 0xc000_0000;
 pub const MEM_32BIT_GAP_SIZE: u64 = 0x4000_0000;
 /// RAM resumes here when the guest has more than fits below the hole.
 pub const RAM_64BIT_START: u64 = 0x1_0000_0000;
+/// Where the 32-bit PCI BAR window starts (the bottom of the MMIO hole).
+pub const PCI_MMIO32_START: u64 = MEM_32BIT_GAP_START;
+/// Size of the 32-bit PCI BAR window.
+pub const PCI_MMIO32_SIZE: u64 = 0x2000_0000;
+/// PCI Express enhanced configuration access (ECAM) window, bus 0 only.
+pub const PCI_ECAM_START: u64 = 0xe000_0000;
+/// Size of the ECAM window: 1 MiB covers the 32 devices x 8 functions of bus 0.
+pub const PCI_ECAM_SIZE: u64 = 0x10_0000;
+/// The ACPI generic event device's event register (hot-plug notifications).
+pub const ACPI_GED_START: u64 = 0xfe00_0000;
+/// Size of the generic event device's registers.
+pub const ACPI_GED_SIZE: u64 = 0x10;
+/// The PCI hot-plug controller's registers (slots up, slots down, eject).
+pub const PCI_HOTPLUG_START: u64 = 0xfe00_1000;
+/// Size of the PCI hot-plug controller's registers.
+pub const PCI_HOTPLUG_SIZE: u64 = 0x10;
+/// The I/O APIC pin of the generic event device's interrupt (edge, active high).
+pub const ACPI_GED_IRQ: u32 = 5;
+/// Where ACPI tables live: the RSDP at the start, where a guest scanning for it looks.
+pub const ACPI_START: u64 = 0xe_0000;
+/// Size of the ACPI table area (up to the MP tables).
+pub const ACPI_SIZE: u64 = MPTABLE_START - ACPI_START;
+/// Alignment and minimum start of the 64-bit PCI BAR window, above RAM.
+pub const PCI_MMIO64_ALIGN: u64 = 1 << 30;
+/// Size of the 64-bit PCI BAR window.
+pub const PCI_MMIO64_SIZE: u64 = 64 << 30;
 /// The I/O APIC's registers.
 pub const IOAPIC_START: u64 = 0xfec0_0000;
 /// The local APICs' registers.
@@ -56,6 +82,11 @@ pub const KVM_TSS_ADDRESS: u64 = 0xfffb_d000;
 /// One page KVM needs for the identity map (just below the TSS).
 pub const KVM_IDENTITY_MAP_ADDRESS: u64 = 0xfffb_c000;
 
+// The PCI windows, ECAM and device registers must not overlap each other or the APICs.
+const _: () = assert!(PCI_MMIO32_START + PCI_MMIO32_SIZE <= PCI_ECAM_START);
+const _: () = assert!(PCI_ECAM_START + PCI_ECAM_SIZE <= ACPI_GED_START);
+const _: () = assert!(ACPI_GED_START + ACPI_GED_SIZE <= PCI_HOTPLUG_START);
+const _: () = assert!(PCI_HOTPLUG_START + PCI_HOTPLUG_SIZE <= IOAPIC_START);
 // The interrupt controllers and KVM's private pages must sit inside the MMIO hole.
 const _: () = assert!(IOAPIC_START >= MEM_32BIT_GAP_START && APIC_START < RAM_64BIT_START);
 const _: () = assert!(KVM_IDENTITY_MAP_ADDRESS >= MEM_32BIT_GAP_START);
@@ -123,6 +154,17 @@ pub fn memory_map(ram_size: u64) -> Vec<MemoryRange> {
     map
 }
 
+/// The 64-bit PCI BAR window for a guest with `ram_size` bytes of RAM: the first aligned
+/// address above both 4 GiB and the end of RAM.
+pub fn pci_mmio64_start(ram_size: u64) -> u64 {
+    let ram_end = ram_regions(ram_size)
+        .last()
+        .map_or(RAM_64BIT_START, |(start, len)| start + len);
+    ram_end
+        .max(RAM_64BIT_START)
+        .next_multiple_of(PCI_MMIO64_ALIGN)
+}
+
 /// The highest guest address (exclusive) of RAM below the 32-bit hole.
 pub fn low_ram_end(ram_size: u64) -> u64 {
     ram_size.min(MEM_32BIT_GAP_START)
@@ -144,6 +186,13 @@ mod tests {
             (map[2].start, map[2].len),
             (HIGH_RAM_START, (128 << 20) - HIGH_RAM_START)
         );
+    }
+
+    #[test]
+    fn the_64bit_pci_window_sits_above_ram() {
+        assert_eq!(pci_mmio64_start(128 << 20), RAM_64BIT_START);
+        assert_eq!(pci_mmio64_start(4 << 30), 5 << 30);
+        assert_eq!(pci_mmio64_start((3 << 30) + (1 << 20)), 5 << 30);
     }
 
     #[test]

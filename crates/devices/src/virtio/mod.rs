@@ -1,0 +1,102 @@
+//! Virtio devices and the contract between a device model and its PCI transport.
+//!
+//! A device model implements [`VirtioDevice`]: it advertises its type, features, queues and
+//! configuration space; once the driver sets DRIVER_OK the transport hands it the guest
+//! memory, its queues with their notification eventfds, and a [`VirtioInterrupt`] to signal
+//! used buffers. The VMM thread then calls [`VirtioDevice::process_queue`] whenever a queue's
+//! eventfd fires. Everything a guest controls (descriptor chains, addresses, lengths) is
+//! untrusted: a malformed request fails that request, never the device or the VMM.
+
+pub mod block;
+pub mod pci;
+
+use std::sync::Arc;
+
+use virtio_queue::Queue;
+use vm_memory::GuestMemoryMmap;
+use vmm_sys_util::eventfd::EventFd;
+
+/// Virtio device type: block.
+pub const TYPE_BLOCK: u32 = 2;
+/// Virtio device type: network.
+pub const TYPE_NET: u32 = 1;
+/// Virtio device type: console.
+pub const TYPE_CONSOLE: u32 = 3;
+/// Virtio device type: entropy source.
+pub const TYPE_RNG: u32 = 4;
+
+/// Feature bit: virtio 1.0 or later (mandatory for modern devices).
+pub const F_VERSION_1: u64 = 1 << 32;
+/// Feature bit: the device may access only memory the driver gives it (no IOMMU bypass).
+pub const F_ACCESS_PLATFORM: u64 = 1 << 33;
+/// Feature bit: descriptors may be indirect tables.
+pub const F_RING_INDIRECT_DESC: u64 = 1 << 28;
+/// Feature bit: used/avail event index suppression.
+pub const F_RING_EVENT_IDX: u64 = 1 << 29;
+
+/// What an interrupt is about.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum InterruptCause {
+    /// Queue `n` has new used buffers.
+    Queue(u16),
+    /// The configuration space changed.
+    Config,
+}
+
+/// Raises the device's interrupts (the transport routes them to MSI-X vectors).
+pub trait VirtioInterrupt: Send + Sync {
+    /// Signals the driver.
+    fn trigger(&self, cause: InterruptCause);
+}
+
+/// A queue handed to an activated device.
+pub struct ActiveQueue {
+    /// The queue's index.
+    pub index: u16,
+    /// The queue (addresses and size as the driver set them).
+    pub queue: Queue,
+    /// Written by KVM (ioeventfd) or the transport when the driver notifies the queue.
+    pub notify: Arc<EventFd>,
+}
+
+/// Errors activating a device.
+#[derive(Debug, thiserror::Error)]
+pub enum ActivateError {
+    /// The driver set the device up in a way it cannot work with.
+    #[error("virtio device cannot be activated: {0}")]
+    Invalid(String),
+    /// A host resource failed.
+    #[error("virtio device cannot be activated: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// A virtio device model.
+pub trait VirtioDevice: Send {
+    /// The virtio device type (e.g. [`TYPE_BLOCK`]).
+    fn device_type(&self) -> u32;
+    /// The largest size of each queue; its length is the number of queues.
+    fn queue_max_sizes(&self) -> Vec<u16>;
+    /// The feature bits the device offers.
+    fn features(&self) -> u64;
+    /// The feature bits the driver accepted (a subset of [`VirtioDevice::features`]).
+    fn ack_features(&mut self, features: u64);
+    /// Reads the device-specific configuration space; out-of-range bytes read as zero.
+    fn read_config(&self, offset: u64, data: &mut [u8]);
+    /// Writes the device-specific configuration space; most devices ignore writes.
+    fn write_config(&mut self, offset: u64, data: &[u8]);
+    /// Starts the device with the driver's queues.
+    fn activate(
+        &mut self,
+        mem: GuestMemoryMmap,
+        interrupt: Arc<dyn VirtioInterrupt>,
+        queues: Vec<ActiveQueue>,
+    ) -> Result<(), ActivateError>;
+    /// Stops the device and forgets its queues (driver reset). Host resources stay open.
+    fn reset(&mut self);
+    /// Handles the driver's notification of queue `index` (called on the VMM thread).
+    fn process_queue(&mut self, index: u16);
+    /// Counters for `vm.counters`, by name.
+    fn counters(&self) -> serde_json::Map<String, serde_json::Value> {
+        serde_json::Map::new()
+    }
+}

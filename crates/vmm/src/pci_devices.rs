@@ -1,0 +1,362 @@
+//! The VM's PCI side: the root bus with its configuration access paths, BAR placement, the
+//! virtio devices plugged into it, and the plumbing of their queue notifications
+//! (ioeventfds) into whichever KVM VM currently runs the guest.
+
+use std::fs::OpenOptions;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::Path;
+use std::sync::{Arc, Mutex, RwLock};
+
+use config::DiskConfig;
+use devices::ioapic::MsiSink;
+use devices::pci::{
+    BarMapper, BarMove, BarRegion, EcamAccess, PciDevice, PciError, PciRoot, PioConfigAccess,
+    SharedPciDevice, CONFIG_IO_BASE, CONFIG_IO_LEN,
+};
+use devices::virtio::block::{Block, BlockOptions};
+use devices::virtio::pci::VirtioPci;
+use devices::{Bus, BusError};
+use kvm_ioctls::{IoEventAddress, NoDatamatch, VmFd};
+use vm_allocator::{AddressAllocator, AllocPolicy, RangeInclusive};
+use vm_memory::GuestMemoryMmap;
+
+use crate::x86_64::layout;
+
+/// The KVM VM the guest runs in right now (none while stopped; a reboot builds a new one).
+#[derive(Default)]
+pub struct CurrentVm {
+    vm: RwLock<Option<Arc<VmFd>>>,
+}
+
+impl CurrentVm {
+    /// Points at `vm`, or nowhere.
+    pub fn set(&self, vm: Option<Arc<VmFd>>) {
+        *self.vm.write().unwrap_or_else(|e| e.into_inner()) = vm;
+    }
+
+    /// The current VM, if any.
+    pub fn get(&self) -> Option<Arc<VmFd>> {
+        self.vm.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+}
+
+impl MsiSink for CurrentVm {
+    fn send_msi(&self, address: u64, data: u32) -> std::io::Result<()> {
+        let Some(vm) = self.get() else {
+            // No machine (stopped): the interrupt has nobody to go to.
+            return Ok(());
+        };
+        let msi = kvm_bindings::kvm_msi {
+            address_lo: address as u32,
+            address_hi: (address >> 32) as u32,
+            data,
+            ..Default::default()
+        };
+        vm.signal_msi(msi)
+            .map(|_| ())
+            .map_err(|e| std::io::Error::from_raw_os_error(e.errno()))
+    }
+}
+
+/// Errors plugging or unplugging PCI devices.
+#[derive(Debug, thiserror::Error)]
+pub enum PciDeviceError {
+    /// The disk image could not be opened.
+    #[error("disk {path}: {source}")]
+    Open {
+        /// The image.
+        path: std::path::PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The image is outside the Landlock ruleset.
+    #[error("disk {0}")]
+    Denied(String),
+    /// A disk needs a path.
+    #[error("a disk needs a path")]
+    NoPath,
+    /// The bus is full.
+    #[error(transparent)]
+    Slot(#[from] PciError),
+    /// No room for the device's BAR.
+    #[error("no room left in the PCI window for another device")]
+    NoBarSpace,
+    /// Placing the device on the MMIO bus failed.
+    #[error("device layout: {0}")]
+    Bus(#[from] BusError),
+    /// A host resource failed.
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Moves BAR mappings and their ioeventfds when the guest reprograms a BAR.
+struct KvmBarMapper {
+    mmio: Arc<Bus>,
+    vm: Arc<CurrentVm>,
+}
+
+impl KvmBarMapper {
+    fn ioevents(&self, device: &SharedPciDevice, bar: usize, base: u64, register: bool) {
+        let Some(vm) = self.vm.get() else {
+            return;
+        };
+        let events = device
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .ioeventfds();
+        for (b, offset, evt) in events.into_iter().filter(|(b, _, _)| *b == bar) {
+            let addr = IoEventAddress::Mmio(base + offset);
+            let result = if register {
+                vm.register_ioevent(&evt, &addr, NoDatamatch)
+            } else {
+                vm.unregister_ioevent(&evt, &addr, NoDatamatch)
+            };
+            if let Err(e) = result {
+                log::warn!("ioeventfd for BAR {b} at {:#x}: {e}", base + offset);
+            }
+        }
+    }
+}
+
+impl BarMapper for KvmBarMapper {
+    fn bar_moved(&self, device: &SharedPciDevice, moved: BarMove) {
+        self.ioevents(device, moved.index, moved.from, false);
+        self.mmio.remove(moved.from);
+        if moved.to == 0 {
+            return;
+        }
+        let region = Arc::new(Mutex::new(BarRegion::new(device.clone(), moved.index)));
+        if let Err(e) = self.mmio.insert(region, moved.to, moved.size) {
+            log::warn!("the guest moved a BAR onto another device ({e}); it is not mapped");
+            return;
+        }
+        self.ioevents(device, moved.index, moved.to, true);
+    }
+}
+
+/// A plugged virtio device.
+pub struct PciEntry {
+    /// Its id (from the config, or generated).
+    pub id: String,
+    /// Its slot on bus 0.
+    pub slot: u8,
+    /// The device.
+    pub device: Arc<Mutex<VirtioPci>>,
+    /// Where its BAR 0 was placed (returned to the allocator when it goes).
+    bar: RangeInclusive,
+}
+
+impl PciEntry {
+    /// Its address as `segment:bus:device.function`.
+    pub fn bdf(&self) -> String {
+        format!("0000:00:{:02x}.0", self.slot)
+    }
+}
+
+/// The PCI bus and the devices on it.
+pub struct PciDevices {
+    root: Arc<Mutex<PciRoot>>,
+    mapper: Arc<KvmBarMapper>,
+    mmio64: AddressAllocator,
+    entries: Vec<PciEntry>,
+    msi: Arc<CurrentVm>,
+    mem: GuestMemoryMmap,
+}
+
+impl PciDevices {
+    /// A bus with no devices, reachable through ports 0xCF8-0xCFF on `pio` and the ECAM
+    /// window on `mmio`.
+    pub fn new(
+        pio: &Bus,
+        mmio: &Arc<Bus>,
+        vm: Arc<CurrentVm>,
+        mem: GuestMemoryMmap,
+        ram_size: u64,
+    ) -> Result<Self, PciDeviceError> {
+        let mapper = Arc::new(KvmBarMapper {
+            mmio: mmio.clone(),
+            vm: vm.clone(),
+        });
+        let root = Arc::new(Mutex::new(PciRoot::new(mapper.clone())));
+        pio.insert(
+            Arc::new(Mutex::new(PioConfigAccess::new(root.clone()))),
+            CONFIG_IO_BASE,
+            CONFIG_IO_LEN,
+        )?;
+        mmio.insert(
+            Arc::new(Mutex::new(EcamAccess::new(root.clone()))),
+            layout::PCI_ECAM_START,
+            layout::PCI_ECAM_SIZE,
+        )?;
+        let mmio64 =
+            AddressAllocator::new(layout::pci_mmio64_start(ram_size), layout::PCI_MMIO64_SIZE)
+                .map_err(|e| std::io::Error::other(e.to_string()))?;
+        Ok(PciDevices {
+            root,
+            mapper,
+            mmio64,
+            entries: Vec::new(),
+            msi: vm,
+            mem,
+        })
+    }
+
+    /// The plugged devices.
+    pub fn entries(&self) -> &[PciEntry] {
+        &self.entries
+    }
+
+    /// The entry with `id`.
+    pub fn find(&self, id: &str) -> Option<&PciEntry> {
+        self.entries.iter().find(|e| e.id == id)
+    }
+
+    /// The entry in `slot`.
+    pub fn in_slot(&self, slot: u8) -> Option<&PciEntry> {
+        self.entries.iter().find(|e| e.slot == slot)
+    }
+
+    /// Opens a disk image as `cfg` says and plugs a virtio-blk device for it with id `id`.
+    pub fn add_disk(&mut self, id: &str, cfg: &DiskConfig) -> Result<&PciEntry, PciDeviceError> {
+        let path = cfg.path.as_deref().ok_or(PciDeviceError::NoPath)?;
+        let file = open_disk(path, cfg.readonly, cfg.direct)?;
+        let options = BlockOptions {
+            readonly: cfg.readonly,
+            id: cfg.serial.clone().unwrap_or_else(|| id.to_string()),
+            num_queues: cfg.num_queues,
+            queue_size: cfg.queue_size,
+            discard: true,
+            write_zeroes: true,
+        };
+        let block = Block::new(file, options)?;
+        let msi: Arc<dyn MsiSink> = self.msi.clone();
+        let device = VirtioPci::new(Box::new(block), self.mem.clone(), msi)?;
+        self.plug(id, Arc::new(Mutex::new(device)))
+    }
+
+    fn plug(
+        &mut self,
+        id: &str,
+        device: Arc<Mutex<VirtioPci>>,
+    ) -> Result<&PciEntry, PciDeviceError> {
+        let size = devices::virtio::pci::BAR0_SIZE;
+        let bar = self
+            .mmio64
+            .allocate(size, size, AllocPolicy::FirstMatch)
+            .map_err(|_| PciDeviceError::NoBarSpace)?;
+        let shared: SharedPciDevice = device.clone();
+        let slot = match self
+            .root
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .add(None, shared.clone())
+        {
+            Ok(slot) => slot,
+            Err(e) => {
+                let _ = self.mmio64.free(&bar);
+                return Err(e.into());
+            }
+        };
+        device
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .set_bar_address(0, bar.start());
+        let region = Arc::new(Mutex::new(BarRegion::new(shared.clone(), 0)));
+        if let Err(e) = self.mapper.mmio.insert(region, bar.start(), size) {
+            self.root
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(slot);
+            let _ = self.mmio64.free(&bar);
+            return Err(e.into());
+        }
+        self.mapper.ioevents(&shared, 0, bar.start(), true);
+        self.entries.push(PciEntry {
+            id: id.to_string(),
+            slot,
+            device,
+            bar,
+        });
+        Ok(self.entries.last().expect("just pushed"))
+    }
+
+    /// Takes the device with `id` off the bus and frees its resources.
+    pub fn remove(&mut self, id: &str) -> Option<PciEntry> {
+        let index = self.entries.iter().position(|e| e.id == id)?;
+        let entry = self.entries.remove(index);
+        let shared: SharedPciDevice = entry.device.clone();
+        for (bar, b) in shared.lock().unwrap_or_else(|e| e.into_inner()).bars() {
+            self.mapper.ioevents(&shared, bar, b.address, false);
+            self.mapper.mmio.remove(b.address);
+        }
+        self.root
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(entry.slot);
+        let _ = self.mmio64.free(&entry.bar);
+        Some(entry)
+    }
+
+    /// Registers every device's ioeventfds with the (new) KVM VM.
+    pub fn attach(&self) {
+        for e in &self.entries {
+            let shared: SharedPciDevice = e.device.clone();
+            let bars = shared.lock().unwrap_or_else(|e| e.into_inner()).bars();
+            for (bar, b) in bars {
+                self.mapper.ioevents(&shared, bar, b.address, true);
+            }
+        }
+    }
+
+    /// Resets every device (VM reset): BARs go back where the VMM placed them.
+    pub fn reset(&self) {
+        for e in &self.entries {
+            let shared: SharedPciDevice = e.device.clone();
+            let before = shared.lock().unwrap_or_else(|e| e.into_inner()).bars();
+            shared.lock().unwrap_or_else(|e| e.into_inner()).reset();
+            let after = shared.lock().unwrap_or_else(|e| e.into_inner()).bars();
+            for ((index, old), (_, new)) in before.into_iter().zip(after) {
+                if old.address != new.address {
+                    self.mapper.bar_moved(
+                        &shared,
+                        BarMove {
+                            index,
+                            from: old.address,
+                            to: new.address,
+                            size: new.size,
+                        },
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// Opens a disk image for a virtio-blk device.
+pub fn open_disk(
+    path: &Path,
+    readonly: bool,
+    direct: bool,
+) -> Result<std::fs::File, PciDeviceError> {
+    let mut options = OpenOptions::new();
+    options.read(true).write(!readonly);
+    if direct {
+        options.custom_flags(libc::O_DIRECT);
+    }
+    options.open(path).map_err(|source| {
+        let access = if readonly {
+            sandbox::Access::Read
+        } else {
+            sandbox::Access::ReadWrite
+        };
+        if source.kind() == std::io::ErrorKind::PermissionDenied {
+            if let Some(why) = sandbox::explain_denial(path, access) {
+                return PciDeviceError::Denied(why);
+            }
+        }
+        PciDeviceError::Open {
+            path: path.to_owned(),
+            source,
+        }
+    })
+}
