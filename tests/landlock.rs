@@ -106,6 +106,15 @@ impl Probed {
         out
     }
 
+    /// Waits until a thread named `name` runs (vCPU threads start when the VM boots).
+    fn wait_for_thread(&self, name: &str) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !self.threads().iter().any(|(_, n)| n == name) {
+            assert!(Instant::now() < deadline, "no thread {name} appeared");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
     /// Runs `probes` (`name|op|arg|arg` entries) in every user thread; returns, per thread
     /// name, the outcome of each probe.
     fn run(&self, probes: &[String]) -> HashMap<String, HashMap<String, Outcome>> {
@@ -214,6 +223,7 @@ fn start_echo_vm(dir: &TempDir, landlock: bool, extra: &[&str]) -> (Probed, Stri
     cmd.args(extra);
     let mut p = Probed::spawn(&mut cmd, dir);
     let pty = wait_for_log(&mut p, "serial port on ").trim().to_string();
+    p.wait_for_thread("vcpu0");
     // The API is up and answering (its thread is among those probed).
     let ping = api::client::request(&sock, "GET", "/api/v1/vmm.ping", None).unwrap();
     assert_eq!(ping.status, 200);
@@ -758,6 +768,107 @@ fn lifecycle_under_landlock_from_the_api_and_recreation_within_the_ruleset() {
     let deadline = Instant::now() + Duration::from_secs(5);
     while socket.exists() {
         assert!(Instant::now() < deadline, "the API socket was left behind");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+#[test]
+fn hotplugged_disks_follow_the_ruleset() {
+    let dir = TempDir::new("ll-hotplug");
+    let allowed = dir.path("allowed");
+    let readonly = dir.path("readonly");
+    let outside = dir.path("outside");
+    for d in [&allowed, &readonly, &outside] {
+        std::fs::create_dir(d).unwrap();
+    }
+    let image = |d: &Path, name: &str| {
+        let p = d.join(name);
+        std::fs::write(&p, vec![0u8; 1 << 20]).unwrap();
+        p
+    };
+    let (in_dir, single, ro_img, out_img) = (
+        image(&allowed, "a.img"),
+        image(&dir.0, "single.img"),
+        image(&readonly, "r.img"),
+        image(&outside, "o.img"),
+    );
+    let socket = dir.path("api.sock");
+    let kernel = guest("echo");
+    let serial = dir.path("serial.log");
+    let serial_arg = format!("file={}", serial.display());
+    let rules = [
+        format!("path={},access=rw", allowed.display()),
+        format!("path={},access=rw", single.display()),
+        format!("path={},access=r", readonly.display()),
+    ];
+    let mut child = palisade()
+        .args([
+            "--api-socket",
+            path_str(&socket),
+            "--kernel",
+            path_str(&kernel),
+        ])
+        .args([
+            "--serial",
+            &serial_arg,
+            "--no-shutdown",
+            "--landlock",
+            "--landlock-rules",
+        ])
+        .args(&rules)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for(&serial, "echo: ready", 1);
+    let add = |path: &Path, id: &str, readonly: bool| {
+        api(
+            &socket,
+            "PUT",
+            "vm.add-disk",
+            Some(serde_json::json!({"path": path, "id": id, "readonly": readonly})),
+        )
+    };
+
+    // Outside every rule: refused with the path, the reason and the rule to add.
+    let (code, body) = add(&out_img, "out", false);
+    assert_eq!(code, 403, "{body}");
+    assert!(body.contains(path_str(&out_img)), "{body}");
+    assert!(body.contains("outside the Landlock ruleset"), "{body}");
+    assert!(
+        body.contains(&format!(
+            "--landlock-rules path={},access=rw",
+            out_img.display()
+        )),
+        "{body}"
+    );
+    // A read-write disk where only reading is allowed: refused, asking for rw.
+    let (code, body) = add(&ro_img, "rw-on-r", false);
+    assert_eq!(code, 403, "{body}");
+    assert!(body.contains("access=rw"), "{body}");
+    // The same disk read-only: only read access is needed, and granted.
+    let (code, body) = add(&ro_img, "ro", true);
+    assert_eq!(code, 200, "{body}");
+    // A rule on the directory, and a rule on the file itself.
+    let (code, body) = add(&in_dir, "dir", false);
+    assert_eq!(code, 200, "{body}");
+    let (code, body) = add(&single, "file", false);
+    assert_eq!(code, 200, "{body}");
+
+    // Nothing was added by the refusals, and the guest kept running.
+    let (_, info) = api(&socket, "GET", "vm.info", None);
+    let info: serde_json::Value = serde_json::from_str(&info).unwrap();
+    let tree = info["device_tree"].as_object().unwrap();
+    let mut ids: Vec<&String> = tree.keys().collect();
+    ids.sort();
+    assert_eq!(ids, vec!["dir", "file", "ro"]);
+    assert_eq!(info["state"], serde_json::json!("Running"));
+    let (code, _) = api(&socket, "PUT", "vmm.shutdown", None);
+    assert_eq!(code, 204);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while child.try_wait().unwrap().is_none() {
+        assert!(Instant::now() < deadline);
         std::thread::sleep(Duration::from_millis(5));
     }
 }

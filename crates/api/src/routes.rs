@@ -1,7 +1,6 @@
 //! The endpoints of the API (every one Cloud Hypervisor's API has), which of them Palisade
 //! serves, and the [`Request`] each served one becomes.
 
-use config::VmConfig;
 use serde_json::error::Category;
 use vmm::control::{ErrorKind, Request, RequestError};
 
@@ -50,8 +49,8 @@ pub const ENDPOINTS: &[Endpoint] = &[
     not_yet("vm.resize-disk"),
     not_yet("vm.resize-zone"),
     not_yet("vm.add-device"),
-    not_yet("vm.remove-device"),
-    not_yet("vm.add-disk"),
+    served("vm.remove-device", "PUT"),
+    served("vm.add-disk", "PUT"),
     not_yet("vm.add-fs"),
     not_yet("vm.add-generic-vhost-user"),
     not_yet("vm.add-pmem"),
@@ -79,7 +78,12 @@ pub fn request_for(name: &str, body: &[u8]) -> Result<Request, RequestError> {
     Ok(match name {
         "vmm.ping" => Request::Ping,
         "vmm.shutdown" => Request::ShutdownVmm,
-        "vm.create" => Request::Create(Box::new(vm_config(body)?)),
+        "vm.create" => Request::Create(Box::new(json_body(name, "VM configuration", body)?)),
+        "vm.add-disk" => Request::AddDisk(Box::new(json_body(name, "disk configuration", body)?)),
+        "vm.remove-device" => {
+            let RemoveDevice { id } = json_body(name, "device to remove", body)?;
+            Request::RemoveDevice(id)
+        }
         "vm.boot" => Request::Boot,
         "vm.shutdown" => Request::Shutdown,
         "vm.reboot" => Request::Reboot,
@@ -97,22 +101,32 @@ pub fn request_for(name: &str, body: &[u8]) -> Result<Request, RequestError> {
     })
 }
 
-/// The body of `vm.create`, with a message that names what is wrong.
-fn vm_config(body: &[u8]) -> Result<VmConfig, RequestError> {
+/// The body of `vm.remove-device`.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RemoveDevice {
+    id: String,
+}
+
+/// The JSON body of `endpoint` (a `what`), with a message that names what is wrong.
+fn json_body<T: serde::de::DeserializeOwned>(
+    endpoint: &str,
+    what: &str,
+    body: &[u8],
+) -> Result<T, RequestError> {
     let bad = |message: String| RequestError::new(ErrorKind::BadRequest, message);
     if body.iter().all(u8::is_ascii_whitespace) {
-        return Err(bad(
-            "vm.create: the request has no body; send the VM configuration as JSON \
+        return Err(bad(format!(
+            "{endpoint}: the request has no body; send the {what} as JSON \
              (Content-Type: application/json)"
-                .into(),
-        ));
+        )));
     }
     serde_json::from_slice(body).map_err(|e| {
         bad(match e.classify() {
             Category::Syntax | Category::Eof => {
-                format!("vm.create: the body is not valid JSON: {e}")
+                format!("{endpoint}: the body is not valid JSON: {e}")
             }
-            Category::Data | Category::Io => format!("vm.create: invalid VM configuration: {e}"),
+            Category::Data | Category::Io => format!("{endpoint}: invalid {what}: {e}"),
         })
     })
 }
@@ -127,10 +141,11 @@ mod tests {
             assert!(ENDPOINTS[..i].iter().all(|o| o.name != e.name));
             assert_eq!(find(&format!("/api/v1/{}", e.name)), Some(e));
             if e.served {
-                let body = if e.name == "vm.create" {
-                    &br#"{"payload": {"kernel": "/k"}}"#[..]
-                } else {
-                    b""
+                let body = match e.name {
+                    "vm.create" => &br#"{"payload": {"kernel": "/k"}}"#[..],
+                    "vm.add-disk" => &br#"{"path": "/d"}"#[..],
+                    "vm.remove-device" => &br#"{"id": "d"}"#[..],
+                    _ => b"",
                 };
                 request_for(e.name, body).unwrap();
             }

@@ -38,6 +38,10 @@ pub enum Request {
     Info,
     /// Device counters (`vm.counters`).
     Counters,
+    /// Add a virtio-blk device (`vm.add-disk`).
+    AddDisk(Box<config::DiskConfig>),
+    /// Remove a device by id (`vm.remove-device`).
+    RemoveDevice(String),
 }
 
 /// A successful answer.
@@ -54,6 +58,8 @@ pub enum Reply {
 pub enum ErrorKind {
     /// The request or configuration is invalid (400).
     BadRequest,
+    /// The sandbox refuses it: outside the Landlock ruleset (403).
+    Forbidden,
     /// No VM, or no such device (404).
     NotFound,
     /// The VM's state does not allow the action (405).
@@ -69,6 +75,7 @@ impl ErrorKind {
     pub fn http_status(self) -> u16 {
         match self {
             ErrorKind::BadRequest => 400,
+            ErrorKind::Forbidden => 403,
             ErrorKind::NotFound => 404,
             ErrorKind::WrongState => 405,
             ErrorKind::Conflict => 409,

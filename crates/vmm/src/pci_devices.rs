@@ -220,9 +220,15 @@ impl PciDevices {
     pub fn add_disk(&mut self, id: &str, cfg: &DiskConfig) -> Result<&PciEntry, PciDeviceError> {
         let path = cfg.path.as_deref().ok_or(PciDeviceError::NoPath)?;
         let file = open_disk(path, cfg.readonly, cfg.direct)?;
+        // The guest's GET_ID answer holds 20 bytes at most.
+        let serial = cfg.serial.clone().unwrap_or_else(|| id.to_string());
+        let mut end = serial.len().min(20);
+        while !serial.is_char_boundary(end) {
+            end -= 1;
+        }
         let options = BlockOptions {
             readonly: cfg.readonly,
-            id: cfg.serial.clone().unwrap_or_else(|| id.to_string()),
+            id: serial[..end].to_string(),
             num_queues: cfg.num_queues,
             queue_size: cfg.queue_size,
             discard: true,

@@ -118,6 +118,35 @@ fn open(what: &'static str, path: &Path) -> Result<File, VmError> {
     })
 }
 
+/// What removing a device did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Removal {
+    /// The device is gone (the VM was not running).
+    Done,
+    /// The guest was asked to eject it; it goes when the guest has.
+    Requested,
+}
+
+/// Errors adding or removing devices.
+#[derive(Debug, thiserror::Error)]
+pub enum HotplugError {
+    /// The configuration is invalid.
+    #[error("{0}")]
+    Invalid(String),
+    /// The id is taken.
+    #[error("a device with id {0} already exists; choose another id")]
+    Duplicate(String),
+    /// No device has that id.
+    #[error("no device with id {0}; vm.info lists the devices")]
+    NotFound(String),
+    /// The file is outside the Landlock ruleset.
+    #[error("{0}")]
+    Denied(String),
+    /// Plugging failed.
+    #[error("{0}")]
+    Failed(String),
+}
+
 /// A running KVM incarnation of the VM.
 struct Machine {
     // Dropped after the vCPU threads are joined (see `stop`).
@@ -170,6 +199,10 @@ impl Vm {
             }
             None => None,
         };
+        // Every device has an id, reported by vm.info and used by vm.remove-device.
+        for (index, disk) in config.disks.iter_mut().flatten().enumerate() {
+            disk.id.get_or_insert_with(|| format!("_disk{index}"));
+        }
         let size = config.memory.size;
         let ranges: Vec<(GuestAddress, usize)> = layout::ram_regions(size)
             .into_iter()
@@ -245,6 +278,73 @@ impl Vm {
         self.shutdown();
         self.devices.reset();
         self.boot(kvm, supported_cpuid)
+    }
+
+    /// Adds a disk; returns its id and slot. On a running VM the guest is told.
+    pub fn add_disk(&mut self, mut disk: config::DiskConfig) -> Result<(String, u8), HotplugError> {
+        disk.validate()
+            .map_err(|e| HotplugError::Invalid(e.to_string()))?;
+        let id = match &disk.id {
+            Some(id) => {
+                if self.config.has_device_id(id) || self.devices.pci.find(id).is_some() {
+                    return Err(HotplugError::Duplicate(id.clone()));
+                }
+                id.clone()
+            }
+            None => (0..)
+                .map(|n| format!("_disk{n}"))
+                .find(|id| !self.config.has_device_id(id) && self.devices.pci.find(id).is_none())
+                .unwrap_or_default(),
+        };
+        let slot = match self.devices.pci.add_disk(&id, &disk) {
+            Ok(entry) => entry.slot,
+            Err(crate::pci_devices::PciDeviceError::Denied(why)) => {
+                return Err(HotplugError::Denied(format!("disk {why}")))
+            }
+            Err(e) => return Err(HotplugError::Failed(e.to_string())),
+        };
+        disk.id = Some(id.clone());
+        self.config.disks.get_or_insert_with(Vec::new).push(disk);
+        if matches!(self.state, VmState::Running | VmState::Paused) {
+            self.devices.announce_plugged(slot);
+        }
+        Ok((id, slot))
+    }
+
+    /// Removes the device `id`: at once when the VM is not running, otherwise by asking the
+    /// guest to eject it.
+    pub fn remove_device(&mut self, id: &str) -> Result<Removal, HotplugError> {
+        let slot = self
+            .devices
+            .pci
+            .find(id)
+            .map(|e| e.slot)
+            .ok_or_else(|| HotplugError::NotFound(id.to_string()))?;
+        if matches!(self.state, VmState::Running | VmState::Paused) {
+            self.devices.request_eject(slot);
+            return Ok(Removal::Requested);
+        }
+        self.unplug(id);
+        Ok(Removal::Done)
+    }
+
+    /// Takes away the devices the guest ejected; returns their ids.
+    pub fn finish_ejects(&mut self) -> Vec<String> {
+        let mut gone = Vec::new();
+        for slot in self.devices.take_ejected() {
+            if let Some(id) = self.devices.pci.in_slot(slot).map(|e| e.id.clone()) {
+                self.unplug(&id);
+                gone.push(id);
+            }
+        }
+        gone
+    }
+
+    fn unplug(&mut self, id: &str) {
+        self.devices.pci.remove(id);
+        if let Some(disks) = &mut self.config.disks {
+            disks.retain(|d| d.id.as_deref() != Some(id));
+        }
     }
 
     /// Parks every vCPU.

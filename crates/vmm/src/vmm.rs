@@ -16,8 +16,10 @@ use crate::console;
 use crate::control::{ErrorKind, Reply, Request, RequestError, RequestReceiver, Response};
 use crate::device_manager::MachineEvents;
 use crate::vcpu::{self, FaultSink};
-use crate::vm::{self, Vm, VmError, VmState};
+use crate::vm::{self, HotplugError, Removal, Vm, VmError, VmState};
+use devices::virtio::pci::VirtioPci;
 use sandbox::{Policy, Sandbox, SandboxError};
+use std::sync::Mutex;
 
 /// Options of the VMM process itself.
 #[derive(Clone, Debug, Default)]
@@ -59,6 +61,7 @@ enum Token {
     ConsoleInput,
     InputDrained,
     Signal,
+    Eject,
 }
 
 impl Token {
@@ -71,10 +74,21 @@ impl Token {
             Token::ConsoleInput,
             Token::InputDrained,
             Token::Signal,
+            Token::Eject,
         ]
         .into_iter()
         .find(|t| *t as u64 == v)
     }
+}
+
+/// epoll data of queue notification `n` in the queue table.
+const QUEUE_TOKEN_BASE: u64 = 0x1_0000;
+
+/// A device queue the loop waits on.
+struct WatchedQueue {
+    device: Arc<Mutex<VirtioPci>>,
+    queue: u16,
+    evt: Arc<EventFd>,
 }
 
 /// The VMM: at most one VM, and the loop that drives it.
@@ -90,6 +104,7 @@ pub struct Vmm {
     signals: Option<SignalFd>,
     sandbox: Sandbox,
     vm: Option<Vm>,
+    queues: Vec<Option<WatchedQueue>>,
     input_watched: bool,
     exit: Option<ExitReason>,
 }
@@ -139,6 +154,7 @@ impl Vmm {
             signals: Some(signals),
             sandbox,
             vm: None,
+            queues: Vec::new(),
             input_watched: false,
             exit: None,
         };
@@ -187,6 +203,10 @@ impl Vmm {
                 }
             };
             for event in &events[..n] {
+                if event.data() >= QUEUE_TOKEN_BASE {
+                    self.on_queue(event.data() - QUEUE_TOKEN_BASE);
+                    continue;
+                }
                 match Token::from_u64(event.data()) {
                     Some(Token::Reset) => self.on_reset(),
                     Some(Token::Poweroff) => self.on_poweroff(),
@@ -195,6 +215,7 @@ impl Vmm {
                     Some(Token::ConsoleInput) => self.on_console_input(),
                     Some(Token::InputDrained) => self.on_input_drained(),
                     Some(Token::Signal) => self.on_signal(),
+                    Some(Token::Eject) => self.on_eject(),
                     None => {}
                 }
             }
@@ -245,6 +266,102 @@ impl Vmm {
         } else {
             // The caller reports it as the reason the VMM ends.
             self.exit = Some(ExitReason::Fault(fault.to_string()));
+        }
+    }
+
+    fn on_queue(&mut self, index: u64) {
+        if let Some(Some(w)) = self.queues.get(index as usize) {
+            w.device
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .process_queue(w.queue);
+        }
+    }
+
+    fn on_eject(&mut self) {
+        let Some(vm) = &mut self.vm else {
+            return;
+        };
+        let before: Vec<Arc<Mutex<VirtioPci>>> = vm
+            .devices()
+            .pci
+            .entries()
+            .iter()
+            .map(|e| e.device.clone())
+            .collect();
+        for id in vm.finish_ejects() {
+            info!("device {id} ejected by the guest and removed");
+        }
+        let after = vm.devices().pci.entries().len();
+        if after < before.len() {
+            self.sync_queue_watches();
+        }
+    }
+
+    /// Makes the loop wait on exactly the queues of the VM's current devices.
+    fn sync_queue_watches(&mut self) {
+        let wanted: Vec<(Arc<Mutex<VirtioPci>>, u16, Arc<EventFd>)> = self
+            .vm
+            .as_ref()
+            .map(|vm| {
+                vm.devices()
+                    .pci
+                    .entries()
+                    .iter()
+                    .flat_map(|e| {
+                        let dev = e.device.clone();
+                        let evts: Vec<Arc<EventFd>> = e
+                            .device
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .notify_eventfds()
+                            .to_vec();
+                        evts.into_iter()
+                            .enumerate()
+                            .map(move |(q, evt)| (dev.clone(), q as u16, evt))
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        // Drop watches of queues that are gone.
+        for slot in self.queues.iter_mut() {
+            if let Some(w) = slot {
+                if !wanted.iter().any(|(_, _, e)| Arc::ptr_eq(e, &w.evt)) {
+                    let _ = self.epoll.ctl(
+                        ControlOperation::Delete,
+                        w.evt.as_raw_fd(),
+                        EpollEvent::default(),
+                    );
+                    *slot = None;
+                }
+            }
+        }
+        // Add the new ones.
+        for (device, queue, evt) in wanted {
+            let known = self
+                .queues
+                .iter()
+                .flatten()
+                .any(|w| Arc::ptr_eq(&w.evt, &evt));
+            if known {
+                continue;
+            }
+            let index = match self.queues.iter().position(Option::is_none) {
+                Some(i) => i,
+                None => {
+                    self.queues.push(None);
+                    self.queues.len() - 1
+                }
+            };
+            let event = EpollEvent::new(EventSet::IN, QUEUE_TOKEN_BASE + index as u64);
+            if let Err(e) = self
+                .epoll
+                .ctl(ControlOperation::Add, evt.as_raw_fd(), event)
+            {
+                warn!("cannot wait on a device queue: {e}");
+                continue;
+            }
+            self.queues[index] = Some(WatchedQueue { device, queue, evt });
         }
     }
 
@@ -386,6 +503,8 @@ impl Vmm {
                 self.require_vm("vm.info")?;
                 Ok(Reply::Json(self.info()))
             }
+            Request::AddDisk(disk) => self.add_disk(*disk),
+            Request::RemoveDevice(id) => self.remove_device(&id),
             Request::Counters => {
                 self.require_vm("vm.counters")?;
                 let counters = self
@@ -395,6 +514,46 @@ impl Vmm {
                 Ok(Reply::Json(counters))
             }
         }
+    }
+
+    fn add_disk(&mut self, disk: config::DiskConfig) -> Response {
+        self.require_vm("vm.add-disk")?;
+        let Some(vm) = &mut self.vm else {
+            return Err(RequestError::new(ErrorKind::NotFound, "vm.add-disk: no VM"));
+        };
+        let running = matches!(vm.state(), VmState::Running | VmState::Paused);
+        let (id, slot) = vm
+            .add_disk(disk)
+            .map_err(|e| hotplug_error("vm.add-disk", e))?;
+        self.sync_queue_watches();
+        info!("disk {id} added in slot {slot}");
+        if running {
+            Ok(Reply::Json(json!({ "id": id, "bdf": bdf(slot) })))
+        } else {
+            // Cold plug: the guest will find it when it boots.
+            Ok(Reply::Done)
+        }
+    }
+
+    fn remove_device(&mut self, id: &str) -> Response {
+        self.require_vm("vm.remove-device")?;
+        let Some(vm) = &mut self.vm else {
+            return Err(RequestError::new(
+                ErrorKind::NotFound,
+                "vm.remove-device: no VM",
+            ));
+        };
+        match vm
+            .remove_device(id)
+            .map_err(|e| hotplug_error("vm.remove-device", e))?
+        {
+            Removal::Done => {
+                self.sync_queue_watches();
+                info!("device {id} removed");
+            }
+            Removal::Requested => info!("device {id}: the guest was asked to eject it"),
+        }
+        Ok(Reply::Done)
     }
 
     fn require_vm(&self, action: &str) -> Result<VmState, RequestError> {
@@ -413,10 +572,26 @@ impl Vmm {
                 let mut landlock = confinement.as_ref().map_or(json!({}), |r| json!(r));
                 landlock["requested"] = json!(vm.config().landlock_enable);
                 landlock["confined"] = json!(confinement.is_some());
+                let devices: serde_json::Map<String, serde_json::Value> = vm
+                    .devices()
+                    .pci
+                    .entries()
+                    .iter()
+                    .map(|e| {
+                        let node = json!({
+                            "id": e.id,
+                            "resources": [],
+                            "children": [],
+                            "pci_bdf": e.bdf(),
+                        });
+                        (e.id.clone(), node)
+                    })
+                    .collect();
                 json!({
                     "config": vm.config(),
                     "state": vm.state(),
                     "memory_actual_size": vm.memory_size(),
+                    "device_tree": devices,
                     "landlock": landlock,
                 })
             }
@@ -465,6 +640,10 @@ impl Vmm {
         }
         self.vm = Some(vm);
         self.start_console_input();
+        self.sync_queue_watches();
+        if let Some(vm) = &self.vm {
+            let _ = self.watch(vm.devices().eject_evt.as_raw_fd(), Token::Eject);
+        }
         Ok(Reply::Done)
     }
 
@@ -510,11 +689,28 @@ impl Vmm {
                     self.unwatch(input.fd());
                 }
             }
+            self.unwatch(vm.devices().eject_evt.as_raw_fd());
             self.input_watched = false;
             drop(vm);
+            self.sync_queue_watches();
             console::restore_terminal();
         }
     }
+}
+
+fn bdf(slot: u8) -> String {
+    format!("0000:00:{slot:02x}.0")
+}
+
+fn hotplug_error(action: &str, e: HotplugError) -> RequestError {
+    let kind = match &e {
+        HotplugError::Invalid(_) => ErrorKind::BadRequest,
+        HotplugError::Duplicate(_) => ErrorKind::Conflict,
+        HotplugError::NotFound(_) => ErrorKind::NotFound,
+        HotplugError::Denied(_) => ErrorKind::Forbidden,
+        HotplugError::Failed(_) => ErrorKind::Internal,
+    };
+    RequestError::new(kind, format!("{action}: {e}"))
 }
 
 fn wrong_state(action: &str, state: VmState, allowed: &str) -> RequestError {

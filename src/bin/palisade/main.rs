@@ -40,6 +40,10 @@ struct Cli {
     #[arg(long, value_name = "OPTIONS")]
     memory: Option<String>,
 
+    /// Disks: "path=<image>,readonly=on|off,direct=on|off,id=<device_id>,num_queues=<n>,queue_size=<n>,serial=<serial>".
+    #[arg(long, value_name = "DISK", num_args = 1.., action = ArgAction::Append)]
+    disk: Vec<String>,
+
     /// Serial port: "off|null|tty|pty|file=<path>" [default: tty].
     #[arg(long, value_name = "MODE")]
     serial: Option<String>,
@@ -84,6 +88,7 @@ impl Cli {
             memory: self.memory.clone(),
             serial: self.serial.clone(),
             console: self.console.clone(),
+            disks: self.disk.clone(),
             landlock: self.landlock,
             landlock_rules: self.landlock_rules.clone(),
             ..VmParams::default()

@@ -129,6 +129,8 @@ fn name_of(request: &Request) -> &'static str {
         Request::Delete => "delete",
         Request::Info => "info",
         Request::Counters => "counters",
+        Request::AddDisk(_) => "add-disk",
+        Request::RemoveDevice(_) => "remove-device",
     }
 }
 
@@ -166,6 +168,8 @@ fn handle(vm: &mut Option<(VmConfig, State)>, request: Request) -> Result<Reply,
         Request::Resume => "vm.resume",
         Request::Info => "vm.info",
         Request::Counters => "vm.counters",
+        Request::AddDisk(_) => "vm.add-disk",
+        Request::RemoveDevice(_) => "vm.remove-device",
     };
     let Some((config, state)) = vm else {
         return Err(RequestError::new(
@@ -184,6 +188,11 @@ fn handle(vm: &mut Option<(VmConfig, State)>, request: Request) -> Result<Reply,
                 json!({"config": config, "state": format!("{state:?}")}),
             ))
         }
+        Request::AddDisk(disk) => {
+            let id = disk.id.clone().unwrap_or_else(|| "_disk0".into());
+            return Ok(Reply::Json(json!({"id": id, "bdf": "0000:00:01.0"})));
+        }
+        Request::RemoveDevice(_) => return Ok(Reply::Done),
         _ => return Ok(Reply::Json(json!({}))),
     };
     if !allowed.contains(state) {
