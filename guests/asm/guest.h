@@ -239,6 +239,71 @@ puthex:
     pop XAX
     ret
 
+/* puthexw: prints the low ECX (1-8) hex digits of EAX, zero-padded, without a prefix. */
+puthexw:
+    push XAX
+    push XCX
+    push XDX
+    mov %eax, %edx
+    mov %ecx, %eax          /* rotate the first digit wanted into the top nibble */
+    neg %eax
+    add $8, %eax
+    shl $2, %eax
+    xchg %eax, %ecx
+    rol %cl, %edx
+    mov %eax, %ecx
+1:  rol $4, %edx
+    mov %edx, %eax
+    and $0xf, %eax
+    cmp $10, %al
+    jb 2f
+    add $('a' - '0' - 10), %al
+2:  add $'0', %al
+    call putc
+    dec %ecx
+    jnz 1b
+    pop XDX
+    pop XCX
+    pop XAX
+    ret
+
+/* putdec64: prints EDX:EAX as an unsigned decimal number. */
+putdec64:
+    push XAX
+    push XBX
+    push XCX
+    push XDX
+    push XSI
+    push XDI
+    mov %edx, %esi          /* ESI:EDI = what is left to print */
+    mov %eax, %edi
+    mov $10, %ebx
+    xor %ecx, %ecx
+1:  xor %edx, %edx          /* divide the high half, then the low half with its remainder */
+    mov %esi, %eax
+    div %ebx
+    mov %eax, %esi
+    mov %edi, %eax
+    div %ebx
+    mov %eax, %edi
+    push XDX
+    inc %ecx
+    mov %esi, %eax
+    or %edi, %eax
+    jnz 1b
+2:  pop XAX
+    add $'0', %al
+    call putc
+    dec %ecx
+    jnz 2b
+    pop XDI
+    pop XSI
+    pop XDX
+    pop XCX
+    pop XBX
+    pop XAX
+    ret
+
 /* ram_kib: adds up the usable RAM (type 1) of a memory map: XSI = first entry, ECX = number
  * of entries, EDX = entry size (24 for PVH, 20 for e820; both keep addr, size and type at 0,
  * 8 and 16). Returns EAX = KiB. */

@@ -5,6 +5,7 @@
 #define SI_NR_MODULES 12
 #define SI_MODLIST 16
 #define SI_CMDLINE 24
+#define SI_RSDP 32                  /* rsdp_paddr (u64), version 1 and later */
 #define SI_MEMMAP 40
 #define SI_MEMMAP_ENTRIES 48
 /* hvm_modlist_entry: paddr, size (both u64), 32 bytes an entry. */
