@@ -84,11 +84,22 @@ impl Token {
 /// epoll data of queue notification `n` in the queue table.
 const QUEUE_TOKEN_BASE: u64 = 0x1_0000;
 
-/// A device queue the loop waits on.
-struct WatchedQueue {
+/// What a device descriptor the loop waits on is for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum DeviceEvent {
+    /// The driver notified queue n (its ioeventfd).
+    Queue(u16),
+    /// A host descriptor of the device is ready (a tap, a console input), by token.
+    Host(u32),
+}
+
+/// A device descriptor the loop waits on.
+struct Watched {
     device: Arc<Mutex<VirtioPci>>,
-    queue: u16,
-    evt: Arc<EventFd>,
+    event: DeviceEvent,
+    fd: RawFd,
+    // Keeps a queue's eventfd open while it is watched.
+    _evt: Option<Arc<EventFd>>,
 }
 
 /// The VMM: at most one VM, and the loop that drives it.
@@ -104,7 +115,7 @@ pub struct Vmm {
     signals: Option<SignalFd>,
     sandbox: Sandbox,
     vm: Option<Vm>,
-    queues: Vec<Option<WatchedQueue>>,
+    queues: Vec<Option<Watched>>,
     input_watched: bool,
     exit: Option<ExitReason>,
 }
@@ -271,10 +282,11 @@ impl Vmm {
 
     fn on_queue(&mut self, index: u64) {
         if let Some(Some(w)) = self.queues.get(index as usize) {
-            w.device
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .process_queue(w.queue);
+            let mut device = w.device.lock().unwrap_or_else(|e| e.into_inner());
+            match w.event {
+                DeviceEvent::Queue(q) => device.process_queue(q),
+                DeviceEvent::Host(token) => device.process_host(token),
+            }
         }
     }
 
@@ -298,54 +310,55 @@ impl Vmm {
         }
     }
 
-    /// Makes the loop wait on exactly the queues of the VM's current devices.
+    /// Makes the loop wait on exactly the queue eventfds and host descriptors of the VM's
+    /// current devices.
     fn sync_queue_watches(&mut self) {
-        let wanted: Vec<(Arc<Mutex<VirtioPci>>, u16, Arc<EventFd>)> = self
-            .vm
-            .as_ref()
-            .map(|vm| {
-                vm.devices()
-                    .pci
-                    .entries()
-                    .iter()
-                    .flat_map(|e| {
-                        let dev = e.device.clone();
-                        let evts: Vec<Arc<EventFd>> = e
-                            .device
-                            .lock()
-                            .unwrap_or_else(|e| e.into_inner())
-                            .notify_eventfds()
-                            .to_vec();
-                        evts.into_iter()
-                            .enumerate()
-                            .map(move |(q, evt)| (dev.clone(), q as u16, evt))
-                    })
-                    .collect()
-            })
-            .unwrap_or_default();
-        // Drop watches of queues that are gone.
+        let mut wanted: Vec<(
+            Arc<Mutex<VirtioPci>>,
+            DeviceEvent,
+            RawFd,
+            Option<Arc<EventFd>>,
+        )> = Vec::new();
+        if let Some(vm) = &self.vm {
+            for e in vm.devices().pci.entries() {
+                let dev = e.device.lock().unwrap_or_else(|e| e.into_inner());
+                for (q, evt) in dev.notify_eventfds().iter().enumerate() {
+                    wanted.push((
+                        e.device.clone(),
+                        DeviceEvent::Queue(q as u16),
+                        evt.as_raw_fd(),
+                        Some(evt.clone()),
+                    ));
+                }
+                for (fd, token) in dev.device().host_fds() {
+                    wanted.push((e.device.clone(), DeviceEvent::Host(token), fd, None));
+                }
+            }
+        }
+        let same = |w: &Watched,
+                    (d, ev, fd, _): &(
+            Arc<Mutex<VirtioPci>>,
+            DeviceEvent,
+            RawFd,
+            Option<Arc<EventFd>>,
+        )| { Arc::ptr_eq(&w.device, d) && w.event == *ev && w.fd == *fd };
+        // Drop watches of what is gone.
         for slot in self.queues.iter_mut() {
             if let Some(w) = slot {
-                if !wanted.iter().any(|(_, _, e)| Arc::ptr_eq(e, &w.evt)) {
-                    let _ = self.epoll.ctl(
-                        ControlOperation::Delete,
-                        w.evt.as_raw_fd(),
-                        EpollEvent::default(),
-                    );
+                if !wanted.iter().any(|x| same(w, x)) {
+                    let _ = self
+                        .epoll
+                        .ctl(ControlOperation::Delete, w.fd, EpollEvent::default());
                     *slot = None;
                 }
             }
         }
-        // Add the new ones.
-        for (device, queue, evt) in wanted {
-            let known = self
-                .queues
-                .iter()
-                .flatten()
-                .any(|w| Arc::ptr_eq(&w.evt, &evt));
-            if known {
+        // Add what is new.
+        for x in wanted {
+            if self.queues.iter().flatten().any(|w| same(w, &x)) {
                 continue;
             }
+            let (device, event, fd, evt) = x;
             let index = match self.queues.iter().position(Option::is_none) {
                 Some(i) => i,
                 None => {
@@ -353,15 +366,26 @@ impl Vmm {
                     self.queues.len() - 1
                 }
             };
-            let event = EpollEvent::new(EventSet::IN, QUEUE_TOKEN_BASE + index as u64);
+            // Host descriptors are edge-triggered: the device drains them itself and comes
+            // back for the rest when the guest gives it room.
+            let set = match event {
+                DeviceEvent::Queue(_) => EventSet::IN,
+                DeviceEvent::Host(_) => EventSet::IN | EventSet::EDGE_TRIGGERED,
+            };
+            let data = QUEUE_TOKEN_BASE + index as u64;
             if let Err(e) = self
                 .epoll
-                .ctl(ControlOperation::Add, evt.as_raw_fd(), event)
+                .ctl(ControlOperation::Add, fd, EpollEvent::new(set, data))
             {
-                warn!("cannot wait on a device queue: {e}");
+                warn!("cannot wait on a device descriptor: {e}");
                 continue;
             }
-            self.queues[index] = Some(WatchedQueue { device, queue, evt });
+            self.queues[index] = Some(Watched {
+                device,
+                event,
+                fd,
+                _evt: evt,
+            });
         }
     }
 

@@ -95,6 +95,15 @@ pub trait VirtioDevice: Send {
     fn reset(&mut self);
     /// Handles the driver's notification of queue `index` (called on the VMM thread).
     fn process_queue(&mut self, index: u16);
+    /// Host descriptors the device wants watched once active (a tap, a console's input),
+    /// each with a token. They are watched edge-triggered: when called, the device must
+    /// consume everything it can, and come back to the rest on its own (for example when
+    /// the driver adds receive buffers).
+    fn host_fds(&self) -> Vec<(std::os::fd::RawFd, u32)> {
+        Vec::new()
+    }
+    /// The host descriptor with `token` is ready (called on the VMM thread).
+    fn process_host(&mut self, _token: u32) {}
     /// Counters for `vm.counters`, by name.
     fn counters(&self) -> serde_json::Map<String, serde_json::Value> {
         serde_json::Map::new()

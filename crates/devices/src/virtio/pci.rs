@@ -279,6 +279,13 @@ impl VirtioPci {
         }
     }
 
+    /// Runs the device on its host descriptor `token`, if it is live.
+    pub fn process_host(&mut self, token: u32) {
+        if self.activated {
+            self.device.process_host(token);
+        }
+    }
+
     fn device_reset(&mut self) {
         if self.activated {
             self.device.reset();
