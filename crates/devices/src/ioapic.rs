@@ -261,15 +261,7 @@ impl InterruptLine for IoApicPin {
 mod tests {
     use super::*;
 
-    #[derive(Default)]
-    struct Recorder(Mutex<Vec<(u64, u32)>>);
-
-    impl MsiSink for Recorder {
-        fn send_msi(&self, address: u64, data: u32) -> std::io::Result<()> {
-            self.0.lock().unwrap().push((address, data));
-            Ok(())
-        }
-    }
+    use crate::test_util::MsiRecorder as Recorder;
 
     fn ioapic() -> (IoApic, Arc<Recorder>) {
         let rec = Arc::new(Recorder::default());

@@ -10,6 +10,8 @@ pub mod ioapic;
 pub mod legacy;
 pub mod pci;
 pub mod serial;
+#[cfg(test)]
+mod test_util;
 pub mod virtio;
 
 pub use bus::{Bus, BusDevice, BusError};

@@ -294,18 +294,11 @@ impl Vmm {
         let Some(vm) = &mut self.vm else {
             return;
         };
-        let before: Vec<Arc<Mutex<VirtioPci>>> = vm
-            .devices()
-            .pci
-            .entries()
-            .iter()
-            .map(|e| e.device.clone())
-            .collect();
-        for id in vm.finish_ejects() {
+        let gone = vm.finish_ejects();
+        for id in &gone {
             info!("device {id} ejected by the guest and removed");
         }
-        let after = vm.devices().pci.entries().len();
-        if after < before.len() {
+        if !gone.is_empty() {
             self.sync_queue_watches();
         }
     }
@@ -313,35 +306,31 @@ impl Vmm {
     /// Makes the loop wait on exactly the queue eventfds and host descriptors of the VM's
     /// current devices.
     fn sync_queue_watches(&mut self) {
-        let mut wanted: Vec<(
-            Arc<Mutex<VirtioPci>>,
-            DeviceEvent,
-            RawFd,
-            Option<Arc<EventFd>>,
-        )> = Vec::new();
+        let mut wanted: Vec<Watched> = Vec::new();
         if let Some(vm) = &self.vm {
             for e in vm.devices().pci.entries() {
                 let dev = e.device.lock().unwrap_or_else(|e| e.into_inner());
                 for (q, evt) in dev.notify_eventfds().iter().enumerate() {
-                    wanted.push((
-                        e.device.clone(),
-                        DeviceEvent::Queue(q as u16),
-                        evt.as_raw_fd(),
-                        Some(evt.clone()),
-                    ));
+                    wanted.push(Watched {
+                        device: e.device.clone(),
+                        event: DeviceEvent::Queue(q as u16),
+                        fd: evt.as_raw_fd(),
+                        _evt: Some(evt.clone()),
+                    });
                 }
                 for (fd, token) in dev.device().host_fds() {
-                    wanted.push((e.device.clone(), DeviceEvent::Host(token), fd, None));
+                    wanted.push(Watched {
+                        device: e.device.clone(),
+                        event: DeviceEvent::Host(token),
+                        fd,
+                        _evt: None,
+                    });
                 }
             }
         }
-        let same = |w: &Watched,
-                    (d, ev, fd, _): &(
-            Arc<Mutex<VirtioPci>>,
-            DeviceEvent,
-            RawFd,
-            Option<Arc<EventFd>>,
-        )| { Arc::ptr_eq(&w.device, d) && w.event == *ev && w.fd == *fd };
+        let same = |a: &Watched, b: &Watched| {
+            Arc::ptr_eq(&a.device, &b.device) && a.event == b.event && a.fd == b.fd
+        };
         // Drop watches of what is gone.
         for slot in self.queues.iter_mut() {
             if let Some(w) = slot {
@@ -354,11 +343,10 @@ impl Vmm {
             }
         }
         // Add what is new.
-        for x in wanted {
-            if self.queues.iter().flatten().any(|w| same(w, &x)) {
+        for watched in wanted {
+            if self.queues.iter().flatten().any(|w| same(w, &watched)) {
                 continue;
             }
-            let (device, event, fd, evt) = x;
             let index = match self.queues.iter().position(Option::is_none) {
                 Some(i) => i,
                 None => {
@@ -368,24 +356,20 @@ impl Vmm {
             };
             // Host descriptors are edge-triggered: the device drains them itself and comes
             // back for the rest when the guest gives it room.
-            let set = match event {
+            let set = match watched.event {
                 DeviceEvent::Queue(_) => EventSet::IN,
                 DeviceEvent::Host(_) => EventSet::IN | EventSet::EDGE_TRIGGERED,
             };
             let data = QUEUE_TOKEN_BASE + index as u64;
-            if let Err(e) = self
-                .epoll
-                .ctl(ControlOperation::Add, fd, EpollEvent::new(set, data))
-            {
+            if let Err(e) = self.epoll.ctl(
+                ControlOperation::Add,
+                watched.fd,
+                EpollEvent::new(set, data),
+            ) {
                 warn!("cannot wait on a device descriptor: {e}");
                 continue;
             }
-            self.queues[index] = Some(Watched {
-                device,
-                event,
-                fd,
-                _evt: evt,
-            });
+            self.queues[index] = Some(watched);
         }
     }
 

@@ -198,17 +198,7 @@ impl Msix {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::Mutex;
-
-    #[derive(Default)]
-    struct Recorder(Mutex<Vec<(u64, u32)>>);
-
-    impl MsiSink for Recorder {
-        fn send_msi(&self, address: u64, data: u32) -> std::io::Result<()> {
-            self.0.lock().unwrap().push((address, data));
-            Ok(())
-        }
-    }
+    use crate::test_util::MsiRecorder as Recorder;
 
     fn program(m: &mut Msix, v: u64, addr: u64, data: u32, masked: bool) {
         let mut bytes = [0u8; 16];

@@ -681,15 +681,7 @@ mod tests {
     use std::sync::atomic::{AtomicUsize, Ordering};
     use vm_memory::GuestAddress;
 
-    #[derive(Default)]
-    struct Recorder(Mutex<Vec<(u64, u32)>>);
-
-    impl MsiSink for Recorder {
-        fn send_msi(&self, address: u64, data: u32) -> std::io::Result<()> {
-            self.0.lock().unwrap().push((address, data));
-            Ok(())
-        }
-    }
+    use crate::test_util::MsiRecorder as Recorder;
 
     /// A device with two queues that records what the transport does to it.
     struct Probe {
