@@ -144,6 +144,7 @@ fn serial_input_from_stdin_reaches_the_guest() {
     let kernel = guest("echo");
     let mut child = palisade()
         .args(["--kernel", path_str(&kernel), "--memory", "size=64M"])
+        .args(SERIAL_ON_STDOUT)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -212,6 +213,7 @@ fn no_shutdown_keeps_the_vmm_until_sigterm() {
     let kernel = guest("hello");
     let mut child = palisade()
         .args(["--kernel", path_str(&kernel), "--no-shutdown", "-v"])
+        .args(SERIAL_ON_STDOUT)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

@@ -63,7 +63,8 @@ fn bad_command_lines_fail_with_one_line_naming_the_flag() {
         (&["--kernel", k, "--memory", "sise=1G"], "sise"),
         (&["--kernel", k, "--serial", "loud"], "--serial"),
         (&["--kernel", k, "--serial", "file="], "--serial"),
-        (&["--kernel", k, "--console", "tty"], "console"),
+        (&["--kernel", k, "--serial", "tty", "--console", "tty"], "--console"),
+        (&["--kernel", k, "--console", "socket=/x"], "--console"),
         (
             &["--kernel", k, "--landlock-rules", "path=/tmp,access=rw"],
             "--landlock",
@@ -187,7 +188,8 @@ fn tty_mode_reads_the_terminal_raw_and_restores_it_on_exit() {
     );
     let kernel = guest("echo");
     let child = palisade()
-        .args(["--kernel", path_str(&kernel), "--serial", "tty"])
+        .args(["--kernel", path_str(&kernel)])
+        .args(SERIAL_ON_STDOUT)
         .stdin(slave.try_clone().unwrap())
         .stdout(slave.try_clone().unwrap())
         .stderr(std::process::Stdio::piped())

@@ -25,6 +25,7 @@ fn boots_a_real_linux_kernel_to_its_console() {
     cmd.arg("--kernel")
         .arg(&kernel)
         .args(["--cpus", "boot=2", "--memory", "size=512M"])
+        .args(SERIAL_ON_STDOUT)
         .args([
             "--cmdline",
             "console=ttyS0 reboot=k panic=-1 earlyprintk=ttyS0",

@@ -58,9 +58,20 @@ pub fn run_with_timeout(cmd: &mut Command, timeout: Duration) -> Output {
     wait_output(child, timeout)
 }
 
-/// Runs palisade with `args`, expecting it to finish within 60 s.
+/// How the test guests talk: on the serial port, which these flags put on stdout (by
+/// default, as in Cloud Hypervisor, the serial port is `null` and the virtio console `tty`).
+pub const SERIAL_ON_STDOUT: [&str; 4] = ["--serial", "tty", "--console", "off"];
+
+/// Runs palisade with `args`, expecting it to finish within 60 s. A VM given without
+/// console flags gets [`SERIAL_ON_STDOUT`].
 pub fn run_palisade(args: &[&str]) -> Output {
-    run_with_timeout(palisade().args(args), Duration::from_secs(60))
+    let mut cmd = palisade();
+    cmd.args(args);
+    let has = |flag: &str| args.contains(&flag);
+    if has("--kernel") && !has("--serial") && !has("--console") {
+        cmd.args(SERIAL_ON_STDOUT);
+    }
+    run_with_timeout(&mut cmd, Duration::from_secs(60))
 }
 
 pub fn stdout(o: &Output) -> String {

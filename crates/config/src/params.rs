@@ -14,10 +14,9 @@ use crate::validate::*;
 use crate::vm::*;
 
 /// Default of `--serial` on Palisade's command line.
-pub const DEFAULT_SERIAL_PARAM: &str = "tty";
-/// Default of `--console` on Palisade's command line (`off` until Palisade has a virtio
-/// console).
-pub const DEFAULT_CONSOLE_PARAM: &str = "off";
+pub const DEFAULT_SERIAL_PARAM: &str = "null";
+/// Default of `--console` on Palisade's command line.
+pub const DEFAULT_CONSOLE_PARAM: &str = "tty";
 /// Default of `--cpus`.
 pub const DEFAULT_CPUS_PARAM: &str = "boot=1";
 /// Default of `--memory`.
@@ -462,10 +461,8 @@ fn invalid(flag: &'static str, message: impl Into<String>) -> ParamsError {
 impl VmConfig {
     /// Builds and validates a VM configuration from the command line's VM flags.
     ///
-    /// Defaults are Cloud Hypervisor's (`boot=1`, `size=512M`, `src=/dev/urandom`) except for
-    /// the consoles: on the command line `--serial` defaults to `tty` and `--console` to `off`,
-    /// because Palisade has no virtio console yet (a JSON config keeps Cloud Hypervisor's
-    /// serial default `Null`, and its console defaults to `Off` too; see [`DEFAULT_SERIAL_PARAM`] and
+    /// Defaults are Cloud Hypervisor's (`boot=1`, `size=512M`, `src=/dev/urandom`, the serial
+    /// port `null` and the virtio console `tty`; see [`DEFAULT_SERIAL_PARAM`] and
     /// [`DEFAULT_CONSOLE_PARAM`]).
     ///
     /// Every error is one line starting with the flag, e.g.

@@ -445,10 +445,10 @@ impl ConsoleConfig {
         Self::with_mode(ConsoleOutputMode::Null)
     }
 
-    /// The virtio console's default when a JSON config does not name one: `Off` until
-    /// Palisade has a virtio console (Cloud Hypervisor's default is `Tty`).
+    /// The virtio console's default when a JSON config does not name one, as in Cloud
+    /// Hypervisor.
     pub fn default_console() -> Self {
-        Self::with_mode(ConsoleOutputMode::Off)
+        Self::with_mode(ConsoleOutputMode::Tty)
     }
 }
 

@@ -185,19 +185,32 @@ impl Policy {
                 });
             }
         }
-        let rules = config
-            .landlock_rules
-            .iter()
-            .flatten()
-            .enumerate()
-            .filter_map(|(index, r)| {
-                Access::parse(&r.access).map(|access| Rule {
-                    path: r.path.clone(),
-                    access,
-                    origin: Origin::UserRule { index },
-                })
-            })
-            .collect();
+        held.push(Held {
+            path: config.rng.src.clone(),
+            how: "entropy source, opened read-only".into(),
+            origin: Origin::Rng,
+        });
+        // Every VM has an entropy device: a VM created later in the same process opens the
+        // source again, so it is also readable (and only readable).
+        let mut rules = vec![Rule {
+            path: config.rng.src.clone(),
+            access: Access::Read,
+            origin: Origin::Rng,
+        }];
+        rules.extend(
+            config
+                .landlock_rules
+                .iter()
+                .flatten()
+                .enumerate()
+                .filter_map(|(index, r)| {
+                    Access::parse(&r.access).map(|access| Rule {
+                        path: r.path.clone(),
+                        access,
+                        origin: Origin::UserRule { index },
+                    })
+                }),
+        );
         Policy { rules, held }
     }
 
@@ -223,6 +236,10 @@ pub fn suggested_rule(path: &Path, access: Access) -> String {
 mod tests {
     use super::*;
     use config::{DiskConfig, LandlockConfig};
+
+    fn only_rng(p: &Policy) -> Vec<Origin> {
+        p.rules.iter().map(|r| r.origin.clone()).collect()
+    }
 
     fn base() -> VmConfig {
         let mut c = VmConfig::default();
@@ -252,9 +269,9 @@ mod tests {
         let mut c = base();
         c.payload.initramfs = Some("/boot/initrd".into());
         let p = Policy::from_config(&c);
-        assert!(p.rules.is_empty());
+        assert_eq!(only_rng(&p), vec![Origin::Rng]);
         let origins: Vec<_> = p.held.iter().map(|h| h.origin.clone()).collect();
-        assert_eq!(origins, vec![Origin::Kernel, Origin::Initramfs]);
+        assert_eq!(origins, vec![Origin::Kernel, Origin::Initramfs, Origin::Rng]);
         assert_eq!(p.held[0].path, PathBuf::from("/boot/vmlinux"));
         assert!(p.held[0].how.contains("read-only"));
     }
@@ -265,7 +282,7 @@ mod tests {
         c.serial = ConsoleConfig::with_file(PathBuf::from("/var/log/serial.log"));
         c.console = ConsoleConfig::with_mode(ConsoleOutputMode::Pty);
         let p = Policy::from_config(&c);
-        assert!(p.rules.is_empty());
+        assert_eq!(only_rng(&p), vec![Origin::Rng]);
         let serial = p.held.iter().find(|h| h.origin == Origin::Serial).unwrap();
         assert_eq!(serial.path, PathBuf::from("/var/log/serial.log"));
         assert!(serial.how.contains("writing"));
@@ -305,7 +322,7 @@ mod tests {
             })
             .unwrap();
         assert!(rw.how.contains("read-write"));
-        assert!(p.rules.is_empty());
+        assert_eq!(only_rng(&p), vec![Origin::Rng]);
     }
 
     #[test]
@@ -323,7 +340,7 @@ mod tests {
         ]);
         let p = Policy::from_config(&c);
         assert_eq!(
-            p.rules,
+            p.rules[1..],
             vec![
                 Rule {
                     path: "/srv/hotplug".into(),
@@ -337,6 +354,17 @@ mod tests {
                 },
             ]
         );
+    }
+
+    #[test]
+    fn the_entropy_source_is_held_and_readable_only() {
+        let mut c = base();
+        c.rng.src = "/srv/entropy".into();
+        let p = Policy::from_config(&c);
+        let rule = &p.rules[0];
+        assert_eq!((rule.path.as_path(), rule.access), (Path::new("/srv/entropy"), Access::Read));
+        assert!(p.held.iter().any(|h| h.origin == Origin::Rng && h.path == Path::new("/srv/entropy")));
+        assert!(p.allowing(Path::new("/srv/entropy"), Access::Write).is_none());
     }
 
     #[test]

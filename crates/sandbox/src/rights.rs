@@ -4,7 +4,7 @@
 //! removal of anything. Reading a directory needs `read_dir` on top of `read_file`; writing
 //! includes truncating (a console file is truncated when a VM opens it), so a read-only rule
 //! can neither write nor truncate; `ioctl_dev` is granted only on device nodes (a tap's
-//! `/dev/net/tun`, a block device), where the VMM needs it.
+//! `/dev/net/tun`, a block device) the VMM may write, where it needs it.
 
 use landlock::{Access as _, AccessFs, AccessNet, BitFlags, Scope, ABI};
 
@@ -36,10 +36,10 @@ pub fn granted(access: Access, kind: PathKind) -> BitFlags<AccessFs> {
     if access.writes() {
         rights |= AccessFs::WriteFile | AccessFs::Truncate;
     }
-    if matches!(
-        kind,
-        PathKind::Device | PathKind::Directory { under_dev: true }
-    ) {
+    // Device ioctls (a tap's TUNSETIFF) only come with write access: a read-only device,
+    // such as an entropy source, is only ever read.
+    let device = matches!(kind, PathKind::Device | PathKind::Directory { under_dev: true });
+    if device && access.writes() {
         rights |= AccessFs::IoctlDev;
     }
     rights
@@ -154,6 +154,7 @@ mod tests {
             AccessFs::WriteFile | AccessFs::Truncate,
             "writing into a directory lists nothing"
         );
+        assert_eq!(granted(Access::Read, PathKind::Device), AccessFs::ReadFile);
         let dev = granted(Access::ReadWrite, PathKind::Device);
         assert_eq!(
             dev,

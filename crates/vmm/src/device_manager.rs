@@ -2,6 +2,8 @@
 //! host endpoints they use and the interrupts they raise.
 
 use std::collections::VecDeque;
+use std::fs::File;
+use std::os::fd::{AsFd, OwnedFd};
 use std::sync::{Arc, Mutex};
 
 use devices::hotplug::{GenericEventDevice, PciHotplugController, GED_EVENT_PCI_HOTPLUG};
@@ -23,9 +25,17 @@ pub enum DeviceError {
     /// The serial port's host side.
     #[error("serial port: {0}")]
     Serial(#[source] ConsoleError),
-    /// The virtio console is not available yet.
-    #[error("--console {0:?}: the virtio console is not supported yet; use --console off")]
-    ConsoleUnsupported(config::ConsoleOutputMode),
+    /// The virtio console's host side.
+    #[error("console: {0}")]
+    Console(#[source] ConsoleError),
+    /// The entropy source could not be opened.
+    #[error("rng source {path}: {source}")]
+    Rng {
+        /// The source.
+        path: std::path::PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
     /// An eventfd could not be created.
     #[error("cannot create an eventfd: {0}")]
     EventFd(std::io::Error),
@@ -94,6 +104,12 @@ pub struct DeviceManager {
     pub serial: Option<SerialConsole>,
     /// The pseudo-terminal of the serial port in `pty` mode.
     pub serial_pty: Option<std::path::PathBuf>,
+    /// The pseudo-terminal of the virtio console in `pty` mode.
+    pub console_pty: Option<std::path::PathBuf>,
+    /// Whether the virtio console reads Palisade's standard input.
+    pub console_on_stdin: bool,
+    // Held open so the console's pty master never reports a hang-up.
+    _console_pty_slave: Option<std::fs::File>,
 }
 
 impl DeviceManager {
@@ -105,9 +121,6 @@ impl DeviceManager {
         ioapic_id: u8,
         mem: &GuestMemoryMmap,
     ) -> Result<Self, DeviceError> {
-        if cfg.console.mode != config::ConsoleOutputMode::Off {
-            return Err(DeviceError::ConsoleUnsupported(cfg.console.mode));
-        }
         let pio = Arc::new(Bus::new());
         let mmio = Arc::new(Bus::new());
         let vm = Arc::new(CurrentVm::default());
@@ -173,12 +186,48 @@ impl DeviceManager {
             ejected,
             serial,
             serial_pty,
+            console_pty: None,
+            console_on_stdin: false,
+            _console_pty_slave: None,
         };
+        manager.add_console(&cfg.console)?;
         for (index, disk) in cfg.disks.iter().flatten().enumerate() {
             let id = disk.id.clone().unwrap_or_else(|| format!("_disk{index}"));
             manager.pci.add_disk(&id, disk)?;
         }
+        // Like Cloud Hypervisor, every VM has an entropy device.
+        let source = File::open(&cfg.rng.src).map_err(|source| DeviceError::Rng {
+            path: cfg.rng.src.clone(),
+            source,
+        })?;
+        manager
+            .pci
+            .add_virtio("_rng0", Box::new(devices::virtio::rng::Rng::new(source)))?;
         Ok(manager)
+    }
+
+    fn add_console(&mut self, cfg: &config::ConsoleConfig) -> Result<(), DeviceError> {
+        let Some(endpoint) = console::open(cfg).map_err(DeviceError::Console)? else {
+            return Ok(());
+        };
+        let input: Option<OwnedFd> = match endpoint.input {
+            Some(ConsoleInput::Stdin) => {
+                self.console_on_stdin = true;
+                Some(
+                    std::io::stdin()
+                        .as_fd()
+                        .try_clone_to_owned()
+                        .map_err(DeviceError::EventFd)?,
+                )
+            }
+            Some(ConsoleInput::Pty(file)) => Some(OwnedFd::from(file)),
+            None => None,
+        };
+        self.console_pty = endpoint.pty_path;
+        self._console_pty_slave = endpoint.pty_slave;
+        let model = devices::virtio::console::Console::new(endpoint.output, input);
+        self.pci.add_virtio("_console0", Box::new(model))?;
+        Ok(())
     }
 
     /// Delivers the devices' interrupts and notifications into `vm` (a new machine), or

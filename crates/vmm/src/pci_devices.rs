@@ -15,6 +15,7 @@ use devices::pci::{
 };
 use devices::virtio::block::{Block, BlockOptions};
 use devices::virtio::pci::VirtioPci;
+use devices::virtio::VirtioDevice;
 use devices::{Bus, BusError};
 use kvm_ioctls::{IoEventAddress, NoDatamatch, VmFd};
 use vm_allocator::{AddressAllocator, AllocPolicy, RangeInclusive};
@@ -235,8 +236,17 @@ impl PciDevices {
             write_zeroes: true,
         };
         let block = Block::new(file, options)?;
+        self.add_virtio(id, Box::new(block))
+    }
+
+    /// Plugs a virtio device model with id `id`.
+    pub fn add_virtio(
+        &mut self,
+        id: &str,
+        model: Box<dyn VirtioDevice>,
+    ) -> Result<&PciEntry, PciDeviceError> {
         let msi: Arc<dyn MsiSink> = self.msi.clone();
-        let device = VirtioPci::new(Box::new(block), self.mem.clone(), msi)?;
+        let device = VirtioPci::new(model, self.mem.clone(), msi)?;
         self.plug(id, Arc::new(Mutex::new(device)))
     }
 

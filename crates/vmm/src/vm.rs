@@ -223,6 +223,10 @@ impl Vm {
             config.serial.file = Some(pty.clone());
             log::info!("serial port on {}", pty.display());
         }
+        if let Some(pty) = &devices.console_pty {
+            config.console.file = Some(pty.clone());
+            log::info!("virtio console on {}", pty.display());
+        }
         let reset_evt = Arc::new(events.reset.try_clone().map_err(VmError::EventFd)?);
         Ok(Vm {
             config,

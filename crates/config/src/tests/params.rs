@@ -483,8 +483,9 @@ fn from_params_defaults() {
     assert_eq!(c.payload.initramfs, None);
     assert_eq!(c.cpus, CpusConfig::default());
     assert_eq!(c.memory, MemoryConfig::default());
-    assert_eq!(c.serial, ConsoleConfig::with_mode(ConsoleOutputMode::Tty));
-    assert_eq!(c.console, ConsoleConfig::with_mode(ConsoleOutputMode::Off));
+    // Cloud Hypervisor's defaults: the serial port discards, the virtio console is the tty.
+    assert_eq!(c.serial, ConsoleConfig::with_mode(ConsoleOutputMode::Null));
+    assert_eq!(c.console, ConsoleConfig::with_mode(ConsoleOutputMode::Tty));
     assert_eq!(c.rng, RngConfig::default());
     assert_eq!(c.disks, None);
     assert_eq!(c.net, None);
@@ -590,6 +591,7 @@ fn from_params_names_the_flag() {
 #[test]
 fn from_params_console_defaults_and_tty_conflict() {
     let e = params_err(&VmParams {
+        serial: Some("tty".into()),
         console: Some("tty".into()),
         ..params()
     });

@@ -104,8 +104,7 @@ fn parsed_params_round_trip() {
 fn minimal_body_gets_ch_defaults() {
     let c = parse(json!({"payload": {"kernel": "/k"}})).unwrap();
     assert_eq!(c.serial.mode, ConsoleOutputMode::Null);
-    // Off until Palisade has a virtio console.
-    assert_eq!(c.console.mode, ConsoleOutputMode::Off);
+    assert_eq!(c.console.mode, ConsoleOutputMode::Tty);
     assert_eq!(c.cpus, CpusConfig::default());
     assert_eq!(c.memory.size, DEFAULT_MEMORY_SIZE);
     assert_eq!(c.rng.src, PathBuf::from(DEFAULT_RNG_SOURCE));
@@ -402,7 +401,7 @@ fn default_config_serializes_cleanly() {
             "memory": {"size": 536870912},
             "payload": {},
             "serial": {"mode": "Null"},
-            "console": {"mode": "Off"},
+            "console": {"mode": "Tty"},
             "rng": {"src": "/dev/urandom"},
             "landlock_enable": false
         })

@@ -8,7 +8,9 @@
 //! untrusted: a malformed request fails that request, never the device or the VMM.
 
 pub mod block;
+pub mod console;
 pub mod pci;
+pub mod rng;
 
 use std::sync::Arc;
 
