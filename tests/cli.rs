@@ -63,8 +63,25 @@ fn bad_command_lines_fail_with_one_line_naming_the_flag() {
         (&["--kernel", k, "--memory", "sise=1G"], "sise"),
         (&["--kernel", k, "--serial", "loud"], "--serial"),
         (&["--kernel", k, "--serial", "file="], "--serial"),
-        (&["--kernel", k, "--serial", "tty", "--console", "tty"], "--console"),
+        (
+            &["--kernel", k, "--serial", "tty", "--console", "tty"],
+            "--console",
+        ),
         (&["--kernel", k, "--console", "socket=/x"], "--console"),
+        (
+            &["--kernel", k, "--rng", "src=/nonexistent/random"],
+            "--rng src=/nonexistent/random",
+        ),
+        (&["--kernel", k, "--rng", "source=/dev/urandom"], "--rng"),
+        (
+            &["--kernel", k, "--disk", "path=/nonexistent/disk.img"],
+            "--disk path=/nonexistent/disk.img",
+        ),
+        (
+            &["--kernel", k, "--disk", "path=/tmp,queue_size=3"],
+            "--disk",
+        ),
+        (&["--kernel", k, "--disk", "readonly=on"], "--disk"),
         (
             &["--kernel", k, "--landlock-rules", "path=/tmp,access=rw"],
             "--landlock",
@@ -111,6 +128,34 @@ fn serial_null_and_off_print_nothing_but_the_guest_still_runs() {
         assert_eq!(out.status.code(), Some(0), "{mode}: {}", stderr(&out));
         assert!(stdout(&out).is_empty(), "{mode}");
     }
+}
+
+#[test]
+fn good_values_of_the_device_flags_boot() {
+    let dir = TempDir::new("devflags");
+    let img = dir.path("disk.img");
+    std::fs::write(&img, vec![0u8; 1 << 20]).unwrap();
+    let disk = format!(
+        "path={},readonly=on,id=data,num_queues=2,queue_size=64",
+        img.display()
+    );
+    let k = guest("hello");
+    let out = run_palisade(&[
+        "--kernel",
+        path_str(&k),
+        "--rng",
+        "src=/dev/urandom",
+        "--disk",
+        &disk,
+        "--cpus",
+        "boot=2,max=4",
+        "--memory",
+        "size=64M",
+        "--cmdline",
+        "a=1 b=\"two words\"",
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(stdout(&out).contains("Hello from the Palisade test guest"));
 }
 
 #[test]

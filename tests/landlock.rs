@@ -690,8 +690,14 @@ fn lifecycle_under_landlock_from_the_api_and_recreation_within_the_ruleset() {
     assert_eq!(rules.len(), 3);
     assert_eq!(rules[0]["origin"], serde_json::json!({"kind": "rng"}));
     assert_eq!(rules[0]["rights"], serde_json::json!(["read_file"]));
-    assert_eq!(rules[1]["rights"], serde_json::json!(["read_file", "read_dir"]));
-    assert_eq!(rules[2]["rights"], serde_json::json!(["write_file", "truncate"]));
+    assert_eq!(
+        rules[1]["rights"],
+        serde_json::json!(["read_file", "read_dir"])
+    );
+    assert_eq!(
+        rules[2]["rights"],
+        serde_json::json!(["write_file", "truncate"])
+    );
     assert_eq!(
         rules[1]["origin"],
         serde_json::json!({"kind": "user_rule", "index": 0})

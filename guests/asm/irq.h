@@ -5,7 +5,7 @@
  *
  * Use: call irq_init (with interrupts off, as at the PVH entry), install handlers with
  * irq_set_handler, route I/O APIC pins with ioapic_route, then `sti`. A handler ends with
- * LAPIC_EOI and `iret`; the CPU saves and restores EFLAGS, so a handler may change the flags
+ * LAPIC_EOI and IRET (below); the CPU saves and restores EFLAGS, so a handler may change the flags
  * but must preserve every register it uses.
  *
  * To wait for something an interrupt brings, without missing it and without spinning:
@@ -52,6 +52,25 @@
 /* Tells the local APIC the current interrupt is handled (no register changes). */
 .macro LAPIC_EOI
     movl $0, LAPIC_EOI_REG
+.endm
+
+/*
+ * Returns from an interrupt handler, as `iret` would at the same privilege level: EIP, CS and
+ * EFLAGS are on the stack. The guests do not use `iret` itself: KVM's instruction emulator,
+ * which runs every guest instruction on these machines, emulates it only in real mode (a
+ * protected-mode `iret` stops the VM with an emulation failure). Instead the frame is
+ * rearranged into EFLAGS, EIP and restored with `popf` and `ret`; an interrupt that arrives
+ * between the two (`popf` may set IF) nests harmlessly on the same stack.
+ */
+.macro IRET
+    push %eax
+    mov 4(%esp), %eax               /* EIP */
+    xchg %eax, 12(%esp)             /* EFLAGS' slot = EIP; EAX = EFLAGS */
+    mov %eax, 8(%esp)               /* CS' slot = EFLAGS */
+    pop %eax
+    lea 4(%esp), %esp               /* drop the stale EIP */
+    popf
+    ret
 .endm
 
     .text
@@ -155,7 +174,7 @@ watchdog_disarm:
 watchdog_handler:
     movl $1, watchdog_fired
     LAPIC_EOI
-    iret
+    IRET
 
 /* Every vector starts here: its stub pushes the vector number. Says which vector arrived and,
  * for an exception, where, then powers off. */

@@ -14,8 +14,15 @@
 //! | `fault` | PVH | (none: the VMM must report a vCPU fault) | |
 //! | `triple` | PVH | `PASS triple: reset after triple fault` | |
 //! | `demo` | PVH | `PASS demo` | |
+//! | `virtio_blk` | PVH | `PASS virtio_blk` | a disk; `expect=readonly` if it is read-only |
+//! | `hotplug` | PVH | `PASS hotplug` | a disk hot-added, then removed (API) |
 //!
 //! A failed check prints `FAIL <name>: <why>` and powers off.
+//!
+//! The shared assembler headers: `guest.h` (console, numbers, command line, power off,
+//! verdicts), `pvh.h` and `pvh_note.h` (the PVH start info and entry note), `mptable.h` (CPUs
+//! from the MP table), `irq.h` (GDT, IDT, local and I/O APIC, a timer watchdog) and `pci.h`
+//! (configuration space, ECAM from ACPI's MCFG, BAR moves, virtio PCI capabilities).
 
 use std::path::PathBuf;
 
@@ -40,6 +47,8 @@ mod tests {
     #[test]
     fn every_guest_is_built() {
         assert!(ALL.contains(&"hello"));
+        assert!(ALL.contains(&"virtio_blk"));
+        assert!(ALL.contains(&"hotplug"));
         for name in ALL {
             let p = path(name);
             let len = std::fs::metadata(&p).map(|m| m.len()).unwrap_or(0);

@@ -29,7 +29,16 @@ fn one_run(memory: &str) -> Run {
     let mut child = Command::new(release_binary("palisade"))
         .args(["--kernel"])
         .arg(&kernel)
-        .args(["--cpus", "boot=1", "--memory", memory, "--serial", "tty", "--console", "off"])
+        .args([
+            "--cpus",
+            "boot=1",
+            "--memory",
+            memory,
+            "--serial",
+            "tty",
+            "--console",
+            "off",
+        ])
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())

@@ -301,7 +301,9 @@ impl PciDevices {
         let index = self.entries.iter().position(|e| e.id == id)?;
         let entry = self.entries.remove(index);
         let shared: SharedPciDevice = entry.device.clone();
-        for (bar, b) in shared.lock().unwrap_or_else(|e| e.into_inner()).bars() {
+        // Collected first: moving ioeventfds locks the device again.
+        let bars = shared.lock().unwrap_or_else(|e| e.into_inner()).bars();
+        for (bar, b) in bars {
             self.mapper.ioevents(&shared, bar, b.address, false);
             self.mapper.mmio.remove(b.address);
         }

@@ -305,6 +305,10 @@ impl Vm {
             Err(crate::pci_devices::PciDeviceError::Denied(why)) => {
                 return Err(HotplugError::Denied(format!("disk {why}")))
             }
+            // A path that cannot be opened is the request's fault, not the VMM's.
+            Err(e @ crate::pci_devices::PciDeviceError::Open { .. }) => {
+                return Err(HotplugError::Invalid(e.to_string()))
+            }
             Err(e) => return Err(HotplugError::Failed(e.to_string())),
         };
         disk.id = Some(id.clone());

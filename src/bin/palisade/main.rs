@@ -44,11 +44,15 @@ struct Cli {
     #[arg(long, value_name = "DISK", num_args = 1.., action = ArgAction::Append)]
     disk: Vec<String>,
 
-    /// Serial port: "off|null|tty|pty|file=<path>" [default: tty].
+    /// Entropy device: "src=<entropy_source_path>" [default: src=/dev/urandom].
+    #[arg(long, value_name = "OPTIONS")]
+    rng: Option<String>,
+
+    /// Serial port: "off|null|tty|pty|file=<path>" [default: null].
     #[arg(long, value_name = "MODE")]
     serial: Option<String>,
 
-    /// Virtio console: "off" (the virtio console is not available yet) [default: off].
+    /// Virtio console: "off|null|tty|pty|file=<path>" [default: tty].
     #[arg(long, value_name = "MODE")]
     console: Option<String>,
 
@@ -89,6 +93,7 @@ impl Cli {
             serial: self.serial.clone(),
             console: self.console.clone(),
             disks: self.disk.clone(),
+            rng: self.rng.clone(),
             landlock: self.landlock,
             landlock_rules: self.landlock_rules.clone(),
             ..VmParams::default()
@@ -136,8 +141,10 @@ fn parse_cli() -> Result<Cli, ExitCode> {
 /// Checks a file given on the command line can be opened, naming the flag if not.
 fn check_readable(flag: &str, path: Option<&Path>) -> Result<(), Failure> {
     if let Some(path) = path {
-        std::fs::File::open(path)
-            .map_err(|e| Failure(format!("{flag} {}: {e}", path.display())))?;
+        std::fs::File::open(path).map_err(|e| {
+            let sep = if flag.ends_with('=') { "" } else { " " };
+            Failure(format!("{flag}{sep}{}: {e}", path.display()))
+        })?;
     }
     Ok(())
 }
@@ -159,6 +166,10 @@ fn run(cli: Cli, start: Instant) -> Result<ExitCode, Failure> {
         let config = VmConfig::from_params(&cli.vm_params())?;
         check_readable("--kernel", config.payload.kernel.as_deref())?;
         check_readable("--initramfs", config.payload.initramfs.as_deref())?;
+        check_readable("--rng src=", Some(config.rng.src.as_path()))?;
+        for disk in config.disks.iter().flatten() {
+            check_readable("--disk path=", disk.path.as_deref())?;
+        }
         Some(config)
     } else if cli.api_socket.is_none() {
         return Err(Failure(

@@ -1,0 +1,590 @@
+//! Disks from the guest's side: the `virtio_blk` guest drives a virtio-blk PCI device (found
+//! through ACPI's MCFG, moved below 4 GiB, MSI-X) against image files the tests make and then
+//! inspect, and the `hotplug` guest follows ACPI PCI hot-plug while disks are added and removed
+//! through the REST API and `palisade-remote`.
+
+mod common;
+
+use std::path::PathBuf;
+use std::process::{Child, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+use serde_json::{json, Value};
+
+/// Size of the test images.
+const DISK_SIZE: usize = 8 << 20;
+const SECTOR: usize = 512;
+/// The line sector 0 of a test image starts with (the guest prints it back).
+const SECTOR0_LINE: &str = "palisade disk test image, sector 0";
+/// What the guest writes at the start of sector 1.
+const GUEST_TEXT: &[u8] = b"written by the palisade test guest\n";
+/// How long any one thing may take before a test gives up (the guests take milliseconds).
+const PATIENCE: Duration = Duration::from_secs(30);
+
+/// An 8 MiB image: sector 0 starts with [`SECTOR0_LINE`], every other byte is a pattern that
+/// a stray write would disturb.
+fn make_disk(dir: &TempDir, name: &str) -> PathBuf {
+    let mut image: Vec<u8> = (0..DISK_SIZE).map(|i| (i % 251) as u8).collect();
+    let first = format!("{SECTOR0_LINE}\nsecond line\n");
+    image[..first.len()].copy_from_slice(first.as_bytes());
+    let path = dir.path(name);
+    std::fs::write(&path, &image).unwrap();
+    path
+}
+
+/// Sector 1 as the guest leaves it: its text, then zeros.
+fn written_sector() -> Vec<u8> {
+    let mut sector = vec![0u8; SECTOR];
+    sector[..GUEST_TEXT.len()].copy_from_slice(GUEST_TEXT);
+    sector
+}
+
+/// Boots the `virtio_blk` guest with `extra` arguments (disks, command line).
+fn run_virtio_blk(extra: &[&str]) -> Output {
+    let kernel = guest("virtio_blk");
+    let mut args = vec!["--kernel", path_str(&kernel), "--memory", "size=128M"];
+    args.extend_from_slice(&SERIAL_ON_STDOUT);
+    args.extend_from_slice(extra);
+    run_palisade(&args)
+}
+
+fn assert_pass(out: &Output, line: &str) -> String {
+    let text = stdout(out);
+    assert!(
+        !text.contains("FAIL"),
+        "the guest reported a failure:\n{text}\nstderr: {}",
+        stderr(out)
+    );
+    assert!(
+        text.lines().any(|l| l == line),
+        "missing {line:?} in:\n{text}\nstderr: {}",
+        stderr(out)
+    );
+    assert_eq!(out.status.code(), Some(0), "stderr: {}", stderr(out));
+    text
+}
+
+/// The number after `prefix` on the guest's line starting with it.
+fn number_after(text: &str, prefix: &str) -> u64 {
+    let line = text
+        .lines()
+        .find_map(|l| l.strip_prefix(prefix))
+        .unwrap_or_else(|| panic!("no line starting {prefix:?} in:\n{text}"));
+    line.split_whitespace()
+        .next()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no number after {prefix:?} in {line:?}"))
+}
+
+#[test]
+fn the_guest_reads_writes_and_flushes_a_disk_image() {
+    let dir = TempDir::new("disk-rw");
+    let disk = make_disk(&dir, "disk.img");
+    let before = std::fs::read(&disk).unwrap();
+    let spec = format!("path={},id=disk-one", disk.display());
+    let out = run_virtio_blk(&["--disk", &spec]);
+    let text = assert_pass(&out, "PASS virtio_blk");
+
+    assert!(
+        text.contains("pci 00:00.0 8086:"),
+        "the host bridge:\n{text}"
+    );
+    assert!(text.contains(" 1af4:1042 class 01\n"), "{text}");
+    assert!(text.contains("ecam: 0xe0000000 (MCFG)\n"), "{text}");
+    assert!(
+        text.contains("moved to 0xc0000000, size 0x8000\n"),
+        "the BAR move:\n{text}"
+    );
+    assert_eq!(
+        number_after(&text, "capacity: "),
+        (DISK_SIZE / SECTOR) as u64,
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!("sector0: {SECTOR0_LINE}\n")),
+        "{text}"
+    );
+    assert!(text.contains("id: disk-one\n"), "{text}");
+    for line in ["write: OK", "read back: OK", "flush: OK"] {
+        assert!(text.lines().any(|l| l == line), "missing {line:?}:\n{text}");
+    }
+    assert!(number_after(&text, "interrupts: ") >= 1, "{text}");
+
+    // Sector 1 holds the guest's text on the host; nothing else changed.
+    let after = std::fs::read(&disk).unwrap();
+    assert_eq!(after.len(), DISK_SIZE, "the image changed size");
+    assert_eq!(&after[SECTOR..2 * SECTOR], &written_sector()[..]);
+    assert!(after[..SECTOR] == before[..SECTOR], "sector 0 changed");
+    assert!(
+        after[2 * SECTOR..] == before[2 * SECTOR..],
+        "sectors after 1 changed"
+    );
+}
+
+#[test]
+fn a_readonly_disk_refuses_the_write_and_stays_unchanged() {
+    let dir = TempDir::new("disk-ro");
+    let disk = make_disk(&dir, "disk.img");
+    let before = std::fs::read(&disk).unwrap();
+    let spec = format!("path={},readonly=on", disk.display());
+    let out = run_virtio_blk(&["--disk", &spec, "--cmdline", "expect=readonly"]);
+    let text = assert_pass(&out, "PASS virtio_blk");
+    assert!(text.contains("write refused: IOERR\n"), "{text}");
+    assert!(
+        text.contains(&format!("sector0: {SECTOR0_LINE}\n")),
+        "{text}"
+    );
+    assert!(std::fs::read(&disk).unwrap() == before, "the image changed");
+}
+
+#[test]
+fn a_writable_disk_does_not_claim_to_be_readonly() {
+    // The guest told to expect a read-only disk notices the device does not offer RO.
+    let dir = TempDir::new("disk-notro");
+    let disk = make_disk(&dir, "disk.img");
+    let spec = format!("path={}", disk.display());
+    let out = run_virtio_blk(&["--disk", &spec, "--cmdline", "expect=readonly"]);
+    let text = stdout(&out);
+    assert!(
+        text.contains("FAIL virtio_blk: expect=readonly, but the device does not offer"),
+        "{text}"
+    );
+}
+
+#[test]
+fn two_disks_are_two_devices_and_only_the_first_is_written() {
+    let dir = TempDir::new("disk-two");
+    let first = make_disk(&dir, "first.img");
+    let second = make_disk(&dir, "second.img");
+    let second_before = std::fs::read(&second).unwrap();
+    let a = format!("path={},id=first", first.display());
+    let b = format!("path={},id=second", second.display());
+    let out = run_virtio_blk(&["--disk", &a, "--disk", &b]);
+    let text = assert_pass(&out, "PASS virtio_blk");
+    let blk: Vec<&str> = text
+        .lines()
+        .filter(|l| l.starts_with("pci ") && l.ends_with(" 1af4:1042 class 01"))
+        .collect();
+    assert_eq!(blk.len(), 2, "two virtio-blk devices expected:\n{text}");
+    assert_ne!(blk[0], blk[1]);
+    assert!(text.contains("virtio-blk devices: 2, using "), "{text}");
+    assert!(text.contains("id: first\n"), "{text}");
+    let written = std::fs::read(&first).unwrap();
+    assert_eq!(&written[SECTOR..2 * SECTOR], &written_sector()[..]);
+    assert!(
+        std::fs::read(&second).unwrap() == second_before,
+        "the second disk changed"
+    );
+}
+
+#[test]
+fn the_serial_option_is_what_get_id_answers() {
+    let dir = TempDir::new("disk-serial");
+    let disk = make_disk(&dir, "disk.img");
+    let spec = format!("path={},id=d0,serial=SN-0123456789", disk.display());
+    let out = run_virtio_blk(&["--disk", &spec]);
+    let text = assert_pass(&out, "PASS virtio_blk");
+    assert!(text.contains("id: SN-0123456789\n"), "{text}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Through the API.
+
+/// A `palisade` with an API socket, its serial port in a file and its log in another.
+struct Vmm {
+    child: Child,
+    socket: PathBuf,
+    serial: PathBuf,
+    log: PathBuf,
+}
+
+impl Vmm {
+    /// Starts palisade with `--api-socket` and `extra` arguments; waits for the API.
+    fn start(dir: &TempDir, extra: &[&str]) -> Vmm {
+        let socket = dir.path("api.sock");
+        let serial = dir.path("serial.log");
+        let log = dir.path("palisade.log");
+        let child = palisade()
+            .args(["--api-socket", path_str(&socket)])
+            .args(extra)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        let vmm = Vmm {
+            child,
+            socket,
+            serial,
+            log,
+        };
+        let deadline = Instant::now() + PATIENCE;
+        while api::client::request_with_timeout(
+            &vmm.socket,
+            "GET",
+            "/api/v1/vmm.ping",
+            None,
+            Some(PATIENCE),
+        )
+        .is_err()
+        {
+            assert!(Instant::now() < deadline, "the API socket never answered");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        vmm
+    }
+
+    /// Starts palisade running the `hotplug` guest and waits for it to be ready.
+    fn hotplug_guest(dir: &TempDir) -> Vmm {
+        let kernel = guest("hotplug");
+        let serial_arg = format!("file={}", dir.path("serial.log").display());
+        let vmm = Vmm::start(
+            dir,
+            &[
+                "--kernel",
+                path_str(&kernel),
+                "--memory",
+                "size=128M",
+                "--serial",
+                &serial_arg,
+                "--console",
+                "off",
+                "--no-shutdown",
+            ],
+        );
+        vmm.wait_serial("hotplug: ready\n", 1);
+        vmm
+    }
+
+    /// `METHOD /api/v1/ENDPOINT` with an optional body; the status and the body. A VMM that
+    /// does not answer within [`PATIENCE`] fails the test.
+    fn call(&self, method: &str, endpoint: &str, body: Option<&str>) -> (u16, String) {
+        let path = format!("/api/v1/{endpoint}");
+        match api::client::request_with_timeout(&self.socket, method, &path, body, Some(PATIENCE)) {
+            Ok(r) => (r.status, r.body),
+            Err(e) => panic!(
+                "{method} {endpoint}: {e}\nserial: {}\nlog: {}",
+                self.serial_text(),
+                self.log_text()
+            ),
+        }
+    }
+
+    fn put(&self, endpoint: &str, body: &Value) -> (u16, String) {
+        self.call("PUT", endpoint, Some(&body.to_string()))
+    }
+
+    fn info(&self) -> Value {
+        let (code, body) = self.call("GET", "vm.info", None);
+        assert_eq!(code, 200, "{body}");
+        serde_json::from_str(&body).unwrap()
+    }
+
+    fn state(&self) -> String {
+        self.info()["state"].as_str().unwrap().to_string()
+    }
+
+    fn remote(&self, args: &[&str]) -> Output {
+        run_with_timeout(
+            remote()
+                .args(["--api-socket", path_str(&self.socket)])
+                .args(args),
+            PATIENCE,
+        )
+    }
+
+    fn serial_text(&self) -> String {
+        std::fs::read_to_string(&self.serial).unwrap_or_default()
+    }
+
+    fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Waits until the serial output holds `needle` `count` times; returns it. Fails at once
+    /// if the guest reports a failure.
+    fn wait_serial(&self, needle: &str, count: usize) -> String {
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            let text = self.serial_text();
+            assert!(
+                !text.contains("FAIL"),
+                "the guest reported a failure:\n{text}\nlog: {}",
+                self.log_text()
+            );
+            if text.matches(needle).count() >= count {
+                return text;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{needle:?} x{count} never appeared on the serial port:\n{text}\nlog: {}",
+                self.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Waits for the VM to reach `state`.
+    fn wait_state(&self, state: &str) {
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            let now = self.state();
+            if now == state {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the VM stayed {now}, not {state}\nserial: {}\nlog: {}",
+                self.serial_text(),
+                self.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+impl Drop for Vmm {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The slot of a `0000:00:SS.0` address.
+fn slot_of(bdf: &str) -> u8 {
+    let rest = bdf
+        .strip_prefix("0000:00:")
+        .and_then(|r| r.strip_suffix(".0"))
+        .unwrap_or_else(|| panic!("not a bus 0 function 0 address: {bdf:?}"));
+    u8::from_str_radix(rest, 16).unwrap_or_else(|_| panic!("bad slot in {bdf:?}"))
+}
+
+/// The device `id` in vm.info's device tree, if any.
+fn device_node(info: &Value, id: &str) -> Option<Value> {
+    info["device_tree"].get(id).cloned()
+}
+
+/// Whether vm.info's configuration still lists a disk with `id`.
+fn config_has_disk(info: &Value, id: &str) -> bool {
+    info["config"]["disks"]
+        .as_array()
+        .is_some_and(|disks| disks.iter().any(|d| d["id"] == json!(id)))
+}
+
+/// The guest's lines for a hot-added disk of [`DISK_SIZE`] in `slot`.
+fn expect_added(vmm: &Vmm, slot: u8) {
+    vmm.wait_serial(&format!("hotplug: slot {slot} added: 1af4:1042\n"), 1);
+    vmm.wait_serial(
+        &format!(
+            "hotplug: slot {slot} capacity: {} sectors\n",
+            DISK_SIZE / SECTOR
+        ),
+        1,
+    );
+}
+
+/// The guest's lines once `slot` has been ejected, and its verdict.
+fn expect_removed(vmm: &Vmm, slot: u8) {
+    vmm.wait_serial(&format!("hotplug: slot {slot} eject requested\n"), 1);
+    vmm.wait_serial(&format!("hotplug: slot {slot} removed\n"), 1);
+    vmm.wait_serial("PASS hotplug\n", 1);
+}
+
+/// Adds the disk at `path` as `id` through the API while the hotplug guest runs; checks the
+/// answer and that the guest found the disk. Returns its address and slot.
+fn hot_add(vmm: &Vmm, path: &std::path::Path, id: &str) -> (String, u8) {
+    let (code, body) = vmm.put("vm.add-disk", &json!({"path": path, "id": id}));
+    assert_eq!(code, 200, "{body}");
+    let reply: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(reply["id"], json!(id), "{body}");
+    let bdf = reply["bdf"].as_str().expect("bdf").to_string();
+    let slot = slot_of(&bdf);
+    assert_ne!(slot, 0, "slot 0 is the host bridge's");
+    expect_added(vmm, slot);
+    let info = vmm.info();
+    let node = device_node(&info, id).unwrap_or_else(|| panic!("{id} not in {info}"));
+    assert_eq!(node["pci_bdf"], json!(bdf), "{info}");
+    (bdf, slot)
+}
+
+/// The ids in vm.info's device tree.
+fn device_ids(info: &Value) -> Vec<String> {
+    let mut ids: Vec<String> = info["device_tree"]
+        .as_object()
+        .map(|tree| tree.keys().cloned().collect())
+        .unwrap_or_default();
+    ids.sort();
+    ids
+}
+
+#[test]
+fn disks_are_hot_added_and_removed_through_the_api() {
+    let dir = TempDir::new("disk-hot-api");
+    let disk = make_disk(&dir, "hot.img");
+    let vmm = Vmm::hotplug_guest(&dir);
+    let (_, slot) = hot_add(&vmm, &disk, "hot1");
+
+    let (code, body) = vmm.put("vm.remove-device", &json!({"id": "hot1"}));
+    assert_eq!(code, 204, "{body}");
+    expect_removed(&vmm, slot);
+    // The guest powered off (--no-shutdown keeps the VMM); hot1 is gone.
+    vmm.wait_state("Shutdown");
+    let info = vmm.info();
+    assert!(device_node(&info, "hot1").is_none(), "{info}");
+    assert!(!config_has_disk(&info, "hot1"), "{info}");
+}
+
+#[test]
+fn refused_hot_plug_requests_change_nothing() {
+    let dir = TempDir::new("disk-hot-refused");
+    let disk = make_disk(&dir, "hot.img");
+    let vmm = Vmm::hotplug_guest(&dir);
+    hot_add(&vmm, &disk, "hot1");
+    let ids_before = device_ids(&vmm.info());
+
+    // Every refusal is checked before the verdict, so one wrong answer does not hide another.
+    let mut wrong = Vec::new();
+    let mut expect = |what: &str, (code, body): (u16, String), ok: bool, needle: &str| {
+        if !ok || !body.contains(needle) {
+            wrong.push(format!("{what}: {code} {body}"));
+        }
+    };
+    let r = vmm.put("vm.add-disk", &json!({"path": disk, "id": "hot1"}));
+    expect(
+        "duplicate id (want 409 naming hot1)",
+        r.clone(),
+        r.0 == 409,
+        "hot1",
+    );
+    let r = vmm.put("vm.remove-device", &json!({"id": "no-such-device"}));
+    expect(
+        "unknown id (want 404 naming it)",
+        r.clone(),
+        r.0 == 404,
+        "no-such-device",
+    );
+    let missing = dir.path("missing.img");
+    let r = vmm.put("vm.add-disk", &json!({"path": missing, "id": "hot2"}));
+    expect(
+        "missing file (want 4xx naming the path)",
+        r.clone(),
+        (400..500).contains(&r.0),
+        path_str(&missing),
+    );
+    let r = vmm.call("PUT", "vm.add-disk", Some("{\"path\": "));
+    expect("malformed JSON (want 400)", r.clone(), r.0 == 400, "JSON");
+    let r = vmm.put("vm.add-disk", &json!({"path": 7}));
+    expect(
+        "a path that is not a string (want 400)",
+        r.clone(),
+        r.0 == 400,
+        "",
+    );
+    let r = vmm.put("vm.remove-device", &json!({}));
+    expect(
+        "remove-device without an id (want 400)",
+        r.clone(),
+        r.0 == 400,
+        "",
+    );
+    assert!(wrong.is_empty(), "wrong answers:\n{}", wrong.join("\n"));
+
+    // The VM runs on with the same devices, and the guest saw no hot-plug event.
+    assert_eq!(vmm.state(), "Running");
+    assert_eq!(device_ids(&vmm.info()), ids_before);
+    std::thread::sleep(Duration::from_millis(200));
+    let text = vmm.serial_text();
+    assert_eq!(
+        text.matches(" added: ").count(),
+        1,
+        "the refused requests plugged something:\n{text}"
+    );
+    assert!(!text.contains("eject requested"), "{text}");
+}
+
+#[test]
+fn disks_are_hot_added_and_removed_with_palisade_remote() {
+    let dir = TempDir::new("disk-hot-remote");
+    let disk = make_disk(&dir, "hot.img");
+    let vmm = Vmm::hotplug_guest(&dir);
+
+    let spec = format!("path={},id=hot2", disk.display());
+    let out = vmm.remote(&["add-disk", &spec]);
+    assert!(out.status.success(), "add-disk: {}", stderr(&out));
+    let reply: Value = serde_json::from_str(&stdout(&out)).unwrap();
+    assert_eq!(reply["id"], json!("hot2"), "{}", stdout(&out));
+    let bdf = reply["bdf"].as_str().expect("bdf").to_string();
+    let slot = slot_of(&bdf);
+    expect_added(&vmm, slot);
+    let info = vmm.info();
+    assert_eq!(
+        device_node(&info, "hot2").map(|n| n["pci_bdf"].clone()),
+        Some(json!(bdf)),
+        "{info}"
+    );
+
+    // Errors are one line on stderr and status 1.
+    let out = vmm.remote(&["add-disk", &spec]);
+    assert_eq!(out.status.code(), Some(1), "duplicate id");
+    assert_eq!(stderr(&out).lines().count(), 1, "{}", stderr(&out));
+    assert!(stderr(&out).contains("hot2"), "{}", stderr(&out));
+    let out = vmm.remote(&["remove-device", "no-such-device"]);
+    assert_eq!(out.status.code(), Some(1), "unknown id");
+    assert!(stderr(&out).contains("no-such-device"), "{}", stderr(&out));
+    assert_eq!(vmm.state(), "Running");
+
+    let out = vmm.remote(&["remove-device", "hot2"]);
+    assert!(out.status.success(), "remove-device: {}", stderr(&out));
+    expect_removed(&vmm, slot);
+    vmm.wait_state("Shutdown");
+    let info = vmm.info();
+    assert!(device_node(&info, "hot2").is_none(), "{info}");
+    assert!(!config_has_disk(&info, "hot2"), "{info}");
+}
+
+#[test]
+fn disks_added_before_boot_are_found_by_the_guest() {
+    let dir = TempDir::new("disk-cold");
+    let kept = make_disk(&dir, "kept.img");
+    let dropped = make_disk(&dir, "dropped.img");
+    let dropped_before = std::fs::read(&dropped).unwrap();
+    let vmm = Vmm::start(&dir, &["--no-shutdown"]);
+    let config = json!({
+        "cpus": {"boot_vcpus": 1, "max_vcpus": 1},
+        "memory": {"size": 128u64 << 20},
+        "payload": {"kernel": guest("virtio_blk")},
+        "serial": {"mode": "File", "file": vmm.serial},
+        "console": {"mode": "Off"},
+    });
+    let (code, body) = vmm.put("vm.create", &config);
+    assert_eq!(code, 204, "{body}");
+
+    // Not booted: the disks are cold-plugged (204, no address yet to announce).
+    let (code, body) = vmm.put("vm.add-disk", &json!({"path": kept, "id": "cold1"}));
+    assert_eq!(code, 204, "{body}");
+    let (code, body) = vmm.put("vm.add-disk", &json!({"path": dropped, "id": "cold2"}));
+    assert_eq!(code, 204, "{body}");
+    let info = vmm.info();
+    assert_eq!(info["state"], json!("Created"), "{info}");
+    for id in ["cold1", "cold2"] {
+        let node = device_node(&info, id).unwrap_or_else(|| panic!("{id} not in {info}"));
+        assert!(node["pci_bdf"].is_string(), "{info}");
+        assert!(config_has_disk(&info, id), "{info}");
+    }
+    // Removing one before boot takes it away at once.
+    let (code, body) = vmm.put("vm.remove-device", &json!({"id": "cold2"}));
+    assert_eq!(code, 204, "{body}");
+    let info = vmm.info();
+    assert!(device_node(&info, "cold2").is_none(), "{info}");
+    assert!(!config_has_disk(&info, "cold2"), "{info}");
+
+    let (code, body) = vmm.call("PUT", "vm.boot", None);
+    assert_eq!(code, 204, "{body}");
+    let text = vmm.wait_serial("PASS virtio_blk\n", 1);
+    assert!(text.contains("virtio-blk devices: 1, "), "{text}");
+    assert!(text.contains("id: cold1\n"), "{text}");
+    let written = std::fs::read(&kept).unwrap();
+    assert_eq!(&written[SECTOR..2 * SECTOR], &written_sector()[..]);
+    assert!(std::fs::read(&dropped).unwrap() == dropped_before);
+}
