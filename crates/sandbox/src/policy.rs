@@ -271,7 +271,10 @@ mod tests {
         let p = Policy::from_config(&c);
         assert_eq!(only_rng(&p), vec![Origin::Rng]);
         let origins: Vec<_> = p.held.iter().map(|h| h.origin.clone()).collect();
-        assert_eq!(origins, vec![Origin::Kernel, Origin::Initramfs, Origin::Rng]);
+        assert_eq!(
+            origins,
+            vec![Origin::Kernel, Origin::Initramfs, Origin::Rng]
+        );
         assert_eq!(p.held[0].path, PathBuf::from("/boot/vmlinux"));
         assert!(p.held[0].how.contains("read-only"));
     }
@@ -362,9 +365,17 @@ mod tests {
         c.rng.src = "/srv/entropy".into();
         let p = Policy::from_config(&c);
         let rule = &p.rules[0];
-        assert_eq!((rule.path.as_path(), rule.access), (Path::new("/srv/entropy"), Access::Read));
-        assert!(p.held.iter().any(|h| h.origin == Origin::Rng && h.path == Path::new("/srv/entropy")));
-        assert!(p.allowing(Path::new("/srv/entropy"), Access::Write).is_none());
+        assert_eq!(
+            (rule.path.as_path(), rule.access),
+            (Path::new("/srv/entropy"), Access::Read)
+        );
+        assert!(p
+            .held
+            .iter()
+            .any(|h| h.origin == Origin::Rng && h.path == Path::new("/srv/entropy")));
+        assert!(p
+            .allowing(Path::new("/srv/entropy"), Access::Write)
+            .is_none());
     }
 
     #[test]

@@ -38,7 +38,10 @@ pub fn granted(access: Access, kind: PathKind) -> BitFlags<AccessFs> {
     }
     // Device ioctls (a tap's TUNSETIFF) only come with write access: a read-only device,
     // such as an entropy source, is only ever read.
-    let device = matches!(kind, PathKind::Device | PathKind::Directory { under_dev: true });
+    let device = matches!(
+        kind,
+        PathKind::Device | PathKind::Directory { under_dev: true }
+    );
     if device && access.writes() {
         rights |= AccessFs::IoctlDev;
     }

@@ -656,7 +656,11 @@ impl Vmm {
     }
 
     fn start_console_input(&mut self) {
-        if self.vm.as_ref().is_some_and(|vm| vm.devices().console_on_stdin) {
+        if self
+            .vm
+            .as_ref()
+            .is_some_and(|vm| vm.devices().console_on_stdin)
+        {
             if let Err(e) = console::stdin_raw_mode() {
                 warn!("cannot put the terminal in raw mode: {e}");
             }
