@@ -54,7 +54,7 @@ pub const ENDPOINTS: &[Endpoint] = &[
     not_yet("vm.add-fs"),
     not_yet("vm.add-generic-vhost-user"),
     not_yet("vm.add-pmem"),
-    not_yet("vm.add-net"),
+    served("vm.add-net", "PUT"),
     not_yet("vm.add-vsock"),
     not_yet("vm.add-vdpa"),
     not_yet("vm.add-user-device"),
@@ -80,6 +80,7 @@ pub fn request_for(name: &str, body: &[u8]) -> Result<Request, RequestError> {
         "vmm.shutdown" => Request::ShutdownVmm,
         "vm.create" => Request::Create(Box::new(json_body(name, "VM configuration", body)?)),
         "vm.add-disk" => Request::AddDisk(Box::new(json_body(name, "disk configuration", body)?)),
+        "vm.add-net" => Request::AddNet(Box::new(json_body(name, "network configuration", body)?)),
         "vm.remove-device" => {
             let RemoveDevice { id } = json_body(name, "device to remove", body)?;
             Request::RemoveDevice(id)
@@ -144,6 +145,7 @@ mod tests {
                 let body = match e.name {
                     "vm.create" => &br#"{"payload": {"kernel": "/k"}}"#[..],
                     "vm.add-disk" => &br#"{"path": "/d"}"#[..],
+                    "vm.add-net" => &br#"{"tap": "tap0"}"#[..],
                     "vm.remove-device" => &br#"{"id": "d"}"#[..],
                     _ => b"",
                 };

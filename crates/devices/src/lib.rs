@@ -10,6 +10,7 @@ pub mod ioapic;
 pub mod legacy;
 pub mod pci;
 pub mod serial;
+pub mod tap;
 #[cfg(test)]
 mod test_util;
 pub mod virtio;

@@ -139,6 +139,7 @@ pub fn origin_text(origin: &Origin) -> String {
         Origin::Disk { id } => format!("disk {id}"),
         Origin::Rng => "rng".into(),
         Origin::Net { id } => format!("net {id}"),
+        Origin::NetHotplug => "network hot-plug".into(),
         Origin::UserRule { index } => format!("landlock rule #{index}"),
     }
 }

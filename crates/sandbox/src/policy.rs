@@ -83,6 +83,8 @@ pub enum Origin {
         /// The device's id.
         id: String,
     },
+    /// Network devices that may be hot-plugged through the API.
+    NetHotplug,
     /// A `--landlock-rules` / `landlock_rules` entry, by position.
     UserRule {
         /// Position in the list, from 0.
@@ -185,6 +187,21 @@ impl Policy {
                 });
             }
         }
+        for (index, net) in config.net.iter().flatten().enumerate() {
+            let id = net.id.clone().unwrap_or_else(|| format!("_net{index}"));
+            let how = match (&net.fds, net.tap.as_deref().filter(|t| !t.is_empty())) {
+                (Some(fds), _) if !fds.is_empty() => {
+                    format!("tap passed in as descriptors {fds:?}")
+                }
+                (_, Some(tap)) => format!("tap {tap}, opened at creation"),
+                _ => "new tap, created at creation".to_string(),
+            };
+            held.push(Held {
+                path: PathBuf::from(TUN_DEVICE),
+                how,
+                origin: Origin::Net { id },
+            });
+        }
         held.push(Held {
             path: config.rng.src.clone(),
             how: "entropy source, opened read-only".into(),
@@ -214,6 +231,19 @@ impl Policy {
         Policy { rules, held }
     }
 
+    /// Adds what hot-plugging network devices needs — opening the tun device to create or
+    /// attach taps — when the VM has network devices and an API may add more.
+    pub fn with_net_hotplug(mut self, config: &VmConfig, api: bool) -> Policy {
+        if api && config.net.as_ref().is_some_and(|n| !n.is_empty()) {
+            self.rules.push(Rule {
+                path: PathBuf::from(TUN_DEVICE),
+                access: Access::ReadWrite,
+                origin: Origin::NetHotplug,
+            });
+        }
+        self
+    }
+
     /// The rule that lets `path` be opened with `access`, if any: the path itself or a
     /// directory above it, with enough access.
     pub fn allowing(&self, path: &Path, access: Access) -> Option<&Rule> {
@@ -222,6 +252,9 @@ impl Policy {
             .find(|r| path.starts_with(&r.path) && r.access.covers(access))
     }
 }
+
+/// The device through which taps are created.
+pub const TUN_DEVICE: &str = "/dev/net/tun";
 
 /// The `--landlock-rules` value that would let `path` be opened with `access`.
 pub fn suggested_rule(path: &Path, access: Access) -> String {
@@ -356,6 +389,44 @@ mod tests {
                     origin: Origin::UserRule { index: 1 }
                 },
             ]
+        );
+    }
+
+    #[test]
+    fn taps_are_held_and_tun_is_granted_only_for_net_hotplug_with_an_api() {
+        let mut c = base();
+        let p = Policy::from_config(&c).with_net_hotplug(&c, true);
+        assert!(
+            !p.rules.iter().any(|r| r.origin == Origin::NetHotplug),
+            "no net devices"
+        );
+        c.net = Some(vec![config::NetConfig {
+            tap: Some("vmtap0".into()),
+            id: Some("n0".into()),
+            ..Default::default()
+        }]);
+        let p = Policy::from_config(&c);
+        let held = p
+            .held
+            .iter()
+            .find(|h| h.origin == Origin::Net { id: "n0".into() })
+            .unwrap();
+        assert!(held.how.contains("vmtap0"));
+        assert!(!p.rules.iter().any(|r| r.origin == Origin::NetHotplug));
+        let p = Policy::from_config(&c).with_net_hotplug(&c, false);
+        assert!(
+            !p.rules.iter().any(|r| r.origin == Origin::NetHotplug),
+            "no API"
+        );
+        let p = Policy::from_config(&c).with_net_hotplug(&c, true);
+        let tun = p
+            .rules
+            .iter()
+            .find(|r| r.origin == Origin::NetHotplug)
+            .unwrap();
+        assert_eq!(
+            (tun.path.as_path(), tun.access),
+            (Path::new(TUN_DEVICE), Access::ReadWrite)
         );
     }
 

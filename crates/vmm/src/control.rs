@@ -40,6 +40,8 @@ pub enum Request {
     Counters,
     /// Add a virtio-blk device (`vm.add-disk`).
     AddDisk(Box<config::DiskConfig>),
+    /// Add a virtio-net device (`vm.add-net`).
+    AddNet(Box<config::NetConfig>),
     /// Remove a device by id (`vm.remove-device`).
     RemoveDevice(String),
 }

@@ -108,6 +108,8 @@ pub struct DeviceManager {
     pub console_pty: Option<std::path::PathBuf>,
     /// Whether the virtio console reads Palisade's standard input.
     pub console_on_stdin: bool,
+    /// Each network device's id, tap name and guest MAC, as created.
+    pub net_names: Vec<(String, String, String)>,
     // Held open so the console's pty master never reports a hang-up.
     _console_pty_slave: Option<std::fs::File>,
 }
@@ -188,12 +190,18 @@ impl DeviceManager {
             serial_pty,
             console_pty: None,
             console_on_stdin: false,
+            net_names: Vec::new(),
             _console_pty_slave: None,
         };
         manager.add_console(&cfg.console)?;
         for (index, disk) in cfg.disks.iter().flatten().enumerate() {
             let id = disk.id.clone().unwrap_or_else(|| format!("_disk{index}"));
             manager.pci.add_disk(&id, disk)?;
+        }
+        for (index, net) in cfg.net.iter().flatten().enumerate() {
+            let id = net.id.clone().unwrap_or_else(|| format!("_net{index}"));
+            let (_, tap, mac) = manager.pci.add_net(&id, net)?;
+            manager.net_names.push((id, tap, mac));
         }
         // Like Cloud Hypervisor, every VM has an entropy device.
         let source = File::open(&cfg.rng.src).map_err(|source| DeviceError::Rng {

@@ -7,13 +7,18 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 use std::sync::{Arc, Mutex, RwLock};
 
-use config::DiskConfig;
+use std::net::Ipv4Addr;
+use std::os::fd::{FromRawFd, OwnedFd};
+
+use config::{DiskConfig, NetConfig};
 use devices::ioapic::MsiSink;
 use devices::pci::{
     BarMapper, BarMove, BarRegion, EcamAccess, PciDevice, PciError, PciRoot, PioConfigAccess,
     SharedPciDevice, CONFIG_IO_BASE, CONFIG_IO_LEN,
 };
+use devices::tap::{Tap, TUN_DEVICE};
 use devices::virtio::block::{Block, BlockOptions};
+use devices::virtio::net::{format_mac, parse_mac, random_mac, Net, NetOptions};
 use devices::virtio::pci::VirtioPci;
 use devices::virtio::VirtioDevice;
 use devices::{Bus, BusError};
@@ -239,6 +244,56 @@ impl PciDevices {
         self.add_virtio(id, Box::new(block))
     }
 
+    /// Opens (or adopts) the tap `cfg` names and plugs a virtio-net device for it with id
+    /// `id`; returns the entry, the tap's name and the guest's MAC.
+    pub fn add_net(
+        &mut self,
+        id: &str,
+        cfg: &NetConfig,
+    ) -> Result<(&PciEntry, String, String), PciDeviceError> {
+        let pairs = (cfg.num_queues / 2).max(1) as usize;
+        let taps = match &cfg.fds {
+            Some(fds) if !fds.is_empty() => fds
+                .iter()
+                .map(|&fd| {
+                    // SAFETY: the supervisor passed these descriptors to Palisade for this
+                    // device (fd=N); nothing else in the process owns them.
+                    Tap::from_fd(unsafe { OwnedFd::from_raw_fd(fd) })
+                })
+                .collect::<std::io::Result<Vec<Tap>>>()?,
+            _ => {
+                let name = cfg.tap.as_deref().filter(|n| !n.is_empty());
+                let taps = Tap::open(name, pairs).map_err(|e| tap_error(e, TUN_DEVICE))?;
+                let parse =
+                    |s: &Option<String>| s.as_deref().and_then(|v| v.parse::<Ipv4Addr>().ok());
+                if let Some(first) = taps.first() {
+                    if let (Some(ip), Some(mask)) = (parse(&cfg.ip), parse(&cfg.mask)) {
+                        first.configure(ip, mask)?;
+                    }
+                    first.up()?;
+                }
+                taps
+            }
+        };
+        let tap_name = taps
+            .first()
+            .map(|t| t.name().to_string())
+            .unwrap_or_default();
+        let mac = match cfg.mac.as_deref().filter(|m| !m.is_empty()) {
+            Some(m) => parse_mac(m)
+                .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?,
+            None => random_mac(),
+        };
+        let options = NetOptions {
+            queue_size: cfg.queue_size,
+            csum: cfg.offload_csum,
+            tso: cfg.offload_tso,
+        };
+        let net = Net::new(taps, mac, options)?;
+        let entry = self.add_virtio(id, Box::new(net))?;
+        Ok((entry, tap_name, format_mac(&mac)))
+    }
+
     /// Plugs a virtio device model with id `id`.
     pub fn add_virtio(
         &mut self,
@@ -348,6 +403,16 @@ impl PciDevices {
             }
         }
     }
+}
+
+/// Explains a failure to open `/dev/net/tun` under Landlock.
+fn tap_error(e: std::io::Error, tun: &str) -> PciDeviceError {
+    if e.kind() == std::io::ErrorKind::PermissionDenied {
+        if let Some(why) = sandbox::explain_denial(Path::new(tun), sandbox::Access::ReadWrite) {
+            return PciDeviceError::Denied(why);
+        }
+    }
+    PciDeviceError::Io(e)
 }
 
 /// Opens a disk image for a virtio-blk device.

@@ -203,6 +203,9 @@ impl Vm {
         for (index, disk) in config.disks.iter_mut().flatten().enumerate() {
             disk.id.get_or_insert_with(|| format!("_disk{index}"));
         }
+        for (index, net) in config.net.iter_mut().flatten().enumerate() {
+            net.id.get_or_insert_with(|| format!("_net{index}"));
+        }
         let size = config.memory.size;
         let ranges: Vec<(GuestAddress, usize)> = layout::ram_regions(size)
             .into_iter()
@@ -222,6 +225,11 @@ impl Vm {
             // Report the pty the way a file would be reported.
             config.serial.file = Some(pty.clone());
             log::info!("serial port on {}", pty.display());
+        }
+        // Report the taps the kernel named and the MACs generated.
+        for (net, (_, tap, mac)) in config.net.iter_mut().flatten().zip(&devices.net_names) {
+            net.tap = Some(tap.clone());
+            net.mac = Some(mac.clone());
         }
         if let Some(pty) = &devices.console_pty {
             config.console.file = Some(pty.clone());
@@ -288,18 +296,7 @@ impl Vm {
     pub fn add_disk(&mut self, mut disk: config::DiskConfig) -> Result<(String, u8), HotplugError> {
         disk.validate()
             .map_err(|e| HotplugError::Invalid(e.to_string()))?;
-        let id = match &disk.id {
-            Some(id) => {
-                if self.config.has_device_id(id) || self.devices.pci.find(id).is_some() {
-                    return Err(HotplugError::Duplicate(id.clone()));
-                }
-                id.clone()
-            }
-            None => (0..)
-                .map(|n| format!("_disk{n}"))
-                .find(|id| !self.config.has_device_id(id) && self.devices.pci.find(id).is_none())
-                .unwrap_or_default(),
-        };
+        let id = self.new_device_id(disk.id.as_deref(), "_disk")?;
         let slot = match self.devices.pci.add_disk(&id, &disk) {
             Ok(entry) => entry.slot,
             Err(crate::pci_devices::PciDeviceError::Denied(why)) => {
@@ -317,6 +314,41 @@ impl Vm {
             self.devices.announce_plugged(slot);
         }
         Ok((id, slot))
+    }
+
+    /// Adds a network device; returns its id and slot. On a running VM the guest is told.
+    pub fn add_net(&mut self, mut net: config::NetConfig) -> Result<(String, u8), HotplugError> {
+        net.validate()
+            .map_err(|e| HotplugError::Invalid(e.to_string()))?;
+        let id = self.new_device_id(net.id.as_deref(), "_net")?;
+        let (slot, tap, mac) = match self.devices.pci.add_net(&id, &net) {
+            Ok((entry, tap, mac)) => (entry.slot, tap, mac),
+            Err(crate::pci_devices::PciDeviceError::Denied(why)) => {
+                return Err(HotplugError::Denied(format!("net {why}")))
+            }
+            Err(e) => return Err(HotplugError::Failed(e.to_string())),
+        };
+        net.id = Some(id.clone());
+        net.tap = Some(tap);
+        net.mac = Some(mac);
+        self.config.net.get_or_insert_with(Vec::new).push(net);
+        if matches!(self.state, VmState::Running | VmState::Paused) {
+            self.devices.announce_plugged(slot);
+        }
+        Ok((id, slot))
+    }
+
+    /// The id a new device gets: the one asked for if free, or the next free `prefixN`.
+    fn new_device_id(&self, wanted: Option<&str>, prefix: &str) -> Result<String, HotplugError> {
+        let taken = |id: &str| self.config.has_device_id(id) || self.devices.pci.find(id).is_some();
+        match wanted {
+            Some(id) if taken(id) => Err(HotplugError::Duplicate(id.to_string())),
+            Some(id) => Ok(id.to_string()),
+            None => Ok((0..)
+                .map(|n| format!("{prefix}{n}"))
+                .find(|id| !taken(id))
+                .unwrap_or_default()),
+        }
     }
 
     /// Removes the device `id`: at once when the VM is not running, otherwise by asking the
@@ -352,6 +384,9 @@ impl Vm {
         self.devices.pci.remove(id);
         if let Some(disks) = &mut self.config.disks {
             disks.retain(|d| d.id.as_deref() != Some(id));
+        }
+        if let Some(nets) = &mut self.config.net {
+            nets.retain(|n| n.id.as_deref() != Some(id));
         }
     }
 

@@ -512,6 +512,7 @@ impl Vmm {
                 Ok(Reply::Json(self.info()))
             }
             Request::AddDisk(disk) => self.add_disk(*disk),
+            Request::AddNet(net) => self.add_net(*net),
             Request::RemoveDevice(id) => self.remove_device(&id),
             Request::Counters => {
                 self.require_vm("vm.counters")?;
@@ -539,6 +540,24 @@ impl Vmm {
             Ok(Reply::Json(json!({ "id": id, "bdf": bdf(slot) })))
         } else {
             // Cold plug: the guest will find it when it boots.
+            Ok(Reply::Done)
+        }
+    }
+
+    fn add_net(&mut self, net: config::NetConfig) -> Response {
+        self.require_vm("vm.add-net")?;
+        let Some(vm) = &mut self.vm else {
+            return Err(RequestError::new(ErrorKind::NotFound, "vm.add-net: no VM"));
+        };
+        let running = matches!(vm.state(), VmState::Running | VmState::Paused);
+        let (id, slot) = vm
+            .add_net(net)
+            .map_err(|e| hotplug_error("vm.add-net", e))?;
+        self.sync_queue_watches();
+        info!("network device {id} added in slot {slot}");
+        if running {
+            Ok(Reply::Json(json!({ "id": id, "bdf": bdf(slot) })))
+        } else {
             Ok(Reply::Done)
         }
     }
@@ -625,7 +644,8 @@ impl Vmm {
             .map_err(|e| RequestError::from_error(ErrorKind::BadRequest, "vm.create", &e))?;
         if landlock {
             // The VM's files are open: from here on only the policy's rules can be opened.
-            let policy = Policy::from_config(vm.config());
+            let api = self.control.is_some();
+            let policy = Policy::from_config(vm.config()).with_net_hotplug(vm.config(), api);
             match self.sandbox.confine(&policy) {
                 Ok(report) => {
                     for line in report.log_lines() {

@@ -44,6 +44,10 @@ struct Cli {
     #[arg(long, value_name = "DISK", num_args = 1.., action = ArgAction::Append)]
     disk: Vec<String>,
 
+    /// Network devices: "tap=<if_name>,ip=<ip_addr>,mask=<net_mask>,mac=<mac_addr>,fd=<fd>,num_queues=<n>,queue_size=<n>,id=<device_id>".
+    #[arg(long, value_name = "NET", num_args = 1.., action = ArgAction::Append)]
+    net: Vec<String>,
+
     /// Entropy device: "src=<entropy_source_path>" [default: src=/dev/urandom].
     #[arg(long, value_name = "OPTIONS")]
     rng: Option<String>,
@@ -93,10 +97,10 @@ impl Cli {
             serial: self.serial.clone(),
             console: self.console.clone(),
             disks: self.disk.clone(),
+            net: self.net.clone(),
             rng: self.rng.clone(),
             landlock: self.landlock,
             landlock_rules: self.landlock_rules.clone(),
-            ..VmParams::default()
         }
     }
 

@@ -130,6 +130,7 @@ fn name_of(request: &Request) -> &'static str {
         Request::Info => "info",
         Request::Counters => "counters",
         Request::AddDisk(_) => "add-disk",
+        Request::AddNet(_) => "add-net",
         Request::RemoveDevice(_) => "remove-device",
     }
 }
@@ -169,6 +170,7 @@ fn handle(vm: &mut Option<(VmConfig, State)>, request: Request) -> Result<Reply,
         Request::Info => "vm.info",
         Request::Counters => "vm.counters",
         Request::AddDisk(_) => "vm.add-disk",
+        Request::AddNet(_) => "vm.add-net",
         Request::RemoveDevice(_) => "vm.remove-device",
     };
     let Some((config, state)) = vm else {
@@ -190,6 +192,10 @@ fn handle(vm: &mut Option<(VmConfig, State)>, request: Request) -> Result<Reply,
         }
         Request::AddDisk(disk) => {
             let id = disk.id.clone().unwrap_or_else(|| "_disk0".into());
+            return Ok(Reply::Json(json!({"id": id, "bdf": "0000:00:01.0"})));
+        }
+        Request::AddNet(net) => {
+            let id = net.id.clone().unwrap_or_else(|| "_net0".into());
             return Ok(Reply::Json(json!({"id": id, "bdf": "0000:00:01.0"})));
         }
         Request::RemoveDevice(_) => return Ok(Reply::Done),
