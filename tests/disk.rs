@@ -588,3 +588,208 @@ fn disks_added_before_boot_are_found_by_the_guest() {
     assert_eq!(&written[SECTOR..2 * SECTOR], &written_sector()[..]);
     assert!(std::fs::read(&dropped).unwrap() == dropped_before);
 }
+
+// ---------------------------------------------------------------------------------------------
+// Hot-plugged disks under Landlock, driven by the `virtio_blk` guest in hot-plug mode.
+
+/// The line the `virtio_blk` guest prints in hot-plug mode before it sleeps.
+const WAITING_LINE: &str = "virtio_blk: waiting for a hot-plugged disk\n";
+
+/// Starts palisade confined by Landlock with `rules` (each `path=…,access=…`), running the
+/// `virtio_blk` guest with `cmdline` (which holds `wait=hotplug`); waits for the guest to say
+/// it is waiting and checks the confinement took.
+fn landlock_waiting_guest(dir: &TempDir, cmdline: &str, rules: &[String]) -> Vmm {
+    let kernel = guest("virtio_blk");
+    let serial_arg = format!("file={}", dir.path("serial.log").display());
+    let mut args = vec![
+        "--kernel",
+        path_str(&kernel),
+        "--cmdline",
+        cmdline,
+        "--memory",
+        "size=128M",
+        "--serial",
+        &serial_arg,
+        "--console",
+        "off",
+        "--no-shutdown",
+        "--landlock",
+        "--landlock-rules",
+    ];
+    args.extend(rules.iter().map(String::as_str));
+    let vmm = Vmm::start(dir, &args);
+    vmm.wait_serial(WAITING_LINE, 1);
+    let info = vmm.info();
+    assert_eq!(info["landlock"]["confined"], json!(true), "{info}");
+    let text = vmm.serial_text();
+    assert!(
+        !text.contains("hot-plugged:") && !text.contains("pci "),
+        "the guest went on before a disk was added:\n{text}"
+    );
+    vmm
+}
+
+/// `--landlock-rules` item for `path` with `access`.
+fn rule(path: &std::path::Path, access: &str) -> String {
+    format!("path={},access={access}", path.display())
+}
+
+/// Adds `body` (a disk object) through the API, expecting 200 with its id and an address on
+/// bus 0; returns the address as the guest prints it (`00:SS.0`).
+fn add_disk_ok(vmm: &Vmm, body: &Value) -> String {
+    let (code, reply) = vmm.put("vm.add-disk", body);
+    assert_eq!(
+        code,
+        200,
+        "{reply}\nserial: {}\nlog: {}",
+        vmm.serial_text(),
+        vmm.log_text()
+    );
+    let reply: Value = serde_json::from_str(&reply).unwrap();
+    assert_eq!(reply["id"], body["id"], "{reply}");
+    let bdf = reply["bdf"].as_str().expect("bdf").to_string();
+    let slot = slot_of(&bdf);
+    assert_ne!(slot, 0, "slot 0 is the host bridge's");
+    format!("00:{slot:02x}.0")
+}
+
+/// Waits for the guest's verdict on the disk hot-added at `bdf` (as `id`) and checks the
+/// lines every run prints: the slot it was told about, the device it used, the capacity, sector
+/// 0 and the id, at least one interrupt. The guest then powers off (the VMM stays).
+fn expect_hotplug_pass(vmm: &Vmm, bdf: &str, id: &str) -> String {
+    let text = vmm.wait_serial("PASS virtio_blk\n", 1);
+    for line in [
+        format!("hot-plugged: {bdf}"),
+        format!("pci {bdf} 1af4:1042 class 01"),
+        format!("virtio-blk devices: 1, using {bdf}"),
+        format!("sector0: {SECTOR0_LINE}"),
+        format!("id: {id}"),
+    ] {
+        assert!(text.lines().any(|l| l == line), "missing {line:?}:\n{text}");
+    }
+    // The hot-plug announcement comes after the waiting line, and the test after it.
+    let waiting = text.find(WAITING_LINE).unwrap();
+    assert!(
+        text.find("hot-plugged: ").unwrap() > waiting,
+        "the guest found the disk before it waited:\n{text}"
+    );
+    assert!(
+        text.contains(" moved to 0xc0000000, size 0x8000\n"),
+        "{text}"
+    );
+    assert_eq!(
+        number_after(&text, "capacity: "),
+        (DISK_SIZE / SECTOR) as u64,
+        "{text}"
+    );
+    assert!(number_after(&text, "interrupts: ") >= 1, "{text}");
+    vmm.wait_state("Shutdown");
+    text
+}
+
+/// The checks for a guest that wrote and flushed the read-write disk `disk`, whose content was
+/// `before`: its lines, then sector 1 on the host holding its text and nothing else changed.
+fn expect_written(text: &str, disk: &std::path::Path, before: &[u8]) {
+    for line in ["write: OK", "read back: OK", "flush: OK"] {
+        assert!(text.lines().any(|l| l == line), "missing {line:?}:\n{text}");
+    }
+    let after = std::fs::read(disk).unwrap();
+    assert_eq!(after.len(), DISK_SIZE, "the image changed size");
+    assert_eq!(&after[SECTOR..2 * SECTOR], &written_sector()[..]);
+    assert!(after[..SECTOR] == before[..SECTOR], "sector 0 changed");
+    assert!(
+        after[2 * SECTOR..] == before[2 * SECTOR..],
+        "sectors after 1 changed"
+    );
+}
+
+#[test]
+fn under_landlock_a_disk_in_an_rw_directory_is_hot_added_read_written_and_flushed() {
+    let dir = TempDir::new("disk-ll-dir");
+    let allowed = dir.path("hotplug");
+    std::fs::create_dir(&allowed).unwrap();
+    let disk = make_disk(&dir, "hotplug/data.img");
+    let before = std::fs::read(&disk).unwrap();
+    let vmm = landlock_waiting_guest(&dir, "wait=hotplug", &[rule(&allowed, "rw")]);
+
+    let bdf = add_disk_ok(&vmm, &json!({"path": disk, "id": "data"}));
+    let text = expect_hotplug_pass(&vmm, &bdf, "data");
+    expect_written(&text, &disk, &before);
+    assert!(device_node(&vmm.info(), "data").is_some(), "{}", vmm.info());
+}
+
+#[test]
+fn under_landlock_a_disk_with_a_rule_on_the_file_itself_is_hot_added_and_written() {
+    let dir = TempDir::new("disk-ll-file");
+    let disk = make_disk(&dir, "single.img");
+    let before = std::fs::read(&disk).unwrap();
+    let vmm = landlock_waiting_guest(&dir, "wait=hotplug", &[rule(&disk, "rw")]);
+
+    let bdf = add_disk_ok(&vmm, &json!({"path": disk, "id": "single"}));
+    let text = expect_hotplug_pass(&vmm, &bdf, "single");
+    expect_written(&text, &disk, &before);
+}
+
+#[test]
+fn under_landlock_a_readonly_disk_in_a_read_only_directory_refuses_the_guests_write() {
+    let dir = TempDir::new("disk-ll-ro");
+    let iso = dir.path("iso");
+    std::fs::create_dir(&iso).unwrap();
+    let disk = make_disk(&dir, "iso/tools.img");
+    let before = std::fs::read(&disk).unwrap();
+    let vmm = landlock_waiting_guest(&dir, "wait=hotplug expect=readonly", &[rule(&iso, "r")]);
+
+    let bdf = add_disk_ok(
+        &vmm,
+        &json!({"path": disk, "id": "tools", "readonly": true}),
+    );
+    let text = expect_hotplug_pass(&vmm, &bdf, "tools");
+    assert!(text.lines().any(|l| l == "write refused: IOERR"), "{text}");
+    assert!(!text.contains("write: OK"), "{text}");
+    assert!(std::fs::read(&disk).unwrap() == before, "the image changed");
+}
+
+#[test]
+fn under_landlock_a_disk_outside_the_rules_is_refused_and_the_vm_runs_on() {
+    let dir = TempDir::new("disk-ll-outside");
+    let allowed = dir.path("hotplug");
+    std::fs::create_dir(&allowed).unwrap();
+    let elsewhere = dir.path("elsewhere");
+    std::fs::create_dir(&elsewhere).unwrap();
+    let outside = make_disk(&dir, "elsewhere/other.img");
+    let outside_before = std::fs::read(&outside).unwrap();
+    let disk = make_disk(&dir, "hotplug/data.img");
+    let before = std::fs::read(&disk).unwrap();
+    let vmm = landlock_waiting_guest(&dir, "wait=hotplug", &[rule(&allowed, "rw")]);
+    let ids_before = device_ids(&vmm.info());
+
+    let (code, body) = vmm.put("vm.add-disk", &json!({"path": outside, "id": "other"}));
+    assert_eq!(code, 403, "{body}");
+    assert!(body.contains(path_str(&outside)), "{body}");
+    assert!(body.contains("outside the Landlock ruleset"), "{body}");
+    assert!(
+        body.contains(&format!("--landlock-rules {}", rule(&outside, "rw"))),
+        "{body}"
+    );
+    // Nothing was added, the guest was told of nothing, the VM runs on.
+    let info = vmm.info();
+    assert!(device_node(&info, "other").is_none(), "{info}");
+    assert!(!config_has_disk(&info, "other"), "{info}");
+    assert_eq!(device_ids(&info), ids_before, "{info}");
+    assert_eq!(info["state"], json!("Running"), "{info}");
+    std::thread::sleep(Duration::from_millis(200));
+    let text = vmm.serial_text();
+    assert!(
+        !text.contains("hot-plugged:") && !text.contains("FAIL"),
+        "the refused disk reached the guest:\n{text}"
+    );
+
+    // A disk the rules allow is then added, and the guest drives it.
+    let bdf = add_disk_ok(&vmm, &json!({"path": disk, "id": "data"}));
+    let text = expect_hotplug_pass(&vmm, &bdf, "data");
+    expect_written(&text, &disk, &before);
+    assert!(
+        std::fs::read(&outside).unwrap() == outside_before,
+        "the refused image changed"
+    );
+}

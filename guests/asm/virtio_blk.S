@@ -6,6 +6,11 @@
  *
  * `expect=readonly` on the command line: the disk is read-only, so the device must offer
  * VIRTIO_BLK_F_RO and refuse the write with IOERR.
+ *
+ * `wait=hotplug` on the command line: no disk is looked for at boot. The guest routes the ACPI
+ * generic event device's interrupt (I/O APIC pin 5) as the hotplug guest does, prints
+ * `virtio_blk: waiting for a hot-plugged disk`, sleeps (hlt, under the watchdog) until the GED
+ * announces a slot added, then runs the same test on the device in that slot.
  */
 #define GUEST_NAME "virtio_blk"
 #include "guest.h"
@@ -43,6 +48,15 @@
 #define ID_BYTES 20
 #define WRITE_SECTOR 1
 #define SECTOR0_SHOWN 80            /* bytes of sector 0's first line printed at most */
+/* Hot-plug mode: the GED and the PCI hot-plug controller (as in hotplug.S). */
+#define GED_EVENTS 0xfe000000       /* read: pending events, cleared by the read */
+#define GED_PCI_HOTPLUG 1
+#define HOTPLUG_UP 0xfe001000       /* read: slots just added, cleared by the read */
+#define GED_PIN 5
+#define GED_VECTOR 0x41
+/* Watchdog periods (each at least 10 s) to wait for a disk to be hot-plugged: generous, the
+ * tests add it as soon as they see the waiting line. */
+#define HOTPLUG_WAIT_PERIODS 6
 #define STATUS_FEATURES \
     (VIRTIO_STATUS_ACKNOWLEDGE | VIRTIO_STATUS_DRIVER | VIRTIO_STATUS_FEATURES_OK)
 
@@ -59,11 +73,17 @@ _start:
     mov $word_readonly, %edi
     call has_word
     mov %eax, expect_readonly
+    mov $word_hotplug, %edi
+    call has_word
+    mov %eax, wait_hotplug
 2:  call irq_init
     mov $VECTOR, %eax
     mov $blk_irq, %edx
     call irq_set_handler
-    sti
+    cmpl $0, wait_hotplug
+    je 21f
+    call ged_setup
+21: sti
 
     /* ACPI: the RSDP from the start info, through the XSDT to the MCFG table. */
     cmpl $0, (SI_RSDP + 4)(%ebp)
@@ -77,9 +97,13 @@ _start:
     mov pci_ecam, %eax
     call puthex
     PRINTLN " (MCFG)"
+    cmpl $0, wait_hotplug
+    je 41f
+    call wait_for_disk              /* EBX = the slot announced */
+    mov %ebx, blk_slot
 
     /* List bus 0; ECAM and port 0xcf8 must agree on every id. */
-    xor %ebx, %ebx
+41: xor %ebx, %ebx
 5:  mov $PCI_ID, %ecx
     call pci_read32
     cmp $PCI_NO_DEVICE, %ax
@@ -123,7 +147,18 @@ _start:
     cmp $-1, %ebx
     jne 9f
     FAIL "no virtio-blk device (1af4:1042) on bus 0"
-9:  PRINT "virtio-blk devices: "
+9:  mov $PCI_ID, %ecx               /* the slot announced by hot-plug must hold one */
+    call pci_read32
+    cmp $VIRTIO_BLOCK_ID, %eax
+    je 91f
+    FAIL_BEGIN
+    PRINT "the hot-plugged slot "
+    call pci_print_bdf
+    PRINT " holds "
+    call pci_print_id
+    PRINTLN ", not a virtio-blk device (1af4:1042)"
+    jmp poweroff
+91: PRINT "virtio-blk devices: "
     mov blk_count, %eax
     call putdec
     PRINT ", using "
@@ -528,14 +563,80 @@ blk_irq:
     LAPIC_EOI
     IRET
 
+/* ged_setup: the GED's interrupt (I/O APIC pin 5) -> GED_VECTOR, checked. Interrupts off. */
+ged_setup:
+    mov $GED_VECTOR, %eax
+    mov $ged_irq, %edx
+    call irq_set_handler
+    mov $GED_PIN, %ecx
+    call ioapic_route
+    mov $(IOAPIC_REDIR + 2 * GED_PIN), %ecx
+    call ioapic_read
+    and $0x1ffff, %eax              /* vector and mask */
+    cmp $GED_VECTOR, %eax
+    je 1f
+    FAIL "the I/O APIC redirection entry of pin 5 does not read back"
+1:  ret
+
+/*
+ * wait_for_disk: says the guest is waiting, then takes the GED's events until one announces a
+ * slot added; returns EBX = that slot (the lowest, if several). Sleeps between interrupts; the
+ * interrupt count is sampled before the registers are read, so an event arriving meanwhile is
+ * not missed. FAILs after HOTPLUG_WAIT_PERIODS watchdog periods without a slot.
+ */
+wait_for_disk:
+    PRINTLN "virtio_blk: waiting for a hot-plugged disk"
+    movl $HOTPLUG_WAIT_PERIODS, wait_periods
+    call watchdog_arm
+1:  mov ged_irqs, %eax
+    mov %eax, ged_irqs_seen
+    mov GED_EVENTS, %eax
+    test $GED_PCI_HOTPLUG, %eax
+    jz 2f
+    mov HOTPLUG_UP, %eax
+    bsf %eax, %ebx
+    jnz 5f                          /* ZF is clear when a bit was found */
+2:  cli
+    mov ged_irqs, %eax
+    cmp ged_irqs_seen, %eax
+    jne 4f
+    cmpl $0, watchdog_fired
+    jne 3f
+    sti
+    hlt
+    jmp 2b
+3:  sti
+    decl wait_periods
+    jnz 31f
+    FAIL "no disk was hot-plugged within the watchdog's time"
+31: call watchdog_arm
+    jmp 1b
+4:  sti
+    jmp 1b
+5:  call watchdog_disarm
+    PRINT "hot-plugged: "
+    call pci_print_bdf
+    call newline
+    ret
+
+ged_irq:
+    incl ged_irqs
+    LAPIC_EOI
+    IRET
+
     .section .rodata
 word_readonly: .asciz "expect=readonly"
+word_hotplug: .asciz "wait=hotplug"
 written_text: .ascii "written by the palisade test guest\n"
 written_text_end:
 
     .data
     .balign 4
 expect_readonly: .long 0
+wait_hotplug: .long 0
+wait_periods: .long 0
+ged_irqs: .long 0
+ged_irqs_seen: .long 0
 blk_slot: .long -1
 blk_count: .long 0
 irq_count: .long 0
