@@ -43,6 +43,7 @@ fn version_and_help_exit_zero() {
 fn bad_command_lines_fail_with_one_line_naming_the_flag() {
     let k = guest("hello");
     let k = path_str(&k);
+    let long_cmdline = "x".repeat(5000);
     let cases: &[(&[&str], &str)] = &[
         (&["--bogus"], "--bogus"),
         (&["--kernel"], "--kernel"),
@@ -68,6 +69,7 @@ fn bad_command_lines_fail_with_one_line_naming_the_flag() {
             "--console",
         ),
         (&["--kernel", k, "--console", "socket=/x"], "--console"),
+        (&["--kernel", k, "--cmdline", &long_cmdline], "--cmdline"),
         (
             &["--kernel", k, "--rng", "src=/nonexistent/random"],
             "--rng src=/nonexistent/random",

@@ -390,6 +390,9 @@ impl MemoryConfig {
     }
 }
 
+/// Longest kernel command line Palisade passes (the guest gets it NUL-terminated).
+pub const MAX_CMDLINE_LEN: usize = 4095;
+
 impl PayloadConfig {
     /// Checks that a kernel is given (firmware, IGVM and host data are not supported).
     pub fn validate(&self) -> Result<(), ValidationError> {
@@ -401,6 +404,15 @@ impl PayloadConfig {
         }
         must_be_none("payload.igvm".into(), &self.igvm)?;
         must_be_none("payload.host_data".into(), &self.host_data)?;
+        if let Some(cmdline) = &self.cmdline {
+            if cmdline.len() > MAX_CMDLINE_LEN {
+                return Err(invalid(
+                    "payload.cmdline",
+                    &format!("<{} bytes>", cmdline.len()),
+                    format!("a kernel command line holds at most {MAX_CMDLINE_LEN} bytes"),
+                ));
+            }
+        }
         match &self.kernel {
             None => Err(ValidationError::Missing {
                 field: "payload.kernel".into(),
