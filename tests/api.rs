@@ -391,3 +391,56 @@ fn the_cli_vm_and_the_api_coexist() {
     assert_eq!(code, 200);
     assert!(body.contains(path_str(&kernel)));
 }
+
+#[test]
+fn an_api_socket_passed_as_a_descriptor_is_served_and_left_in_place() {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::process::CommandExt;
+    let dir = TempDir::new("api-fd");
+    let path = dir.path("supervisor.sock");
+    let listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
+    let fd = listener.as_raw_fd();
+    let mut cmd = palisade();
+    // A high number, clear of the descriptors the spawning machinery itself uses.
+    cmd.args(["--api-socket", "fd=100"]);
+    // SAFETY: between fork and exec, dup2 only duplicates the listener onto descriptor 100
+    // (without close-on-exec) for the child.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::dup2(fd, 100) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(listener);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let ping = loop {
+        if let Ok(r) = api::client::request(&path, "GET", "/api/v1/vmm.ping", None) {
+            break r;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let out = child.wait_with_output().unwrap();
+            panic!("the passed socket was never served: {}", stderr(&out));
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    assert_eq!(ping.status, 200);
+    let r = api::client::request(&path, "PUT", "/api/v1/vmm.shutdown", None).unwrap();
+    assert_eq!(r.status, 204);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while child.try_wait().unwrap().is_none() {
+        assert!(Instant::now() < deadline);
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    // A socket handed in by a supervisor is the supervisor's: Palisade leaves it.
+    std::thread::sleep(Duration::from_millis(100));
+    assert!(path.exists());
+}
