@@ -408,7 +408,7 @@ impl PayloadConfig {
             if cmdline.len() > MAX_CMDLINE_LEN {
                 return Err(invalid(
                     "payload.cmdline",
-                    &format!("<{} bytes>", cmdline.len()),
+                    format!("<{} bytes>", cmdline.len()),
                     format!("a kernel command line holds at most {MAX_CMDLINE_LEN} bytes"),
                 ));
             }

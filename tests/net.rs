@@ -1,0 +1,682 @@
+//! Networking from the guest's side: the `virtio_net` guest drives a virtio-net device,
+//! broadcasts an ARP request for the host's address on its tap and waits for the host
+//! kernel's reply. Every test runs Palisade inside a network namespace of its own, which it
+//! creates and removes, so that the taps and the traffic stay on the test's own interfaces.
+//!
+//! The tests need root (namespaces and taps); without it each prints one line and passes.
+
+mod common;
+
+use std::fs::File;
+use std::os::fd::AsRawFd;
+use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use common::*;
+use serde_json::{json, Value};
+
+/// How long any one thing may take before a test gives up (the guests take milliseconds).
+const PATIENCE: Duration = Duration::from_secs(30);
+/// The MAC address the tests give the guest when they choose it.
+const FIXED_MAC: &str = "52:54:00:12:34:56";
+/// The line the `virtio_net` guest prints in hot-plug mode before it sleeps.
+const WAITING_LINE: &str = "virtio_net: waiting for a hot-plugged device\n";
+
+/// Whether the network tests can run here; if not, says why on one line.
+fn net_ready(test: &str) -> bool {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let root = unsafe { libc::geteuid() } == 0;
+    let why = if !root {
+        Some("needs root for network namespaces and tap devices")
+    } else if !std::path::Path::new("/dev/net/tun").exists() {
+        Some("/dev/net/tun is missing")
+    } else if !Command::new("ip")
+        .arg("-V")
+        .output()
+        .is_ok_and(|o| o.status.success())
+    {
+        Some("the ip command (iproute2) is missing")
+    } else {
+        None
+    };
+    if let Some(why) = why {
+        println!("skipping {test}: {why}");
+        return false;
+    }
+    true
+}
+
+/// A network namespace made for one test, removed when dropped.
+struct Netns {
+    name: String,
+    /// The namespace itself, for `setns` in the children started inside it.
+    handle: File,
+    /// A small number unique in this test process, for subnets (10.200.N.0/24).
+    n: u32,
+}
+
+impl Netns {
+    fn new() -> Netns {
+        static COUNTER: AtomicU32 = AtomicU32::new(0);
+        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+        let name = format!("palisade-net-{}-{n}", std::process::id());
+        let out = Command::new("ip")
+            .args(["netns", "add", &name])
+            .output()
+            .expect("run ip netns add");
+        assert!(
+            out.status.success(),
+            "ip netns add {name}: {}",
+            stderr(&out)
+        );
+        let handle = File::open(format!("/run/netns/{name}"))
+            .or_else(|_| File::open(format!("/var/run/netns/{name}")))
+            .unwrap_or_else(|e| panic!("open the namespace {name}: {e}"));
+        Netns {
+            name,
+            handle,
+            n: (n % 250) + 1,
+        }
+    }
+
+    /// `ip -n NS args…`, which must succeed; its standard output.
+    fn ip(&self, args: &[&str]) -> String {
+        let out = Command::new("ip")
+            .args(["-n", &self.name])
+            .args(args)
+            .output()
+            .expect("run ip");
+        assert!(
+            out.status.success(),
+            "ip -n {} {}: {}",
+            self.name,
+            args.join(" "),
+            stderr(&out)
+        );
+        stdout(&out)
+    }
+
+    /// The link `name` in the namespace as `ip -j` describes it, if it exists.
+    fn link(&self, name: &str) -> Option<Value> {
+        let out = Command::new("ip")
+            .args(["-n", &self.name, "-j", "addr", "show", "dev", name])
+            .output()
+            .expect("run ip");
+        if !out.status.success() {
+            return None;
+        }
+        let links: Value = serde_json::from_str(&stdout(&out)).expect("ip -j output");
+        links.as_array().and_then(|l| l.first()).cloned()
+    }
+
+    /// The names of the namespace's links.
+    fn links(&self) -> Vec<String> {
+        let links: Value = serde_json::from_str(&self.ip(&["-j", "link", "show"])).unwrap();
+        links
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|l| l["ifname"].as_str().map(str::to_string))
+            .collect()
+    }
+
+    /// `cmd`, set to start inside the namespace.
+    fn enter(&self, cmd: &mut Command) {
+        let fd = self.handle.as_raw_fd();
+        // SAFETY: the closure runs in the child between fork and exec and only makes the
+        // async-signal-safe setns system call on a descriptor the parent keeps open.
+        unsafe {
+            cmd.pre_exec(move || {
+                if libc::setns(fd, libc::CLONE_NEWNET) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+    }
+
+    /// The host's address on the test's subnet, and the guest's.
+    fn addresses(&self, subnet: u32) -> (String, String) {
+        (
+            format!("10.{subnet}.{}.1", self.n),
+            format!("10.{subnet}.{}.2", self.n),
+        )
+    }
+
+    /// Removes the namespace now and checks it is gone.
+    fn remove(self) {
+        let name = self.name.clone();
+        drop(self);
+        let list = Command::new("ip").args(["netns", "list"]).output().unwrap();
+        assert!(
+            !stdout(&list)
+                .lines()
+                .any(|l| l.split_whitespace().next() == Some(&name)),
+            "the namespace {name} is still there"
+        );
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["netns", "delete", &self.name])
+            .output();
+    }
+}
+
+/// Runs palisade inside `ns` with `args` to completion (the serial port on stdout).
+fn run_in(ns: &Netns, args: &[&str]) -> Output {
+    let mut cmd = palisade();
+    cmd.args(args);
+    ns.enter(&mut cmd);
+    run_with_timeout(&mut cmd, Duration::from_secs(60))
+}
+
+/// Boots the `virtio_net` guest inside `ns` with `extra` arguments.
+fn run_virtio_net(ns: &Netns, extra: &[&str]) -> Output {
+    let kernel = guest("virtio_net");
+    let mut args = vec!["--kernel", path_str(&kernel), "--memory", "size=128M"];
+    args.extend_from_slice(&SERIAL_ON_STDOUT);
+    args.extend_from_slice(extra);
+    run_in(ns, &args)
+}
+
+fn assert_pass(text: &str, context: &str) {
+    assert!(
+        !text.contains("FAIL"),
+        "the guest reported a failure:\n{text}\n{context}"
+    );
+    assert!(
+        text.lines().any(|l| l == "PASS virtio_net"),
+        "no PASS line:\n{text}\n{context}"
+    );
+}
+
+/// The MAC on the guest's `prefix` line (`mac: …`, `arp: … is at …`).
+fn mac_after(text: &str, prefix: &str) -> String {
+    text.lines()
+        .find_map(|l| l.strip_prefix(prefix))
+        .unwrap_or_else(|| panic!("no line starting {prefix:?} in:\n{text}"))
+        .trim()
+        .to_string()
+}
+
+/// Checks the guest's ARP exchange with `host`, whose tap in `ns` is `tap`: the reply names
+/// the tap's own MAC.
+fn expect_arp_reply(ns: &Netns, text: &str, host: &str, tap: &str) {
+    let link = ns
+        .link(tap)
+        .unwrap_or_else(|| panic!("no {tap} in {}:\n{text}", ns.name));
+    let tap_mac = link["address"].as_str().expect("tap address");
+    assert_eq!(
+        mac_after(text, &format!("arp: {host} is at ")),
+        tap_mac,
+        "{text}"
+    );
+}
+
+#[test]
+fn palisade_creates_the_tap_and_the_guest_gets_an_arp_reply() {
+    if !net_ready("palisade_creates_the_tap_and_the_guest_gets_an_arp_reply") {
+        return;
+    }
+    let ns = Netns::new();
+    let (host, me) = ns.addresses(200);
+    let dir = TempDir::new("net-create");
+    let net = format!("tap=,ip={host},mask=255.255.255.0,id=net0");
+    let cmdline = format!("host={host} me={me}");
+    let vmm = Vmm::start(
+        &ns,
+        &dir,
+        &[
+            "--kernel",
+            path_str(&guest("virtio_net")),
+            "--net",
+            &net,
+            "--cmdline",
+            &cmdline,
+            "--no-shutdown",
+        ],
+    );
+    let text = vmm.wait_serial("PASS virtio_net\n");
+    assert!(text.contains(" 1af4:1041\n"), "{text}");
+
+    // What vm.info says of the device: the tap the kernel named, the MAC the guest read.
+    let info = vmm.info();
+    let config = &info["config"]["net"][0];
+    assert_eq!(config["id"], json!("net0"), "{info}");
+    let tap = config["tap"].as_str().expect("tap name").to_string();
+    assert!(!tap.is_empty(), "{info}");
+    assert_eq!(
+        mac_after(&text, "mac: "),
+        config["mac"].as_str().unwrap(),
+        "{text}"
+    );
+    assert!(info["device_tree"]["net0"]["pci_bdf"].is_string(), "{info}");
+
+    // The tap lives in the test's namespace, with the address asked for, and answered.
+    let link = ns
+        .link(&tap)
+        .unwrap_or_else(|| panic!("no {tap} in the namespace"));
+    let addresses: Vec<&str> = link["addr_info"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|a| a["local"].as_str())
+        .collect();
+    assert!(addresses.contains(&host.as_str()), "{link}");
+    assert!(
+        link["flags"].as_array().unwrap().contains(&json!("UP")),
+        "{link}"
+    );
+    expect_arp_reply(&ns, &text, &host, &tap);
+
+    // The device counted the request out and the reply (and anything else) in.
+    let counters = vmm.counters();
+    let net0 = &counters["net0"];
+    assert!(net0["tx_frames"].as_u64().unwrap() >= 1, "{counters}");
+    assert!(net0["rx_frames"].as_u64().unwrap() >= 1, "{counters}");
+    assert_eq!(net0["tx_dropped"], json!(0), "{counters}");
+    assert_eq!(net0["errors"], json!(0), "{counters}");
+    drop(vmm);
+    // Palisade's tap goes with it.
+    assert!(!ns.links().contains(&tap), "{tap} outlived palisade");
+    ns.remove();
+}
+
+#[test]
+fn a_tap_the_test_made_is_used_with_the_mac_given() {
+    if !net_ready("a_tap_the_test_made_is_used_with_the_mac_given") {
+        return;
+    }
+    let ns = Netns::new();
+    let (host, me) = ns.addresses(200);
+    ns.ip(&["tuntap", "add", "name", "ptap0", "mode", "tap"]);
+    ns.ip(&["addr", "add", &format!("{host}/24"), "dev", "ptap0"]);
+    ns.ip(&["link", "set", "ptap0", "up"]);
+
+    let net = format!("tap=ptap0,mac={FIXED_MAC}");
+    let cmdline = format!("host={host} me={me}");
+    let out = run_virtio_net(&ns, &["--net", &net, "--cmdline", &cmdline]);
+    let text = stdout(&out);
+    assert_pass(&text, &stderr(&out));
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(
+        text.lines().any(|l| l == format!("mac: {FIXED_MAC}")),
+        "{text}"
+    );
+    assert!(text.contains("link: up\n"), "{text}");
+    expect_arp_reply(&ns, &text, &host, "ptap0");
+    // The test's tap is left as it was, for the test to remove (with the namespace).
+    assert!(ns.links().contains(&"ptap0".to_string()));
+    ns.remove();
+}
+
+#[test]
+fn without_a_reply_the_guest_gives_up_and_says_so() {
+    // The host address is not on the tap: nobody answers, and the guest must not make a
+    // reply up. (`arp=once`: one request, one watchdog period to wait: about 10 s.)
+    if !net_ready("without_a_reply_the_guest_gives_up_and_says_so") {
+        return;
+    }
+    let ns = Netns::new();
+    let (host, me) = ns.addresses(200);
+    let (other, _) = ns.addresses(201);
+    let net = format!("tap=,ip={host},mask=255.255.255.0");
+    let cmdline = format!("host={other} me={me} arp=once");
+    let out = run_virtio_net(&ns, &["--net", &net, "--cmdline", &cmdline]);
+    let text = stdout(&out);
+    assert!(
+        text.contains("FAIL virtio_net: no ARP reply from the host"),
+        "{text}\n{}",
+        stderr(&out)
+    );
+    assert!(!text.contains(" is at "), "{text}");
+    ns.remove();
+}
+
+// ---------------------------------------------------------------------------------------------
+// Hot-plug through the API.
+
+/// A `palisade` inside a namespace, with an API socket, its serial port in a file and its log
+/// in another.
+struct Vmm {
+    child: Child,
+    socket: PathBuf,
+    serial: PathBuf,
+    log: PathBuf,
+}
+
+impl Vmm {
+    /// Starts palisade in `ns` with `--api-socket`, the serial port in a file, no virtio
+    /// console, 128 MiB and `extra`; waits for the API.
+    fn start(ns: &Netns, dir: &TempDir, extra: &[&str]) -> Vmm {
+        let socket = dir.path("api.sock");
+        let serial = dir.path("serial.log");
+        let log = dir.path("palisade.log");
+        let serial_arg = format!("file={}", serial.display());
+        let mut cmd = palisade();
+        cmd.args(["--api-socket", path_str(&socket)])
+            .args(["--serial", &serial_arg, "--console", "off"])
+            .args(["--memory", "size=128M", "-v"])
+            .args(extra)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(File::create(&log).unwrap());
+        ns.enter(&mut cmd);
+        let child = cmd.spawn().unwrap();
+        let mut vmm = Vmm {
+            child,
+            socket,
+            serial,
+            log,
+        };
+        let deadline = Instant::now() + PATIENCE;
+        while api::client::request_with_timeout(
+            &vmm.socket,
+            "GET",
+            "/api/v1/vmm.ping",
+            None,
+            Some(PATIENCE),
+        )
+        .is_err()
+        {
+            if let Ok(Some(status)) = vmm.child.try_wait() {
+                panic!("palisade exited ({status}):\n{}", vmm.log_text());
+            }
+            assert!(Instant::now() < deadline, "the API socket never answered");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        vmm
+    }
+
+    /// Starts the `virtio_net` guest in hot-plug mode, talking to `host` as `me`, and waits
+    /// until it sleeps.
+    fn waiting_guest(ns: &Netns, dir: &TempDir, host: &str, me: &str, extra: &[&str]) -> Vmm {
+        let kernel = guest("virtio_net");
+        let cmdline = format!("wait=hotplug host={host} me={me}");
+        let mut args = vec![
+            "--kernel",
+            path_str(&kernel),
+            "--cmdline",
+            &cmdline,
+            "--no-shutdown",
+        ];
+        args.extend_from_slice(extra);
+        let vmm = Vmm::start(ns, dir, &args);
+        vmm.wait_serial(WAITING_LINE);
+        vmm
+    }
+
+    /// `METHOD /api/v1/ENDPOINT` with an optional body; the status and the body.
+    fn call(&self, method: &str, endpoint: &str, body: Option<&str>) -> (u16, String) {
+        let path = format!("/api/v1/{endpoint}");
+        match api::client::request_with_timeout(&self.socket, method, &path, body, Some(PATIENCE)) {
+            Ok(r) => (r.status, r.body),
+            Err(e) => panic!(
+                "{method} {endpoint}: {e}\nserial: {}\nlog: {}",
+                self.serial_text(),
+                self.log_text()
+            ),
+        }
+    }
+
+    fn put(&self, endpoint: &str, body: &Value) -> (u16, String) {
+        self.call("PUT", endpoint, Some(&body.to_string()))
+    }
+
+    fn get(&self, endpoint: &str) -> Value {
+        let (code, body) = self.call("GET", endpoint, None);
+        assert_eq!(code, 200, "{endpoint}: {body}");
+        serde_json::from_str(&body).unwrap()
+    }
+
+    fn info(&self) -> Value {
+        self.get("vm.info")
+    }
+
+    fn counters(&self) -> Value {
+        self.get("vm.counters")
+    }
+
+    fn serial_text(&self) -> String {
+        std::fs::read_to_string(&self.serial).unwrap_or_default()
+    }
+
+    fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Waits until the serial output holds `needle`; returns it. Fails at once if the guest
+    /// reports a failure.
+    fn wait_serial(&self, needle: &str) -> String {
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            let text = self.serial_text();
+            assert!(
+                !text.contains("FAIL"),
+                "the guest reported a failure:\n{text}\nlog: {}",
+                self.log_text()
+            );
+            if text.contains(needle) {
+                return text;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{needle:?} never appeared on the serial port:\n{text}\nlog: {}",
+                self.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+impl Drop for Vmm {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The slot of a `0000:00:SS.0` address, as the guest prints it (`00:SS.0`).
+fn guest_bdf(bdf: &str) -> String {
+    let rest = bdf
+        .strip_prefix("0000:")
+        .unwrap_or_else(|| panic!("not a segment 0 address: {bdf:?}"));
+    assert!(
+        rest.starts_with("00:") && rest.ends_with(".0"),
+        "not bus 0 function 0: {bdf:?}"
+    );
+    rest.to_string()
+}
+
+/// Adds a new tap with `host`/24 as `id` through the API, expecting 200; checks the answer,
+/// vm.info and the tap in `ns`. Returns the address the guest prints and the tap's name.
+fn add_net_ok(vmm: &Vmm, ns: &Netns, host: &str, id: &str) -> (String, String) {
+    let body = json!({"tap": "", "ip": host, "mask": "255.255.255.0", "id": id});
+    let (code, reply) = vmm.put("vm.add-net", &body);
+    assert_eq!(
+        code,
+        200,
+        "{reply}\nserial: {}\nlog: {}",
+        vmm.serial_text(),
+        vmm.log_text()
+    );
+    let reply: Value = serde_json::from_str(&reply).unwrap();
+    assert_eq!(reply["id"], json!(id), "{reply}");
+    let bdf = reply["bdf"].as_str().expect("bdf").to_string();
+    let shown = guest_bdf(&bdf);
+    assert_ne!(shown, "00:00.0", "slot 0 is the host bridge's");
+
+    let info = vmm.info();
+    assert_eq!(
+        info["device_tree"][id]["pci_bdf"],
+        json!(bdf),
+        "{id} not in the device tree: {info}"
+    );
+    let config = info["config"]["net"]
+        .as_array()
+        .and_then(|nets| nets.iter().find(|n| n["id"] == json!(id)))
+        .unwrap_or_else(|| panic!("{id} not in the configuration: {info}"))
+        .clone();
+    let tap = config["tap"].as_str().unwrap_or_default().to_string();
+    assert!(!tap.is_empty(), "no tap name for {id}: {info}");
+    let link = ns
+        .link(&tap)
+        .unwrap_or_else(|| panic!("{tap} is not in the namespace: {:?}", ns.links()));
+    let addresses: Vec<&str> = link["addr_info"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|a| a["local"].as_str())
+        .collect();
+    assert!(addresses.contains(&host), "{link}");
+    (shown, tap)
+}
+
+/// Waits for the hot-plug guest's verdict on the device at `shown`, talking to `host` through
+/// `tap`.
+fn expect_hotplug_pass(vmm: &Vmm, ns: &Netns, shown: &str, host: &str, tap: &str) -> String {
+    let text = vmm.wait_serial("PASS virtio_net\n");
+    for line in [
+        format!("hot-plugged: {shown}"),
+        format!("virtio-net: {shown}"),
+    ] {
+        assert!(text.lines().any(|l| l == line), "missing {line:?}:\n{text}");
+    }
+    let waiting = text.find(WAITING_LINE).unwrap();
+    assert!(
+        text.find("hot-plugged: ").unwrap() > waiting,
+        "the guest found the device before it waited:\n{text}"
+    );
+    expect_arp_reply(ns, &text, host, tap);
+    text
+}
+
+#[test]
+fn a_net_device_is_hot_added_through_the_api_and_the_guest_uses_it() {
+    if !net_ready("a_net_device_is_hot_added_through_the_api_and_the_guest_uses_it") {
+        return;
+    }
+    let ns = Netns::new();
+    let dir = TempDir::new("net-hot");
+    let (host, me) = ns.addresses(200);
+    let vmm = Vmm::waiting_guest(&ns, &dir, &host, &me, &[]);
+    let (shown, tap) = add_net_ok(&vmm, &ns, &host, "hotnet");
+    expect_hotplug_pass(&vmm, &ns, &shown, &host, &tap);
+    let counters = vmm.counters();
+    assert!(
+        counters["hotnet"]["tx_frames"].as_u64().unwrap() >= 1,
+        "{counters}"
+    );
+    assert!(
+        counters["hotnet"]["rx_frames"].as_u64().unwrap() >= 1,
+        "{counters}"
+    );
+
+    // The id is taken now.
+    let (code, body) = vmm.put("vm.add-net", &json!({"tap": "", "id": "hotnet"}));
+    assert_eq!(code, 409, "{body}");
+    drop(vmm);
+    assert!(!ns.links().contains(&tap), "{tap} outlived palisade");
+    ns.remove();
+}
+
+#[test]
+fn under_landlock_without_a_boot_net_device_add_net_is_refused_with_the_rule_to_give() {
+    if !net_ready(
+        "under_landlock_without_a_boot_net_device_add_net_is_refused_with_the_rule_to_give",
+    ) {
+        return;
+    }
+    let ns = Netns::new();
+    let dir = TempDir::new("net-ll-refused");
+    let (host, me) = ns.addresses(200);
+    let vmm = Vmm::waiting_guest(&ns, &dir, &host, &me, &["--landlock"]);
+    assert_eq!(vmm.info()["landlock"]["confined"], json!(true));
+    let links_before = ns.links();
+
+    let body = json!({"tap": "", "ip": host, "mask": "255.255.255.0", "id": "hotnet"});
+    let (code, reply) = vmm.put("vm.add-net", &body);
+    assert_eq!(code, 403, "{reply}");
+    assert!(reply.contains("/dev/net/tun"), "{reply}");
+    assert!(reply.contains("outside the Landlock ruleset"), "{reply}");
+    assert!(
+        reply.contains("--landlock-rules path=/dev/net/tun,access=rw"),
+        "{reply}"
+    );
+    // Nothing was added, no tap made, the guest told of nothing; the VM runs on.
+    let info = vmm.info();
+    assert!(info["device_tree"].get("hotnet").is_none(), "{info}");
+    assert_eq!(info["state"], json!("Running"), "{info}");
+    assert_eq!(ns.links(), links_before);
+    std::thread::sleep(Duration::from_millis(200));
+    let text = vmm.serial_text();
+    assert!(
+        !text.contains("hot-plugged:") && !text.contains("FAIL"),
+        "{text}"
+    );
+    drop(vmm);
+    ns.remove();
+}
+
+#[test]
+fn under_landlock_a_rule_for_the_tun_device_lets_add_net_through() {
+    if !net_ready("under_landlock_a_rule_for_the_tun_device_lets_add_net_through") {
+        return;
+    }
+    let ns = Netns::new();
+    let dir = TempDir::new("net-ll-rule");
+    let (host, me) = ns.addresses(200);
+    let vmm = Vmm::waiting_guest(
+        &ns,
+        &dir,
+        &host,
+        &me,
+        &[
+            "--landlock",
+            "--landlock-rules",
+            "path=/dev/net/tun,access=rw",
+        ],
+    );
+    assert_eq!(vmm.info()["landlock"]["confined"], json!(true));
+    let (shown, tap) = add_net_ok(&vmm, &ns, &host, "hotnet");
+    expect_hotplug_pass(&vmm, &ns, &shown, &host, &tap);
+    drop(vmm);
+    ns.remove();
+}
+
+#[test]
+fn under_landlock_a_boot_net_device_and_an_api_let_add_net_through() {
+    if !net_ready("under_landlock_a_boot_net_device_and_an_api_let_add_net_through") {
+        return;
+    }
+    // Palisade grants itself /dev/net/tun: the VM has a network device and an API that may
+    // add more. The boot device is on one subnet, the hot-added one on another.
+    let ns = Netns::new();
+    let dir = TempDir::new("net-ll-boot");
+    let (boot_host, _) = ns.addresses(200);
+    let (host, me) = ns.addresses(201);
+    let boot = format!("tap=,ip={boot_host},mask=255.255.255.0,id=bootnet");
+    let vmm = Vmm::waiting_guest(&ns, &dir, &host, &me, &["--landlock", "--net", &boot]);
+    let info = vmm.info();
+    assert_eq!(info["landlock"]["confined"], json!(true), "{info}");
+    let rules = info["landlock"]["rules"].to_string();
+    assert!(rules.contains("/dev/net/tun"), "{info}");
+
+    let (shown, tap) = add_net_ok(&vmm, &ns, &host, "hotnet");
+    assert_ne!(
+        Some(shown.as_str()),
+        info["device_tree"]["bootnet"]["pci_bdf"]
+            .as_str()
+            .map(guest_bdf)
+            .as_deref()
+    );
+    expect_hotplug_pass(&vmm, &ns, &shown, &host, &tap);
+    drop(vmm);
+    ns.remove();
+}
