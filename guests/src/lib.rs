@@ -14,8 +14,11 @@
 //! | `fault` | PVH | (none: the VMM must report a vCPU fault) | |
 //! | `triple` | PVH | `PASS triple: reset after triple fault` | |
 //! | `demo` | PVH | `PASS demo` | |
-//! | `virtio_blk` | PVH | `PASS virtio_blk` | a disk; `expect=readonly` if it is read-only |
+//! | `virtio_blk` | PVH | `PASS virtio_blk` | a disk; `expect=readonly` if it is read-only; `wait=hotplug` for a hot-added one |
 //! | `hotplug` | PVH | `PASS hotplug` | a disk hot-added, then removed (API) |
+//! | `virtio_net` | PVH | `PASS virtio_net` | a tap; `host=IP me=IP`; `wait=hotplug` for a hot-added one |
+//! | `virtio_rng` | PVH | `PASS virtio_rng` | `expect=file` when the source is a file of bytes 0, 1, 2, … |
+//! | `virtio_console` | PVH | `PASS virtio_console` | input ending with `q` on the console, or `expect=noinput` |
 //!
 //! A failed check prints `FAIL <name>: <why>` and powers off.
 //!
