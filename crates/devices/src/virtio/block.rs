@@ -28,7 +28,7 @@
 use std::fs::File;
 use std::io::{self, Seek, SeekFrom};
 use std::os::unix::io::AsRawFd;
-use std::sync::atomic::{fence, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use log::{debug, warn};
@@ -39,17 +39,18 @@ use virtio_bindings::virtio_blk::{
     VIRTIO_BLK_T_FLUSH, VIRTIO_BLK_T_GET_ID, VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT,
     VIRTIO_BLK_T_WRITE_ZEROES, VIRTIO_BLK_WRITE_ZEROES_FLAG_UNMAP,
 };
-use virtio_bindings::virtio_ring::VRING_AVAIL_F_NO_INTERRUPT;
-use virtio_queue::{DescriptorChain, QueueOwnedT, QueueT};
+use virtio_queue::DescriptorChain;
 use vm_memory::{
     Address, Bytes, GuestAddress, GuestMemory, GuestMemoryBackend, GuestMemoryMmap, Permissions,
-    VolatileSlice,
 };
 use vmm_sys_util::fallocate::{fallocate, FallocateMode};
 
+use super::iov::{iovec_of, IoVecs, IOV_MAX};
+use super::queue::{drain, enabled_queues, interrupt_if_needed, walk_chain, Budget, Seg};
 use super::{
-    ActivateError, ActiveQueue, InterruptCause, VirtioDevice, VirtioInterrupt, F_RING_EVENT_IDX,
-    F_RING_INDIRECT_DESC, F_VERSION_1, TYPE_BLOCK,
+    counters_map, log_ignored_config_write, queue_size_is_valid, read_config_bytes, ActivateError,
+    ActiveQueue, VirtioDevice, VirtioInterrupt, F_RING_EVENT_IDX, F_RING_INDIRECT_DESC,
+    F_VERSION_1, MAX_QUEUE_SIZE, TYPE_BLOCK,
 };
 
 /// The sector size of the virtio-blk protocol, in bytes.
@@ -64,8 +65,6 @@ pub const CONFIG_SPACE_SIZE: usize = 60;
 const HEADER_SIZE: u64 = 16;
 /// Size of `struct virtio_blk_discard_write_zeroes`.
 const SEGMENT_SIZE: u64 = 16;
-/// Linux's `UIO_MAXIOV`: the most iovecs one `preadv`/`pwritev` accepts.
-const IOV_MAX: usize = 1024;
 /// Largest `virtio_blk_outhdr.type`-independent id length (`VIRTIO_BLK_ID_BYTES`).
 const ID_BYTES: usize = VIRTIO_BLK_ID_BYTES as usize;
 
@@ -78,9 +77,6 @@ const DISCARD_SECTOR_ALIGNMENT: u32 = 8;
 /// zeros when the file system cannot zero a range with `fallocate`.
 const MAX_WRITE_ZEROES_SECTORS: u32 = 1 << 16;
 const MAX_WRITE_ZEROES_SEG: u32 = 1;
-
-/// Largest queue size of a split virtqueue.
-const MAX_QUEUE_SIZE: u16 = 32768;
 
 /// How a caller configures a [`Block`].
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -124,14 +120,6 @@ struct Counters {
     errors: u64,
 }
 
-/// One descriptor of the chain being processed.
-#[derive(Clone, Copy, Debug)]
-struct Seg {
-    addr: GuestAddress,
-    len: u32,
-    write: bool,
-}
-
 /// What one pass over a chain learned about its shape.
 #[derive(Clone, Copy, Debug, Default)]
 struct Layout {
@@ -147,14 +135,27 @@ struct Layout {
     misordered: bool,
 }
 
-/// The `iovec` array reused from request to request.
-struct IoVecs(Vec<libc::iovec>);
-
-// SAFETY: the array only holds pointers while a request is being executed on the thread that
-// owns the `Block` (it is cleared before `execute` returns, see `Disk::process_chain`), and
-// those pointers point into guest memory, which any thread may access. Between calls it holds
-// no pointer at all, so moving it to another thread moves only a capacity.
-unsafe impl Send for IoVecs {}
+impl Layout {
+    /// The shape of the chain `descs`.
+    fn of(descs: &[Seg]) -> Layout {
+        let mut layout = Layout::default();
+        for (i, seg) in descs.iter().enumerate() {
+            // The chain is at most 4 GiB long (virtio-queue stops iterating beyond), so the
+            // sums cannot overflow.
+            if seg.write {
+                layout.writable += u64::from(seg.len);
+                if seg.len > 0 {
+                    layout.last_writable = Some(i);
+                }
+            } else {
+                layout.readable += u64::from(seg.len);
+                layout.misordered |= layout.writable_seen;
+            }
+            layout.writable_seen |= seg.write;
+        }
+        layout
+    }
+}
 
 /// A page-aligned block of zeros to write from when a range cannot be zeroed with
 /// `fallocate` (aligned so that it also works on files opened with `O_DIRECT`).
@@ -174,9 +175,8 @@ struct Disk {
     discard: bool,
     write_zeroes: bool,
     descs: Vec<Seg>,
+    /// Cleared before each request returns (see `Disk::process_chain`).
     iovecs: IoVecs,
-    /// (head, used length) of the requests served in the current pass over the ring.
-    completions: Vec<(u16, u32)>,
     counters: Counters,
 }
 
@@ -190,22 +190,14 @@ struct Active {
     warned: bool,
 }
 
-/// Logs a driver error at warning level the first time, at debug level afterwards.
-fn guest_error(warned: &mut bool, args: std::fmt::Arguments<'_>) {
-    if *warned {
-        debug!("{args}");
-    } else {
-        *warned = true;
-        warn!("{args} (further driver errors are logged at debug level)");
-    }
-}
-
 /// A virtio-blk device model.
 ///
 /// Create it with [`Block::new`] from an open file, and hand it (as a [`VirtioDevice`]) to a
 /// virtio transport. See the module documentation for how requests are executed.
 pub struct Block {
     disk: Disk,
+    /// (head, used length) of the requests served in the current pass over a ring.
+    completions: Vec<(u16, u32)>,
     num_queues: u16,
     queue_size: u16,
     avail_features: u64,
@@ -231,7 +223,7 @@ impl Block {
             return Err(invalid("a disk needs at least one queue".into()));
         }
         let qs = options.queue_size;
-        if !(2..=MAX_QUEUE_SIZE).contains(&qs) || !qs.is_power_of_two() {
+        if !queue_size_is_valid(qs) {
             return Err(invalid(format!(
                 "disk queue size {qs} is not a power of two between 2 and {MAX_QUEUE_SIZE}"
             )));
@@ -275,9 +267,9 @@ impl Block {
                 write_zeroes,
                 descs: Vec::new(),
                 iovecs: IoVecs(Vec::new()),
-                completions: Vec::new(),
                 counters: Counters::default(),
             },
+            completions: Vec::new(),
             num_queues: options.num_queues,
             queue_size: qs,
             avail_features,
@@ -339,22 +331,12 @@ impl VirtioDevice for Block {
     }
 
     fn read_config(&self, offset: u64, data: &mut [u8]) {
-        for (i, byte) in data.iter_mut().enumerate() {
-            *byte = offset
-                .checked_add(i as u64)
-                .and_then(|o| usize::try_from(o).ok())
-                .and_then(|o| self.config.get(o))
-                .copied()
-                .unwrap_or(0);
-        }
+        read_config_bytes(&self.config, offset, data);
     }
 
     fn write_config(&mut self, offset: u64, data: &[u8]) {
         // Only `writeback` is writable, and only with VIRTIO_BLK_F_CONFIG_WCE (not offered).
-        debug!(
-            "virtio-blk: ignoring a {}-byte configuration write at {offset:#x}",
-            data.len()
-        );
+        log_ignored_config_write("virtio-blk", offset, data);
     }
 
     fn activate(
@@ -364,39 +346,8 @@ impl VirtioDevice for Block {
         queues: Vec<ActiveQueue>,
     ) -> Result<(), ActivateError> {
         let event_idx = self.acked_features & F_RING_EVENT_IDX != 0;
-        let mut ready = Vec::with_capacity(queues.len());
-        for mut q in queues {
-            if q.index >= self.num_queues {
-                return Err(ActivateError::Invalid(format!(
-                    "virtio-blk has {} queues; queue {} does not exist",
-                    self.num_queues, q.index
-                )));
-            }
-            if ready.iter().any(|r: &ActiveQueue| r.index == q.index) {
-                return Err(ActivateError::Invalid(format!(
-                    "virtio-blk queue {} was given twice",
-                    q.index
-                )));
-            }
-            // A driver may use fewer queues than offered: those it did not enable are skipped.
-            if !q.queue.ready() {
-                continue;
-            }
-            if !q.queue.is_valid(&mem) {
-                return Err(ActivateError::Invalid(format!(
-                    "virtio-blk queue {} (size {}) lies outside guest memory or is misaligned",
-                    q.index,
-                    q.queue.size()
-                )));
-            }
-            q.queue.set_event_idx(event_idx);
-            ready.push(q);
-        }
-        if ready.is_empty() {
-            return Err(ActivateError::Invalid(
-                "virtio-blk activated without any enabled queue".into(),
-            ));
-        }
+        let num_queues = usize::from(self.num_queues);
+        let ready = enabled_queues("virtio-blk", num_queues, queues, &mem, event_idx)?;
         self.active = Some(Active {
             mem,
             interrupt,
@@ -412,7 +363,12 @@ impl VirtioDevice for Block {
     }
 
     fn process_queue(&mut self, index: u16) {
-        let Block { disk, active, .. } = self;
+        let Block {
+            disk,
+            completions,
+            active,
+            ..
+        } = self;
         let Some(active) = active.as_mut() else {
             return;
         };
@@ -430,97 +386,28 @@ impl VirtioDevice for Block {
         let queue = &mut aq.queue;
         let mem: &GuestMemoryMmap = mem;
 
-        let mut completed = false;
-        let mut idle_passes = 0;
-        'outer: loop {
-            // Ask the driver not to notify while we are draining the ring (a no-op with
-            // EVENT_IDX, where the avail_event written below already suppresses notifications).
-            if let Err(e) = queue.disable_notification(mem) {
-                let msg =
-                    format_args!("virtio-blk queue {index}: cannot disable notifications: {e}");
-                guest_error(warned, msg);
-            }
-            loop {
-                // Serve every request published so far, then return them all.
-                disk.completions.clear();
-                match queue.iter(mem) {
-                    Ok(chains) => {
-                        for chain in chains {
-                            let head = chain.head_index();
-                            let len = disk.process_chain(mem, chain);
-                            disk.completions.push((head, len));
-                        }
-                    }
-                    Err(e) => {
-                        // The driver published an impossible avail index: stop serving the
-                        // queue until it is notified again (a reset fixes it).
-                        guest_error(warned, format_args!("virtio-blk queue {index}: {e}"));
-                        break 'outer;
-                    }
-                }
-                if disk.completions.is_empty() {
-                    break;
-                }
-                idle_passes = 0;
-                for &(head, len) in &disk.completions {
-                    match queue.add_used(mem, head, len) {
-                        Ok(()) => completed = true,
-                        Err(e) => guest_error(
-                            warned,
-                            format_args!(
-                                "virtio-blk queue {index}: cannot return chain {head}: {e}"
-                            ),
-                        ),
-                    }
-                }
-            }
-            match queue.enable_notification(mem) {
-                // More requests arrived while notifications were off: serve them too (unless
-                // the ring cannot be read, which would make this loop spin).
-                Ok(true) if idle_passes < 2 => idle_passes += 1,
-                Ok(_) => break,
-                Err(e) => {
-                    let msg =
-                        format_args!("virtio-blk queue {index}: cannot enable notifications: {e}");
-                    guest_error(warned, msg);
-                    break;
-                }
-            }
-        }
-
-        if completed && needs_interrupt(queue, mem) {
-            interrupt.trigger(InterruptCause::Queue(index));
-        }
+        let drained = drain(
+            queue,
+            mem,
+            format_args!("virtio-blk queue {index}"),
+            warned,
+            completions,
+            Budget::UNLIMITED,
+            |chain, _, _| (disk.process_chain(mem, chain), 0),
+        );
+        interrupt_if_needed(drained.completed, queue, mem, interrupt.as_ref(), index);
     }
 
     fn counters(&self) -> serde_json::Map<String, serde_json::Value> {
         let c = &self.disk.counters;
-        let mut m = serde_json::Map::new();
-        for (name, value) in [
+        counters_map(&[
             ("read_bytes", c.read_bytes),
             ("write_bytes", c.write_bytes),
             ("read_ops", c.read_ops),
             ("write_ops", c.write_ops),
             ("flush_ops", c.flush_ops),
             ("errors", c.errors),
-        ] {
-            m.insert(name.into(), value.into());
-        }
-        m
-    }
-}
-
-/// Whether the driver wants an interrupt for the used buffers just added: with EVENT_IDX,
-/// when `used_event` was crossed; without it, unless the driver set `VRING_AVAIL_F_NO_INTERRUPT`.
-fn needs_interrupt(queue: &mut virtio_queue::Queue, mem: &GuestMemoryMmap) -> bool {
-    if queue.event_idx_enabled() {
-        return queue.needs_notification(mem).unwrap_or(true);
-    }
-    // Make the used index visible before reading the driver's flags.
-    fence(Ordering::SeqCst);
-    match mem.load::<u16>(GuestAddress(queue.avail_ring()), Ordering::Relaxed) {
-        Ok(flags) => u16::from_le(flags) & VRING_AVAIL_F_NO_INTERRUPT as u16 == 0,
-        Err(_) => true,
+        ])
     }
 }
 
@@ -533,32 +420,9 @@ impl Disk {
         mem: &GuestMemoryMmap,
         chain: DescriptorChain<&GuestMemoryMmap>,
     ) -> u32 {
-        self.descs.clear();
-        let mut layout = Layout::default();
-        for d in chain {
-            let seg = Seg {
-                addr: d.addr(),
-                len: d.len(),
-                write: d.is_write_only(),
-            };
-            // The chain is at most 4 GiB long (virtio-queue stops iterating beyond), so the
-            // sums cannot overflow.
-            if seg.write {
-                layout.writable += u64::from(seg.len);
-                if seg.len > 0 {
-                    layout.last_writable = Some(self.descs.len());
-                }
-            } else {
-                layout.readable += u64::from(seg.len);
-                layout.misordered |= layout.writable_seen;
-            }
-            layout.writable_seen |= seg.write;
-            self.descs.push(seg);
-        }
         // Keep the reused buffers small after a pathological chain.
-        if self.descs.capacity() > 4 * IOV_MAX {
-            self.descs.shrink_to(4 * IOV_MAX);
-        }
+        walk_chain(chain, &mut self.descs, 4 * IOV_MAX);
+        let layout = Layout::of(&self.descs);
 
         // The status byte is the last byte of the device-writable part of the chain.
         let status_slice = layout
@@ -959,22 +823,6 @@ fn for_each_in_stream(
     len == 0
 }
 
-/// The `iovec` for a guest-memory slice.
-fn iovec_of(slice: &VolatileSlice<'_, ()>, write: bool) -> libc::iovec {
-    // The guards are plain pointers for mmap-backed memory (vm-memory's `xen` feature is off):
-    // the mapping stays valid while the `GuestMemoryMmap` the device holds lives, i.e. for the
-    // whole request.
-    let base = if write {
-        slice.ptr_guard_mut().as_ptr()
-    } else {
-        slice.ptr_guard().as_ptr() as *mut u8
-    };
-    libc::iovec {
-        iov_base: base as *mut libc::c_void,
-        iov_len: slice.len(),
-    }
-}
-
 /// Reads (or writes) the whole of `iovecs` at `offset` with as few `preadv`/`pwritev` calls
 /// as possible, resuming after short transfers and `EINTR`. Returns the bytes transferred and
 /// whether all were. `iovecs` is consumed (advanced) in place.
@@ -1089,62 +937,22 @@ mod tests {
     use std::fs::OpenOptions;
     use std::io::Write;
     use std::os::unix::fs::FileExt;
-    use std::sync::Mutex;
 
     use virtio_bindings::virtio_ring::{
-        VRING_DESC_F_INDIRECT, VRING_DESC_F_NEXT, VRING_DESC_F_WRITE, VRING_USED_F_NO_NOTIFY,
+        VRING_AVAIL_F_NO_INTERRUPT, VRING_DESC_F_INDIRECT, VRING_DESC_F_NEXT,
+        VRING_USED_F_NO_NOTIFY,
     };
-    use virtio_queue::Queue;
-    use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
     use vmm_sys_util::tempfile::TempFile;
 
-    /// Guest memory: two adjacent 16 MiB regions (buffers may straddle them).
-    const REGION: u64 = 0x100_0000;
-    const MEM_END: u64 = 2 * REGION;
-    /// An address outside guest memory.
-    const OUTSIDE: u64 = 0x1000_0000;
-    const QSIZE: u16 = 64;
-    const BUF_START: u64 = 0x10_0000;
-    const W: u16 = VRING_DESC_F_WRITE as u16;
-    const R: u16 = 0;
+    use crate::virtio::test_driver::{Driver, MEM_END, OUTSIDE, QSIZE, R, REGION, W};
+    use crate::virtio::InterruptCause;
+
     const S_OK: u8 = VIRTIO_BLK_S_OK as u8;
     const S_IOERR: u8 = VIRTIO_BLK_S_IOERR as u8;
     const S_UNSUPP: u8 = VIRTIO_BLK_S_UNSUPP as u8;
 
-    #[derive(Default)]
-    struct TestIrq(Mutex<Vec<InterruptCause>>);
-
-    impl VirtioInterrupt for TestIrq {
-        fn trigger(&self, cause: InterruptCause) {
-            self.0.lock().unwrap().push(cause);
-        }
-    }
-
-    impl TestIrq {
-        fn count(&self) -> usize {
-            self.0.lock().unwrap().len()
-        }
-    }
-
-    /// One split virtqueue as the driver sees it.
-    struct Ring {
-        desc: u64,
-        avail: u64,
-        used: u64,
-        next_desc: u16,
-        avail_idx: u16,
-        notify: Arc<EventFd>,
-    }
-
-    /// The test plays the driver: a Block, guest memory, rings and a temporary backing file.
-    struct Harness {
-        blk: Block,
-        mem: GuestMemoryMmap,
-        irq: Arc<TestIrq>,
-        rings: Vec<Ring>,
-        file: TempFile,
-        buf_next: u64,
-    }
+    /// The test plays the driver; the host side is the temporary backing file.
+    type Harness = Driver<Block, TempFile>;
 
     /// A request written into guest memory.
     struct Req {
@@ -1155,10 +963,6 @@ mod tests {
 
     fn pattern(len: usize) -> Vec<u8> {
         (0..len).map(|i| (i * 7 + i / 512) as u8).collect()
-    }
-
-    fn all_features(blk: &Block) -> u64 {
-        blk.features()
     }
 
     impl Harness {
@@ -1181,146 +985,13 @@ mod tests {
                 .write(!options.readonly)
                 .open(tmp.as_path())
                 .unwrap();
-            let num_queues = options.num_queues;
-            let mut blk = Block::new(file, options).unwrap();
-            let acked = features(all_features(&blk));
-            blk.ack_features(acked);
-            let mem = GuestMemoryMmap::from_ranges(&[
-                (GuestAddress(0), REGION as usize),
-                (GuestAddress(REGION), REGION as usize),
-            ])
-            .unwrap();
-            let irq = Arc::new(TestIrq::default());
-            let mut h = Harness {
-                blk,
-                mem,
-                irq,
-                rings: Vec::new(),
-                file: tmp,
-                buf_next: BUF_START,
-            };
-            let queues = h.make_rings(num_queues, ready);
-            h.blk
-                .activate(h.mem.clone(), h.irq.clone(), queues)
-                .unwrap();
+            let num_queues = usize::from(options.num_queues);
+            let blk = Block::new(file, options).unwrap();
+            let mut h = Driver::for_device(blk, tmp, features);
+            // Every kick clears the notification.
+            h.check_kicks = true;
+            h.start(&vec![QSIZE; num_queues], ready);
             h
-        }
-
-        /// Lays out fresh rings (zeroed) and the queues describing them.
-        fn make_rings(&mut self, num_queues: u16, ready: Option<&[u16]>) -> Vec<ActiveQueue> {
-            self.rings.clear();
-            let mut queues = Vec::new();
-            for i in 0..num_queues {
-                let base = 0x1000 + u64::from(i) * 0x1_0000;
-                let ring = Ring {
-                    desc: base,
-                    avail: base + 0x4000,
-                    used: base + 0x8000,
-                    next_desc: 0,
-                    avail_idx: 0,
-                    notify: Arc::new(EventFd::new(EFD_NONBLOCK).unwrap()),
-                };
-                self.mem
-                    .write_slice(&[0u8; 0x1_0000], GuestAddress(base))
-                    .unwrap();
-                let mut q = Queue::new(QSIZE).unwrap();
-                q.set_size(QSIZE);
-                q.try_set_desc_table_address(GuestAddress(ring.desc))
-                    .unwrap();
-                q.try_set_avail_ring_address(GuestAddress(ring.avail))
-                    .unwrap();
-                q.try_set_used_ring_address(GuestAddress(ring.used))
-                    .unwrap();
-                q.set_ready(ready.is_none_or(|r| r.contains(&i)));
-                queues.push(ActiveQueue {
-                    index: i,
-                    queue: q,
-                    notify: ring.notify.clone(),
-                });
-                self.rings.push(ring);
-            }
-            queues
-        }
-
-        fn alloc(&mut self, len: u64) -> u64 {
-            let addr = self.buf_next;
-            self.buf_next = (self.buf_next + len + 63) & !63;
-            addr
-        }
-
-        fn write_desc(&self, q: usize, idx: u16, addr: u64, len: u32, flags: u16, next: u16) {
-            let at = self.rings[q].desc + u64::from(idx) * 16;
-            self.write_raw_desc(at, addr, len, flags, next);
-        }
-
-        fn write_raw_desc(&self, at: u64, addr: u64, len: u32, flags: u16, next: u16) {
-            let mut d = [0u8; 16];
-            d[0..8].copy_from_slice(&addr.to_le_bytes());
-            d[8..12].copy_from_slice(&len.to_le_bytes());
-            d[12..14].copy_from_slice(&flags.to_le_bytes());
-            d[14..16].copy_from_slice(&next.to_le_bytes());
-            self.mem.write_slice(&d, GuestAddress(at)).unwrap();
-        }
-
-        /// Writes a linked chain of descriptors (NEXT added to all but the last) and returns
-        /// its head (not yet published).
-        fn chain(&mut self, q: usize, descs: &[(u64, u32, u16)]) -> u16 {
-            let head = self.rings[q].next_desc;
-            for (i, &(addr, len, flags)) in descs.iter().enumerate() {
-                let idx = (head + i as u16) % QSIZE;
-                let last = i + 1 == descs.len();
-                let flags = if last {
-                    flags
-                } else {
-                    flags | VRING_DESC_F_NEXT as u16
-                };
-                self.write_desc(q, idx, addr, len, flags, (idx + 1) % QSIZE);
-            }
-            self.rings[q].next_desc = (head + descs.len() as u16) % QSIZE;
-            head
-        }
-
-        fn publish(&mut self, q: usize, head: u16) {
-            let ring = &mut self.rings[q];
-            let slot = ring.avail + 4 + u64::from(ring.avail_idx % QSIZE) * 2;
-            self.mem
-                .write_obj(head.to_le(), GuestAddress(slot))
-                .unwrap();
-            ring.avail_idx = ring.avail_idx.wrapping_add(1);
-            self.mem
-                .write_obj(ring.avail_idx.to_le(), GuestAddress(ring.avail + 2))
-                .unwrap();
-        }
-
-        fn kick(&mut self, q: usize) {
-            self.rings[q].notify.write(1).unwrap();
-            self.blk.process_queue(q as u16);
-            // The device cleared the notification.
-            assert!(self.rings[q].notify.read().is_err());
-        }
-
-        fn used_idx(&self, q: usize) -> u16 {
-            self.mem
-                .read_obj::<u16>(GuestAddress(self.rings[q].used + 2))
-                .unwrap()
-        }
-
-        fn used_elem(&self, q: usize, i: u16) -> (u32, u32) {
-            let at = self.rings[q].used + 4 + u64::from(i % QSIZE) * 8;
-            let id: u32 = self.mem.read_obj(GuestAddress(at)).unwrap();
-            let len: u32 = self.mem.read_obj(GuestAddress(at + 4)).unwrap();
-            (id, len)
-        }
-
-        /// The used length reported for `head` (the last used entry with that id).
-        fn used_len(&self, q: usize, head: u16) -> u32 {
-            let n = self.used_idx(q);
-            (0..n)
-                .rev()
-                .map(|i| self.used_elem(q, i))
-                .find(|&(id, _)| id == u32::from(head))
-                .map(|(_, len)| len)
-                .expect("chain not returned")
         }
 
         fn header(&mut self, req_type: u32, sector: u64) -> u64 {
@@ -1376,24 +1047,14 @@ mod tests {
             (self.status(&req), self.used_len(0, req.head), req)
         }
 
-        fn read_guest(&self, addr: u64, len: usize) -> Vec<u8> {
-            let mut v = vec![0u8; len];
-            self.mem.read_slice(&mut v, GuestAddress(addr)).unwrap();
-            v
-        }
-
         fn read_file(&self, offset: u64, len: usize) -> Vec<u8> {
             let mut v = vec![0u8; len];
-            self.file.as_file().read_exact_at(&mut v, offset).unwrap();
+            self.host.as_file().read_exact_at(&mut v, offset).unwrap();
             v
         }
 
         fn file_contents(&self) -> Vec<u8> {
-            std::fs::read(self.file.as_path()).unwrap()
-        }
-
-        fn counter(&self, name: &str) -> u64 {
-            self.blk.counters()[name].as_u64().unwrap()
+            std::fs::read(self.host.as_path()).unwrap()
         }
 
         /// Writes discard/write-zeroes segments and publishes the request.
@@ -1443,7 +1104,7 @@ mod tests {
     fn reads_sectors_the_file_holds() {
         let contents = disk(64);
         let mut h = Harness::new(rw_options(), &contents);
-        assert_eq!(h.blk.capacity_sectors(), 64);
+        assert_eq!(h.dev.capacity_sectors(), 64);
         let (status, used, req) = h.submit(VIRTIO_BLK_T_IN, 3, &[1024], W);
         assert_eq!(status, S_OK);
         assert_eq!(used, 1025);
@@ -1452,7 +1113,7 @@ mod tests {
         assert_eq!(h.counter("read_bytes"), 1024);
         assert_eq!(h.counter("errors"), 0);
         assert_eq!(h.irq.count(), 1);
-        assert_eq!(h.irq.0.lock().unwrap()[0], InterruptCause::Queue(0));
+        assert_eq!(h.irq.causes()[0], InterruptCause::Queue(0));
     }
 
     #[test]
@@ -1571,8 +1232,8 @@ mod tests {
             ..rw_options()
         };
         let mut h = Harness::new(options, &disk(8));
-        assert_eq!(h.blk.features() & (1 << VIRTIO_BLK_F_DISCARD), 0);
-        assert_eq!(h.blk.features() & (1 << VIRTIO_BLK_F_WRITE_ZEROES), 0);
+        assert_eq!(h.dev.features() & (1 << VIRTIO_BLK_F_DISCARD), 0);
+        assert_eq!(h.dev.features() & (1 << VIRTIO_BLK_F_WRITE_ZEROES), 0);
         assert_eq!(h.dwz(VIRTIO_BLK_T_DISCARD, &[(0, 1, 0)]).0, S_UNSUPP);
         assert_eq!(h.dwz(VIRTIO_BLK_T_WRITE_ZEROES, &[(0, 1, 0)]).0, S_UNSUPP);
         assert_eq!(h.file_contents(), disk(8));
@@ -1586,7 +1247,7 @@ mod tests {
             ..rw_options()
         };
         let mut h = Harness::new(options, &contents);
-        let f = h.blk.features();
+        let f = h.dev.features();
         assert_ne!(f & (1 << VIRTIO_BLK_F_RO), 0);
         assert_eq!(f & (1 << VIRTIO_BLK_F_DISCARD), 0);
         assert_eq!(f & (1 << VIRTIO_BLK_F_WRITE_ZEROES), 0);
@@ -1892,9 +1553,9 @@ mod tests {
         let mut contents = disk(4);
         contents.extend([9u8; 100]);
         let mut h = Harness::new(rw_options(), &contents);
-        assert_eq!(h.blk.capacity_sectors(), 4);
+        assert_eq!(h.dev.capacity_sectors(), 4);
         let mut cap = [0u8; 8];
-        h.blk.read_config(0, &mut cap);
+        h.dev.read_config(0, &mut cap);
         assert_eq!(u64::from_le_bytes(cap), 4);
         assert_eq!(h.submit(VIRTIO_BLK_T_IN, 3, &[512], W).0, S_OK);
         assert_eq!(h.submit(VIRTIO_BLK_T_IN, 4, &[512], W).0, S_IOERR);
@@ -2003,42 +1664,29 @@ mod tests {
     #[test]
     fn interrupts_follow_avail_flags_without_event_idx() {
         let mut h = Harness::with(rw_options(), &disk(8), |f| f & !F_RING_EVENT_IDX, None);
-        let avail = h.rings[0].avail;
-        let used = h.rings[0].used;
-        h.mem
-            .write_obj(
-                (VRING_AVAIL_F_NO_INTERRUPT as u16).to_le(),
-                GuestAddress(avail),
-            )
-            .unwrap();
+        h.set_avail_flags(0, VRING_AVAIL_F_NO_INTERRUPT as u16);
         assert_eq!(h.submit(VIRTIO_BLK_T_FLUSH, 0, &[], R).0, S_OK);
         assert_eq!(h.irq.count(), 0);
-        h.mem.write_obj(0u16, GuestAddress(avail)).unwrap();
+        h.set_avail_flags(0, 0);
         assert_eq!(h.submit(VIRTIO_BLK_T_FLUSH, 0, &[], R).0, S_OK);
         assert_eq!(h.irq.count(), 1);
         // Notifications are enabled again once the ring is drained.
-        let flags: u16 = h.mem.read_obj(GuestAddress(used)).unwrap();
-        assert_eq!(flags & VRING_USED_F_NO_NOTIFY as u16, 0);
+        assert_eq!(h.used_flags(0) & VRING_USED_F_NO_NOTIFY as u16, 0);
     }
 
     #[test]
     fn interrupts_are_suppressed_with_event_idx() {
         let mut h = Harness::new(rw_options(), &disk(8));
-        assert_ne!(h.blk.acked_features & F_RING_EVENT_IDX, 0);
-        let used_event = h.rings[0].avail + 4 + 2 * u64::from(QSIZE);
-        let avail_event = h.rings[0].used + 4 + 8 * u64::from(QSIZE);
+        assert_ne!(h.dev.acked_features & F_RING_EVENT_IDX, 0);
 
         // used_event 0: the first used buffer (index 0) interrupts.
         h.submit(VIRTIO_BLK_T_FLUSH, 0, &[], R);
         assert_eq!(h.irq.count(), 1);
         // The device asks to be notified when the driver adds the next request.
-        let ae: u16 = h.mem.read_obj(GuestAddress(avail_event)).unwrap();
-        assert_eq!(ae, 1);
+        assert_eq!(h.avail_event(0), 1);
 
         // The driver wants an interrupt once used index 5 is written.
-        h.mem
-            .write_obj(5u16.to_le(), GuestAddress(used_event))
-            .unwrap();
+        h.set_used_event(0, 5);
         h.submit(VIRTIO_BLK_T_FLUSH, 0, &[], R); // used idx 2
         assert_eq!(h.irq.count(), 1);
         for _ in 0..3 {
@@ -2049,8 +1697,7 @@ mod tests {
         assert_eq!(h.irq.count(), 1);
         h.submit(VIRTIO_BLK_T_FLUSH, 0, &[], R); // entry 5 written
         assert_eq!(h.irq.count(), 2);
-        let ae: u16 = h.mem.read_obj(GuestAddress(avail_event)).unwrap();
-        assert_eq!(ae, 6);
+        assert_eq!(h.avail_event(0), 6);
     }
 
     #[test]
@@ -2062,7 +1709,7 @@ mod tests {
         let h = Harness::new(options, &disk(100));
         let rd = |off: u64, len: usize| {
             let mut v = vec![0xeeu8; len];
-            h.blk.read_config(off, &mut v);
+            h.dev.read_config(off, &mut v);
             v
         };
         let u32_at = |off: u64| u32::from_le_bytes(rd(off, 4).try_into().unwrap());
@@ -2092,18 +1739,18 @@ mod tests {
     fn config_writes_are_ignored() {
         let mut h = Harness::new(rw_options(), &disk(8));
         let mut before = [0u8; CONFIG_SPACE_SIZE];
-        h.blk.read_config(0, &mut before);
-        h.blk.write_config(0, &[0xff; CONFIG_SPACE_SIZE]);
-        h.blk.write_config(u64::MAX, &[1, 2, 3]);
+        h.dev.read_config(0, &mut before);
+        h.dev.write_config(0, &[0xff; CONFIG_SPACE_SIZE]);
+        h.dev.write_config(u64::MAX, &[1, 2, 3]);
         let mut after = [0u8; CONFIG_SPACE_SIZE];
-        h.blk.read_config(0, &mut after);
+        h.dev.read_config(0, &mut after);
         assert_eq!(before, after);
     }
 
     #[test]
     fn features_offered() {
         let h = Harness::new(rw_options(), &disk(8));
-        let f = h.blk.features();
+        let f = h.dev.features();
         for bit in [
             F_VERSION_1,
             F_RING_INDIRECT_DESC,
@@ -2118,8 +1765,8 @@ mod tests {
         }
         assert_eq!(f & (1 << VIRTIO_BLK_F_RO), 0);
         assert_eq!(f & (1 << VIRTIO_BLK_F_MQ), 0);
-        assert_eq!(h.blk.device_type(), TYPE_BLOCK);
-        assert_eq!(h.blk.queue_max_sizes(), vec![QSIZE]);
+        assert_eq!(h.dev.device_type(), TYPE_BLOCK);
+        assert_eq!(h.dev.queue_max_sizes(), vec![QSIZE]);
     }
 
     #[test]
@@ -2130,8 +1777,8 @@ mod tests {
             ..rw_options()
         };
         let mut h = Harness::new(options, &contents);
-        assert_ne!(h.blk.features() & (1 << VIRTIO_BLK_F_MQ), 0);
-        assert_eq!(h.blk.queue_max_sizes(), vec![QSIZE; 3]);
+        assert_ne!(h.dev.features() & (1 << VIRTIO_BLK_F_MQ), 0);
+        assert_eq!(h.dev.queue_max_sizes(), vec![QSIZE; 3]);
         let r1 = h.request(1, VIRTIO_BLK_T_IN, 2, &[512], W);
         let r2 = h.request(2, VIRTIO_BLK_T_IN, 9, &[512], W);
         // Kicking queue 0 does not serve the others.
@@ -2145,11 +1792,11 @@ mod tests {
         assert_eq!(h.read_guest(r1.data[0], 512), &contents[2 * 512..3 * 512]);
         assert_eq!(h.read_guest(r2.data[0], 512), &contents[9 * 512..10 * 512]);
         assert_eq!(
-            *h.irq.0.lock().unwrap(),
+            h.irq.causes(),
             vec![InterruptCause::Queue(2), InterruptCause::Queue(1)]
         );
         // An unknown queue index is ignored.
-        h.blk.process_queue(7);
+        h.dev.process_queue(7);
     }
 
     #[test]
@@ -2163,32 +1810,32 @@ mod tests {
         h.kick(1);
         assert_eq!(h.status(&r), S_OK);
         h.rings[3].notify.write(1).unwrap();
-        h.blk.process_queue(3);
+        h.dev.process_queue(3);
     }
 
     #[test]
     fn activation_is_validated() {
         let mut h = Harness::new(rw_options(), &disk(8));
-        h.blk.reset();
+        h.dev.reset();
         let irq: Arc<dyn VirtioInterrupt> = h.irq.clone();
         // Queue index out of range.
-        let mut queues = h.make_rings(2, None);
+        let mut queues = h.make_rings(&[QSIZE; 2], None);
         assert!(h
-            .blk
+            .dev
             .activate(h.mem.clone(), irq.clone(), queues.split_off(1))
             .is_err());
         // No queue enabled.
-        let queues = h.make_rings(1, Some(&[]));
-        assert!(h.blk.activate(h.mem.clone(), irq.clone(), queues).is_err());
+        let queues = h.make_rings(&[QSIZE], Some(&[]));
+        assert!(h.dev.activate(h.mem.clone(), irq.clone(), queues).is_err());
         // A ring outside guest memory.
-        let mut queues = h.make_rings(1, None);
+        let mut queues = h.make_rings(&[QSIZE], None);
         queues[0]
             .queue
             .try_set_used_ring_address(GuestAddress(OUTSIDE))
             .unwrap();
-        assert!(h.blk.activate(h.mem.clone(), irq.clone(), queues).is_err());
+        assert!(h.dev.activate(h.mem.clone(), irq.clone(), queues).is_err());
         // Processing an inactive device does nothing.
-        h.blk.process_queue(0);
+        h.dev.process_queue(0);
         assert_eq!(h.used_idx(0), 0);
     }
 
@@ -2197,17 +1844,17 @@ mod tests {
         let contents = disk(8);
         let mut h = Harness::new(rw_options(), &contents);
         assert_eq!(h.submit(VIRTIO_BLK_T_IN, 0, &[512], W).0, S_OK);
-        h.blk.reset();
-        assert_eq!(h.blk.acked_features, 0);
+        h.dev.reset();
+        assert_eq!(h.dev.acked_features, 0);
         // A request published after the reset is not served.
         let stale = h.request(0, VIRTIO_BLK_T_IN, 0, &[512], W);
-        h.blk.process_queue(0);
+        h.dev.process_queue(0);
         assert_eq!(h.status(&stale), 0xff);
 
-        let f = h.blk.features();
-        h.blk.ack_features(f);
-        let queues = h.make_rings(1, None);
-        h.blk
+        let f = h.dev.features();
+        h.dev.ack_features(f);
+        let queues = h.make_rings(&[QSIZE], None);
+        h.dev
             .activate(h.mem.clone(), h.irq.clone(), queues)
             .unwrap();
         let (status, used, req) = h.submit(VIRTIO_BLK_T_IN, 1, &[512], W);
@@ -2222,7 +1869,7 @@ mod tests {
         h.submit(VIRTIO_BLK_T_OUT, 8, &[512, 512], R);
         h.submit(VIRTIO_BLK_T_FLUSH, 0, &[], R);
         h.submit(VIRTIO_BLK_T_IN, 100, &[512], W);
-        let c = h.blk.counters();
+        let c = h.dev.counters();
         let get = |k: &str| c[k].as_u64().unwrap();
         assert_eq!(get("read_bytes"), 4096);
         assert_eq!(get("read_ops"), 1);

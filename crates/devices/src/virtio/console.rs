@@ -35,17 +35,20 @@
 use std::fs::File;
 use std::io::{self, Read, Write};
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
-use std::sync::atomic::{fence, Ordering};
 use std::sync::Arc;
 
 use log::{debug, info, warn};
-use virtio_bindings::virtio_ring::VRING_AVAIL_F_NO_INTERRUPT;
 use virtio_queue::{DescriptorChain, QueueOwnedT, QueueT};
-use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryMmap};
+use vm_memory::{Address, Bytes, GuestMemoryMmap};
 
+use super::queue::{
+    drain, enabled_queues, guest_error, interrupt_if_needed, log_limited, return_chains,
+    walk_chain, Budget, Seg,
+};
 use super::{
-    ActivateError, ActiveQueue, InterruptCause, VirtioDevice, VirtioInterrupt, F_RING_EVENT_IDX,
-    F_RING_INDIRECT_DESC, F_VERSION_1, TYPE_CONSOLE,
+    counters_map, log_ignored_config_write, read_config_bytes, ActivateError, ActiveQueue,
+    VirtioDevice, VirtioInterrupt, F_RING_EVENT_IDX, F_RING_INDIRECT_DESC, F_VERSION_1,
+    TYPE_CONSOLE,
 };
 
 /// Feature bit: the configuration space holds the console size (not offered).
@@ -94,14 +97,6 @@ struct Counters {
     errors: u64,
 }
 
-/// One descriptor of the chain being served.
-#[derive(Clone, Copy, Debug)]
-struct Seg {
-    addr: GuestAddress,
-    len: u32,
-    write: bool,
-}
-
 /// The host side of the console and the per-request state. It outlives driver resets.
 struct Host {
     output: Box<dyn Write + Send>,
@@ -114,8 +109,6 @@ struct Host {
     /// Guest output of the chain being transmitted.
     bounce: Vec<u8>,
     descs: Vec<Seg>,
-    /// (head, used length) of the chains served in the current pass over a ring.
-    completions: Vec<(u16, u32)>,
     counters: Counters,
     /// A host-side failure was logged at warning level (later ones go to debug).
     host_warned: bool,
@@ -131,16 +124,6 @@ struct Active {
     warned: bool,
 }
 
-/// Logs a driver error at warning level the first time, at debug level afterwards.
-fn guest_error(warned: &mut bool, args: std::fmt::Arguments<'_>) {
-    if *warned {
-        debug!("{args}");
-    } else {
-        *warned = true;
-        warn!("{args} (further driver errors are logged at debug level)");
-    }
-}
-
 /// A virtio-console device model with one port.
 ///
 /// Create it with [`Console::new`] and hand it (as a [`VirtioDevice`]) to a virtio
@@ -148,6 +131,8 @@ fn guest_error(warned: &mut bool, args: std::fmt::Arguments<'_>) {
 /// [`VirtioDevice::process_host`] when they are readable. See the module documentation.
 pub struct Console {
     host: Host,
+    /// (head, used length) of the chains served in the current pass over a ring.
+    completions: Vec<(u16, u32)>,
     acked_features: u64,
     active: Option<Active>,
 }
@@ -171,10 +156,10 @@ impl Console {
                 pending_pos: 0,
                 bounce: Vec::new(),
                 descs: Vec::new(),
-                completions: Vec::new(),
                 counters: Counters::default(),
                 host_warned: false,
             },
+            completions: Vec::new(),
             acked_features: 0,
             active: None,
         }
@@ -183,7 +168,12 @@ impl Console {
     /// Serves the receive queue: delivers pending input and reads more while the guest has
     /// buffers for it.
     fn process_rx(&mut self) {
-        let Console { host, active, .. } = self;
+        let Console {
+            host,
+            completions,
+            active,
+            ..
+        } = self;
         let Some(active) = active.as_mut() else {
             return;
         };
@@ -228,7 +218,7 @@ impl Console {
                     }
                     read_left = read_left.saturating_sub(n as u64);
                 }
-                host.completions.clear();
+                completions.clear();
                 match queue.iter(mem) {
                     Ok(mut chains) => {
                         while !host.pending_is_empty() && chains_left > 0 {
@@ -239,7 +229,7 @@ impl Console {
                             let head = chain.head_index();
                             let len = host.receive(mem, chain, &mut read_left);
                             chains_left -= 1;
-                            host.completions.push((head, len));
+                            completions.push((head, len));
                         }
                     }
                     Err(e) => {
@@ -248,7 +238,8 @@ impl Console {
                         break 'outer;
                     }
                 }
-                completed |= return_chains(queue, mem, &host.completions, warned, "receiveq");
+                let name = format_args!("virtio-console receiveq");
+                completed |= return_chains(queue, mem, completions, name, warned);
                 if chains_left == 0 {
                     rearm = true;
                     break 'outer;
@@ -281,14 +272,17 @@ impl Console {
                 warn!("virtio-console: cannot re-arm the receive queue notification: {e}");
             }
         }
-        if completed && needs_interrupt(&mut aq.queue, mem) {
-            interrupt.trigger(InterruptCause::Queue(RX_QUEUE));
-        }
+        interrupt_if_needed(completed, queue, mem, interrupt.as_ref(), RX_QUEUE);
     }
 
     /// Serves the transmit queue: writes the guest's output.
     fn process_tx(&mut self) {
-        let Console { host, active, .. } = self;
+        let Console {
+            host,
+            completions,
+            active,
+            ..
+        } = self;
         let Some(active) = active.as_mut() else {
             return;
         };
@@ -306,102 +300,27 @@ impl Console {
         let queue = &mut aq.queue;
         let mem: &GuestMemoryMmap = mem;
 
-        let mut bytes_left = MAX_TX_BYTES_PER_CALL;
-        let mut chains_left = MAX_CHAINS_PER_CALL;
-        let mut rearm = false;
-        let mut completed = false;
-        let mut idle_passes = 0;
-        'outer: loop {
-            if let Err(e) = queue.disable_notification(mem) {
-                let msg =
-                    format_args!("virtio-console transmitq: cannot disable notifications: {e}");
-                guest_error(warned, msg);
-            }
-            loop {
-                host.completions.clear();
-                match queue.iter(mem) {
-                    Ok(mut chains) => {
-                        while bytes_left > 0 && chains_left > 0 {
-                            let Some(chain) = chains.next() else {
-                                break;
-                            };
-                            let head = chain.head_index();
-                            bytes_left = bytes_left.saturating_sub(host.transmit(mem, chain));
-                            chains_left -= 1;
-                            // Transmit buffers are only read: the used length is 0.
-                            host.completions.push((head, 0));
-                        }
-                    }
-                    Err(e) => {
-                        guest_error(warned, format_args!("virtio-console transmitq: {e}"));
-                        break 'outer;
-                    }
-                }
-                completed |= return_chains(queue, mem, &host.completions, warned, "transmitq");
-                if bytes_left == 0 || chains_left == 0 {
-                    rearm = true;
-                    break 'outer;
-                }
-                if host.completions.is_empty() {
-                    break;
-                }
-                idle_passes = 0;
-            }
-            match queue.enable_notification(mem) {
-                Ok(true) if idle_passes < 2 => idle_passes += 1,
-                Ok(_) => break,
-                Err(e) => {
-                    let msg =
-                        format_args!("virtio-console transmitq: cannot enable notifications: {e}");
-                    guest_error(warned, msg);
-                    break;
-                }
-            }
-        }
+        let budget = Budget {
+            bytes: MAX_TX_BYTES_PER_CALL,
+            chains: u64::from(MAX_CHAINS_PER_CALL),
+        };
+        let drained = drain(
+            queue,
+            mem,
+            format_args!("virtio-console transmitq"),
+            warned,
+            completions,
+            budget,
+            // Transmit buffers are only read: the used length is 0.
+            |chain, _, _| (0, host.transmit(mem, chain)),
+        );
         host.flush_output();
-        if rearm {
+        if drained.out_of_budget {
             if let Err(e) = aq.notify.write(1) {
                 warn!("virtio-console: cannot re-arm the transmit queue notification: {e}");
             }
         }
-        if completed && needs_interrupt(&mut aq.queue, mem) {
-            interrupt.trigger(InterruptCause::Queue(TX_QUEUE));
-        }
-    }
-}
-
-/// Puts the chains of `completions` in the used ring; true if any was.
-fn return_chains(
-    queue: &mut virtio_queue::Queue,
-    mem: &GuestMemoryMmap,
-    completions: &[(u16, u32)],
-    warned: &mut bool,
-    name: &str,
-) -> bool {
-    let mut any = false;
-    for &(head, len) in completions {
-        match queue.add_used(mem, head, len) {
-            Ok(()) => any = true,
-            Err(e) => guest_error(
-                warned,
-                format_args!("virtio-console {name}: cannot return chain {head}: {e}"),
-            ),
-        }
-    }
-    any
-}
-
-/// Whether the driver wants an interrupt for the used buffers just added: with EVENT_IDX,
-/// when `used_event` was crossed; without it, unless the driver set `VRING_AVAIL_F_NO_INTERRUPT`.
-fn needs_interrupt(queue: &mut virtio_queue::Queue, mem: &GuestMemoryMmap) -> bool {
-    if queue.event_idx_enabled() {
-        return queue.needs_notification(mem).unwrap_or(true);
-    }
-    // Make the used index visible before reading the driver's flags.
-    fence(Ordering::SeqCst);
-    match mem.load::<u16>(GuestAddress(queue.avail_ring()), Ordering::Relaxed) {
-        Ok(flags) => u16::from_le(flags) & VRING_AVAIL_F_NO_INTERRUPT as u16 == 0,
-        Err(_) => true,
+        interrupt_if_needed(drained.completed, queue, mem, interrupt.as_ref(), TX_QUEUE);
     }
 }
 
@@ -498,7 +417,7 @@ impl Host {
         chain: DescriptorChain<&GuestMemoryMmap>,
         read_left: &mut u64,
     ) -> u32 {
-        self.walk(chain);
+        walk_chain(chain, &mut self.descs, usize::from(QUEUE_SIZE) * 4);
         if self.descs.iter().any(|s| !s.write) {
             debug!("virtio-console: receive chain with a device-readable descriptor");
             self.counters.errors += 1;
@@ -551,7 +470,7 @@ impl Host {
     /// Outputs the device-readable buffers of one transmit chain. Returns the bytes it
     /// consumed (output or dropped), charged to the call's budget.
     fn transmit(&mut self, mem: &GuestMemoryMmap, chain: DescriptorChain<&GuestMemoryMmap>) -> u64 {
-        self.walk(chain);
+        walk_chain(chain, &mut self.descs, usize::from(QUEUE_SIZE) * 4);
         if self.descs.iter().any(|s| s.write) {
             debug!("virtio-console: transmit chain with a device-writable descriptor");
             self.counters.errors += 1;
@@ -597,21 +516,6 @@ impl Host {
         take as u64
     }
 
-    /// Walks a chain into `self.descs`.
-    fn walk(&mut self, chain: DescriptorChain<&GuestMemoryMmap>) {
-        self.descs.clear();
-        for d in chain {
-            self.descs.push(Seg {
-                addr: d.addr(),
-                len: d.len(),
-                write: d.is_write_only(),
-            });
-        }
-        if self.descs.capacity() > usize::from(QUEUE_SIZE) * 4 {
-            self.descs.shrink_to(usize::from(QUEUE_SIZE) * 4);
-        }
-    }
-
     /// Writes `data` to the output without waiting: what the writer does not take at once
     /// (it would block, or fails) is dropped and counted.
     fn write_output(&mut self, data: &[u8]) {
@@ -642,12 +546,8 @@ impl Host {
 
     /// Logs a host-side failure at warning level the first time, at debug level afterwards.
     fn host_error(&mut self, args: std::fmt::Arguments<'_>) {
-        if self.host_warned {
-            debug!("virtio-console: {args}");
-        } else {
-            self.host_warned = true;
-            warn!("virtio-console: {args} (further host errors are logged at debug level)");
-        }
+        let args = format_args!("virtio-console: {args}");
+        log_limited(&mut self.host_warned, "host", args);
     }
 }
 
@@ -677,15 +577,7 @@ impl VirtioDevice for Console {
     }
 
     fn read_config(&self, offset: u64, data: &mut [u8]) {
-        let config = config_space();
-        for (i, byte) in data.iter_mut().enumerate() {
-            *byte = offset
-                .checked_add(i as u64)
-                .and_then(|o| usize::try_from(o).ok())
-                .and_then(|o| config.get(o))
-                .copied()
-                .unwrap_or(0);
-        }
+        read_config_bytes(&config_space(), offset, data);
     }
 
     fn write_config(&mut self, offset: u64, data: &[u8]) {
@@ -695,10 +587,7 @@ impl VirtioDevice for Console {
                 .checked_add(data.len() as u64)
                 .is_some_and(|end| end > EMERG_WR_OFFSET);
         if !covers {
-            debug!(
-                "virtio-console: ignoring a {}-byte configuration write at {offset:#x}",
-                data.len()
-            );
+            log_ignored_config_write("virtio-console", offset, data);
             return;
         }
         // In range: `offset` <= 8 < `offset + data.len()`.
@@ -714,44 +603,14 @@ impl VirtioDevice for Console {
         queues: Vec<ActiveQueue>,
     ) -> Result<(), ActivateError> {
         let event_idx = self.acked_features & F_RING_EVENT_IDX != 0;
-        let mut seen = [false; 2];
         let mut rx = None;
         let mut tx = None;
-        for mut q in queues {
-            let Some(slot) = seen.get_mut(usize::from(q.index)) else {
-                return Err(ActivateError::Invalid(format!(
-                    "virtio-console has 2 queues; queue {} does not exist",
-                    q.index
-                )));
-            };
-            if *slot {
-                return Err(ActivateError::Invalid(format!(
-                    "virtio-console queue {} was given twice",
-                    q.index
-                )));
-            }
-            *slot = true;
-            if !q.queue.ready() {
-                continue;
-            }
-            if !q.queue.is_valid(&mem) {
-                return Err(ActivateError::Invalid(format!(
-                    "virtio-console queue {} (size {}) lies outside guest memory or is misaligned",
-                    q.index,
-                    q.queue.size()
-                )));
-            }
-            q.queue.set_event_idx(event_idx);
+        for q in enabled_queues("virtio-console", 2, queues, &mem, event_idx)? {
             if q.index == RX_QUEUE {
                 rx = Some(q);
             } else {
                 tx = Some(q);
             }
-        }
-        if rx.is_none() && tx.is_none() {
-            return Err(ActivateError::Invalid(
-                "virtio-console activated without any enabled queue".into(),
-            ));
         }
         // Input that arrived before activation (or was pending at a reset) and buffers the
         // driver posted before DRIVER_OK are served as soon as the VMM thread gets to them.
@@ -801,16 +660,12 @@ impl VirtioDevice for Console {
 
     fn counters(&self) -> serde_json::Map<String, serde_json::Value> {
         let c = &self.host.counters;
-        let mut m = serde_json::Map::new();
-        for (name, value) in [
+        counters_map(&[
             ("tx_bytes", c.tx_bytes),
             ("rx_bytes", c.rx_bytes),
             ("dropped_bytes", c.dropped_bytes),
             ("errors", c.errors),
-        ] {
-            m.insert(name.into(), value.into());
-        }
-        m
+        ])
     }
 }
 
@@ -820,35 +675,10 @@ mod tests {
     use std::os::fd::FromRawFd;
     use std::sync::Mutex;
 
-    use virtio_bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
-    use virtio_queue::Queue;
-    use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+    use virtio_bindings::virtio_ring::VRING_AVAIL_F_NO_INTERRUPT;
+    use vm_memory::GuestAddress;
 
-    /// Guest memory: two adjacent 16 MiB regions.
-    const REGION: u64 = 0x100_0000;
-    /// An address outside guest memory.
-    const OUTSIDE: u64 = 0x1000_0000;
-    const QSIZE: u16 = 64;
-    const BUF_START: u64 = 0x10_0000;
-    const W: u16 = VRING_DESC_F_WRITE as u16;
-    const R: u16 = 0;
-    const POISON: u8 = 0xa5;
-
-    #[derive(Default)]
-    struct TestIrq(Mutex<Vec<InterruptCause>>);
-
-    impl VirtioInterrupt for TestIrq {
-        fn trigger(&self, cause: InterruptCause) {
-            self.0.lock().unwrap().push(cause);
-        }
-    }
-
-    impl TestIrq {
-        fn count(&self, q: u16) -> usize {
-            let v = self.0.lock().unwrap();
-            v.iter().filter(|&&c| c == InterruptCause::Queue(q)).count()
-        }
-    }
+    use crate::virtio::test_driver::{Driver, OUTSIDE, POISON, QSIZE, R, REGION, W};
 
     /// A writer that keeps what it is given; past `limit` bytes it reports `WouldBlock`
     /// (or, with `fail`, an I/O error).
@@ -904,26 +734,15 @@ mod tests {
         unsafe { (OwnedFd::from_raw_fd(fds[0]), File::from_raw_fd(fds[1])) }
     }
 
-    /// One split virtqueue as the driver sees it.
-    struct Ring {
-        desc: u64,
-        avail: u64,
-        used: u64,
-        next_desc: u16,
-        avail_idx: u16,
-        notify: Arc<EventFd>,
+    /// The test's ends of the console: the captured output, and the write end of the
+    /// input pipe.
+    struct HostEnds {
+        out: Capture,
+        input: Option<File>,
     }
 
     /// The test plays the driver of both queues.
-    struct Harness {
-        con: Console,
-        out: Capture,
-        input: Option<File>,
-        mem: GuestMemoryMmap,
-        irq: Arc<TestIrq>,
-        rings: Vec<Ring>,
-        buf_next: u64,
-    }
+    type Harness = Driver<Console, HostEnds>;
 
     impl Harness {
         /// A console with captured output and a pipe as input, all features acked.
@@ -939,144 +758,13 @@ mod tests {
             } else {
                 (None, None)
             };
-            let mut con = Console::new(Box::new(out.clone()), input);
-            let f = features(con.features());
-            con.ack_features(f);
-            let mem = GuestMemoryMmap::from_ranges(&[
-                (GuestAddress(0), REGION as usize),
-                (GuestAddress(REGION), REGION as usize),
-            ])
-            .unwrap();
-            let mut h = Harness {
-                con,
-                out,
-                input: writer,
-                mem,
-                irq: Arc::new(TestIrq::default()),
-                rings: Vec::new(),
-                buf_next: BUF_START,
-            };
-            let queues = h.make_rings(ready);
-            h.con
-                .activate(h.mem.clone(), h.irq.clone(), queues)
-                .unwrap();
+            let con = Console::new(Box::new(out.clone()), input);
+            let host = HostEnds { out, input: writer };
+            let mut h = Driver::for_device(con, host, features);
+            h.start(&[QSIZE; 2], ready);
             // Activation arms the enabled queues; serve them as the VMM thread would.
             h.run_notified();
             h
-        }
-
-        /// Lays out fresh rings (zeroed) and the queues describing them.
-        fn make_rings(&mut self, ready: Option<&[u16]>) -> Vec<ActiveQueue> {
-            self.rings.clear();
-            let mut queues = Vec::new();
-            for i in 0..2u16 {
-                let base = 0x1000 + u64::from(i) * 0x1_0000;
-                let ring = Ring {
-                    desc: base,
-                    avail: base + 0x4000,
-                    used: base + 0x8000,
-                    next_desc: 0,
-                    avail_idx: 0,
-                    notify: Arc::new(EventFd::new(EFD_NONBLOCK).unwrap()),
-                };
-                self.mem
-                    .write_slice(&[0u8; 0x1_0000], GuestAddress(base))
-                    .unwrap();
-                let mut q = Queue::new(QSIZE).unwrap();
-                q.set_size(QSIZE);
-                q.try_set_desc_table_address(GuestAddress(ring.desc))
-                    .unwrap();
-                q.try_set_avail_ring_address(GuestAddress(ring.avail))
-                    .unwrap();
-                q.try_set_used_ring_address(GuestAddress(ring.used))
-                    .unwrap();
-                q.set_ready(ready.is_none_or(|r| r.contains(&i)));
-                queues.push(ActiveQueue {
-                    index: i,
-                    queue: q,
-                    notify: ring.notify.clone(),
-                });
-                self.rings.push(ring);
-            }
-            queues
-        }
-
-        /// Calls `process_queue` for each queue whose eventfd is set, as the VMM loop does,
-        /// until none is.
-        fn run_notified(&mut self) -> usize {
-            let mut calls = 0;
-            loop {
-                let mut any = false;
-                for q in 0..self.rings.len() {
-                    // Peek: read and restore, the device reads it itself.
-                    if let Ok(v) = self.rings[q].notify.read() {
-                        self.rings[q].notify.write(v).unwrap();
-                        self.con.process_queue(q as u16);
-                        calls += 1;
-                        any = true;
-                    }
-                }
-                if !any {
-                    return calls;
-                }
-            }
-        }
-
-        /// A guest buffer of `len` bytes, filled with `fill`.
-        fn buf(&mut self, len: u64, fill: u8) -> u64 {
-            let addr = self.buf_next;
-            self.buf_next = (self.buf_next + len + 63) & !63;
-            self.mem
-                .write_slice(&vec![fill; len as usize], GuestAddress(addr))
-                .unwrap();
-            addr
-        }
-
-        /// A guest buffer holding `data`.
-        fn data(&mut self, data: &[u8]) -> u64 {
-            let addr = self.buf(data.len() as u64, 0);
-            self.mem.write_slice(data, GuestAddress(addr)).unwrap();
-            addr
-        }
-
-        fn write_desc(&self, q: usize, idx: u16, addr: u64, len: u32, flags: u16, next: u16) {
-            let at = self.rings[q].desc + u64::from(idx) * 16;
-            let mut d = [0u8; 16];
-            d[0..8].copy_from_slice(&addr.to_le_bytes());
-            d[8..12].copy_from_slice(&len.to_le_bytes());
-            d[12..14].copy_from_slice(&flags.to_le_bytes());
-            d[14..16].copy_from_slice(&next.to_le_bytes());
-            self.mem.write_slice(&d, GuestAddress(at)).unwrap();
-        }
-
-        /// Writes a chain on queue `q` and publishes it (without notifying); returns its head.
-        fn publish(&mut self, q: usize, descs: &[(u64, u32, u16)]) -> u16 {
-            let head = self.rings[q].next_desc;
-            for (i, &(addr, len, flags)) in descs.iter().enumerate() {
-                let idx = (head + i as u16) % QSIZE;
-                let flags = if i + 1 == descs.len() {
-                    flags
-                } else {
-                    flags | VRING_DESC_F_NEXT as u16
-                };
-                self.write_desc(q, idx, addr, len, flags, (idx + 1) % QSIZE);
-            }
-            let ring = &mut self.rings[q];
-            ring.next_desc = (head + descs.len() as u16) % QSIZE;
-            let slot = ring.avail + 4 + u64::from(ring.avail_idx % QSIZE) * 2;
-            self.mem
-                .write_obj(head.to_le(), GuestAddress(slot))
-                .unwrap();
-            ring.avail_idx = ring.avail_idx.wrapping_add(1);
-            self.mem
-                .write_obj(ring.avail_idx.to_le(), GuestAddress(ring.avail + 2))
-                .unwrap();
-            head
-        }
-
-        fn kick(&mut self, q: usize) {
-            self.rings[q].notify.write(1).unwrap();
-            self.con.process_queue(q as u16);
         }
 
         /// Publishes one transmit chain of `parts` and notifies.
@@ -1085,7 +773,7 @@ mod tests {
                 .iter()
                 .map(|p| (self.data(p), p.len() as u32, R))
                 .collect();
-            let head = self.publish(1, &descs);
+            let head = self.publish_chain(1, &descs);
             self.kick(1);
             head
         }
@@ -1093,54 +781,15 @@ mod tests {
         /// Publishes a receive buffer of `len` bytes (not notified); returns (head, address).
         fn rx_buf(&mut self, len: u32) -> (u16, u64) {
             let addr = self.buf(u64::from(len), POISON);
-            (self.publish(0, &[(addr, len, W)]), addr)
-        }
-
-        /// With EVENT_IDX: the driver wants an interrupt once used entry `idx` of `q` is
-        /// written.
-        fn set_used_event(&self, q: usize, idx: u16) {
-            let at = self.rings[q].avail + 4 + 2 * u64::from(QSIZE);
-            self.mem.write_obj(idx.to_le(), GuestAddress(at)).unwrap();
+            (self.publish_chain(0, &[(addr, len, W)]), addr)
         }
 
         fn type_input(&mut self, data: &[u8]) {
-            self.input.as_mut().unwrap().write_all(data).unwrap();
-        }
-
-        fn used_idx(&self, q: usize) -> u16 {
-            self.mem
-                .read_obj::<u16>(GuestAddress(self.rings[q].used + 2))
-                .unwrap()
-        }
-
-        fn used_elem(&self, q: usize, i: u16) -> (u32, u32) {
-            let at = self.rings[q].used + 4 + u64::from(i % QSIZE) * 8;
-            let id: u32 = self.mem.read_obj(GuestAddress(at)).unwrap();
-            let len: u32 = self.mem.read_obj(GuestAddress(at + 4)).unwrap();
-            (id, len)
-        }
-
-        fn used_len(&self, q: usize, head: u16) -> u32 {
-            (0..self.used_idx(q))
-                .rev()
-                .map(|i| self.used_elem(q, i))
-                .find(|&(id, _)| id == u32::from(head))
-                .map(|(_, len)| len)
-                .expect("chain not returned")
-        }
-
-        fn read_guest(&self, addr: u64, len: usize) -> Vec<u8> {
-            let mut v = vec![0u8; len];
-            self.mem.read_slice(&mut v, GuestAddress(addr)).unwrap();
-            v
-        }
-
-        fn counter(&self, name: &str) -> u64 {
-            self.con.counters()[name].as_u64().unwrap()
+            self.host.input.as_mut().unwrap().write_all(data).unwrap();
         }
 
         fn pending(&self) -> usize {
-            self.con.host.pending.len() - self.con.host.pending_pos
+            self.dev.host.pending.len() - self.dev.host.pending_pos
         }
     }
 
@@ -1152,21 +801,21 @@ mod tests {
     fn transmitted_bytes_reach_the_output() {
         let mut h = Harness::new();
         let head = h.send(&[b"hello, ", b"world\n"]);
-        assert_eq!(h.out.take(), b"hello, world\n");
+        assert_eq!(h.host.out.take(), b"hello, world\n");
         assert_eq!(h.used_len(1, head), 0);
-        assert_eq!(h.irq.count(1), 1);
+        assert_eq!(h.irq.count_for(1), 1);
         // Several chains in one notification, in order, with one interrupt.
         let big = pattern(5000);
         let a = h.data(b"abc");
         let b = h.data(&big);
-        h.publish(1, &[(a, 3, R)]);
-        h.publish(1, &[(b, 5000, R)]);
+        h.publish_chain(1, &[(a, 3, R)]);
+        h.publish_chain(1, &[(b, 5000, R)]);
         h.set_used_event(1, 1);
         h.kick(1);
-        assert_eq!(h.out.take(), [&b"abc"[..], &big].concat());
+        assert_eq!(h.host.out.take(), [&b"abc"[..], &big].concat());
         assert_eq!(h.used_idx(1), 3);
-        assert_eq!(h.irq.count(1), 2);
-        assert_eq!(h.irq.count(0), 0);
+        assert_eq!(h.irq.count_for(1), 2);
+        assert_eq!(h.irq.count_for(0), 0);
         assert_eq!(h.counter("tx_bytes"), 13 + 5003);
         assert_eq!(h.counter("dropped_bytes"), 0);
         assert_eq!(h.counter("errors"), 0);
@@ -1175,16 +824,16 @@ mod tests {
     #[test]
     fn output_that_would_block_is_dropped() {
         let mut h = Harness::new();
-        h.out.set_limit(Some(4));
+        h.host.out.set_limit(Some(4));
         let head = h.send(&[b"0123456789"]);
         assert_eq!(h.used_len(1, head), 0);
-        assert_eq!(h.out.take(), b"0123");
+        assert_eq!(h.host.out.take(), b"0123");
         assert_eq!(h.counter("tx_bytes"), 4);
         assert_eq!(h.counter("dropped_bytes"), 6);
         // The writer drains: output flows again.
-        h.out.set_limit(None);
+        h.host.out.set_limit(None);
         h.send(&[b"ok"]);
-        assert_eq!(h.out.take(), b"ok");
+        assert_eq!(h.host.out.take(), b"ok");
         assert_eq!(h.counter("dropped_bytes"), 6);
     }
 
@@ -1196,7 +845,7 @@ mod tests {
         };
         out.set_limit(Some(0));
         let mut h = Harness::new();
-        h.con.host.output = Box::new(out.clone());
+        h.dev.host.output = Box::new(out.clone());
         h.send(&[b"lost"]);
         h.send(&[b"lost too"]);
         assert_eq!(h.used_idx(1), 2);
@@ -1210,19 +859,19 @@ mod tests {
         // A device-writable descriptor in a transmit chain: nothing is output.
         let a = h.data(b"nope");
         let w = h.buf(16, 0);
-        let h1 = h.publish(1, &[(a, 4, R), (w, 16, W)]);
+        let h1 = h.publish_chain(1, &[(a, 4, R), (w, 16, W)]);
         // A buffer outside guest memory, and one running off its end.
-        let h2 = h.publish(1, &[(OUTSIDE, 100, R)]);
-        let h3 = h.publish(1, &[(2 * REGION - 10, 100, R)]);
+        let h2 = h.publish_chain(1, &[(OUTSIDE, 100, R)]);
+        let h3 = h.publish_chain(1, &[(2 * REGION - 10, 100, R)]);
         // A huge buffer: the first MAX_TX_CHAIN_BYTES are output, the rest dropped.
         let big = pattern(MAX_TX_CHAIN_BYTES + 10);
         let b = h.data(&big);
-        let h4 = h.publish(1, &[(b, u32::MAX, R)]);
+        let h4 = h.publish_chain(1, &[(b, u32::MAX, R)]);
         h.kick(1);
         for head in [h1, h2, h3, h4] {
             assert_eq!(h.used_len(1, head), 0);
         }
-        assert_eq!(h.out.take(), &big[..MAX_TX_CHAIN_BYTES]);
+        assert_eq!(h.host.out.take(), &big[..MAX_TX_CHAIN_BYTES]);
         assert_eq!(h.counter("errors"), 3);
         assert_eq!(
             h.counter("dropped_bytes"),
@@ -1230,7 +879,7 @@ mod tests {
         );
         // The queue still works.
         h.send(&[b"fine"]);
-        assert_eq!(h.out.take(), b"fine");
+        assert_eq!(h.host.out.take(), b"fine");
     }
 
     #[test]
@@ -1240,7 +889,7 @@ mod tests {
         let b = h.data(&big);
         let chains = (MAX_TX_BYTES_PER_CALL / MAX_TX_CHAIN_BYTES as u64) as u16 + 3;
         for _ in 0..chains {
-            h.publish(1, &[(b, MAX_TX_CHAIN_BYTES as u32, R)]);
+            h.publish_chain(1, &[(b, MAX_TX_CHAIN_BYTES as u32, R)]);
         }
         h.kick(1);
         let first = (MAX_TX_BYTES_PER_CALL / MAX_TX_CHAIN_BYTES as u64) as u16;
@@ -1248,13 +897,16 @@ mod tests {
         // The device re-armed its notification; the VMM loop serves the rest.
         assert_eq!(h.run_notified(), 1);
         assert_eq!(h.used_idx(1), chains);
-        assert_eq!(h.out.take().len(), usize::from(chains) * MAX_TX_CHAIN_BYTES);
+        assert_eq!(
+            h.host.out.take().len(),
+            usize::from(chains) * MAX_TX_CHAIN_BYTES
+        );
     }
 
     #[test]
     fn input_reaches_guest_buffers() {
         let mut h = Harness::new();
-        let fds = h.con.host_fds();
+        let fds = h.dev.host_fds();
         assert_eq!(fds.len(), 1);
         assert_eq!(fds[0].1, INPUT_TOKEN);
         let (h1, a) = h.rx_buf(8);
@@ -1262,28 +914,28 @@ mod tests {
         h.kick(0);
         assert_eq!(h.used_idx(0), 0);
         h.type_input(b"ls -l\n");
-        h.con.process_host(INPUT_TOKEN);
+        h.dev.process_host(INPUT_TOKEN);
         assert_eq!(h.used_len(0, h1), 6);
         assert_eq!(h.read_guest(a, 8), b"ls -l\n\xa5\xa5");
-        assert_eq!(h.irq.count(0), 1);
+        assert_eq!(h.irq.count_for(0), 1);
         // More input than one buffer holds spreads over the next ones.
         h.type_input(b"0123456789");
         let (h3, c) = h.rx_buf(64);
         h.set_used_event(0, 1);
-        h.con.process_host(INPUT_TOKEN);
+        h.dev.process_host(INPUT_TOKEN);
         assert_eq!(h.used_len(0, h2), 8);
         assert_eq!(h.read_guest(b, 8), b"01234567");
         assert_eq!(h.used_len(0, h3), 2);
         assert_eq!(h.read_guest(c, 2), b"89");
-        assert_eq!(h.irq.count(0), 2);
+        assert_eq!(h.irq.count_for(0), 2);
         assert_eq!(h.counter("rx_bytes"), 16);
         assert_eq!(h.pending(), 0);
         // Nothing to read: nothing happens.
-        h.con.process_host(INPUT_TOKEN);
+        h.dev.process_host(INPUT_TOKEN);
         assert_eq!(h.used_idx(0), 3);
         // Unknown tokens are ignored.
         h.type_input(b"x");
-        h.con.process_host(7);
+        h.dev.process_host(7);
         assert_eq!(h.used_idx(0), 3);
     }
 
@@ -1292,13 +944,13 @@ mod tests {
         let mut h = Harness::new();
         let input = pattern(20_000);
         h.type_input(&input);
-        h.con.process_host(INPUT_TOKEN);
+        h.dev.process_host(INPUT_TOKEN);
         // Only a bounded amount was taken from the host; the rest waits in the pipe.
         assert_eq!(h.pending(), PENDING_INPUT_MAX);
         assert_eq!(h.used_idx(0), 0);
-        assert_eq!(h.irq.count(0), 0);
+        assert_eq!(h.irq.count_for(0), 0);
         // Another edge changes nothing.
-        h.con.process_host(INPUT_TOKEN);
+        h.dev.process_host(INPUT_TOKEN);
         assert_eq!(h.pending(), PENDING_INPUT_MAX);
 
         // A small buffer arrives: it gets the start of the input.
@@ -1306,7 +958,7 @@ mod tests {
         h.kick(0);
         assert_eq!(h.used_len(0, h1), 1000);
         assert_eq!(h.read_guest(a, 1000), &input[..1000]);
-        assert_eq!(h.irq.count(0), 1);
+        assert_eq!(h.irq.count_for(0), 1);
         assert_eq!(h.pending(), PENDING_INPUT_MAX - 1000);
 
         // Enough buffers for the rest: everything arrives, in order, nothing dropped.
@@ -1322,13 +974,13 @@ mod tests {
         assert_eq!(h.counter("rx_bytes"), 20_000);
         assert_eq!(h.counter("dropped_bytes"), 0);
         assert_eq!(h.pending(), 0);
-        assert_eq!(h.irq.count(0), 2);
+        assert_eq!(h.irq.count_for(0), 2);
     }
 
     #[test]
     fn input_work_per_call_is_bounded() {
         let mut h = Harness::new();
-        let fd = h.input.as_ref().unwrap().as_raw_fd();
+        let fd = h.host.input.as_ref().unwrap().as_raw_fd();
         let size = 4 * MAX_RX_BYTES_PER_CALL as libc::c_int;
         // SAFETY: F_SETPIPE_SZ on a pipe the test owns.
         let rc = unsafe { libc::fcntl(fd, libc::F_SETPIPE_SZ, size) };
@@ -1339,7 +991,7 @@ mod tests {
         let n = (input.len() / chunk as usize) as u16;
         assert!(n <= QSIZE);
         let bufs: Vec<(u16, u64)> = (0..n).map(|_| h.rx_buf(chunk)).collect();
-        h.con.process_host(INPUT_TOKEN);
+        h.dev.process_host(INPUT_TOKEN);
         assert_eq!(h.counter("rx_bytes"), MAX_RX_BYTES_PER_CALL);
         // The device yields and re-arms its receive queue; the VMM loop finishes the job.
         assert!(h.run_notified() >= 1);
@@ -1357,16 +1009,16 @@ mod tests {
         let mut h = Harness::new();
         let (h1, a) = h.rx_buf(16);
         h.type_input(b"bye");
-        drop(h.input.take());
-        h.con.process_host(INPUT_TOKEN);
+        drop(h.host.input.take());
+        h.dev.process_host(INPUT_TOKEN);
         assert_eq!(h.used_len(0, h1), 3);
         assert_eq!(h.read_guest(a, 3), b"bye");
         h.rx_buf(16);
-        h.con.process_host(INPUT_TOKEN);
-        assert!(h.con.host_fds().is_empty());
-        assert!(h.con.host.input_closed);
+        h.dev.process_host(INPUT_TOKEN);
+        assert!(h.dev.host_fds().is_empty());
+        assert!(h.dev.host.input_closed);
         // Later calls do nothing.
-        h.con.process_host(INPUT_TOKEN);
+        h.dev.process_host(INPUT_TOKEN);
         h.kick(0);
         assert_eq!(h.used_idx(0), 1);
         assert_eq!(h.counter("errors"), 0);
@@ -1379,14 +1031,14 @@ mod tests {
         // A device-readable descriptor, a buffer outside memory, an empty buffer: returned
         // with length 0, and the input goes to the next good buffer.
         let r = h.buf(16, POISON);
-        let h1 = h.publish(0, &[(r, 16, R)]);
-        let h2 = h.publish(0, &[(OUTSIDE, 16, W)]);
-        let h3 = h.publish(0, &[(r, 0, W)]);
+        let h1 = h.publish_chain(0, &[(r, 16, R)]);
+        let h2 = h.publish_chain(0, &[(OUTSIDE, 16, W)]);
+        let h3 = h.publish_chain(0, &[(r, 0, W)]);
         // A buffer running off the end of guest memory takes what fits.
         let end = 2 * REGION - 2;
-        let h4 = h.publish(0, &[(end, 16, W), (r, 16, W)]);
+        let h4 = h.publish_chain(0, &[(end, 16, W), (r, 16, W)]);
         let (h5, b) = h.rx_buf(16);
-        h.con.process_host(INPUT_TOKEN);
+        h.dev.process_host(INPUT_TOKEN);
         for head in [h1, h2, h3] {
             assert_eq!(h.used_len(0, head), 0);
         }
@@ -1402,26 +1054,26 @@ mod tests {
     #[test]
     fn emergency_write_outputs_a_byte() {
         let mut h = Harness::new();
-        h.con.write_config(8, &u32::from(b'A').to_le_bytes());
-        h.con.write_config(8, b"B");
+        h.dev.write_config(8, &u32::from(b'A').to_le_bytes());
+        h.dev.write_config(8, b"B");
         // A wider write covering emerg_wr.
-        h.con.write_config(4, &[0, 0, 0, 0, b'C', 0, 0, 0]);
+        h.dev.write_config(4, &[0, 0, 0, 0, b'C', 0, 0, 0]);
         // Writes elsewhere are ignored.
-        h.con.write_config(0, &[b'x'; 4]);
-        h.con.write_config(9, &[b'y'; 3]);
-        h.con.write_config(u64::MAX, &[b'z'; 4]);
-        h.con.write_config(8, &[]);
-        assert_eq!(h.out.take(), b"ABC");
+        h.dev.write_config(0, &[b'x'; 4]);
+        h.dev.write_config(9, &[b'y'; 3]);
+        h.dev.write_config(u64::MAX, &[b'z'; 4]);
+        h.dev.write_config(8, &[]);
+        assert_eq!(h.host.out.take(), b"ABC");
         assert_eq!(h.counter("tx_bytes"), 3);
         // The configuration space did not change.
         let mut cfg = [0u8; CONFIG_SPACE_SIZE];
-        h.con.read_config(0, &mut cfg);
+        h.dev.read_config(0, &mut cfg);
         assert_eq!(cfg, config_space());
         // It works before activation too (early console), and when the writer blocks the
         // byte is dropped.
-        h.con.reset();
-        h.out.set_limit(Some(0));
-        h.con.write_config(8, b"D");
+        h.dev.reset();
+        h.host.out.set_limit(Some(0));
+        h.dev.write_config(8, b"D");
         assert_eq!(h.counter("dropped_bytes"), 1);
     }
 
@@ -1430,7 +1082,7 @@ mod tests {
         let h = Harness::new();
         let rd = |off: u64, len: usize| {
             let mut v = vec![0xeeu8; len];
-            h.con.read_config(off, &mut v);
+            h.dev.read_config(off, &mut v);
             v
         };
         assert_eq!(rd(0, 2), [0, 0], "cols");
@@ -1446,7 +1098,7 @@ mod tests {
     #[test]
     fn features_and_queues() {
         let mut h = Harness::new();
-        let f = h.con.features();
+        let f = h.dev.features();
         for bit in [
             F_VERSION_1,
             F_RING_INDIRECT_DESC,
@@ -1456,81 +1108,75 @@ mod tests {
             assert_ne!(f & bit, 0, "{bit:#x}");
         }
         assert_eq!(f & (VIRTIO_CONSOLE_F_SIZE | VIRTIO_CONSOLE_F_MULTIPORT), 0);
-        assert_eq!(h.con.device_type(), TYPE_CONSOLE);
-        assert_eq!(h.con.queue_max_sizes(), vec![QUEUE_SIZE; 2]);
-        h.con.ack_features(u64::MAX);
-        assert_eq!(h.con.acked_features, f);
-        assert_eq!(h.con.counters().len(), 4);
+        assert_eq!(h.dev.device_type(), TYPE_CONSOLE);
+        assert_eq!(h.dev.queue_max_sizes(), vec![QUEUE_SIZE; 2]);
+        h.dev.ack_features(u64::MAX);
+        assert_eq!(h.dev.acked_features, f);
+        assert_eq!(h.dev.counters().len(), 4);
         // Unknown queues are ignored.
-        h.con.process_queue(2);
+        h.dev.process_queue(2);
     }
 
     #[test]
     fn without_input_nothing_is_watched() {
         let mut h = Harness::with(false, |f| f, None);
-        assert!(h.con.host_fds().is_empty());
-        h.con.process_host(INPUT_TOKEN);
+        assert!(h.dev.host_fds().is_empty());
+        h.dev.process_host(INPUT_TOKEN);
         h.rx_buf(16);
         h.kick(0);
         assert_eq!(h.used_idx(0), 0);
         h.send(&[b"out only"]);
-        assert_eq!(h.out.take(), b"out only");
+        assert_eq!(h.host.out.take(), b"out only");
     }
 
     #[test]
     fn interrupts_follow_avail_flags_without_event_idx() {
         let mut h = Harness::with(true, |f| f & !F_RING_EVENT_IDX, None);
-        let avail = h.rings[1].avail;
-        h.mem
-            .write_obj(
-                (VRING_AVAIL_F_NO_INTERRUPT as u16).to_le(),
-                GuestAddress(avail),
-            )
-            .unwrap();
+        h.set_avail_flags(1, VRING_AVAIL_F_NO_INTERRUPT as u16);
         h.send(&[b"a"]);
-        assert_eq!(h.irq.count(1), 0);
-        h.mem.write_obj(0u16, GuestAddress(avail)).unwrap();
+        assert_eq!(h.irq.count_for(1), 0);
+        h.set_avail_flags(1, 0);
         h.send(&[b"b"]);
         h.send(&[b"c"]);
-        assert_eq!(h.irq.count(1), 2);
-        assert_eq!(h.out.take(), b"abc");
+        assert_eq!(h.irq.count_for(1), 2);
+        assert_eq!(h.host.out.take(), b"abc");
     }
 
     #[test]
     fn activation_is_validated() {
         let mut h = Harness::new();
-        h.con.reset();
+        h.dev.reset();
         let irq: Arc<dyn VirtioInterrupt> = h.irq.clone();
         // No queue enabled.
-        let q = h.make_rings(Some(&[]));
-        assert!(h.con.activate(h.mem.clone(), irq.clone(), q).is_err());
+        let q = h.make_rings(&[QSIZE; 2], Some(&[]));
+        assert!(h.dev.activate(h.mem.clone(), irq.clone(), q).is_err());
         // A queue that does not exist.
-        let mut q = h.make_rings(None);
+        let mut q = h.make_rings(&[QSIZE; 2], None);
         q[1].index = 2;
-        assert!(h.con.activate(h.mem.clone(), irq.clone(), q).is_err());
+        assert!(h.dev.activate(h.mem.clone(), irq.clone(), q).is_err());
         // A queue given twice.
-        let mut q = h.make_rings(None);
+        let mut q = h.make_rings(&[QSIZE; 2], None);
         q[1].index = 0;
-        assert!(h.con.activate(h.mem.clone(), irq.clone(), q).is_err());
+        assert!(h.dev.activate(h.mem.clone(), irq.clone(), q).is_err());
         // A ring outside guest memory.
-        let mut q = h.make_rings(None);
+        let mut q = h.make_rings(&[QSIZE; 2], None);
         q[0].queue
             .try_set_desc_table_address(GuestAddress(OUTSIDE))
             .unwrap();
-        assert!(h.con.activate(h.mem.clone(), irq.clone(), q).is_err());
+        assert!(h.dev.activate(h.mem.clone(), irq.clone(), q).is_err());
         // An inactive device serves nothing.
         h.type_input(b"x");
         h.rx_buf(4);
-        h.con.process_host(INPUT_TOKEN);
+        h.dev.process_host(INPUT_TOKEN);
         h.kick(0);
         assert_eq!(h.used_idx(0), 0);
         // Only the transmit queue enabled: output works, input waits.
-        let q = h.make_rings(Some(&[1]));
-        h.con.activate(h.mem.clone(), irq, q).unwrap();
+        let q = h.make_rings(&[QSIZE; 2], Some(&[1]));
+        h.dev.activate(h.mem.clone(), irq, q).unwrap();
         h.run_notified();
         h.send(&[b"tx"]);
-        assert_eq!(h.out.take(), b"tx");
-        h.con.process_host(INPUT_TOKEN);
+        assert_eq!(h.host.out.take(), b"tx");
+        h.dev.process_host(INPUT_TOKEN);
         assert_eq!(h.counter("rx_bytes"), 0);
     }
 
@@ -1538,26 +1184,26 @@ mod tests {
     fn reset_and_reactivate() {
         let mut h = Harness::new();
         h.send(&[b"before"]);
-        assert_eq!(h.out.take(), b"before");
+        assert_eq!(h.host.out.take(), b"before");
         // Input arrives while the guest has no buffer, then the driver resets.
         h.type_input(b"typed early");
-        h.con.process_host(INPUT_TOKEN);
+        h.dev.process_host(INPUT_TOKEN);
         assert_eq!(h.pending(), 11);
-        h.con.reset();
-        assert_eq!(h.con.acked_features, 0);
+        h.dev.reset();
+        assert_eq!(h.dev.acked_features, 0);
         // Requests made after the reset are not served.
         h.rx_buf(64);
         h.send(&[b"stale"]);
-        h.con.process_host(INPUT_TOKEN);
-        assert!(h.out.take().is_empty());
+        h.dev.process_host(INPUT_TOKEN);
+        assert!(h.host.out.take().is_empty());
         assert_eq!(h.used_idx(0), 0);
         // The host side stays: the input is still watched.
-        assert_eq!(h.con.host_fds().len(), 1);
+        assert_eq!(h.dev.host_fds().len(), 1);
 
-        let f = h.con.features();
-        h.con.ack_features(f);
-        let q = h.make_rings(None);
-        h.con.activate(h.mem.clone(), h.irq.clone(), q).unwrap();
+        let f = h.dev.features();
+        h.dev.ack_features(f);
+        let q = h.make_rings(&[QSIZE; 2], None);
+        h.dev.activate(h.mem.clone(), h.irq.clone(), q).unwrap();
         // The pending input, and what is typed next, reach the driver's buffers once the
         // VMM serves the queues that activation armed; a chain is filled as far as the
         // input allows.
@@ -1568,10 +1214,10 @@ mod tests {
         assert_eq!(h.read_guest(a, len), b"typed early, and late");
         let (h2, b) = h.rx_buf(64);
         h.type_input(b"!");
-        h.con.process_host(INPUT_TOKEN);
+        h.dev.process_host(INPUT_TOKEN);
         assert_eq!(h.used_len(0, h2), 1);
         assert_eq!(h.read_guest(b, 1), b"!");
         h.send(&[b"after"]);
-        assert_eq!(h.out.take(), b"after");
+        assert_eq!(h.host.out.take(), b"after");
     }
 }

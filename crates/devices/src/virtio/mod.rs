@@ -9,9 +9,13 @@
 
 pub mod block;
 pub mod console;
+mod iov;
 pub mod net;
 pub mod pci;
+mod queue;
 pub mod rng;
+#[cfg(test)]
+mod test_driver;
 
 use std::sync::Arc;
 
@@ -36,6 +40,44 @@ pub const F_ACCESS_PLATFORM: u64 = 1 << 33;
 pub const F_RING_INDIRECT_DESC: u64 = 1 << 28;
 /// Feature bit: used/avail event index suppression.
 pub const F_RING_EVENT_IDX: u64 = 1 << 29;
+
+/// Largest queue size of a split virtqueue.
+const MAX_QUEUE_SIZE: u16 = 32768;
+
+/// Whether `size` can be a device's largest queue size: a power of two from 2 to 32768.
+fn queue_size_is_valid(size: u16) -> bool {
+    (2..=MAX_QUEUE_SIZE).contains(&size) && size.is_power_of_two()
+}
+
+/// Reads `data.len()` bytes of a configuration space held in `config`, from `offset`; bytes
+/// beyond its end (and at offsets that overflow) read as zero.
+fn read_config_bytes(config: &[u8], offset: u64, data: &mut [u8]) {
+    for (i, byte) in data.iter_mut().enumerate() {
+        *byte = offset
+            .checked_add(i as u64)
+            .and_then(|o| usize::try_from(o).ok())
+            .and_then(|o| config.get(o))
+            .copied()
+            .unwrap_or(0);
+    }
+}
+
+/// Logs (at debug level) a configuration write the device `device` ignores.
+fn log_ignored_config_write(device: &str, offset: u64, data: &[u8]) {
+    log::debug!(
+        "{device}: ignoring a {}-byte configuration write at {offset:#x}",
+        data.len()
+    );
+}
+
+/// The counters a device reports through [`VirtioDevice::counters`], by name.
+fn counters_map(counters: &[(&str, u64)]) -> serde_json::Map<String, serde_json::Value> {
+    let mut m = serde_json::Map::new();
+    for &(name, value) in counters {
+        m.insert(name.into(), value.into());
+    }
+    m
+}
 
 /// What an interrupt is about.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -45,7 +45,6 @@
 use std::collections::VecDeque;
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
-use std::sync::atomic::{fence, Ordering};
 use std::sync::Arc;
 
 use log::{debug, warn};
@@ -56,14 +55,18 @@ use virtio_bindings::virtio_net::{
     VIRTIO_NET_F_MAC, VIRTIO_NET_F_MQ, VIRTIO_NET_F_MRG_RXBUF, VIRTIO_NET_F_STATUS, VIRTIO_NET_OK,
     VIRTIO_NET_S_LINK_UP,
 };
-use virtio_bindings::virtio_ring::VRING_AVAIL_F_NO_INTERRUPT;
 use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT};
 use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, VolatileSlice};
 use vmm_sys_util::eventfd::EventFd;
 
+use super::iov::{iovec_of, IoVecs, IOV_MAX};
+use super::queue::{
+    self, drain, enabled_queues, guest_error, interrupt_if_needed, log_limited, Budget,
+};
 use super::{
-    ActivateError, ActiveQueue, InterruptCause, VirtioDevice, VirtioInterrupt, F_RING_EVENT_IDX,
-    F_RING_INDIRECT_DESC, F_VERSION_1, TYPE_NET,
+    counters_map, log_ignored_config_write, queue_size_is_valid, read_config_bytes, ActivateError,
+    ActiveQueue, VirtioDevice, VirtioInterrupt, F_RING_EVENT_IDX, F_RING_INDIRECT_DESC,
+    F_VERSION_1, MAX_QUEUE_SIZE, TYPE_NET,
 };
 use crate::tap::{Tap, VNET_HDR_SIZE};
 
@@ -111,10 +114,6 @@ const MIN_TX_LEN: usize = VNET_HDR_SIZE + 14;
 const RX_WANT_SMALL: usize = VNET_HDR_SIZE + 1518;
 /// Scratch area behind a receive chain without MRG_RXBUF: only detects overflow.
 const SMALL_SCRATCH: usize = 64;
-/// Linux's `UIO_MAXIOV`: the most iovecs one `readv`/`writev` accepts.
-const IOV_MAX: usize = 1024;
-/// Largest queue size of a split virtqueue.
-const MAX_QUEUE_SIZE: u16 = 32768;
 /// Where `num_buffers` lies in the header.
 const NUM_BUFFERS_OFFSET: usize = 10;
 
@@ -203,18 +202,11 @@ struct RxQueue {
     rejected: Vec<u16>,
 }
 
-/// A queue the device only consumes from (transmit or control).
-struct PlainQueue {
-    index: u16,
-    queue: Queue,
-    notify: Arc<EventFd>,
-}
-
 /// One queue pair of the active device.
 #[derive(Default)]
 struct Pair {
     rx: Option<RxQueue>,
-    tx: Option<PlainQueue>,
+    tx: Option<ActiveQueue>,
     /// Among the pairs the driver uses (always pair 0; others after `VQ_PAIRS_SET`).
     enabled: bool,
 }
@@ -224,7 +216,8 @@ struct Active {
     mem: GuestMemoryMmap,
     interrupt: Arc<dyn VirtioInterrupt>,
     pairs: Vec<Pair>,
-    ctrl: Option<PlainQueue>,
+    /// The control queue.
+    ctrl: Option<ActiveQueue>,
     mrg: bool,
     /// Receive buffer space to give one read (see the module documentation).
     rx_want: usize,
@@ -232,33 +225,9 @@ struct Active {
     warned: bool,
 }
 
-/// The `iovec` array reused from frame to frame.
-struct IoVecs(Vec<libc::iovec>);
-
-// SAFETY: the array holds pointers only while one frame is read or written, on the thread
-// that owns the `Net` (it is cleared before `transmit` and `RxQueue::read_frame` return);
-// those pointers point into guest memory or the device's own scratch area, both of which any
-// thread may access. Between frames it holds no pointer, so moving it moves only a capacity.
-unsafe impl Send for IoVecs {}
-
-/// Logs a driver error at warning level the first time, at debug level afterwards.
-fn guest_error(warned: &mut bool, args: std::fmt::Arguments<'_>) {
-    if *warned {
-        debug!("{args}");
-    } else {
-        *warned = true;
-        warn!("{args} (further driver errors are logged at debug level)");
-    }
-}
-
 /// Logs a host error at warning level the first time, at debug level afterwards.
 fn host_error(warned: &mut bool, args: std::fmt::Arguments<'_>) {
-    if *warned {
-        debug!("{args}");
-    } else {
-        *warned = true;
-        warn!("{args} (further tap errors are logged at debug level)");
-    }
+    log_limited(warned, "tap", args);
 }
 
 /// A virtio-net device model.
@@ -277,6 +246,7 @@ pub struct Net {
     config: [u8; CONFIG_SPACE_SIZE],
     active: Option<Active>,
     counters: Counters,
+    /// Cleared before `TxCtx::transmit` and `RxQueue::read_frame` return.
     iovecs: IoVecs,
     /// Heads of the chains served in the current pass over a transmit or control queue.
     done: Vec<(u16, u32)>,
@@ -313,7 +283,7 @@ impl Net {
             )));
         }
         let qs = options.queue_size;
-        if !(2..=MAX_QUEUE_SIZE).contains(&qs) || !qs.is_power_of_two() {
+        if !queue_size_is_valid(qs) {
             return Err(invalid(format!(
                 "network queue size {qs} is not a power of two between 2 and {MAX_QUEUE_SIZE}"
             )));
@@ -495,9 +465,7 @@ impl Net {
         };
         let completed = rx.run(&mut cx);
         iovecs.0.clear();
-        if completed && needs_interrupt(&mut rx.queue, mem) {
-            interrupt.trigger(InterruptCause::Queue(rx.index));
-        }
+        interrupt_if_needed(completed, &mut rx.queue, mem, interrupt.as_ref(), rx.index);
     }
 
     /// Sends every chain published on the transmit queue of `pair`.
@@ -536,60 +504,22 @@ impl Net {
             tap: tap.name(),
             counters,
             iov: &mut iovecs.0,
-            warned,
             host_warned,
         };
-
-        let mut completed = false;
-        let mut idle_passes = 0;
-        'outer: loop {
-            // No notifications while the ring is drained (a no-op with EVENT_IDX, where the
-            // avail_event written below already suppresses them).
-            if let Err(e) = queue.disable_notification(mem) {
-                let msg =
-                    format_args!("virtio-net queue {index}: cannot disable notifications: {e}");
-                guest_error(cx.warned, msg);
-            }
-            loop {
-                done.clear();
-                match queue.iter(mem) {
-                    Ok(chains) => {
-                        for chain in chains {
-                            let head = chain.head_index();
-                            cx.transmit(chain);
-                            done.push((head, 0));
-                        }
-                    }
-                    Err(e) => {
-                        // An impossible avail index: stop until the next notification.
-                        guest_error(cx.warned, format_args!("virtio-net queue {index}: {e}"));
-                        break 'outer;
-                    }
-                }
-                if done.is_empty() {
-                    break;
-                }
-                idle_passes = 0;
-                for &(head, len) in done.iter() {
-                    completed |= return_chain(queue, mem, index, head, len, cx.warned);
-                }
-            }
-            match queue.enable_notification(mem) {
-                // More chains arrived while notifications were off.
-                Ok(true) if idle_passes < 2 => idle_passes += 1,
-                Ok(_) => break,
-                Err(e) => {
-                    let msg =
-                        format_args!("virtio-net queue {index}: cannot enable notifications: {e}");
-                    guest_error(cx.warned, msg);
-                    break;
-                }
-            }
-        }
+        let drained = drain(
+            queue,
+            mem,
+            format_args!("virtio-net queue {index}"),
+            warned,
+            done,
+            Budget::UNLIMITED,
+            |chain, _, warned| {
+                cx.transmit(chain, warned);
+                (0, 0)
+            },
+        );
         cx.iov.clear();
-        if completed && needs_interrupt(queue, mem) {
-            interrupt.trigger(InterruptCause::Queue(index));
-        }
+        interrupt_if_needed(drained.completed, queue, mem, interrupt.as_ref(), index);
     }
 
     /// Answers the commands published on the control queue.
@@ -630,9 +560,8 @@ impl Net {
         }
         if let Some(active) = self.active.as_mut() {
             if let Some(ctrl) = active.ctrl.as_mut() {
-                if completed && needs_interrupt(&mut ctrl.queue, &active.mem) {
-                    active.interrupt.trigger(InterruptCause::Queue(ctrl.index));
-                }
+                let (queue, index) = (&mut ctrl.queue, ctrl.index);
+                interrupt_if_needed(completed, queue, &active.mem, &*active.interrupt, index);
             }
         }
     }
@@ -711,7 +640,7 @@ impl Net {
     }
 }
 
-/// Puts a chain on the used ring; true if it was.
+/// Puts a chain on the used ring of queue `index`; true if it was.
 fn return_chain(
     queue: &mut Queue,
     mem: &GuestMemoryMmap,
@@ -720,16 +649,8 @@ fn return_chain(
     len: u32,
     warned: &mut bool,
 ) -> bool {
-    match queue.add_used(mem, head, len) {
-        Ok(()) => true,
-        Err(e) => {
-            guest_error(
-                warned,
-                format_args!("virtio-net queue {index}: cannot return chain {head}: {e}"),
-            );
-            false
-        }
-    }
+    let name = format_args!("virtio-net queue {index}");
+    queue::return_chain(queue, mem, head, len, name, warned)
 }
 
 /// Executes one control command; returns the used length (1 once the acknowledgement is
@@ -808,21 +729,6 @@ fn control_command(
     (1, pairs)
 }
 
-/// Whether the driver wants an interrupt for the used buffers just added: with EVENT_IDX,
-/// when `used_event` was crossed; without it, unless the driver set
-/// `VRING_AVAIL_F_NO_INTERRUPT`.
-fn needs_interrupt(queue: &mut Queue, mem: &GuestMemoryMmap) -> bool {
-    if queue.event_idx_enabled() {
-        return queue.needs_notification(mem).unwrap_or(true);
-    }
-    // Make the used index visible before reading the driver's flags.
-    fence(Ordering::SeqCst);
-    match mem.load::<u16>(GuestAddress(queue.avail_ring()), Ordering::Relaxed) {
-        Ok(flags) => u16::from_le(flags) & VRING_AVAIL_F_NO_INTERRUPT as u16 == 0,
-        Err(_) => true,
-    }
-}
-
 /// Calls `f` for each slice of guest memory making up `len` bytes at `addr` (one, unless
 /// the buffer straddles regions). False if any of it lies outside guest memory.
 fn for_each_slice(
@@ -850,16 +756,6 @@ fn for_each_slice(
         at = next;
     }
     seen == len
-}
-
-/// The `iovec` for a guest-memory slice.
-fn iovec_of(slice: &VolatileSlice<'_, ()>) -> libc::iovec {
-    // The guard is a plain pointer for mmap-backed memory (vm-memory's `xen` feature is off):
-    // the mapping stays valid while the `GuestMemoryMmap` the device holds lives.
-    libc::iovec {
-        iov_base: slice.ptr_guard_mut().as_ptr() as *mut libc::c_void,
-        iov_len: slice.len(),
-    }
 }
 
 /// Writes `data` at `offset` into the bytes of a receive chain.
@@ -928,13 +824,12 @@ struct TxCtx<'a> {
     tap: &'a str,
     counters: &'a mut Counters,
     iov: &'a mut Vec<libc::iovec>,
-    warned: &'a mut bool,
     host_warned: &'a mut bool,
 }
 
 impl TxCtx<'_> {
-    /// Writes one transmit chain to the tap, or drops it.
-    fn transmit(&mut self, chain: DescriptorChain<&GuestMemoryMmap>) {
+    /// Writes one transmit chain to the tap, or drops it (logging why with `warned`).
+    fn transmit(&mut self, chain: DescriptorChain<&GuestMemoryMmap>, warned: &mut bool) {
         self.iov.clear();
         let mut total = 0usize;
         let mut problem = None;
@@ -953,7 +848,7 @@ impl TxCtx<'_> {
                 break;
             }
             let iov = &mut *self.iov;
-            if !for_each_slice(self.mem, d.addr(), len, |_, s| iov.push(iovec_of(s))) {
+            if !for_each_slice(self.mem, d.addr(), len, |_, s| iov.push(iovec_of(s, false))) {
                 problem = Some("transmit buffer outside guest memory");
                 break;
             }
@@ -969,7 +864,7 @@ impl TxCtx<'_> {
             self.iov.clear();
             self.counters.tx_dropped += 1;
             self.counters.errors += 1;
-            guest_error(self.warned, format_args!("virtio-net: {why}: dropped"));
+            guest_error(warned, format_args!("virtio-net: {why}: dropped"));
             return;
         }
         loop {
@@ -1178,7 +1073,7 @@ impl RxQueue {
             }
             for p in &c.pieces {
                 match GuestMemoryBackend::get_slice(cx.mem, p.addr, p.len) {
-                    Ok(s) => iov.push(iovec_of(&s)),
+                    Ok(s) => iov.push(iovec_of(&s, true)),
                     Err(_) => broken = Some(i),
                 }
             }
@@ -1389,22 +1284,12 @@ impl VirtioDevice for Net {
     }
 
     fn read_config(&self, offset: u64, data: &mut [u8]) {
-        for (i, byte) in data.iter_mut().enumerate() {
-            *byte = offset
-                .checked_add(i as u64)
-                .and_then(|o| usize::try_from(o).ok())
-                .and_then(|o| self.config.get(o))
-                .copied()
-                .unwrap_or(0);
-        }
+        read_config_bytes(&self.config, offset, data);
     }
 
     fn write_config(&mut self, offset: u64, data: &[u8]) {
         // The MAC is writable only by legacy drivers; nothing else is writable.
-        debug!(
-            "virtio-net: ignoring a {}-byte configuration write at {offset:#x}",
-            data.len()
-        );
+        log_ignored_config_write("virtio-net", offset, data);
     }
 
     fn activate(
@@ -1426,58 +1311,21 @@ impl VirtioDevice for Net {
         let ctrl_index = (acked & F_CTRL_VQ != 0).then_some(2 * usable_pairs);
         let mut pairs: Vec<Pair> = (0..self.taps.len()).map(|_| Pair::default()).collect();
         let mut ctrl = None;
-        let mut seen = vec![false; num_queues];
-        let mut any = false;
-        for mut q in queues {
+        for q in enabled_queues("virtio-net", num_queues, queues, &mem, event_idx)? {
             let i = usize::from(q.index);
-            if i >= num_queues {
-                return Err(ActivateError::Invalid(format!(
-                    "virtio-net has {num_queues} queues; queue {i} does not exist"
-                )));
-            }
-            if std::mem::replace(&mut seen[i], true) {
-                return Err(ActivateError::Invalid(format!(
-                    "virtio-net queue {i} was given twice"
-                )));
-            }
-            // A driver may use fewer queues than offered: those it did not enable are skipped.
-            if !q.queue.ready() {
-                continue;
-            }
             if ctrl_index != Some(i) && i >= 2 * usable_pairs {
                 return Err(ActivateError::Invalid(format!(
                     "virtio-net queue {i} was enabled, but the negotiated features use only \
                      {usable_pairs} queue pair(s)"
                 )));
             }
-            if !q.queue.is_valid(&mem) {
-                return Err(ActivateError::Invalid(format!(
-                    "virtio-net queue {i} (size {}) lies outside guest memory or is misaligned",
-                    q.queue.size()
-                )));
-            }
-            q.queue.set_event_idx(event_idx);
-            any = true;
             if ctrl_index == Some(i) {
-                ctrl = Some(PlainQueue {
-                    index: q.index,
-                    queue: q.queue,
-                    notify: q.notify,
-                });
+                ctrl = Some(q);
             } else if i.is_multiple_of(2) {
                 pairs[i / 2].rx = Some(RxQueue::new(q, mrg));
             } else {
-                pairs[i / 2].tx = Some(PlainQueue {
-                    index: q.index,
-                    queue: q.queue,
-                    notify: q.notify,
-                });
+                pairs[i / 2].tx = Some(q);
             }
-        }
-        if !any {
-            return Err(ActivateError::Invalid(
-                "virtio-net activated without any enabled queue".into(),
-            ));
         }
 
         // Host-to-guest offloads as negotiated (a device setting, shared by all queues).
@@ -1561,8 +1409,7 @@ impl VirtioDevice for Net {
 
     fn counters(&self) -> serde_json::Map<String, serde_json::Value> {
         let c = &self.counters;
-        let mut m = serde_json::Map::new();
-        for (name, value) in [
+        counters_map(&[
             ("rx_bytes", c.rx_bytes),
             ("rx_frames", c.rx_frames),
             ("rx_dropped", c.rx_dropped),
@@ -1570,10 +1417,7 @@ impl VirtioDevice for Net {
             ("tx_frames", c.tx_frames),
             ("tx_dropped", c.tx_dropped),
             ("errors", c.errors),
-        ] {
-            m.insert(name.into(), value.into());
-        }
-        m
+        ])
     }
 }
 
@@ -1641,56 +1485,21 @@ mod tests {
     use std::ffi::CString;
     use std::net::Ipv4Addr;
     use std::os::fd::{FromRawFd, OwnedFd};
-    use std::sync::Mutex;
     use std::time::{Duration, Instant};
 
     use virtio_bindings::virtio_ring::{
-        VRING_DESC_F_INDIRECT, VRING_DESC_F_NEXT, VRING_DESC_F_WRITE,
+        VRING_AVAIL_F_NO_INTERRUPT, VRING_DESC_F_INDIRECT, VRING_DESC_F_NEXT,
     };
-    use vmm_sys_util::eventfd::EFD_NONBLOCK;
 
     use crate::tap::test_ns::NetNs;
+    use crate::virtio::test_driver::{Driver, MEM_END, OUTSIDE, QSIZE, R, REGION, W};
+    use crate::virtio::InterruptCause;
 
-    /// Guest memory: two adjacent 16 MiB regions (buffers may straddle them).
-    const REGION: u64 = 0x100_0000;
-    const MEM_END: u64 = 2 * REGION;
-    /// An address outside guest memory.
-    const OUTSIDE: u64 = 0x1000_0000;
-    const QSIZE: u16 = 64;
-    const BUF_START: u64 = 0x20_0000;
-    const W: u16 = VRING_DESC_F_WRITE as u16;
-    const R: u16 = 0;
     const GUEST_MAC: [u8; 6] = [0x52, 0x54, 0x00, 0x12, 0x34, 0x56];
     /// The MAC of a host-side peer that does not exist.
     const PEER_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x99];
     /// A local experimental Ethertype for test frames.
     const TEST_TYPE: [u8; 2] = [0x88, 0xb5];
-
-    #[derive(Default)]
-    struct TestIrq(Mutex<Vec<InterruptCause>>);
-
-    impl VirtioInterrupt for TestIrq {
-        fn trigger(&self, cause: InterruptCause) {
-            self.0.lock().unwrap().push(cause);
-        }
-    }
-
-    impl TestIrq {
-        fn count(&self) -> usize {
-            self.0.lock().unwrap().len()
-        }
-    }
-
-    /// One split virtqueue as the driver sees it.
-    struct Ring {
-        desc: u64,
-        avail: u64,
-        used: u64,
-        size: u16,
-        next_desc: u16,
-        avail_idx: u16,
-        notify: Arc<EventFd>,
-    }
 
     /// A receive chain the driver posted.
     struct RxPost {
@@ -1724,20 +1533,17 @@ mod tests {
         }
     }
 
-    /// The test plays the driver; the host side is a tap in a namespace of the test's own,
-    /// with an `AF_PACKET` socket on it to inject and capture frames.
-    struct Harness {
-        net: Net,
-        mem: GuestMemoryMmap,
-        irq: Arc<TestIrq>,
-        rings: Vec<Ring>,
-        buf_next: u64,
-        host: OwnedFd,
-        host_mac: [u8; 6],
+    /// The host side of the tap: an `AF_PACKET` socket on it to inject and capture frames.
+    struct HostSide {
+        sock: OwnedFd,
+        mac: [u8; 6],
         subnet: u8,
         // Last: the namespace is deleted after the taps and sockets are closed.
         ns: NetNs,
     }
+
+    /// The test plays the driver; the host side is a tap in a namespace of the test's own.
+    type Harness = Driver<Net, HostSide>;
 
     /// An `AF_PACKET` socket bound to `ifname` (in the calling thread's namespace).
     fn packet_socket(ifname: &str) -> OwnedFd {
@@ -1811,7 +1617,7 @@ mod tests {
             let ns = NetNs::new();
             let subnet = ns.index();
             let (pairs, ip) = (setup.pairs, setup.ip);
-            let (taps, host, host_mac) = ns.run(move || {
+            let (taps, sock, mac) = ns.run(move || {
                 let taps = Tap::open(None, pairs).unwrap();
                 if ip {
                     taps[0]
@@ -1822,160 +1628,23 @@ mod tests {
                         .unwrap();
                 }
                 taps[0].up().unwrap();
-                let host = packet_socket(taps[0].name());
+                let sock = packet_socket(taps[0].name());
                 let mac = taps[0].host_mac().unwrap();
-                (taps, host, mac)
+                (taps, sock, mac)
             });
-            let mut net = Net::new(taps, GUEST_MAC, setup.options).unwrap();
-            let acked = (setup.features)(net.features());
-            net.ack_features(acked);
-            let mem = GuestMemoryMmap::from_ranges(&[
-                (GuestAddress(0), REGION as usize),
-                (GuestAddress(REGION), REGION as usize),
-            ])
-            .unwrap();
-            let mut h = Harness {
-                net,
-                mem,
-                irq: Arc::new(TestIrq::default()),
-                rings: Vec::new(),
-                buf_next: BUF_START,
-                host,
-                host_mac,
+            let net = Net::new(taps, GUEST_MAC, setup.options).unwrap();
+            let host = HostSide {
+                sock,
+                mac,
                 subnet,
                 ns,
             };
-            let queues = h.make_rings(setup.ready.as_deref());
-            h.net
-                .activate(h.mem.clone(), h.irq.clone(), queues)
-                .unwrap();
+            let mut h = Driver::for_device(net, host, setup.features);
+            // Every kick clears the notification.
+            h.check_kicks = true;
+            let queues = h.device_rings(setup.ready.as_deref());
+            h.activate(queues).unwrap();
             h
-        }
-
-        /// Lays out fresh rings (zeroed), one per queue of the device.
-        fn make_rings(&mut self, ready: Option<&[u16]>) -> Vec<ActiveQueue> {
-            let sizes = self.net.queue_max_sizes();
-            self.rings.clear();
-            let mut queues = Vec::new();
-            for (i, &size) in sizes.iter().enumerate() {
-                let i = i as u16;
-                let base = 0x1000 + u64::from(i) * 0x1_0000;
-                self.mem
-                    .write_slice(&[0u8; 0x1_0000], GuestAddress(base))
-                    .unwrap();
-                let ring = Ring {
-                    desc: base,
-                    avail: base + 0x4000,
-                    used: base + 0x8000,
-                    size,
-                    next_desc: 0,
-                    avail_idx: 0,
-                    notify: Arc::new(EventFd::new(EFD_NONBLOCK).unwrap()),
-                };
-                let mut q = Queue::new(size).unwrap();
-                q.set_size(size);
-                q.try_set_desc_table_address(GuestAddress(ring.desc))
-                    .unwrap();
-                q.try_set_avail_ring_address(GuestAddress(ring.avail))
-                    .unwrap();
-                q.try_set_used_ring_address(GuestAddress(ring.used))
-                    .unwrap();
-                q.set_ready(ready.is_none_or(|r| r.contains(&i)));
-                queues.push(ActiveQueue {
-                    index: i,
-                    queue: q,
-                    notify: ring.notify.clone(),
-                });
-                self.rings.push(ring);
-            }
-            queues
-        }
-
-        fn alloc(&mut self, len: u64) -> u64 {
-            let addr = self.buf_next;
-            self.buf_next = (self.buf_next + len + 63) & !63;
-            assert!(self.buf_next < REGION - 0x1000 || addr >= REGION);
-            addr
-        }
-
-        /// Allocates a buffer holding `data`.
-        fn data(&mut self, data: &[u8]) -> u64 {
-            let addr = self.alloc(data.len() as u64);
-            self.mem.write_slice(data, GuestAddress(addr)).unwrap();
-            addr
-        }
-
-        fn write_desc(&self, q: usize, idx: u16, addr: u64, len: u32, flags: u16, next: u16) {
-            let at = self.rings[q].desc + u64::from(idx) * 16;
-            self.write_raw_desc(at, addr, len, flags, next);
-        }
-
-        fn write_raw_desc(&self, at: u64, addr: u64, len: u32, flags: u16, next: u16) {
-            let mut d = [0u8; 16];
-            d[0..8].copy_from_slice(&addr.to_le_bytes());
-            d[8..12].copy_from_slice(&len.to_le_bytes());
-            d[12..14].copy_from_slice(&flags.to_le_bytes());
-            d[14..16].copy_from_slice(&next.to_le_bytes());
-            self.mem.write_slice(&d, GuestAddress(at)).unwrap();
-        }
-
-        /// Writes a linked chain (NEXT added to all but the last) and returns its head.
-        fn chain(&mut self, q: usize, descs: &[(u64, u32, u16)]) -> u16 {
-            let size = self.rings[q].size;
-            let head = self.rings[q].next_desc;
-            for (i, &(addr, len, flags)) in descs.iter().enumerate() {
-                let idx = (head + i as u16) % size;
-                let flags = if i + 1 == descs.len() {
-                    flags
-                } else {
-                    flags | VRING_DESC_F_NEXT as u16
-                };
-                self.write_desc(q, idx, addr, len, flags, (idx + 1) % size);
-            }
-            self.rings[q].next_desc = (head + descs.len() as u16) % size;
-            head
-        }
-
-        fn publish(&mut self, q: usize, head: u16) {
-            let ring = &mut self.rings[q];
-            let slot = ring.avail + 4 + u64::from(ring.avail_idx % ring.size) * 2;
-            self.mem
-                .write_obj(head.to_le(), GuestAddress(slot))
-                .unwrap();
-            ring.avail_idx = ring.avail_idx.wrapping_add(1);
-            self.mem
-                .write_obj(ring.avail_idx.to_le(), GuestAddress(ring.avail + 2))
-                .unwrap();
-        }
-
-        fn kick(&mut self, q: usize) {
-            self.rings[q].notify.write(1).unwrap();
-            self.net.process_queue(q as u16);
-            assert!(
-                self.rings[q].notify.read().is_err(),
-                "notification not cleared"
-            );
-        }
-
-        fn used_idx(&self, q: usize) -> u16 {
-            self.mem
-                .read_obj::<u16>(GuestAddress(self.rings[q].used + 2))
-                .unwrap()
-        }
-
-        /// Entry `i` of the used ring: (id, len).
-        fn used(&self, q: usize, i: u16) -> (u32, u32) {
-            let ring = &self.rings[q];
-            let at = ring.used + 4 + 8 * u64::from(i % ring.size);
-            let id = self.mem.read_obj::<u32>(GuestAddress(at)).unwrap();
-            let len = self.mem.read_obj::<u32>(GuestAddress(at + 4)).unwrap();
-            (id, len)
-        }
-
-        fn read(&self, addr: u64, len: usize) -> Vec<u8> {
-            let mut v = vec![0u8; len];
-            self.mem.read_slice(&mut v, GuestAddress(addr)).unwrap();
-            v
         }
 
         /// Transmits `data` (header and frame) split into descriptors of `split` bytes (the
@@ -2020,7 +1689,7 @@ mod tests {
             let mut v = Vec::new();
             for &(addr, l) in &post.bufs {
                 let n = (l as usize).min(len - v.len());
-                v.extend(self.read(addr, n));
+                v.extend(self.read_guest(addr, n));
             }
             v
         }
@@ -2030,7 +1699,7 @@ mod tests {
             // SAFETY: `frame` is valid for reads of its length.
             let n = unsafe {
                 libc::send(
-                    self.host.as_raw_fd(),
+                    self.host.sock.as_raw_fd(),
                     frame.as_ptr() as *const libc::c_void,
                     frame.len(),
                     0,
@@ -2045,7 +1714,7 @@ mod tests {
             let mut buf = vec![0u8; 70000];
             loop {
                 let left = deadline.saturating_duration_since(Instant::now());
-                if !readable(self.host.as_raw_fd(), left.as_millis() as i32) {
+                if !readable(self.host.sock.as_raw_fd(), left.as_millis() as i32) {
                     return None;
                 }
                 // SAFETY: plain data, all-zero is valid.
@@ -2054,7 +1723,7 @@ mod tests {
                 // SAFETY: `buf` and `sll` are valid for writes of the sizes given.
                 let n = unsafe {
                     libc::recvfrom(
-                        self.host.as_raw_fd(),
+                        self.host.sock.as_raw_fd(),
                         buf.as_mut_ptr() as *mut libc::c_void,
                         buf.len(),
                         libc::MSG_DONTWAIT,
@@ -2073,7 +1742,7 @@ mod tests {
         }
 
         fn tap_fd(&self, pair: usize) -> RawFd {
-            self.net.taps()[pair].as_raw_fd()
+            self.dev.taps()[pair].as_raw_fd()
         }
 
         /// Lets the device read the tap of `pair` (as the event loop would) until `done`
@@ -2081,7 +1750,7 @@ mod tests {
         fn pump_until(&mut self, pair: usize, done: impl Fn(&Harness) -> bool) -> bool {
             let deadline = Instant::now() + Duration::from_secs(3);
             loop {
-                self.net.process_host(pair as u32);
+                self.dev.process_host(pair as u32);
                 if done(self) {
                     return true;
                 }
@@ -2102,16 +1771,12 @@ mod tests {
             );
         }
 
-        fn counter(&self, name: &str) -> u64 {
-            self.net.counters()[name].as_u64().unwrap()
-        }
-
         fn guest_ip(&self) -> [u8; 4] {
-            [10, 200, self.subnet, 2]
+            [10, 200, self.host.subnet, 2]
         }
 
         fn host_ip(&self) -> [u8; 4] {
-            [10, 200, self.subnet, 1]
+            [10, 200, self.host.subnet, 1]
         }
     }
 
@@ -2155,16 +1820,16 @@ mod tests {
         bytes.extend_from_slice(&request);
         let head = h.send(1, &bytes, &[12]);
         assert_eq!(h.used_idx(1), 1);
-        assert_eq!(h.used(1, 0), (u32::from(head), 0));
+        assert_eq!(h.used_elem(1, 0), (u32::from(head), 0));
         // The host side saw exactly the frame the guest sent.
         let seen = h.capture(2000).expect("the host saw no frame");
         assert_eq!(seen, request);
 
         // RX: the kernel's reply, straight into the first buffer.
         h.wait_used(0, 0, 1);
-        let (id, len) = h.used(0, 0);
+        let (id, len) = h.used_elem(0, 0);
         assert_eq!(id, u32::from(posts[0].head));
-        let reply = arp(2, GUEST_MAC, h.host_mac, hip, GUEST_MAC, gip);
+        let reply = arp(2, GUEST_MAC, h.host.mac, hip, GUEST_MAC, gip);
         assert_eq!(len as usize, 12 + reply.len());
         let got = h.received(&posts[0], len as usize);
         assert_eq!(&got[..12], &header(1), "header");
@@ -2180,7 +1845,7 @@ mod tests {
         assert_eq!(h.counter("rx_frames"), 1);
         assert_eq!(h.counter("rx_bytes"), 42);
         assert_eq!(h.counter("errors"), 0);
-        assert_eq!(h.net.rx_held(0), (3, 0));
+        assert_eq!(h.dev.rx_held(0), (3, 0));
     }
 
     #[test]
@@ -2283,9 +1948,9 @@ mod tests {
         let n = heads.len() as u16 + 1;
         assert_eq!(h.used_idx(1), n + 1);
         for (i, &head) in heads.iter().chain([&loop_head]).enumerate() {
-            assert_eq!(h.used(1, i as u16), (u32::from(head), 0), "chain {i}");
+            assert_eq!(h.used_elem(1, i as u16), (u32::from(head), 0), "chain {i}");
         }
-        assert_eq!(h.used(1, n), (u32::from(ok), 0));
+        assert_eq!(h.used_elem(1, n), (u32::from(ok), 0));
         // Only the good frame reached the host.
         assert_eq!(h.capture(2000).as_deref(), Some(&f[..]));
         assert_eq!(h.capture(200), None);
@@ -2322,15 +1987,15 @@ mod tests {
         // The bad chains came back at once, empty.
         assert_eq!(h.used_idx(0), bad.len() as u16);
         for (i, &head) in bad.iter().enumerate() {
-            assert_eq!(h.used(0, i as u16), (u32::from(head), 0), "chain {i}");
+            assert_eq!(h.used_elem(0, i as u16), (u32::from(head), 0), "chain {i}");
         }
         assert_eq!(h.counter("errors"), bad.len() as u64);
 
         let f = frame(200, 3);
         h.inject(&f);
         h.wait_used(0, 0, bad.len() as u16 + 1);
-        assert_eq!(h.used(0, bad.len() as u16), (u32::from(good), 212));
-        let got = h.read(at, 212);
+        assert_eq!(h.used_elem(0, bad.len() as u16), (u32::from(good), 212));
+        let got = h.read_guest(at, 212);
         assert_eq!(&got[..12], &header(1));
         assert_eq!(&got[12..], &f[..]);
         assert_eq!(h.counter("rx_frames"), 1);
@@ -2347,12 +2012,12 @@ mod tests {
         h.inject(&frame(300, 1));
         assert!(h.pump_until(0, |h| h.counter("rx_dropped") == 1));
         assert_eq!(h.used_idx(0), 0);
-        assert_eq!(h.net.rx_held(0), (1, 0));
+        assert_eq!(h.dev.rx_held(0), (1, 0));
         // An exact fit goes into the same chain.
         let f = frame(88, 2);
         h.inject(&f);
         h.wait_used(0, 0, 1);
-        assert_eq!(h.used(0, 0), (u32::from(post.head), 100));
+        assert_eq!(h.used_elem(0, 0), (u32::from(post.head), 100));
         let got = h.received(&post, 100);
         assert_eq!(&got[..12], &header(1));
         assert_eq!(&got[12..], &f[..]);
@@ -2370,29 +2035,28 @@ mod tests {
         }
         assert!(readable(h.tap_fd(0), 2000));
         for _ in 0..10 {
-            h.net.process_host(0);
+            h.dev.process_host(0);
         }
         // Nothing was read: the frames wait in the tap, not in the VMM.
         assert_eq!(h.counter("rx_frames"), 0);
         assert_eq!(h.counter("rx_dropped"), 0);
-        assert_eq!(h.net.rx_held(0), (0, 0));
+        assert_eq!(h.dev.rx_held(0), (0, 0));
         assert!(readable(h.tap_fd(0), 0));
         // The device asked to be notified when the driver adds buffers (EVENT_IDX:
         // avail_event = the next available index, 0).
-        let avail_event = h.rings[0].used + 4 + 8 * u64::from(QSIZE);
-        assert_eq!(h.mem.read_obj::<u16>(GuestAddress(avail_event)).unwrap(), 0);
+        assert_eq!(h.avail_event(0), 0);
 
         // Refilling with a few buffers delivers that many frames, in order, then stops.
         let posts: Vec<RxPost> = (0..5).map(|_| h.post_rx(0, &[2048])).collect();
         h.kick(0);
         assert_eq!(h.used_idx(0), 5);
         for (i, p) in posts.iter().enumerate() {
-            assert_eq!(h.used(0, i as u16), (u32::from(p.head), 112));
+            assert_eq!(h.used_elem(0, i as u16), (u32::from(p.head), 112));
             assert_eq!(h.received(p, 27)[26], i as u8);
         }
-        assert_eq!(h.net.rx_held(0), (0, 0));
+        assert_eq!(h.dev.rx_held(0), (0, 0));
         assert!(readable(h.tap_fd(0), 0));
-        assert_eq!(h.mem.read_obj::<u16>(GuestAddress(avail_event)).unwrap(), 5);
+        assert_eq!(h.avail_event(0), 5);
         assert_eq!(h.irq.count(), 1);
 
         // Then the rest, one ring at a time.
@@ -2414,17 +2078,17 @@ mod tests {
     #[test]
     fn mergeable_buffers_carry_a_frame_over_several_chains() {
         let mut h = Harness::new(Setup::default());
-        assert_ne!(h.net.acked_features & F_MRG_RXBUF, 0);
+        assert_ne!(h.dev.acked_features & F_MRG_RXBUF, 0);
         let posts: Vec<RxPost> = (0..3).map(|_| h.post_rx(0, &[100, 156])).collect();
         h.kick(0);
         let f = frame(600, 1);
         h.inject(&f);
         h.wait_used(0, 0, 3);
-        let lens: Vec<u32> = (0..3).map(|i| h.used(0, i).1).collect();
+        let lens: Vec<u32> = (0..3).map(|i| h.used_elem(0, i).1).collect();
         assert_eq!(lens, [256, 256, 100]);
         let mut got = Vec::new();
         for (p, &l) in posts.iter().zip(&lens) {
-            assert_eq!(h.used(0, got.len() as u16 / 256).0, u32::from(p.head));
+            assert_eq!(h.used_elem(0, got.len() as u16 / 256).0, u32::from(p.head));
             got.extend(h.received(p, l as usize));
         }
         assert_eq!(&got[..12], &header(3));
@@ -2436,7 +2100,7 @@ mod tests {
         h.kick(0);
         let f = frame(700, 2);
         h.inject(&f);
-        assert!(h.pump_until(0, |h| h.net.rx_held(0) == (0, 1)));
+        assert!(h.pump_until(0, |h| h.dev.rx_held(0) == (0, 1)));
         assert_eq!(h.used_idx(0), 3);
         // A second frame waits in the tap meanwhile.
         let f2 = frame(80, 3);
@@ -2444,7 +2108,7 @@ mod tests {
         let more: Vec<RxPost> = (0..3).map(|_| h.post_rx(0, &[256])).collect();
         h.kick(0);
         h.wait_used(0, 0, 7);
-        let lens: Vec<u32> = (3..7).map(|i| h.used(0, i).1).collect();
+        let lens: Vec<u32> = (3..7).map(|i| h.used_elem(0, i).1).collect();
         assert_eq!(lens, [256, 256, 200, 92]);
         let mut got = h.received(&first, 256);
         got.extend(h.received(&more[0], 256));
@@ -2472,13 +2136,13 @@ mod tests {
         h.inject(&frame(200, 1));
         assert!(h.pump_until(0, |h| h.counter("rx_dropped") == 1));
         assert_eq!(h.used_idx(0), 0);
-        assert_eq!(h.net.rx_held(0), (4, 0));
+        assert_eq!(h.dev.rx_held(0), (4, 0));
         // The chains serve the next frame.
         let f = frame(50, 2);
         h.inject(&f);
         h.wait_used(0, 0, 2);
-        assert_eq!(h.used(0, 0), (u32::from(posts[0].head), 32));
-        assert_eq!(h.used(0, 1), (u32::from(posts[1].head), 30));
+        assert_eq!(h.used_elem(0, 0), (u32::from(posts[0].head), 32));
+        assert_eq!(h.used_elem(0, 1), (u32::from(posts[1].head), 30));
         let mut got = h.received(&posts[0], 32);
         got.extend(h.received(&posts[1], 30));
         assert_eq!(&got[..12], &header(2));
@@ -2488,7 +2152,6 @@ mod tests {
     #[test]
     fn interrupts_are_suppressed_with_event_idx() {
         let mut h = Harness::new(Setup::default());
-        let used_event = |h: &Harness, q: usize| h.rings[q].avail + 4 + 2 * u64::from(QSIZE);
         let good = {
             let mut b = header(0).to_vec();
             b.extend_from_slice(&frame(60, 0));
@@ -2498,18 +2161,16 @@ mod tests {
         h.send(1, &good, &[]);
         assert_eq!(h.irq.count(), 1);
         // The device asks to be notified of the next chain (avail_event).
-        let avail_event = h.rings[1].used + 4 + 8 * u64::from(QSIZE);
-        assert_eq!(h.mem.read_obj::<u16>(GuestAddress(avail_event)).unwrap(), 1);
+        assert_eq!(h.avail_event(1), 1);
         h.send(1, &good, &[]);
         h.send(1, &good, &[]);
         assert_eq!(h.irq.count(), 1);
         // The driver asks for an interrupt once entry 3 is used.
-        let ue = used_event(&h, 1);
-        h.mem.write_obj(3u16.to_le(), GuestAddress(ue)).unwrap();
+        h.set_used_event(1, 3);
         h.send(1, &good, &[]);
         assert_eq!(h.irq.count(), 2);
         assert_eq!(
-            *h.irq.0.lock().unwrap(),
+            h.irq.causes(),
             vec![InterruptCause::Queue(1), InterruptCause::Queue(1)]
         );
 
@@ -2524,12 +2185,11 @@ mod tests {
         h.inject(&frame(60, 2));
         h.wait_used(0, 0, 2);
         assert_eq!(h.irq.count(), 3);
-        let ue = used_event(&h, 0);
-        h.mem.write_obj(2u16.to_le(), GuestAddress(ue)).unwrap();
+        h.set_used_event(0, 2);
         h.inject(&frame(60, 3));
         h.wait_used(0, 0, 3);
         assert_eq!(h.irq.count(), 4);
-        assert_eq!(h.irq.0.lock().unwrap()[3], InterruptCause::Queue(0));
+        assert_eq!(h.irq.causes()[3], InterruptCause::Queue(0));
     }
 
     #[test]
@@ -2543,16 +2203,10 @@ mod tests {
             b.extend_from_slice(&frame(60, 0));
             b
         };
-        let avail = h.rings[1].avail;
-        h.mem
-            .write_obj(
-                (VRING_AVAIL_F_NO_INTERRUPT as u16).to_le(),
-                GuestAddress(avail),
-            )
-            .unwrap();
+        h.set_avail_flags(1, VRING_AVAIL_F_NO_INTERRUPT as u16);
         h.send(1, &good, &[]);
         assert_eq!(h.irq.count(), 0);
-        h.mem.write_obj(0u16, GuestAddress(avail)).unwrap();
+        h.set_avail_flags(1, 0);
         h.send(1, &good, &[]);
         h.send(1, &good, &[]);
         assert_eq!(h.irq.count(), 2);
@@ -2560,15 +2214,10 @@ mod tests {
         // notified; once they run out it asks again.
         h.post_rx(0, &[2048]);
         h.kick(0);
-        let used_flags = |h: &Harness| {
-            h.mem
-                .read_obj::<u16>(GuestAddress(h.rings[0].used))
-                .unwrap()
-        };
-        assert_eq!(used_flags(&h), 1);
+        assert_eq!(h.used_flags(0), 1);
         h.inject(&frame(60, 1));
         h.wait_used(0, 0, 1);
-        assert_eq!(used_flags(&h), 0);
+        assert_eq!(h.used_flags(0), 0);
         assert_eq!(h.irq.count(), 3);
     }
 
@@ -2577,7 +2226,7 @@ mod tests {
         let h = Harness::new(Setup::default());
         let rd = |off: u64, len: usize| {
             let mut v = vec![0xaau8; len];
-            h.net.read_config(off, &mut v);
+            h.dev.read_config(off, &mut v);
             v
         };
         assert_eq!(rd(0, 6), GUEST_MAC);
@@ -2586,9 +2235,9 @@ mod tests {
         assert_eq!(rd(3, 4), [0x12, 0x34, 0x56, 1]);
         assert_eq!(rd(10, 4), [0; 4]);
         assert_eq!(rd(u64::MAX, 2), [0; 2]);
-        assert_eq!(h.net.device_type(), TYPE_NET);
-        assert_eq!(h.net.queue_max_sizes(), vec![QSIZE; 2]);
-        let f = h.net.features();
+        assert_eq!(h.dev.device_type(), TYPE_NET);
+        assert_eq!(h.dev.queue_max_sizes(), vec![QSIZE; 2]);
+        let f = h.dev.features();
         for bit in [
             F_VERSION_1,
             F_RING_EVENT_IDX,
@@ -2608,11 +2257,11 @@ mod tests {
             assert_ne!(f & bit, 0, "{bit:#x}");
         }
         assert_eq!(f & (F_MQ | F_CTRL_VQ), 0);
-        let fds = h.net.host_fds();
+        let fds = h.dev.host_fds();
         assert_eq!(fds, vec![(h.tap_fd(0), 0)]);
 
         // Configuration writes are ignored.
-        let mut net = h.net;
+        let mut net = h.dev;
         net.write_config(0, &[0xff; 10]);
         let mut mac = [0u8; 6];
         net.read_config(0, &mut mac);
@@ -2671,9 +2320,9 @@ mod tests {
                 ..Setup::default()
             });
             let (gip, hip) = (h.guest_ip(), h.host_ip());
-            let tap = h.net.taps()[0].name().to_string();
+            let tap = h.dev.taps()[0].name().to_string();
             let gip_s = Ipv4Addr::from(gip).to_string();
-            h.ns.ip(&[
+            h.host.ns.ip(&[
                 "neigh",
                 "add",
                 &gip_s,
@@ -2684,12 +2333,12 @@ mod tests {
             ]);
             let post = h.post_rx(0, &[2048]);
             h.kick(0);
-            h.ns.run(move || {
+            h.host.ns.run(move || {
                 let s = std::net::UdpSocket::bind((Ipv4Addr::from(hip), 0)).unwrap();
                 s.send_to(&[7u8; 100], (Ipv4Addr::from(gip), 9)).unwrap();
             });
             h.wait_used(0, 0, 1);
-            let (_, len) = h.used(0, 0);
+            let (_, len) = h.used_elem(0, 0);
             // Ethernet 14 + IPv4 20 + UDP 8 + 100.
             assert_eq!(len, 12 + 142);
             let got = h.received(&post, len as usize);
@@ -2725,19 +2374,19 @@ mod tests {
             pairs: 2,
             ..Setup::default()
         });
-        assert_eq!(h.net.queue_max_sizes(), vec![QSIZE; 5]);
-        let f = h.net.features();
+        assert_eq!(h.dev.queue_max_sizes(), vec![QSIZE; 5]);
+        let f = h.dev.features();
         assert_ne!(f & F_MQ, 0);
         assert_ne!(f & F_CTRL_VQ, 0);
         let mut pairs = [0u8; 2];
-        h.net.read_config(8, &mut pairs);
+        h.dev.read_config(8, &mut pairs);
         assert_eq!(pairs, [2, 0]);
-        assert_eq!(h.net.host_fds().len(), 2);
-        assert_eq!(h.net.host_fds()[1].1, 1);
+        assert_eq!(h.dev.host_fds().len(), 2);
+        assert_eq!(h.dev.host_fds()[1].1, 1);
 
         // Until the driver asks for more, only the first pair is used: the second tap
         // queue is detached, so every frame goes to the first.
-        assert!(h.net.taps()[1].set_queue_enabled(false).is_err());
+        assert!(h.dev.taps()[1].set_queue_enabled(false).is_err());
         for _ in 0..4 {
             h.post_rx(0, &[2048]);
             h.post_rx(2, &[2048]);
@@ -2748,7 +2397,7 @@ mod tests {
             h.inject(&frame(100, seq));
         }
         h.wait_used(0, 0, 4);
-        h.net.process_host(1);
+        h.dev.process_host(1);
         assert_eq!(h.used_idx(2), 0);
 
         // VQ_PAIRS_SET: 2 is fine; 0, 3, a short command and an unknown class are not.
@@ -2771,16 +2420,19 @@ mod tests {
         h.kick(ctrl);
         assert_eq!(h.used_idx(ctrl), 6);
         for (i, ((head, ack), (_, want))) in acks.iter().zip(&cmds).enumerate() {
-            assert_eq!(h.used(ctrl, i as u16), (u32::from(*head), 1), "command {i}");
-            assert_eq!(h.read(*ack, 1)[0], *want, "command {i}");
+            assert_eq!(
+                h.used_elem(ctrl, i as u16),
+                (u32::from(*head), 1),
+                "command {i}"
+            );
+            assert_eq!(h.read_guest(*ack, 1)[0], *want, "command {i}");
         }
-        assert_eq!(h.used(ctrl, 5), (u32::from(no_ack), 0));
+        assert_eq!(h.used_elem(ctrl, 5), (u32::from(no_ack), 0));
         // The device asked to be notified of the next command (EVENT_IDX: avail_event).
-        let avail_event = h.rings[ctrl].used + 4 + 8 * u64::from(QSIZE);
-        assert_eq!(h.mem.read_obj::<u16>(GuestAddress(avail_event)).unwrap(), 6);
-        assert!(h.irq.0.lock().unwrap().contains(&InterruptCause::Queue(4)));
+        assert_eq!(h.avail_event(ctrl), 6);
+        assert!(h.irq.causes().contains(&InterruptCause::Queue(4)));
         // Both tap queues are attached now.
-        assert!(h.net.taps()[1].set_queue_enabled(true).is_err());
+        assert!(h.dev.taps()[1].set_queue_enabled(true).is_err());
 
         // Transmitting on the second pair reaches the host.
         let f = frame(90, 7);
@@ -2793,8 +2445,8 @@ mod tests {
         // Back to one pair.
         let (_, ack) = control(&mut h, ctrl, &[4, 0, 1, 0]);
         h.kick(ctrl);
-        assert_eq!(h.read(ack, 1)[0], 0);
-        assert!(h.net.taps()[1].set_queue_enabled(false).is_err());
+        assert_eq!(h.read_guest(ack, 1)[0], 0);
+        assert!(h.dev.taps()[1].set_queue_enabled(false).is_err());
     }
 
     #[test]
@@ -2805,31 +2457,35 @@ mod tests {
             ready: Some(vec![0, 1]),
             ..Setup::default()
         });
-        assert!(h.net.taps()[1].set_queue_enabled(false).is_err());
+        assert!(h.dev.taps()[1].set_queue_enabled(false).is_err());
         h.post_rx(0, &[2048]);
         h.kick(0);
         h.inject(&frame(70, 1));
         h.wait_used(0, 0, 1);
         // Queues of the second pair cannot be enabled.
-        h.net.reset();
-        let f = h.net.features() & !F_MQ;
-        h.net.ack_features(f);
-        let queues = h.make_rings(None);
+        h.dev.reset();
+        let f = h.dev.features() & !F_MQ;
+        h.dev.ack_features(f);
+        let queues = h.device_rings(None);
         assert!(h
-            .net
+            .dev
             .activate(h.mem.clone(), h.irq.clone(), queues)
             .is_err());
         // With CTRL_VQ but not MQ, the control queue is queue 2.
-        h.net.reset();
-        h.net.ack_features(f);
-        let queues = h.make_rings(Some(&[0, 1, 2]));
-        h.net
+        h.dev.reset();
+        h.dev.ack_features(f);
+        let queues = h.device_rings(Some(&[0, 1, 2]));
+        h.dev
             .activate(h.mem.clone(), h.irq.clone(), queues)
             .unwrap();
         let (head, ack) = control(&mut h, 2, &[4, 0, 2, 0]);
         h.kick(2);
-        assert_eq!(h.used(2, 0), (u32::from(head), 1));
-        assert_eq!(h.read(ack, 1)[0], 1, "VQ_PAIRS_SET without MQ is refused");
+        assert_eq!(h.used_elem(2, 0), (u32::from(head), 1));
+        assert_eq!(
+            h.read_guest(ack, 1)[0],
+            1,
+            "VQ_PAIRS_SET without MQ is refused"
+        );
     }
 
     #[test]
@@ -2847,23 +2503,23 @@ mod tests {
         assert!(h.capture(2000).is_some());
         h.post_rx(0, &[2048]);
         h.kick(0);
-        h.net.reset();
-        assert_eq!(h.net.acked_features, 0);
+        h.dev.reset();
+        assert_eq!(h.dev.acked_features, 0);
         // Every tap queue is attached again.
-        assert!(h.net.taps()[1].set_queue_enabled(true).is_err());
+        assert!(h.dev.taps()[1].set_queue_enabled(true).is_err());
         // Nothing is served while reset.
         let stale = h.chain(1, &[(h.buf_next, 0, R)]);
         h.publish(1, stale);
-        h.net.process_queue(1);
-        h.net.process_host(0);
+        h.dev.process_queue(1);
+        h.dev.process_host(0);
         h.inject(&frame(60, 1));
-        h.net.process_host(0);
+        h.dev.process_host(0);
         assert_eq!(h.used_idx(1), 1);
 
-        let f = h.net.features();
-        h.net.ack_features(f);
-        let queues = h.make_rings(None);
-        h.net
+        let f = h.dev.features();
+        h.dev.ack_features(f);
+        let queues = h.device_rings(None);
+        h.dev
             .activate(h.mem.clone(), h.irq.clone(), queues)
             .unwrap();
         let post = h.post_rx(0, &[2048]);
@@ -2879,38 +2535,38 @@ mod tests {
     #[test]
     fn activation_is_validated() {
         let mut h = Harness::new(Setup::default());
-        h.net.reset();
-        let f = h.net.features();
-        h.net.ack_features(f);
+        h.dev.reset();
+        let f = h.dev.features();
+        h.dev.ack_features(f);
         let irq: Arc<dyn VirtioInterrupt> = h.irq.clone();
         // Queue index out of range, or given twice.
-        let mut queues = h.make_rings(None);
+        let mut queues = h.device_rings(None);
         queues[1].index = 2;
-        assert!(h.net.activate(h.mem.clone(), irq.clone(), queues).is_err());
-        let mut queues = h.make_rings(None);
+        assert!(h.dev.activate(h.mem.clone(), irq.clone(), queues).is_err());
+        let mut queues = h.device_rings(None);
         queues[1].index = 0;
-        assert!(h.net.activate(h.mem.clone(), irq.clone(), queues).is_err());
+        assert!(h.dev.activate(h.mem.clone(), irq.clone(), queues).is_err());
         // No queue enabled.
-        let queues = h.make_rings(Some(&[]));
-        assert!(h.net.activate(h.mem.clone(), irq.clone(), queues).is_err());
+        let queues = h.device_rings(Some(&[]));
+        assert!(h.dev.activate(h.mem.clone(), irq.clone(), queues).is_err());
         // A ring outside guest memory.
-        let mut queues = h.make_rings(None);
+        let mut queues = h.device_rings(None);
         queues[0]
             .queue
             .try_set_used_ring_address(GuestAddress(OUTSIDE))
             .unwrap();
-        assert!(h.net.activate(h.mem.clone(), irq.clone(), queues).is_err());
+        assert!(h.dev.activate(h.mem.clone(), irq.clone(), queues).is_err());
         // An inactive device ignores everything.
-        h.net.process_queue(0);
-        h.net.process_queue(1);
-        h.net.process_queue(9);
-        h.net.process_host(0);
-        h.net.process_host(7);
+        h.dev.process_queue(0);
+        h.dev.process_queue(1);
+        h.dev.process_queue(9);
+        h.dev.process_host(0);
+        h.dev.process_host(7);
         // Only the transmit queue enabled: transmitting works, receiving is skipped.
-        let queues = h.make_rings(Some(&[1]));
-        h.net.activate(h.mem.clone(), irq, queues).unwrap();
-        h.net.process_host(0);
-        h.net.process_queue(0);
+        let queues = h.device_rings(Some(&[1]));
+        h.dev.activate(h.mem.clone(), irq, queues).unwrap();
+        h.dev.process_host(0);
+        h.dev.process_queue(0);
         let mut b = header(0).to_vec();
         b.extend_from_slice(&frame(60, 0));
         h.send(1, &b, &[]);
@@ -2986,7 +2642,7 @@ mod tests {
     #[test]
     fn counters_are_reported() {
         let h = Harness::new(Setup::default());
-        let c = h.net.counters();
+        let c = h.dev.counters();
         for name in [
             "rx_bytes",
             "rx_frames",
