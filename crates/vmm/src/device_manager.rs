@@ -39,6 +39,9 @@ pub enum DeviceError {
     /// An eventfd could not be created.
     #[error("cannot create an eventfd: {0}")]
     EventFd(std::io::Error),
+    /// Standard input could not be shared with the virtio console.
+    #[error("console: cannot read standard input: {0}")]
+    Stdin(std::io::Error),
     /// Two devices claim the same addresses.
     #[error("device layout: {0}")]
     Bus(#[from] BusError),
@@ -225,7 +228,7 @@ impl DeviceManager {
                     std::io::stdin()
                         .as_fd()
                         .try_clone_to_owned()
-                        .map_err(DeviceError::EventFd)?,
+                        .map_err(DeviceError::Stdin)?,
                 )
             }
             Some(ConsoleInput::Pty(file)) => Some(OwnedFd::from(file)),
