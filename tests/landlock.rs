@@ -881,3 +881,68 @@ fn hotplugged_disks_follow_the_ruleset() {
         std::thread::sleep(Duration::from_millis(5));
     }
 }
+
+/// Builds the shim that makes Palisade see an older Landlock ABI.
+fn old_abi_shim() -> PathBuf {
+    static LIB: OnceLock<PathBuf> = OnceLock::new();
+    LIB.get_or_init(|| {
+        let dir = std::env::temp_dir().join(format!("palisade-oldabi-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let lib = dir.join("old_abi.so");
+        let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/probe/old_abi.c");
+        let status = Command::new("gcc")
+            .args(["-shared", "-fPIC", "-O1", "-Wall", "-Werror", "-o"])
+            .arg(&lib)
+            .arg(&src)
+            .arg("-ldl")
+            .status()
+            .expect("run gcc");
+        assert!(status.success(), "building the old-ABI shim failed");
+        lib
+    })
+    .clone()
+}
+
+#[test]
+fn an_older_landlock_abi_runs_partly_enforced_and_says_what_is_missing() {
+    let kernel = guest("hello");
+    let run = |abi: &str, verbose: bool| {
+        let mut cmd = palisade();
+        cmd.args(["--kernel", path_str(&kernel), "--landlock"])
+            .args(SERIAL_ON_STDOUT)
+            .env("LD_PRELOAD", old_abi_shim())
+            .env("PALISADE_FAKE_LANDLOCK_ABI", abi);
+        if verbose {
+            cmd.arg("-v");
+        }
+        run_with_timeout(&mut cmd, Duration::from_secs(60))
+    };
+    // ABI 3: file rights up to truncate, no TCP, no scopes, no device ioctls.
+    let out = run("3", false);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(stdout(&out).contains("Hello from the Palisade test guest"));
+    let warning = stderr(&out);
+    assert_eq!(
+        warning.lines().count(),
+        1,
+        "one warning at the default level: {warning}"
+    );
+    assert!(warning.contains("WARN"), "{warning}");
+    for missing in ["fs: ioctl_dev", "net: connect_tcp", "scope: signal"] {
+        assert!(warning.contains(missing), "{missing} in {warning}");
+    }
+    assert!(!warning.contains("fs: truncate"), "{warning}");
+    let out = run("3", true);
+    assert!(
+        stderr(&out).contains("Landlock ABI 3 enforced (partial)"),
+        "{}",
+        stderr(&out)
+    );
+    // ABI 1 also lacks refer and truncate.
+    let out = run("1", false);
+    assert_eq!(out.status.code(), Some(0));
+    assert!(stderr(&out).contains("fs: refer") && stderr(&out).contains("fs: truncate"));
+    // The real ABI of this machine needs no warning at all.
+    let out = run("7", false);
+    assert!(stderr(&out).is_empty(), "{}", stderr(&out));
+}

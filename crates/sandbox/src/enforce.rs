@@ -96,12 +96,6 @@ impl Report {
             self.rules.len(),
             self.held.len()
         )];
-        if !self.not_enforced.is_empty() {
-            lines.push(format!(
-                "Landlock: this kernel cannot enforce: {}",
-                self.not_enforced.join(", ")
-            ));
-        }
         lines.push(format!(
             "Landlock handles fs [{}], net [{}], scopes [{}]",
             self.handled.fs.join(" "),

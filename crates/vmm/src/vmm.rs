@@ -651,6 +651,13 @@ impl Vmm {
                     for line in report.log_lines() {
                         info!("{line}");
                     }
+                    if !report.not_enforced.is_empty() {
+                        warn!(
+                            "Landlock ABI {} is older than Palisade's policy needs; not enforced: {}",
+                            report.abi,
+                            report.not_enforced.join(", ")
+                        );
+                    }
                 }
                 Err(e) => {
                     if matches!(e, SandboxError::Thread(_)) {
