@@ -793,3 +793,17 @@ fn under_landlock_a_disk_outside_the_rules_is_refused_and_the_vm_runs_on() {
         "the refused image changed"
     );
 }
+
+#[test]
+fn a_direct_disk_bypasses_the_page_cache_and_still_works() {
+    let dir = TempDir::new("disk-direct");
+    let disk = make_disk(&dir, "direct.img");
+    let spec = format!("path={},direct=on,id=direct", disk.display());
+    let out = run_virtio_blk(&["--disk", &spec]);
+    let text = assert_pass(&out, "PASS virtio_blk");
+    for line in ["write: OK", "read back: OK", "flush: OK"] {
+        assert!(text.lines().any(|l| l == line), "missing {line:?}:\n{text}");
+    }
+    let after = std::fs::read(&disk).unwrap();
+    assert_eq!(&after[SECTOR..2 * SECTOR], &written_sector()[..]);
+}
