@@ -71,6 +71,9 @@ fn one_run(memory: &str) -> Run {
         "unexpected output {:?}",
         String::from_utf8_lossy(&text)
     );
+    // Each run's janitor process tears the KVM VM down after the VMM has exited; let it
+    // finish so that it does not compete with the next run for this machine's two CPUs.
+    std::thread::sleep(std::time::Duration::from_millis(30));
     Run {
         first_byte: first.expect("no output") - start,
         exit_after_last_byte: exited - last,

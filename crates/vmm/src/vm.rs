@@ -19,6 +19,10 @@ use kvm_ioctls::{Kvm, VcpuFd, VmFd};
 use serde::Serialize;
 use vm_memory::{Address, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 
+use std::os::fd::AsRawFd;
+
+use sandbox::janitor::Janitor;
+
 use crate::device_manager::{DeviceError, DeviceManager, MachineEvents};
 use crate::vcpu::{self, FaultSink, VcpuContext, VcpuControl, VcpuThread};
 use crate::x86_64::boot::{self, BootError, DEFAULT_INITRD_ADDR_MAX};
@@ -171,6 +175,7 @@ pub struct Vm {
     devices: DeviceManager,
     faults: Arc<FaultSink>,
     reset_evt: Arc<vmm_sys_util::eventfd::EventFd>,
+    janitor: Option<Arc<Janitor>>,
     machine: Option<Machine>,
     state: VmState,
 }
@@ -181,6 +186,7 @@ impl Vm {
         mut config: VmConfig,
         events: &MachineEvents,
         faults: Arc<FaultSink>,
+        janitor: Option<Arc<Janitor>>,
     ) -> Result<Self, VmError> {
         let kernel_path = config.payload.kernel.as_deref().ok_or(VmError::NoKernel)?;
         let kernel = open("kernel", kernel_path)?;
@@ -244,6 +250,7 @@ impl Vm {
             devices,
             faults,
             reset_evt,
+            janitor,
             machine: None,
             state: VmState::Created,
         })
@@ -408,6 +415,16 @@ impl Vm {
 
     fn build_machine(&mut self, kvm: &Kvm, supported_cpuid: &CpuId) -> Result<Machine, VmError> {
         let vm = kvm.create_vm().map_err(kvm_err("create the VM"))?;
+        if let Some(janitor) = &self.janitor {
+            // SAFETY: the VM's descriptor is open for the duration of this borrow.
+            let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(vm.as_raw_fd()) };
+            // The janitor keeps a reference, so the VM's (slow) teardown happens there and
+            // not on this thread's exit or reboot path. Without it, the teardown just
+            // happens here.
+            if let Err(e) = janitor.hold(fd) {
+                log::debug!("the janitor cannot hold the VM: {e}");
+            }
+        }
         vm.set_tss_address(KVM_TSS_ADDRESS as usize)
             .map_err(kvm_err("set the TSS address"))?;
         vm.set_identity_map_address(KVM_IDENTITY_MAP_ADDRESS)

@@ -18,14 +18,18 @@ use crate::device_manager::MachineEvents;
 use crate::vcpu::{self, FaultSink};
 use crate::vm::{self, HotplugError, Removal, Vm, VmError, VmState};
 use devices::virtio::pci::VirtioPci;
+use sandbox::janitor::Janitor;
 use sandbox::{Policy, Sandbox, SandboxError};
 use std::sync::Mutex;
 
 /// Options of the VMM process itself.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Default)]
 pub struct VmmOptions {
     /// Keep the VMM running when the guest powers off (`--no-shutdown`).
     pub no_shutdown: bool,
+    /// The process that releases KVM VMs (and the API socket) away from the VMM's critical
+    /// paths.
+    pub janitor: Option<Arc<Janitor>>,
 }
 
 /// Why the VMM's loop ended, and the process exit status that goes with it.
@@ -234,7 +238,8 @@ impl Vmm {
     }
 
     fn teardown(&mut self) {
-        self.delete_vm();
+        // The janitor tears the KVM VM down once this process is gone: exit stays fast.
+        self.delete_vm(false);
     }
 
     fn on_reset(&mut self) {
@@ -504,7 +509,7 @@ impl Vmm {
             }
             Request::Delete => {
                 // Deleting when there is no VM is not an error, as in the reference API.
-                self.delete_vm();
+                self.delete_vm(true);
                 Ok(Reply::Done)
             }
             Request::Info => {
@@ -640,8 +645,13 @@ impl Vmm {
             .validate()
             .map_err(|e| RequestError::new(ErrorKind::BadRequest, format!("vm.create: {e}")))?;
         let landlock = config.landlock_enable;
-        let vm = Vm::create(config, &self.events, self.faults.clone())
-            .map_err(|e| RequestError::from_error(ErrorKind::BadRequest, "vm.create", &e))?;
+        let vm = Vm::create(
+            config,
+            &self.events,
+            self.faults.clone(),
+            self.options.janitor.clone(),
+        )
+        .map_err(|e| RequestError::from_error(ErrorKind::BadRequest, "vm.create", &e))?;
         if landlock {
             // The VM's files are open: from here on only the policy's rules can be opened.
             let api = self.control.is_some();
@@ -725,7 +735,8 @@ impl Vmm {
         vm.reboot(&self.kvm, &self.cpuid)
     }
 
-    fn delete_vm(&mut self) {
+    /// Destroys the VM; with `release`, waits until its kernel side is gone too.
+    fn delete_vm(&mut self, release: bool) {
         if let Some(vm) = self.vm.take() {
             if let Some(serial) = &vm.devices().serial {
                 self.unwatch(serial.input_drained.as_raw_fd());
@@ -736,6 +747,13 @@ impl Vmm {
             self.unwatch(vm.devices().eject_evt.as_raw_fd());
             self.input_watched = false;
             drop(vm);
+            // The VM is gone for good: have its kernel side torn down now, so that its
+            // kernel threads do not outlive it (a later vm.create confines every thread).
+            if let Some(janitor) = self.options.janitor.as_ref().filter(|_| release) {
+                if let Err(e) = janitor.release() {
+                    warn!("the janitor could not release the deleted VM: {e}");
+                }
+            }
             self.sync_queue_watches();
             console::restore_terminal();
         }

@@ -192,14 +192,13 @@ fn run(cli: Cli, start: Instant) -> Result<ExitCode, Failure> {
         None => None,
     };
     // While the process has one thread: the janitor that removes the socket at exit (the
-    // confined VMM itself may not be allowed to).
-    let _janitor = match api_socket.as_ref().and_then(|s| s.path()) {
-        Some(path) => Some(
-            sandbox::janitor::spawn(path)
-                .map_err(|e| Failure(format!("--api-socket {}: {e}", path.display())))?,
-        ),
-        None => None,
-    };
+    // confined VMM itself may not be allowed to) and releases KVM VMs off the VMM's exit and
+    // reboot paths.
+    let socket_path = api_socket.as_ref().and_then(|s| s.path());
+    let janitor = sandbox::janitor::spawn(socket_path).map_err(|e| match socket_path {
+        Some(path) => Failure(format!("--api-socket {}: {e}", path.display())),
+        None => Failure(format!("cannot start the janitor process: {e}")),
+    })?;
     // Before any thread starts, so that every thread inherits the mask and SIGTERM/SIGINT
     // reach the VMM's signalfd.
     vmm::vmm::block_termination_signals()?;
@@ -216,6 +215,7 @@ fn run(cli: Cli, start: Instant) -> Result<ExitCode, Failure> {
     };
     let options = VmmOptions {
         no_shutdown: cli.no_shutdown,
+        janitor: Some(std::sync::Arc::new(janitor)),
     };
     let mut vmm = Vmm::new(options, control).map_err(|e| Failure(format!("cannot start: {e}")))?;
 
