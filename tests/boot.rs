@@ -149,6 +149,7 @@ fn serial_input_from_stdin_reaches_the_guest() {
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
+        .map(ChildGuard::new)
         .unwrap();
     child
         .stdin
@@ -218,6 +219,7 @@ fn no_shutdown_keeps_the_vmm_until_sigterm() {
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
+        .map(ChildGuard::new)
         .unwrap();
     let mut stdout_pipe = child.stdout.take().unwrap();
     let mut seen = Vec::new();
@@ -261,6 +263,7 @@ fn pty_serial_passes_input_and_output() {
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
+        .map(ChildGuard::new)
         .unwrap();
     let pty = read_log_until(&mut child, "serial port on ");
     let pty = pty.trim().to_string();

@@ -241,6 +241,7 @@ fn tty_mode_reads_the_terminal_raw_and_restores_it_on_exit() {
         .stdout(slave.try_clone().unwrap())
         .stderr(std::process::Stdio::piped())
         .spawn()
+        .map(ChildGuard::new)
         .unwrap();
     // Wait for the guest's prompt, then check the terminal is raw while it runs.
     let mut seen = Vec::new();

@@ -141,7 +141,8 @@ fn without_a_console_the_guest_finds_no_device() {
 }
 
 /// Sends SIGTERM to `child` and waits for it to end.
-fn terminate(child: Child) -> Output {
+fn terminate(child: impl Into<Child>) -> Output {
+    let child: Child = child.into();
     let pid = child.id() as libc::pid_t;
     // SAFETY: kill has no memory-safety preconditions; the pid is our own child, not yet
     // waited for, so it cannot have been reused.
@@ -159,6 +160,7 @@ fn a_pty_console_echoes_what_is_typed() {
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
+        .map(ChildGuard::new)
         .unwrap();
     let path = read_log_until(&mut child, "virtio console on ");
     let path = path.trim().to_string();
@@ -213,6 +215,7 @@ fn a_pty_console_delivers_early_and_long_input_whole() {
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
+        .map(ChildGuard::new)
         .unwrap();
     let path = read_log_until(&mut child, "virtio console on ");
     let mut pty = OpenOptions::new()
@@ -290,6 +293,7 @@ fn a_tty_console_echoes_what_is_typed_and_restores_the_terminal() {
         .stdout(slave.try_clone().unwrap())
         .stderr(Stdio::piped())
         .spawn()
+        .map(ChildGuard::new)
         .unwrap();
     let mut seen = Vec::new();
     read_until(&mut master, &mut seen, HELLO);

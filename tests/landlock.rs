@@ -57,7 +57,7 @@ impl Outcome {
 
 /// A palisade process with the probe loaded.
 struct Probed {
-    child: Child,
+    child: ChildGuard,
     list: PathBuf,
     out: PathBuf,
 }
@@ -75,6 +75,7 @@ impl Probed {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
+            .map(ChildGuard::new)
             .expect("spawn palisade");
         Probed { child, list, out }
     }
@@ -171,7 +172,7 @@ impl Probed {
             );
             std::thread::sleep(Duration::from_millis(10));
         }
-        self.child.wait_with_output().unwrap()
+        Child::from(self.child).wait_with_output().unwrap()
     }
 }
 
@@ -657,6 +658,7 @@ fn lifecycle_under_landlock_from_the_api_and_recreation_within_the_ruleset() {
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
+        .map(ChildGuard::new)
         .unwrap();
     let deadline = Instant::now() + Duration::from_secs(10);
     while api::client::request(&socket, "GET", "/api/v1/vmm.ping", None).is_err() {
@@ -828,6 +830,7 @@ fn hotplugged_disks_follow_the_ruleset() {
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
+        .map(ChildGuard::new)
         .unwrap();
     wait_for(&serial, "echo: ready", 1);
     let add = |path: &Path, id: &str, readonly: bool| {

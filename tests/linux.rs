@@ -39,6 +39,7 @@ fn boots_a_real_linux_kernel_to_its_console() {
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()
+        .map(ChildGuard::new)
         .expect("spawn palisade");
     let mut out = child.stdout.take().expect("stdout");
     let (tx, rx) = std::sync::mpsc::channel();

@@ -95,8 +95,48 @@ pub fn path_str(p: &Path) -> &str {
     p.to_str().expect("utf-8 path")
 }
 
+/// A running palisade that is killed if the test ends early (a failed assertion), so that
+/// no VMM outlives its test.
+pub struct ChildGuard(Option<std::process::Child>);
+
+impl ChildGuard {
+    /// Guards `child`.
+    pub fn new(child: std::process::Child) -> Self {
+        ChildGuard(Some(child))
+    }
+}
+
+impl std::ops::Deref for ChildGuard {
+    type Target = std::process::Child;
+    fn deref(&self) -> &Self::Target {
+        self.0.as_ref().expect("child taken")
+    }
+}
+
+impl std::ops::DerefMut for ChildGuard {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        self.0.as_mut().expect("child taken")
+    }
+}
+
+impl From<ChildGuard> for std::process::Child {
+    fn from(mut guard: ChildGuard) -> Self {
+        guard.0.take().expect("child taken")
+    }
+}
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        if let Some(child) = self.0.as_mut() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
 /// Waits for a spawned child with a deadline and collects its output.
-pub fn wait_output(mut child: std::process::Child, timeout: Duration) -> Output {
+pub fn wait_output(child: impl Into<std::process::Child>, timeout: Duration) -> Output {
+    let mut child: std::process::Child = child.into();
     let deadline = Instant::now() + timeout;
     loop {
         if child.try_wait().expect("wait").is_some() {

@@ -104,6 +104,9 @@ struct Watched {
     fd: RawFd,
     // Keeps a queue's eventfd open while it is watched.
     _evt: Option<Arc<EventFd>>,
+    // False when epoll refused the descriptor (e.g. /dev/null or a regular file as the
+    // console's standard input): it is remembered so as not to be tried again.
+    registered: bool,
 }
 
 /// The VMM: at most one VM, and the loop that drives it.
@@ -321,6 +324,7 @@ impl Vmm {
                         event: DeviceEvent::Queue(q as u16),
                         fd: evt.as_raw_fd(),
                         _evt: Some(evt.clone()),
+                        registered: false,
                     });
                 }
                 for (fd, token) in dev.device().host_fds() {
@@ -329,6 +333,7 @@ impl Vmm {
                         event: DeviceEvent::Host(token),
                         fd,
                         _evt: None,
+                        registered: false,
                     });
                 }
             }
@@ -340,15 +345,17 @@ impl Vmm {
         for slot in self.queues.iter_mut() {
             if let Some(w) = slot {
                 if !wanted.iter().any(|x| same(w, x)) {
-                    let _ = self
-                        .epoll
-                        .ctl(ControlOperation::Delete, w.fd, EpollEvent::default());
+                    if w.registered {
+                        let _ =
+                            self.epoll
+                                .ctl(ControlOperation::Delete, w.fd, EpollEvent::default());
+                    }
                     *slot = None;
                 }
             }
         }
         // Add what is new.
-        for watched in wanted {
+        for mut watched in wanted {
             if self.queues.iter().flatten().any(|w| same(w, &watched)) {
                 continue;
             }
@@ -366,13 +373,14 @@ impl Vmm {
                 DeviceEvent::Host(_) => EventSet::IN | EventSet::EDGE_TRIGGERED,
             };
             let data = QUEUE_TOKEN_BASE + index as u64;
-            if let Err(e) = self.epoll.ctl(
+            match self.epoll.ctl(
                 ControlOperation::Add,
                 watched.fd,
                 EpollEvent::new(set, data),
             ) {
-                warn!("cannot wait on a device descriptor: {e}");
-                continue;
+                Ok(()) => watched.registered = true,
+                // Not pollable (such as /dev/null): there is nothing to wait for.
+                Err(e) => log::debug!("not waiting on a device descriptor: {e}"),
             }
             self.queues[index] = Some(watched);
         }
