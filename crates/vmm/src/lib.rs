@@ -9,6 +9,7 @@ pub mod console;
 pub mod control;
 pub mod device_manager;
 pub mod pci_devices;
+pub mod signals;
 pub mod vcpu;
 pub mod vm;
 pub mod vmm;

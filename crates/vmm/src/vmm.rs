@@ -15,6 +15,8 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 use crate::console;
 use crate::control::{ErrorKind, Reply, Request, RequestError, RequestReceiver, Response};
 use crate::device_manager::MachineEvents;
+pub use crate::signals::block_termination_signals;
+use crate::signals::SignalFd;
 use crate::vcpu::{self, FaultSink};
 use crate::vm::{self, HotplugError, Removal, Vm, VmError, VmState};
 use devices::virtio::pci::VirtioPci;
@@ -183,7 +185,7 @@ impl Vmm {
             vmm.watch(c.eventfd().as_raw_fd(), Token::Control)?;
         }
         if let Some(s) = &vmm.signals {
-            vmm.watch(s.fd, Token::Signal)?;
+            vmm.watch(s.fd(), Token::Signal)?;
         }
         Ok(vmm)
     }
@@ -798,69 +800,4 @@ pub fn ping_info() -> serde_json::Value {
         "pid": std::process::id(),
         "features": ["kvm", "landlock"],
     })
-}
-
-/// SIGTERM and SIGINT, delivered through a signalfd instead of a handler so they reach the
-/// loop like any other event. They must be blocked in every thread: call
-/// [`block_termination_signals`] before starting any.
-struct SignalFd {
-    fd: RawFd,
-}
-
-fn termination_set() -> libc::sigset_t {
-    // SAFETY: sigset_t is plain data; sigemptyset/sigaddset initialise it.
-    let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };
-    // SAFETY: `set` is a valid sigset_t.
-    unsafe {
-        libc::sigemptyset(&mut set);
-        libc::sigaddset(&mut set, libc::SIGTERM);
-        libc::sigaddset(&mut set, libc::SIGINT);
-    }
-    set
-}
-
-/// Blocks SIGTERM and SIGINT in the calling thread and every thread it starts afterwards,
-/// so that they are delivered to the VMM's signalfd.
-pub fn block_termination_signals() -> std::io::Result<()> {
-    let set = termination_set();
-    // SAFETY: `set` is initialised; the old mask is not wanted.
-    let rc = unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) };
-    if rc != 0 {
-        return Err(std::io::Error::from_raw_os_error(rc));
-    }
-    Ok(())
-}
-
-impl SignalFd {
-    fn termination() -> std::io::Result<Self> {
-        let set = termination_set();
-        // SAFETY: `set` is initialised; -1 asks for a new descriptor.
-        let fd = unsafe { libc::signalfd(-1, &set, libc::SFD_NONBLOCK | libc::SFD_CLOEXEC) };
-        if fd < 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        Ok(SignalFd { fd })
-    }
-
-    fn read(&self) -> Option<i32> {
-        // SAFETY: signalfd_siginfo is plain data.
-        let mut info: libc::signalfd_siginfo = unsafe { std::mem::zeroed() };
-        let size = std::mem::size_of::<libc::signalfd_siginfo>();
-        // SAFETY: `info` is writable for `size` bytes; the descriptor is ours.
-        let n = unsafe {
-            libc::read(
-                self.fd,
-                (&mut info as *mut libc::signalfd_siginfo).cast(),
-                size,
-            )
-        };
-        (n as usize == size).then_some(info.ssi_signo as i32)
-    }
-}
-
-impl Drop for SignalFd {
-    fn drop(&mut self) {
-        // SAFETY: the descriptor was opened by `termination` and is closed once.
-        unsafe { libc::close(self.fd) };
-    }
 }
