@@ -46,7 +46,9 @@ use vm_memory::{
 use vmm_sys_util::fallocate::{fallocate, FallocateMode};
 
 use super::iov::{iovec_of, IoVecs, IOV_MAX};
-use super::queue::{drain, enabled_queues, interrupt_if_needed, walk_chain, Budget, Seg};
+use super::queue::{
+    clear_notification, drain, enabled_queues, interrupt_if_needed, walk_chain, Budget, Seg,
+};
 use super::{
     counters_map, log_ignored_config_write, queue_size_is_valid, read_config_bytes, ActivateError,
     ActiveQueue, VirtioDevice, VirtioInterrupt, F_RING_EVENT_IDX, F_RING_INDIRECT_DESC,
@@ -381,8 +383,7 @@ impl VirtioDevice for Block {
         let Some(aq) = queues.iter_mut().find(|q| q.index == index) else {
             return;
         };
-        // Clear the notification (the eventfd is non-blocking: EAGAIN when already clear).
-        let _ = aq.notify.read();
+        clear_notification(&aq.notify);
         let queue = &mut aq.queue;
         let mem: &GuestMemoryMmap = mem;
 

@@ -37,13 +37,13 @@ use std::io::{self, Read, Write};
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::sync::Arc;
 
-use log::{debug, info, warn};
+use log::{debug, info};
 use virtio_queue::{DescriptorChain, QueueOwnedT, QueueT};
 use vm_memory::{Address, Bytes, GuestMemoryMmap};
 
 use super::queue::{
-    drain, enabled_queues, guest_error, interrupt_if_needed, log_limited, return_chains,
-    walk_chain, Budget, Seg,
+    clear_notification, drain, enabled_queues, guest_error, interrupt_if_needed, log_limited,
+    rearm, return_chains, walk_chain, Budget, Seg,
 };
 use super::{
     counters_map, log_ignored_config_write, read_config_bytes, ActivateError, ActiveQueue,
@@ -187,14 +187,13 @@ impl Console {
         let Some(aq) = rx.as_mut() else {
             return;
         };
-        // Clear the notification (the eventfd is non-blocking: EAGAIN when already clear).
-        let _ = aq.notify.read();
+        clear_notification(&aq.notify);
         let queue = &mut aq.queue;
         let mem: &GuestMemoryMmap = mem;
 
         let mut read_left = MAX_RX_BYTES_PER_CALL;
         let mut chains_left = MAX_CHAINS_PER_CALL;
-        let mut rearm = false;
+        let mut yielded = false;
         let mut completed = false;
         let mut passes = 0;
         'outer: loop {
@@ -209,7 +208,7 @@ impl Console {
             loop {
                 if host.pending_is_empty() {
                     if read_left == 0 {
-                        rearm = true;
+                        yielded = true;
                         break 'outer;
                     }
                     let n = host.read_input();
@@ -241,7 +240,7 @@ impl Console {
                 let name = format_args!("virtio-console receiveq");
                 completed |= return_chains(queue, mem, completions, name, warned);
                 if chains_left == 0 {
-                    rearm = true;
+                    yielded = true;
                     break 'outer;
                 }
                 if starved {
@@ -254,7 +253,7 @@ impl Console {
                 Ok(true) if starved => {
                     passes += 1;
                     if passes >= 3 {
-                        rearm = true;
+                        yielded = true;
                         break;
                     }
                 }
@@ -267,10 +266,8 @@ impl Console {
                 }
             }
         }
-        if rearm {
-            if let Err(e) = aq.notify.write(1) {
-                warn!("virtio-console: cannot re-arm the receive queue notification: {e}");
-            }
+        if yielded {
+            rearm(&aq.notify, "virtio-console", aq.index);
         }
         interrupt_if_needed(completed, queue, mem, interrupt.as_ref(), RX_QUEUE);
     }
@@ -296,7 +293,7 @@ impl Console {
         let Some(aq) = tx.as_mut() else {
             return;
         };
-        let _ = aq.notify.read();
+        clear_notification(&aq.notify);
         let queue = &mut aq.queue;
         let mem: &GuestMemoryMmap = mem;
 
@@ -316,9 +313,7 @@ impl Console {
         );
         host.flush_output();
         if drained.out_of_budget {
-            if let Err(e) = aq.notify.write(1) {
-                warn!("virtio-console: cannot re-arm the transmit queue notification: {e}");
-            }
+            rearm(&aq.notify, "virtio-console", aq.index);
         }
         interrupt_if_needed(drained.completed, queue, mem, interrupt.as_ref(), TX_QUEUE);
     }
@@ -615,9 +610,7 @@ impl VirtioDevice for Console {
         // Input that arrived before activation (or was pending at a reset) and buffers the
         // driver posted before DRIVER_OK are served as soon as the VMM thread gets to them.
         for q in rx.iter().chain(tx.iter()) {
-            if let Err(e) = q.notify.write(1) {
-                warn!("virtio-console: cannot arm queue {}: {e}", q.index);
-            }
+            rearm(&q.notify, "virtio-console", q.index);
         }
         self.active = Some(Active {
             mem,

@@ -61,7 +61,8 @@ use vmm_sys_util::eventfd::EventFd;
 
 use super::iov::{iovec_of, IoVecs, IOV_MAX};
 use super::queue::{
-    self, drain, enabled_queues, guest_error, interrupt_if_needed, log_limited, Budget,
+    self, clear_notification, drain, enabled_queues, guest_error, interrupt_if_needed, log_limited,
+    Budget,
 };
 use super::{
     counters_map, log_ignored_config_write, queue_size_is_valid, read_config_bytes, ActivateError,
@@ -1373,8 +1374,7 @@ impl VirtioDevice for Net {
             return;
         };
         if let Some(ctrl) = active.ctrl.as_ref().filter(|c| c.index == index) {
-            // Clear the notification (non-blocking: EAGAIN when already clear).
-            let _ = ctrl.notify.read();
+            clear_notification(&ctrl.notify);
             self.process_ctrl();
             return;
         }
@@ -1384,11 +1384,11 @@ impl VirtioDevice for Net {
         };
         if index.is_multiple_of(2) {
             if let Some(rx) = p.rx.as_ref() {
-                let _ = rx.notify.read();
+                clear_notification(&rx.notify);
                 self.process_rx(pair);
             }
         } else if let Some(tx) = p.tx.as_ref() {
-            let _ = tx.notify.read();
+            clear_notification(&tx.notify);
             self.process_tx(pair);
         }
     }

@@ -3,7 +3,8 @@
 //! Every device checks the queues the transport hands to [`VirtioDevice::activate`] the
 //! same way ([`enabled_queues`]), returns chains to the used ring and interrupts the driver
 //! (if it wants) the same way ([`return_chain`], [`interrupt_if_needed`]), and most serve a
-//! queue with the same loop ([`drain`]) and walk chains the same way ([`walk_chain`]). Errors a guest can cause are logged at
+//! queue with the same loop ([`drain`]), walk chains the same way ([`walk_chain`]) and yield
+//! to other events the same way ([`rearm`]). Errors a guest can cause are logged at
 //! warning level once, then at debug level ([`guest_error`]), so that a misbehaving guest
 //! cannot flood the log.
 //!
@@ -16,8 +17,23 @@ use log::{debug, warn};
 use virtio_bindings::virtio_ring::VRING_AVAIL_F_NO_INTERRUPT;
 use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use vmm_sys_util::eventfd::EventFd;
 
 use super::{ActivateError, ActiveQueue, InterruptCause, VirtioInterrupt};
+
+/// Clears a pending queue notification before the queue is served. The eventfd is
+/// non-blocking, so an already clear one just answers EAGAIN.
+pub(crate) fn clear_notification(notify: &EventFd) {
+    let _ = notify.read();
+}
+
+/// Notifies a queue on the device's own behalf, so that the VMM thread serves it again after
+/// its other events: used when a device stops early to bound the work of one call.
+pub(crate) fn rearm(notify: &EventFd, device: &str, index: u16) {
+    if let Err(e) = notify.write(1) {
+        warn!("{device}: cannot re-arm queue {index}: {e}");
+    }
+}
 
 /// Logs an error at warning level the first time (setting `warned`), at debug level
 /// afterwards. `kind` names the errors in the note the warning ends with ("further `kind`

@@ -24,14 +24,15 @@ use std::fs::File;
 use std::io;
 use std::sync::Arc;
 
-use log::{debug, warn};
+use log::debug;
 use virtio_queue::DescriptorChain;
 use vm_memory::{
     GuestAddress, GuestMemory, GuestMemoryMmap, Permissions, ReadVolatile, VolatileMemoryError,
 };
 
 use super::queue::{
-    drain, enabled_queues, interrupt_if_needed, log_limited, walk_chain, Budget, Seg,
+    clear_notification, drain, enabled_queues, interrupt_if_needed, log_limited, rearm, walk_chain,
+    Budget, Seg,
 };
 use super::{
     counters_map, log_ignored_config_write, read_config_bytes, ActivateError, ActiveQueue,
@@ -183,8 +184,7 @@ impl VirtioDevice for Rng {
             queue: aq,
             warned,
         } = active;
-        // Clear the notification (the eventfd is non-blocking: EAGAIN when already clear).
-        let _ = aq.notify.read();
+        clear_notification(&aq.notify);
         let queue = &mut aq.queue;
         let mem: &GuestMemoryMmap = mem;
 
@@ -207,9 +207,7 @@ impl VirtioDevice for Rng {
         );
         if drained.out_of_budget {
             // Come back later without waiting for the driver (which may not notify again).
-            if let Err(e) = aq.notify.write(1) {
-                warn!("virtio-rng: cannot re-arm the queue notification: {e}");
-            }
+            rearm(&aq.notify, "virtio-rng", aq.index);
         }
         interrupt_if_needed(drained.completed, queue, mem, interrupt.as_ref(), 0);
     }
