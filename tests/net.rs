@@ -8,14 +8,12 @@
 mod common;
 
 use std::fs::File;
-use std::os::fd::AsRawFd;
-use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use common::*;
+use devices::netns::NetNs;
 use serde_json::{json, Value};
 
 /// How long any one thing may take before a test gives up (the guests take milliseconds).
@@ -49,127 +47,27 @@ fn net_ready(test: &str) -> bool {
     true
 }
 
-/// A network namespace made for one test, removed when dropped.
-struct Netns {
-    name: String,
-    /// The namespace itself, for `setns` in the children started inside it.
-    handle: File,
-    /// A small number unique in this test process, for subnets (10.200.N.0/24).
-    n: u32,
+/// The link `name` in `ns` as `ip -j` describes it, if it exists.
+fn link(ns: &NetNs, name: &str) -> Option<Value> {
+    let out = Command::new("ip")
+        .args(["-n", ns.name(), "-j", "addr", "show", "dev", name])
+        .output()
+        .expect("run ip");
+    if !out.status.success() {
+        return None;
+    }
+    let links: Value = serde_json::from_str(&stdout(&out)).expect("ip -j output");
+    links.as_array().and_then(|l| l.first()).cloned()
 }
 
-impl Netns {
-    fn new() -> Netns {
-        static COUNTER: AtomicU32 = AtomicU32::new(0);
-        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-        let name = format!("palisade-net-{}-{n}", std::process::id());
-        let out = Command::new("ip")
-            .args(["netns", "add", &name])
-            .output()
-            .expect("run ip netns add");
-        assert!(
-            out.status.success(),
-            "ip netns add {name}: {}",
-            stderr(&out)
-        );
-        let handle = File::open(format!("/run/netns/{name}"))
-            .or_else(|_| File::open(format!("/var/run/netns/{name}")))
-            .unwrap_or_else(|e| panic!("open the namespace {name}: {e}"));
-        Netns {
-            name,
-            handle,
-            n: (n % 250) + 1,
-        }
-    }
-
-    /// `ip -n NS args…`, which must succeed; its standard output.
-    fn ip(&self, args: &[&str]) -> String {
-        let out = Command::new("ip")
-            .args(["-n", &self.name])
-            .args(args)
-            .output()
-            .expect("run ip");
-        assert!(
-            out.status.success(),
-            "ip -n {} {}: {}",
-            self.name,
-            args.join(" "),
-            stderr(&out)
-        );
-        stdout(&out)
-    }
-
-    /// The link `name` in the namespace as `ip -j` describes it, if it exists.
-    fn link(&self, name: &str) -> Option<Value> {
-        let out = Command::new("ip")
-            .args(["-n", &self.name, "-j", "addr", "show", "dev", name])
-            .output()
-            .expect("run ip");
-        if !out.status.success() {
-            return None;
-        }
-        let links: Value = serde_json::from_str(&stdout(&out)).expect("ip -j output");
-        links.as_array().and_then(|l| l.first()).cloned()
-    }
-
-    /// The names of the namespace's links.
-    fn links(&self) -> Vec<String> {
-        let links: Value = serde_json::from_str(&self.ip(&["-j", "link", "show"])).unwrap();
-        links
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter_map(|l| l["ifname"].as_str().map(str::to_string))
-            .collect()
-    }
-
-    /// `cmd`, set to start inside the namespace.
-    fn enter(&self, cmd: &mut Command) {
-        let fd = self.handle.as_raw_fd();
-        // SAFETY: the closure runs in the child between fork and exec and only makes the
-        // async-signal-safe setns system call on a descriptor the parent keeps open.
-        unsafe {
-            cmd.pre_exec(move || {
-                if libc::setns(fd, libc::CLONE_NEWNET) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
-    }
-
-    /// The host's address on the test's subnet, and the guest's.
-    fn addresses(&self, subnet: u32) -> (String, String) {
-        (
-            format!("10.{subnet}.{}.1", self.n),
-            format!("10.{subnet}.{}.2", self.n),
-        )
-    }
-
-    /// Removes the namespace now and checks it is gone.
-    fn remove(self) {
-        let name = self.name.clone();
-        drop(self);
-        let list = Command::new("ip").args(["netns", "list"]).output().unwrap();
-        assert!(
-            !stdout(&list)
-                .lines()
-                .any(|l| l.split_whitespace().next() == Some(&name)),
-            "the namespace {name} is still there"
-        );
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip")
-            .args(["netns", "delete", &self.name])
-            .output();
-    }
+/// The host's address on the test's subnet in `ns`, and the guest's.
+fn addresses(ns: &NetNs, subnet: u32) -> (String, String) {
+    let n = ns.index();
+    (format!("10.{subnet}.{n}.1"), format!("10.{subnet}.{n}.2"))
 }
 
 /// Runs palisade inside `ns` with `args` to completion (the serial port on stdout).
-fn run_in(ns: &Netns, args: &[&str]) -> Output {
+fn run_in(ns: &NetNs, args: &[&str]) -> Output {
     let mut cmd = palisade();
     cmd.args(args);
     ns.enter(&mut cmd);
@@ -177,7 +75,7 @@ fn run_in(ns: &Netns, args: &[&str]) -> Output {
 }
 
 /// Boots the `virtio_net` guest inside `ns` with `extra` arguments.
-fn run_virtio_net(ns: &Netns, extra: &[&str]) -> Output {
+fn run_virtio_net(ns: &NetNs, extra: &[&str]) -> Output {
     let kernel = guest("virtio_net");
     let mut args = vec!["--kernel", path_str(&kernel), "--memory", "size=128M"];
     args.extend_from_slice(&SERIAL_ON_STDOUT);
@@ -207,10 +105,8 @@ fn mac_after(text: &str, prefix: &str) -> String {
 
 /// Checks the guest's ARP exchange with `host`, whose tap in `ns` is `tap`: the reply names
 /// the tap's own MAC.
-fn expect_arp_reply(ns: &Netns, text: &str, host: &str, tap: &str) {
-    let link = ns
-        .link(tap)
-        .unwrap_or_else(|| panic!("no {tap} in {}:\n{text}", ns.name));
+fn expect_arp_reply(ns: &NetNs, text: &str, host: &str, tap: &str) {
+    let link = link(ns, tap).unwrap_or_else(|| panic!("no {tap} in {}:\n{text}", ns.name()));
     let tap_mac = link["address"].as_str().expect("tap address");
     assert_eq!(
         mac_after(text, &format!("arp: {host} is at ")),
@@ -224,8 +120,8 @@ fn palisade_creates_the_tap_and_the_guest_gets_an_arp_reply() {
     if !net_ready("palisade_creates_the_tap_and_the_guest_gets_an_arp_reply") {
         return;
     }
-    let ns = Netns::new();
-    let (host, me) = ns.addresses(200);
+    let ns = NetNs::new();
+    let (host, me) = addresses(&ns, 200);
     let dir = TempDir::new("net-create");
     let net = format!("tap=,ip={host},mask=255.255.255.0,id=net0");
     let cmdline = format!("host={host} me={me}");
@@ -259,9 +155,7 @@ fn palisade_creates_the_tap_and_the_guest_gets_an_arp_reply() {
     assert!(info["device_tree"]["net0"]["pci_bdf"].is_string(), "{info}");
 
     // The tap lives in the test's namespace, with the address asked for, and answered.
-    let link = ns
-        .link(&tap)
-        .unwrap_or_else(|| panic!("no {tap} in the namespace"));
+    let link = link(&ns, &tap).unwrap_or_else(|| panic!("no {tap} in the namespace"));
     let addresses: Vec<&str> = link["addr_info"]
         .as_array()
         .into_iter()
@@ -293,8 +187,8 @@ fn a_tap_the_test_made_is_used_with_the_mac_given() {
     if !net_ready("a_tap_the_test_made_is_used_with_the_mac_given") {
         return;
     }
-    let ns = Netns::new();
-    let (host, me) = ns.addresses(200);
+    let ns = NetNs::new();
+    let (host, me) = addresses(&ns, 200);
     ns.ip(&["tuntap", "add", "name", "ptap0", "mode", "tap"]);
     ns.ip(&["addr", "add", &format!("{host}/24"), "dev", "ptap0"]);
     ns.ip(&["link", "set", "ptap0", "up"]);
@@ -323,9 +217,9 @@ fn without_a_reply_the_guest_gives_up_and_says_so() {
     if !net_ready("without_a_reply_the_guest_gives_up_and_says_so") {
         return;
     }
-    let ns = Netns::new();
-    let (host, me) = ns.addresses(200);
-    let (other, _) = ns.addresses(201);
+    let ns = NetNs::new();
+    let (host, me) = addresses(&ns, 200);
+    let (other, _) = addresses(&ns, 201);
     let net = format!("tap=,ip={host},mask=255.255.255.0");
     let cmdline = format!("host={other} me={me} arp=once");
     let out = run_virtio_net(&ns, &["--net", &net, "--cmdline", &cmdline]);
@@ -354,7 +248,7 @@ struct Vmm {
 impl Vmm {
     /// Starts palisade in `ns` with `--api-socket`, the serial port in a file, no virtio
     /// console, 128 MiB and `extra`; waits for the API.
-    fn start(ns: &Netns, dir: &TempDir, extra: &[&str]) -> Vmm {
+    fn start(ns: &NetNs, dir: &TempDir, extra: &[&str]) -> Vmm {
         let socket = dir.path("api.sock");
         let serial = dir.path("serial.log");
         let log = dir.path("palisade.log");
@@ -396,7 +290,7 @@ impl Vmm {
 
     /// Starts the `virtio_net` guest in hot-plug mode, talking to `host` as `me`, and waits
     /// until it sleeps.
-    fn waiting_guest(ns: &Netns, dir: &TempDir, host: &str, me: &str, extra: &[&str]) -> Vmm {
+    fn waiting_guest(ns: &NetNs, dir: &TempDir, host: &str, me: &str, extra: &[&str]) -> Vmm {
         let kernel = guest("virtio_net");
         let cmdline = format!("wait=hotplug host={host} me={me}");
         let mut args = vec![
@@ -496,7 +390,7 @@ fn guest_bdf(bdf: &str) -> String {
 
 /// Adds a new tap with `host`/24 as `id` through the API, expecting 200; checks the answer,
 /// vm.info and the tap in `ns`. Returns the address the guest prints and the tap's name.
-fn add_net_ok(vmm: &Vmm, ns: &Netns, host: &str, id: &str) -> (String, String) {
+fn add_net_ok(vmm: &Vmm, ns: &NetNs, host: &str, id: &str) -> (String, String) {
     let body = json!({"tap": "", "ip": host, "mask": "255.255.255.0", "id": id});
     let (code, reply) = vmm.put("vm.add-net", &body);
     assert_eq!(
@@ -525,9 +419,8 @@ fn add_net_ok(vmm: &Vmm, ns: &Netns, host: &str, id: &str) -> (String, String) {
         .clone();
     let tap = config["tap"].as_str().unwrap_or_default().to_string();
     assert!(!tap.is_empty(), "no tap name for {id}: {info}");
-    let link = ns
-        .link(&tap)
-        .unwrap_or_else(|| panic!("{tap} is not in the namespace: {:?}", ns.links()));
+    let link =
+        link(ns, &tap).unwrap_or_else(|| panic!("{tap} is not in the namespace: {:?}", ns.links()));
     let addresses: Vec<&str> = link["addr_info"]
         .as_array()
         .into_iter()
@@ -540,7 +433,7 @@ fn add_net_ok(vmm: &Vmm, ns: &Netns, host: &str, id: &str) -> (String, String) {
 
 /// Waits for the hot-plug guest's verdict on the device at `shown`, talking to `host` through
 /// `tap`.
-fn expect_hotplug_pass(vmm: &Vmm, ns: &Netns, shown: &str, host: &str, tap: &str) -> String {
+fn expect_hotplug_pass(vmm: &Vmm, ns: &NetNs, shown: &str, host: &str, tap: &str) -> String {
     let text = vmm.wait_serial("PASS virtio_net\n");
     for line in [
         format!("hot-plugged: {shown}"),
@@ -562,9 +455,9 @@ fn a_net_device_is_hot_added_through_the_api_and_the_guest_uses_it() {
     if !net_ready("a_net_device_is_hot_added_through_the_api_and_the_guest_uses_it") {
         return;
     }
-    let ns = Netns::new();
+    let ns = NetNs::new();
     let dir = TempDir::new("net-hot");
-    let (host, me) = ns.addresses(200);
+    let (host, me) = addresses(&ns, 200);
     let vmm = Vmm::waiting_guest(&ns, &dir, &host, &me, &[]);
     let (shown, tap) = add_net_ok(&vmm, &ns, &host, "hotnet");
     expect_hotplug_pass(&vmm, &ns, &shown, &host, &tap);
@@ -593,9 +486,9 @@ fn under_landlock_without_a_boot_net_device_add_net_is_refused_with_the_rule_to_
     ) {
         return;
     }
-    let ns = Netns::new();
+    let ns = NetNs::new();
     let dir = TempDir::new("net-ll-refused");
-    let (host, me) = ns.addresses(200);
+    let (host, me) = addresses(&ns, 200);
     let vmm = Vmm::waiting_guest(&ns, &dir, &host, &me, &["--landlock"]);
     assert_eq!(vmm.info()["landlock"]["confined"], json!(true));
     let links_before = ns.links();
@@ -629,9 +522,9 @@ fn under_landlock_a_rule_for_the_tun_device_lets_add_net_through() {
     if !net_ready("under_landlock_a_rule_for_the_tun_device_lets_add_net_through") {
         return;
     }
-    let ns = Netns::new();
+    let ns = NetNs::new();
     let dir = TempDir::new("net-ll-rule");
-    let (host, me) = ns.addresses(200);
+    let (host, me) = addresses(&ns, 200);
     let vmm = Vmm::waiting_guest(
         &ns,
         &dir,
@@ -657,10 +550,10 @@ fn under_landlock_a_boot_net_device_and_an_api_let_add_net_through() {
     }
     // Palisade grants itself /dev/net/tun: the VM has a network device and an API that may
     // add more. The boot device is on one subnet, the hot-added one on another.
-    let ns = Netns::new();
+    let ns = NetNs::new();
     let dir = TempDir::new("net-ll-boot");
-    let (boot_host, _) = ns.addresses(200);
-    let (host, me) = ns.addresses(201);
+    let (boot_host, _) = addresses(&ns, 200);
+    let (host, me) = addresses(&ns, 201);
     let boot = format!("tap=,ip={boot_host},mask=255.255.255.0,id=bootnet");
     let vmm = Vmm::waiting_guest(&ns, &dir, &host, &me, &["--landlock", "--net", &boot]);
     let info = vmm.info();

@@ -23,14 +23,13 @@
 //! first; the best round of each is compared, and the median of the per-round ratios is
 //! shown beside it.
 
-use std::fs::File;
 use std::io::{IoSlice, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::process::Command;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use devices::netns::NetNs;
 use devices::tap::Tap;
 use devices::virtio::net::{Net, NetOptions};
 use devices::virtio::{ActiveQueue, InterruptCause, VirtioDevice, VirtioInterrupt};
@@ -59,54 +58,6 @@ const F_NEXT: u16 = 1;
 const GUEST_MAC: [u8; 6] = [0x52, 0x54, 0x00, 0xbe, 0x0c, 0x01];
 /// A destination that is not the tap's MAC: the host drops the frames on arrival.
 const OTHER_MAC: [u8; 6] = [0x02, 0x00, 0x00, 0xde, 0xad, 0x01];
-
-/// The benchmark's network namespace; deleted when dropped.
-struct Namespace(String);
-
-impl Namespace {
-    fn create() -> Namespace {
-        let name = format!("palisade-bench-net-{}", std::process::id());
-        let out = Command::new("ip")
-            .args(["netns", "add", &name])
-            .output()
-            .expect("run ip (iproute2)");
-        assert!(
-            out.status.success(),
-            "ip netns add {name}: {} (this benchmark needs root)",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        Namespace(name)
-    }
-
-    /// Runs `f` on a thread that entered the namespace.
-    fn run<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T {
-        let path = format!("/run/netns/{}", self.0);
-        std::thread::scope(|s| {
-            s.spawn(|| {
-                let ns = File::open(&path).expect("open the namespace");
-                // SAFETY: plain system call on a descriptor we own; it changes only this
-                // thread's network namespace.
-                let ret = unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) };
-                assert_eq!(ret, 0, "setns: {}", std::io::Error::last_os_error());
-                for which in ["all", "default"] {
-                    let _ = std::fs::write(
-                        format!("/proc/sys/net/ipv6/conf/{which}/disable_ipv6"),
-                        "1",
-                    );
-                }
-                f()
-            })
-            .join()
-            .expect("namespace thread")
-        })
-    }
-}
-
-impl Drop for Namespace {
-    fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.0]).output();
-    }
-}
 
 /// The interrupt as an irqfd would deliver it: one eventfd write.
 struct IrqFd(EventFd);
@@ -272,7 +223,8 @@ fn make_device(tap: Tap) -> (Net, Driver) {
 }
 
 fn main() {
-    let ns = Namespace::create();
+    // Needs root: the benchmark's tap lives in a namespace of its own.
+    let ns = NetNs::new();
     let tap = ns.run(|| {
         let tap = Tap::open(None, 1).expect("tap").remove(0);
         tap.up().expect("tap up");
@@ -349,7 +301,7 @@ fn main() {
     println!(
         "virtio-net transmit in process: {FRAME}-byte frames (+{HDR}-byte header) to tap {name} \
          in namespace {}, {BATCH} per notify, {PER_ROUND} frames per round, best of {ROUNDS} paired rounds",
-        ns.0
+        ns.name()
     );
     println!(
         "  device, VMM thread   {vmm:>9.0} frames/s   ratio {:.2}x (median of rounds {median:.2}x)   target >= {TARGET}x: {}",

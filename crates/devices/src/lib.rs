@@ -8,6 +8,8 @@ pub mod bus;
 pub mod hotplug;
 pub mod ioapic;
 pub mod legacy;
+#[cfg(any(test, feature = "test-util"))]
+pub mod netns;
 pub mod pci;
 pub mod serial;
 pub mod tap;

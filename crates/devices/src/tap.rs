@@ -420,105 +420,10 @@ impl Write for &Tap {
     }
 }
 
-/// Helpers for tests that need a network namespace of their own.
-#[cfg(test)]
-pub(crate) mod test_ns {
-    use std::fs::File;
-    use std::io;
-    use std::os::fd::AsRawFd;
-    use std::process::Command;
-    use std::sync::atomic::{AtomicUsize, Ordering};
-
-    static NEXT: AtomicUsize = AtomicUsize::new(0);
-
-    /// A network namespace created with `ip netns add`, deleted when dropped (also when the
-    /// test fails).
-    pub(crate) struct NetNs {
-        pub(crate) name: String,
-    }
-
-    impl NetNs {
-        /// Creates `palisade-test-<pid>-<n>`.
-        pub(crate) fn new() -> NetNs {
-            let n = NEXT.fetch_add(1, Ordering::Relaxed);
-            let name = format!("palisade-test-{}-{n}", std::process::id());
-            let out = Command::new("ip")
-                .args(["netns", "add", &name])
-                .output()
-                .expect("run ip netns add (iproute2 is needed)");
-            assert!(
-                out.status.success(),
-                "ip netns add {name}: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-            NetNs { name }
-        }
-
-        /// A small number unique to this namespace in this process (for addresses).
-        pub(crate) fn index(&self) -> u8 {
-            let n: usize = self
-                .name
-                .rsplit('-')
-                .next()
-                .and_then(|s| s.parse().ok())
-                .unwrap_or(0);
-            (n % 250) as u8
-        }
-
-        /// Runs `f` on a thread that entered the namespace (setns(2) affects only that
-        /// thread), with IPv6 disabled there so that the kernel sends no unsolicited frames
-        /// (router and neighbour solicitations) out of new interfaces.
-        pub(crate) fn run<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T {
-            let path = format!("/run/netns/{}", self.name);
-            std::thread::scope(|s| {
-                s.spawn(|| {
-                    let ns = File::open(&path).expect("open the namespace");
-                    // SAFETY: plain system call on a descriptor we own; it only changes this
-                    // thread's network namespace.
-                    let ret = unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) };
-                    assert_eq!(ret, 0, "setns: {}", io::Error::last_os_error());
-                    for which in ["all", "default"] {
-                        let _ = std::fs::write(
-                            format!("/proc/sys/net/ipv6/conf/{which}/disable_ipv6"),
-                            "1",
-                        );
-                    }
-                    f()
-                })
-                .join()
-                .expect("namespace thread panicked")
-            })
-        }
-
-        /// Runs `ip -n <ns> args...` and returns its standard output.
-        pub(crate) fn ip(&self, args: &[&str]) -> String {
-            let out = Command::new("ip")
-                .args(["-n", &self.name])
-                .args(args)
-                .output()
-                .expect("run ip");
-            assert!(
-                out.status.success(),
-                "ip {args:?}: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-            String::from_utf8_lossy(&out.stdout).into_owned()
-        }
-    }
-
-    impl Drop for NetNs {
-        fn drop(&mut self) {
-            let _ = Command::new("ip")
-                .args(["netns", "del", &self.name])
-                .output();
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
-    use super::test_ns::NetNs;
     use super::*;
+    use crate::netns::NetNs;
 
     fn raw_tun(flags: libc::c_int, name: &str) -> io::Result<OwnedFd> {
         let file = OpenOptions::new().read(true).write(true).open(TUN_DEVICE)?;
@@ -558,7 +463,7 @@ mod tests {
         // A tap created here disappears with its last descriptor.
         drop(taps);
         let out = std::process::Command::new("ip")
-            .args(["-n", &ns.name, "link", "show", "dev", "pal0"])
+            .args(["-n", ns.name(), "link", "show", "dev", "pal0"])
             .output()
             .unwrap();
         assert!(!out.status.success());

@@ -1491,7 +1491,7 @@ mod tests {
         VRING_AVAIL_F_NO_INTERRUPT, VRING_DESC_F_INDIRECT, VRING_DESC_F_NEXT,
     };
 
-    use crate::tap::test_ns::NetNs;
+    use crate::netns::NetNs;
     use crate::virtio::test_driver::{Driver, MEM_END, OUTSIDE, QSIZE, R, REGION, W};
     use crate::virtio::InterruptCause;
 
