@@ -17,8 +17,6 @@ use std::time::{Duration, Instant};
 
 use common::*;
 
-/// How long any one thing may take before a test gives up (the guests take milliseconds).
-const PATIENCE: Duration = Duration::from_secs(30);
 const HELLO: &str = "hello from the virtio console\n";
 const PASS_LINE: &str = "PASS virtio_console\n";
 /// What the tests type: the guest echoes `abc ` and stops at `q`.

@@ -6,8 +6,8 @@
 mod common;
 
 use std::path::PathBuf;
-use std::process::{Child, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Output;
+use std::time::Duration;
 
 use common::*;
 use serde_json::{json, Value};
@@ -19,9 +19,6 @@ const SECTOR: usize = 512;
 const SECTOR0_LINE: &str = "palisade disk test image, sector 0";
 /// What the guest writes at the start of sector 1.
 const GUEST_TEXT: &[u8] = b"written by the palisade test guest\n";
-/// How long any one thing may take before a test gives up (the guests take milliseconds).
-const PATIENCE: Duration = Duration::from_secs(30);
-
 /// An 8 MiB image: sector 0 starts with [`SECTOR0_LINE`], every other byte is a pattern that
 /// a stray write would disturb.
 fn make_disk(dir: &TempDir, name: &str) -> PathBuf {
@@ -191,164 +188,27 @@ fn the_serial_option_is_what_get_id_answers() {
 // ---------------------------------------------------------------------------------------------
 // Through the API.
 
-/// A `palisade` with an API socket, its serial port in a file and its log in another.
-struct Vmm {
-    child: Child,
-    socket: PathBuf,
-    serial: PathBuf,
-    log: PathBuf,
-}
-
-impl Vmm {
-    /// Starts palisade with `--api-socket` and `extra` arguments; waits for the API.
-    fn start(dir: &TempDir, extra: &[&str]) -> Vmm {
-        let socket = dir.path("api.sock");
-        let serial = dir.path("serial.log");
-        let log = dir.path("palisade.log");
-        let child = palisade()
-            .args(["--api-socket", path_str(&socket)])
-            .args(extra)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .unwrap();
-        let vmm = Vmm {
-            child,
-            socket,
-            serial,
-            log,
-        };
-        let deadline = Instant::now() + PATIENCE;
-        while api::client::request_with_timeout(
-            &vmm.socket,
-            "GET",
-            "/api/v1/vmm.ping",
-            None,
-            Some(PATIENCE),
-        )
-        .is_err()
-        {
-            assert!(Instant::now() < deadline, "the API socket never answered");
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        vmm
-    }
-
-    /// Starts palisade running the `hotplug` guest and waits for it to be ready.
-    fn hotplug_guest(dir: &TempDir) -> Vmm {
-        let kernel = guest("hotplug");
-        let serial_arg = format!("file={}", dir.path("serial.log").display());
-        let vmm = Vmm::start(
-            dir,
-            &[
-                "--kernel",
-                path_str(&kernel),
-                "--memory",
-                "size=128M",
-                "--serial",
-                &serial_arg,
-                "--console",
-                "off",
-                "--no-shutdown",
-            ],
-        );
-        vmm.wait_serial("hotplug: ready\n", 1);
-        vmm
-    }
-
-    /// `METHOD /api/v1/ENDPOINT` with an optional body; the status and the body. A VMM that
-    /// does not answer within [`PATIENCE`] fails the test.
-    fn call(&self, method: &str, endpoint: &str, body: Option<&str>) -> (u16, String) {
-        let path = format!("/api/v1/{endpoint}");
-        match api::client::request_with_timeout(&self.socket, method, &path, body, Some(PATIENCE)) {
-            Ok(r) => (r.status, r.body),
-            Err(e) => panic!(
-                "{method} {endpoint}: {e}\nserial: {}\nlog: {}",
-                self.serial_text(),
-                self.log_text()
-            ),
-        }
-    }
-
-    fn put(&self, endpoint: &str, body: &Value) -> (u16, String) {
-        self.call("PUT", endpoint, Some(&body.to_string()))
-    }
-
-    fn info(&self) -> Value {
-        let (code, body) = self.call("GET", "vm.info", None);
-        assert_eq!(code, 200, "{body}");
-        serde_json::from_str(&body).unwrap()
-    }
-
-    fn state(&self) -> String {
-        self.info()["state"].as_str().unwrap().to_string()
-    }
-
-    fn remote(&self, args: &[&str]) -> Output {
-        run_with_timeout(
-            remote()
-                .args(["--api-socket", path_str(&self.socket)])
-                .args(args),
-            PATIENCE,
-        )
-    }
-
-    fn serial_text(&self) -> String {
-        std::fs::read_to_string(&self.serial).unwrap_or_default()
-    }
-
-    fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    /// Waits until the serial output holds `needle` `count` times; returns it. Fails at once
-    /// if the guest reports a failure.
-    fn wait_serial(&self, needle: &str, count: usize) -> String {
-        let deadline = Instant::now() + PATIENCE;
-        loop {
-            let text = self.serial_text();
-            assert!(
-                !text.contains("FAIL"),
-                "the guest reported a failure:\n{text}\nlog: {}",
-                self.log_text()
-            );
-            if text.matches(needle).count() >= count {
-                return text;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{needle:?} x{count} never appeared on the serial port:\n{text}\nlog: {}",
-                self.log_text()
-            );
-            std::thread::sleep(Duration::from_millis(10));
-        }
-    }
-
-    /// Waits for the VM to reach `state`.
-    fn wait_state(&self, state: &str) {
-        let deadline = Instant::now() + PATIENCE;
-        loop {
-            let now = self.state();
-            if now == state {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "the VM stayed {now}, not {state}\nserial: {}\nlog: {}",
-                self.serial_text(),
-                self.log_text()
-            );
-            std::thread::sleep(Duration::from_millis(10));
-        }
-    }
-}
-
-impl Drop for Vmm {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// Starts palisade running the `hotplug` guest and waits for it to be ready.
+fn hotplug_guest(dir: &TempDir) -> ApiVmm {
+    let kernel = guest("hotplug");
+    let serial_arg = ApiVmm::serial_arg(dir);
+    let vmm = ApiVmm::spawn(
+        palisade(),
+        dir,
+        &[
+            "--kernel",
+            path_str(&kernel),
+            "--memory",
+            "size=128M",
+            "--serial",
+            &serial_arg,
+            "--console",
+            "off",
+            "--no-shutdown",
+        ],
+    );
+    vmm.wait_serial("hotplug: ready\n", 1);
+    vmm
 }
 
 /// The slot of a `0000:00:SS.0` address.
@@ -373,7 +233,7 @@ fn config_has_disk(info: &Value, id: &str) -> bool {
 }
 
 /// The guest's lines for a hot-added disk of [`DISK_SIZE`] in `slot`.
-fn expect_added(vmm: &Vmm, slot: u8) {
+fn expect_added(vmm: &ApiVmm, slot: u8) {
     vmm.wait_serial(&format!("hotplug: slot {slot} added: 1af4:1042\n"), 1);
     vmm.wait_serial(
         &format!(
@@ -385,7 +245,7 @@ fn expect_added(vmm: &Vmm, slot: u8) {
 }
 
 /// The guest's lines once `slot` has been ejected, and its verdict.
-fn expect_removed(vmm: &Vmm, slot: u8) {
+fn expect_removed(vmm: &ApiVmm, slot: u8) {
     vmm.wait_serial(&format!("hotplug: slot {slot} eject requested\n"), 1);
     vmm.wait_serial(&format!("hotplug: slot {slot} removed\n"), 1);
     vmm.wait_serial("PASS hotplug\n", 1);
@@ -393,7 +253,7 @@ fn expect_removed(vmm: &Vmm, slot: u8) {
 
 /// Adds the disk at `path` as `id` through the API while the hotplug guest runs; checks the
 /// answer and that the guest found the disk. Returns its address and slot.
-fn hot_add(vmm: &Vmm, path: &std::path::Path, id: &str) -> (String, u8) {
+fn hot_add(vmm: &ApiVmm, path: &std::path::Path, id: &str) -> (String, u8) {
     let (code, body) = vmm.put("vm.add-disk", &json!({"path": path, "id": id}));
     assert_eq!(code, 200, "{body}");
     let reply: Value = serde_json::from_str(&body).unwrap();
@@ -422,7 +282,7 @@ fn device_ids(info: &Value) -> Vec<String> {
 fn disks_are_hot_added_and_removed_through_the_api() {
     let dir = TempDir::new("disk-hot-api");
     let disk = make_disk(&dir, "hot.img");
-    let vmm = Vmm::hotplug_guest(&dir);
+    let vmm = hotplug_guest(&dir);
     let (_, slot) = hot_add(&vmm, &disk, "hot1");
 
     let (code, body) = vmm.put("vm.remove-device", &json!({"id": "hot1"}));
@@ -439,7 +299,7 @@ fn disks_are_hot_added_and_removed_through_the_api() {
 fn refused_hot_plug_requests_change_nothing() {
     let dir = TempDir::new("disk-hot-refused");
     let disk = make_disk(&dir, "hot.img");
-    let vmm = Vmm::hotplug_guest(&dir);
+    let vmm = hotplug_guest(&dir);
     hot_add(&vmm, &disk, "hot1");
     let ids_before = device_ids(&vmm.info());
 
@@ -507,7 +367,7 @@ fn refused_hot_plug_requests_change_nothing() {
 fn disks_are_hot_added_and_removed_with_palisade_remote() {
     let dir = TempDir::new("disk-hot-remote");
     let disk = make_disk(&dir, "hot.img");
-    let vmm = Vmm::hotplug_guest(&dir);
+    let vmm = hotplug_guest(&dir);
 
     let spec = format!("path={},id=hot2", disk.display());
     let out = vmm.remote(&["add-disk", &spec]);
@@ -549,7 +409,7 @@ fn disks_added_before_boot_are_found_by_the_guest() {
     let kept = make_disk(&dir, "kept.img");
     let dropped = make_disk(&dir, "dropped.img");
     let dropped_before = std::fs::read(&dropped).unwrap();
-    let vmm = Vmm::start(&dir, &["--no-shutdown"]);
+    let vmm = ApiVmm::spawn(palisade(), &dir, &["--no-shutdown"]);
     let config = json!({
         "cpus": {"boot_vcpus": 1, "max_vcpus": 1},
         "memory": {"size": 128u64 << 20},
@@ -598,7 +458,7 @@ const WAITING_LINE: &str = "virtio_blk: waiting for a hot-plugged disk\n";
 /// Starts palisade confined by Landlock with `rules` (each `path=…,access=…`), running the
 /// `virtio_blk` guest with `cmdline` (which holds `wait=hotplug`); waits for the guest to say
 /// it is waiting and checks the confinement took.
-fn landlock_waiting_guest(dir: &TempDir, cmdline: &str, rules: &[String]) -> Vmm {
+fn landlock_waiting_guest(dir: &TempDir, cmdline: &str, rules: &[String]) -> ApiVmm {
     let kernel = guest("virtio_blk");
     let serial_arg = format!("file={}", dir.path("serial.log").display());
     let mut args = vec![
@@ -617,7 +477,7 @@ fn landlock_waiting_guest(dir: &TempDir, cmdline: &str, rules: &[String]) -> Vmm
         "--landlock-rules",
     ];
     args.extend(rules.iter().map(String::as_str));
-    let vmm = Vmm::start(dir, &args);
+    let vmm = ApiVmm::spawn(palisade(), dir, &args);
     vmm.wait_serial(WAITING_LINE, 1);
     let info = vmm.info();
     assert_eq!(info["landlock"]["confined"], json!(true), "{info}");
@@ -636,7 +496,7 @@ fn rule(path: &std::path::Path, access: &str) -> String {
 
 /// Adds `body` (a disk object) through the API, expecting 200 with its id and an address on
 /// bus 0; returns the address as the guest prints it (`00:SS.0`).
-fn add_disk_ok(vmm: &Vmm, body: &Value) -> String {
+fn add_disk_ok(vmm: &ApiVmm, body: &Value) -> String {
     let (code, reply) = vmm.put("vm.add-disk", body);
     assert_eq!(
         code,
@@ -656,7 +516,7 @@ fn add_disk_ok(vmm: &Vmm, body: &Value) -> String {
 /// Waits for the guest's verdict on the disk hot-added at `bdf` (as `id`) and checks the
 /// lines every run prints: the slot it was told about, the device it used, the capacity, sector
 /// 0 and the id, at least one interrupt. The guest then powers off (the VMM stays).
-fn expect_hotplug_pass(vmm: &Vmm, bdf: &str, id: &str) -> String {
+fn expect_hotplug_pass(vmm: &ApiVmm, bdf: &str, id: &str) -> String {
     let text = vmm.wait_serial("PASS virtio_blk\n", 1);
     for line in [
         format!("hot-plugged: {bdf}"),

@@ -606,23 +606,6 @@ fn no_landlock_in_the_kernel_means_no_vm_when_landlock_is_asked_for() {
     assert!(stdout(&out).contains("Hello from the Palisade test guest"));
 }
 
-fn api(
-    socket: &Path,
-    method: &str,
-    endpoint: &str,
-    body: Option<serde_json::Value>,
-) -> (u16, String) {
-    let body = body.map(|b| b.to_string());
-    let r = api::client::request(
-        socket,
-        method,
-        &format!("/api/v1/{endpoint}"),
-        body.as_deref(),
-    )
-    .expect("API request");
-    (r.status, r.body)
-}
-
 fn wait_for(path: &Path, needle: &str, count: usize) {
     let deadline = Instant::now() + Duration::from_secs(20);
     while std::fs::read_to_string(path)
@@ -651,20 +634,7 @@ fn lifecycle_under_landlock_from_the_api_and_recreation_within_the_ruleset() {
     std::fs::copy(guest("echo"), &kernel).unwrap();
     let serial = logs.join("serial.log");
     std::fs::write(&serial, "").unwrap();
-    let socket = dir.path("api.sock");
-    let mut child = palisade()
-        .args(["--api-socket", path_str(&socket), "--no-shutdown", "-v"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map(ChildGuard::new)
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while api::client::request(&socket, "GET", "/api/v1/vmm.ping", None).is_err() {
-        assert!(Instant::now() < deadline);
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    let mut vmm = ApiVmm::spawn(palisade(), &dir, &["--no-shutdown", "-v"]);
     let config = |kernel: &Path| {
         serde_json::json!({
             "payload": {"kernel": kernel},
@@ -677,10 +647,9 @@ fn lifecycle_under_landlock_from_the_api_and_recreation_within_the_ruleset() {
             ],
         })
     };
-    let (code, body) = api(&socket, "PUT", "vm.create", Some(config(&kernel)));
+    let (code, body) = vmm.put("vm.create", &config(&kernel));
     assert_eq!(code, 204, "{body}");
-    let (_, info) = api(&socket, "GET", "vm.info", None);
-    let info: serde_json::Value = serde_json::from_str(&info).unwrap();
+    let info = vmm.info();
     let ll = &info["landlock"];
     assert_eq!(ll["requested"], serde_json::json!(true));
     assert_eq!(ll["confined"], serde_json::json!(true));
@@ -721,33 +690,29 @@ fn lifecycle_under_landlock_from_the_api_and_recreation_within_the_ruleset() {
         ("vm.resume", "Running"),
         ("vm.reboot", "Running"),
     ] {
-        let (code, body) = api(&socket, "PUT", step, None);
+        let (code, body) = vmm.call("PUT", step, None);
         assert_eq!(code, 204, "{step}: {body}");
-        let (_, info) = api(&socket, "GET", "vm.info", None);
-        assert!(
-            info.contains(&format!("\"state\":\"{state}\"")),
-            "{step}: {info}"
-        );
+        assert_eq!(vmm.state(), state, "after {step}");
     }
     wait_for(&serial, "echo: ready", 2);
-    let (code, _) = api(&socket, "PUT", "vm.shutdown", None);
+    let (code, _) = vmm.call("PUT", "vm.shutdown", None);
     assert_eq!(code, 204);
-    let (code, _) = api(&socket, "PUT", "vm.delete", None);
+    let (code, _) = vmm.call("PUT", "vm.delete", None);
     assert_eq!(code, 204);
 
     // A new VM whose files fit the ruleset: created, booted, it runs.
-    let (code, body) = api(&socket, "PUT", "vm.create", Some(config(&kernel)));
+    let (code, body) = vmm.put("vm.create", &config(&kernel));
     assert_eq!(code, 204, "{body}");
-    let (code, _) = api(&socket, "PUT", "vm.boot", None);
+    let (code, _) = vmm.call("PUT", "vm.boot", None);
     assert_eq!(code, 204);
     wait_for(&serial, "echo: ready", 1);
-    let (code, _) = api(&socket, "PUT", "vm.delete", None);
+    let (code, _) = vmm.call("PUT", "vm.delete", None);
     assert_eq!(code, 204);
 
     // One whose kernel lies outside: refused, with the path, the reason and the fix.
     let outside = dir.path("other-kernel.elf");
     std::fs::copy(guest("hello"), &outside).unwrap();
-    let (code, body) = api(&socket, "PUT", "vm.create", Some(config(&outside)));
+    let (code, body) = vmm.put("vm.create", &config(&outside));
     assert!((400..500).contains(&code), "{code}: {body}");
     assert!(body.contains(path_str(&outside)), "{body}");
     assert!(body.contains("outside the Landlock ruleset"), "{body}");
@@ -760,23 +725,15 @@ fn lifecycle_under_landlock_from_the_api_and_recreation_within_the_ruleset() {
         "{body}"
     );
     // The VMM is still there and serving.
-    let (code, _) = api(&socket, "GET", "vmm.ping", None);
+    let (code, _) = vmm.call("GET", "vmm.ping", None);
     assert_eq!(code, 200);
 
     // Clean exit, socket removed although the VMM itself may not delete files.
-    let (code, _) = api(&socket, "PUT", "vmm.shutdown", None);
+    let (code, _) = vmm.call("PUT", "vmm.shutdown", None);
     assert_eq!(code, 204);
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let status = loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            break s;
-        }
-        assert!(Instant::now() < deadline);
-        std::thread::sleep(Duration::from_millis(5));
-    };
-    assert!(status.success());
+    assert!(vmm.wait_exit().success(), "{}", vmm.log_text());
     let deadline = Instant::now() + Duration::from_secs(5);
-    while socket.exists() {
+    while vmm.socket.exists() {
         assert!(Instant::now() < deadline, "the API socket was left behind");
         std::thread::sleep(Duration::from_millis(5));
     }
@@ -802,44 +759,28 @@ fn hotplugged_disks_follow_the_ruleset() {
         image(&readonly, "r.img"),
         image(&outside, "o.img"),
     );
-    let socket = dir.path("api.sock");
     let kernel = guest("echo");
-    let serial = dir.path("serial.log");
-    let serial_arg = format!("file={}", serial.display());
+    let serial_arg = ApiVmm::serial_arg(&dir);
     let rules = [
         format!("path={},access=rw", allowed.display()),
         format!("path={},access=rw", single.display()),
         format!("path={},access=r", readonly.display()),
     ];
-    let mut child = palisade()
-        .args([
-            "--api-socket",
-            path_str(&socket),
-            "--kernel",
-            path_str(&kernel),
-        ])
-        .args([
-            "--serial",
-            &serial_arg,
-            "--no-shutdown",
-            "--landlock",
-            "--landlock-rules",
-        ])
-        .args(&rules)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .map(ChildGuard::new)
-        .unwrap();
-    wait_for(&serial, "echo: ready", 1);
+    let mut args = vec![
+        "--kernel",
+        path_str(&kernel),
+        "--serial",
+        &serial_arg,
+        "--no-shutdown",
+        "--landlock",
+        "--landlock-rules",
+    ];
+    args.extend(rules.iter().map(String::as_str));
+    let mut vmm = ApiVmm::spawn(palisade(), &dir, &args);
+    vmm.wait_serial("echo: ready", 1);
     let add = |path: &Path, id: &str, readonly: bool| {
-        api(
-            &socket,
-            "PUT",
-            "vm.add-disk",
-            Some(serde_json::json!({"path": path, "id": id, "readonly": readonly})),
-        )
+        let disk = serde_json::json!({"path": path, "id": id, "readonly": readonly});
+        vmm.put("vm.add-disk", &disk)
     };
 
     // Outside every rule: refused with the path, the reason and the rule to add.
@@ -868,21 +809,16 @@ fn hotplugged_disks_follow_the_ruleset() {
     assert_eq!(code, 200, "{body}");
 
     // Nothing was added by the refusals, and the guest kept running.
-    let (_, info) = api(&socket, "GET", "vm.info", None);
-    let info: serde_json::Value = serde_json::from_str(&info).unwrap();
+    let info = vmm.info();
     let tree = info["device_tree"].as_object().unwrap();
     // The console and entropy devices every VM has start with an underscore.
     let mut ids: Vec<&String> = tree.keys().filter(|k| !k.starts_with('_')).collect();
     ids.sort();
     assert_eq!(ids, vec!["dir", "file", "ro"]);
     assert_eq!(info["state"], serde_json::json!("Running"));
-    let (code, _) = api(&socket, "PUT", "vmm.shutdown", None);
+    let (code, _) = vmm.call("PUT", "vmm.shutdown", None);
     assert_eq!(code, 204);
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while child.try_wait().unwrap().is_none() {
-        assert!(Instant::now() < deadline);
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    assert!(vmm.wait_exit().success(), "{}", vmm.log_text());
 }
 
 /// Builds the shim that makes Palisade see an older Landlock ABI.

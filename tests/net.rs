@@ -7,17 +7,13 @@
 
 mod common;
 
-use std::fs::File;
-use std::path::PathBuf;
-use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Output};
+use std::time::Duration;
 
 use common::*;
 use devices::netns::NetNs;
 use serde_json::{json, Value};
 
-/// How long any one thing may take before a test gives up (the guests take milliseconds).
-const PATIENCE: Duration = Duration::from_secs(30);
 /// The MAC address the tests give the guest when they choose it.
 const FIXED_MAC: &str = "52:54:00:12:34:56";
 /// The line the `virtio_net` guest prints in hot-plug mode before it sleeps.
@@ -125,7 +121,7 @@ fn palisade_creates_the_tap_and_the_guest_gets_an_arp_reply() {
     let dir = TempDir::new("net-create");
     let net = format!("tap=,ip={host},mask=255.255.255.0,id=net0");
     let cmdline = format!("host={host} me={me}");
-    let vmm = Vmm::start(
+    let vmm = start_in(
         &ns,
         &dir,
         &[
@@ -138,7 +134,7 @@ fn palisade_creates_the_tap_and_the_guest_gets_an_arp_reply() {
             "--no-shutdown",
         ],
     );
-    let text = vmm.wait_serial("PASS virtio_net\n");
+    let text = vmm.wait_serial("PASS virtio_net\n", 1);
     assert!(text.contains(" 1af4:1041\n"), "{text}");
 
     // What vm.info says of the device: the tap the kernel named, the MAC the guest read.
@@ -170,7 +166,7 @@ fn palisade_creates_the_tap_and_the_guest_gets_an_arp_reply() {
     expect_arp_reply(&ns, &text, &host, &tap);
 
     // The device counted the request out and the reply (and anything else) in.
-    let counters = vmm.counters();
+    let counters = vmm.get("vm.counters");
     let net0 = &counters["net0"];
     assert!(net0["tx_frames"].as_u64().unwrap() >= 1, "{counters}");
     assert!(net0["rx_frames"].as_u64().unwrap() >= 1, "{counters}");
@@ -236,144 +232,33 @@ fn without_a_reply_the_guest_gives_up_and_says_so() {
 // ---------------------------------------------------------------------------------------------
 // Hot-plug through the API.
 
-/// A `palisade` inside a namespace, with an API socket, its serial port in a file and its log
-/// in another.
-struct Vmm {
-    child: Child,
-    socket: PathBuf,
-    serial: PathBuf,
-    log: PathBuf,
+/// Starts palisade in `ns` with an API socket, the serial port in a file, no virtio console,
+/// 128 MiB and `extra`; waits for the API.
+fn start_in(ns: &NetNs, dir: &TempDir, extra: &[&str]) -> ApiVmm {
+    let serial_arg = ApiVmm::serial_arg(dir);
+    let mut cmd = palisade();
+    cmd.args(["--serial", &serial_arg, "--console", "off"])
+        .args(["--memory", "size=128M", "-v"]);
+    ns.enter(&mut cmd);
+    ApiVmm::spawn(cmd, dir, extra)
 }
 
-impl Vmm {
-    /// Starts palisade in `ns` with `--api-socket`, the serial port in a file, no virtio
-    /// console, 128 MiB and `extra`; waits for the API.
-    fn start(ns: &NetNs, dir: &TempDir, extra: &[&str]) -> Vmm {
-        let socket = dir.path("api.sock");
-        let serial = dir.path("serial.log");
-        let log = dir.path("palisade.log");
-        let serial_arg = format!("file={}", serial.display());
-        let mut cmd = palisade();
-        cmd.args(["--api-socket", path_str(&socket)])
-            .args(["--serial", &serial_arg, "--console", "off"])
-            .args(["--memory", "size=128M", "-v"])
-            .args(extra)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(File::create(&log).unwrap());
-        ns.enter(&mut cmd);
-        let child = cmd.spawn().unwrap();
-        let mut vmm = Vmm {
-            child,
-            socket,
-            serial,
-            log,
-        };
-        let deadline = Instant::now() + PATIENCE;
-        while api::client::request_with_timeout(
-            &vmm.socket,
-            "GET",
-            "/api/v1/vmm.ping",
-            None,
-            Some(PATIENCE),
-        )
-        .is_err()
-        {
-            if let Ok(Some(status)) = vmm.child.try_wait() {
-                panic!("palisade exited ({status}):\n{}", vmm.log_text());
-            }
-            assert!(Instant::now() < deadline, "the API socket never answered");
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        vmm
-    }
-
-    /// Starts the `virtio_net` guest in hot-plug mode, talking to `host` as `me`, and waits
-    /// until it sleeps.
-    fn waiting_guest(ns: &NetNs, dir: &TempDir, host: &str, me: &str, extra: &[&str]) -> Vmm {
-        let kernel = guest("virtio_net");
-        let cmdline = format!("wait=hotplug host={host} me={me}");
-        let mut args = vec![
-            "--kernel",
-            path_str(&kernel),
-            "--cmdline",
-            &cmdline,
-            "--no-shutdown",
-        ];
-        args.extend_from_slice(extra);
-        let vmm = Vmm::start(ns, dir, &args);
-        vmm.wait_serial(WAITING_LINE);
-        vmm
-    }
-
-    /// `METHOD /api/v1/ENDPOINT` with an optional body; the status and the body.
-    fn call(&self, method: &str, endpoint: &str, body: Option<&str>) -> (u16, String) {
-        let path = format!("/api/v1/{endpoint}");
-        match api::client::request_with_timeout(&self.socket, method, &path, body, Some(PATIENCE)) {
-            Ok(r) => (r.status, r.body),
-            Err(e) => panic!(
-                "{method} {endpoint}: {e}\nserial: {}\nlog: {}",
-                self.serial_text(),
-                self.log_text()
-            ),
-        }
-    }
-
-    fn put(&self, endpoint: &str, body: &Value) -> (u16, String) {
-        self.call("PUT", endpoint, Some(&body.to_string()))
-    }
-
-    fn get(&self, endpoint: &str) -> Value {
-        let (code, body) = self.call("GET", endpoint, None);
-        assert_eq!(code, 200, "{endpoint}: {body}");
-        serde_json::from_str(&body).unwrap()
-    }
-
-    fn info(&self) -> Value {
-        self.get("vm.info")
-    }
-
-    fn counters(&self) -> Value {
-        self.get("vm.counters")
-    }
-
-    fn serial_text(&self) -> String {
-        std::fs::read_to_string(&self.serial).unwrap_or_default()
-    }
-
-    fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    /// Waits until the serial output holds `needle`; returns it. Fails at once if the guest
-    /// reports a failure.
-    fn wait_serial(&self, needle: &str) -> String {
-        let deadline = Instant::now() + PATIENCE;
-        loop {
-            let text = self.serial_text();
-            assert!(
-                !text.contains("FAIL"),
-                "the guest reported a failure:\n{text}\nlog: {}",
-                self.log_text()
-            );
-            if text.contains(needle) {
-                return text;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{needle:?} never appeared on the serial port:\n{text}\nlog: {}",
-                self.log_text()
-            );
-            std::thread::sleep(Duration::from_millis(10));
-        }
-    }
-}
-
-impl Drop for Vmm {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// Starts the `virtio_net` guest in `ns` in hot-plug mode, talking to `host` as `me`, and
+/// waits until it sleeps.
+fn waiting_guest(ns: &NetNs, dir: &TempDir, host: &str, me: &str, extra: &[&str]) -> ApiVmm {
+    let kernel = guest("virtio_net");
+    let cmdline = format!("wait=hotplug host={host} me={me}");
+    let mut args = vec![
+        "--kernel",
+        path_str(&kernel),
+        "--cmdline",
+        &cmdline,
+        "--no-shutdown",
+    ];
+    args.extend_from_slice(extra);
+    let vmm = start_in(ns, dir, &args);
+    vmm.wait_serial(WAITING_LINE, 1);
+    vmm
 }
 
 /// The slot of a `0000:00:SS.0` address, as the guest prints it (`00:SS.0`).
@@ -390,7 +275,7 @@ fn guest_bdf(bdf: &str) -> String {
 
 /// Adds a new tap with `host`/24 as `id` through the API, expecting 200; checks the answer,
 /// vm.info and the tap in `ns`. Returns the address the guest prints and the tap's name.
-fn add_net_ok(vmm: &Vmm, ns: &NetNs, host: &str, id: &str) -> (String, String) {
+fn add_net_ok(vmm: &ApiVmm, ns: &NetNs, host: &str, id: &str) -> (String, String) {
     let body = json!({"tap": "", "ip": host, "mask": "255.255.255.0", "id": id});
     let (code, reply) = vmm.put("vm.add-net", &body);
     assert_eq!(
@@ -433,8 +318,8 @@ fn add_net_ok(vmm: &Vmm, ns: &NetNs, host: &str, id: &str) -> (String, String) {
 
 /// Waits for the hot-plug guest's verdict on the device at `shown`, talking to `host` through
 /// `tap`.
-fn expect_hotplug_pass(vmm: &Vmm, ns: &NetNs, shown: &str, host: &str, tap: &str) -> String {
-    let text = vmm.wait_serial("PASS virtio_net\n");
+fn expect_hotplug_pass(vmm: &ApiVmm, ns: &NetNs, shown: &str, host: &str, tap: &str) -> String {
+    let text = vmm.wait_serial("PASS virtio_net\n", 1);
     for line in [
         format!("hot-plugged: {shown}"),
         format!("virtio-net: {shown}"),
@@ -458,10 +343,10 @@ fn a_net_device_is_hot_added_through_the_api_and_the_guest_uses_it() {
     let ns = NetNs::new();
     let dir = TempDir::new("net-hot");
     let (host, me) = addresses(&ns, 200);
-    let vmm = Vmm::waiting_guest(&ns, &dir, &host, &me, &[]);
+    let vmm = waiting_guest(&ns, &dir, &host, &me, &[]);
     let (shown, tap) = add_net_ok(&vmm, &ns, &host, "hotnet");
     expect_hotplug_pass(&vmm, &ns, &shown, &host, &tap);
-    let counters = vmm.counters();
+    let counters = vmm.get("vm.counters");
     assert!(
         counters["hotnet"]["tx_frames"].as_u64().unwrap() >= 1,
         "{counters}"
@@ -489,7 +374,7 @@ fn under_landlock_without_a_boot_net_device_add_net_is_refused_with_the_rule_to_
     let ns = NetNs::new();
     let dir = TempDir::new("net-ll-refused");
     let (host, me) = addresses(&ns, 200);
-    let vmm = Vmm::waiting_guest(&ns, &dir, &host, &me, &["--landlock"]);
+    let vmm = waiting_guest(&ns, &dir, &host, &me, &["--landlock"]);
     assert_eq!(vmm.info()["landlock"]["confined"], json!(true));
     let links_before = ns.links();
 
@@ -525,7 +410,7 @@ fn under_landlock_a_rule_for_the_tun_device_lets_add_net_through() {
     let ns = NetNs::new();
     let dir = TempDir::new("net-ll-rule");
     let (host, me) = addresses(&ns, 200);
-    let vmm = Vmm::waiting_guest(
+    let vmm = waiting_guest(
         &ns,
         &dir,
         &host,
@@ -555,7 +440,7 @@ fn under_landlock_a_boot_net_device_and_an_api_let_add_net_through() {
     let (boot_host, _) = addresses(&ns, 200);
     let (host, me) = addresses(&ns, 201);
     let boot = format!("tap=,ip={boot_host},mask=255.255.255.0,id=bootnet");
-    let vmm = Vmm::waiting_guest(&ns, &dir, &host, &me, &["--landlock", "--net", &boot]);
+    let vmm = waiting_guest(&ns, &dir, &host, &me, &["--landlock", "--net", &boot]);
     let info = vmm.info();
     assert_eq!(info["landlock"]["confined"], json!(true), "{info}");
     let rules = info["landlock"]["rules"].to_string();

@@ -179,3 +179,175 @@ pub fn read_log_until(child: &mut std::process::Child, marker: &str) -> String {
         }
     }
 }
+
+/// How long any one thing may take before a test gives up (the guests take milliseconds).
+pub const PATIENCE: Duration = Duration::from_secs(30);
+
+/// A `palisade` with an API socket, its log in a file and room for its serial port in
+/// another (`dir/serial.log`, for the caller's `--serial file=`); killed when dropped.
+pub struct ApiVmm {
+    child: ChildGuard,
+    /// The API socket.
+    pub socket: PathBuf,
+    /// Where the caller may send the serial port.
+    pub serial: PathBuf,
+    log: PathBuf,
+}
+
+impl ApiVmm {
+    /// Spawns `cmd` (a [`palisade`] the caller may have set up further, to start in a
+    /// namespace say) with `--api-socket` in `dir` and `extra`; waits until the API answers.
+    pub fn spawn(mut cmd: Command, dir: &TempDir, extra: &[&str]) -> ApiVmm {
+        let socket = dir.path("api.sock");
+        let log = dir.path("palisade.log");
+        let child = cmd
+            .args(["--api-socket", path_str(&socket)])
+            .args(extra)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        let mut vmm = ApiVmm {
+            child: ChildGuard::new(child),
+            socket,
+            serial: dir.path("serial.log"),
+            log,
+        };
+        let deadline = Instant::now() + PATIENCE;
+        while api::client::request_with_timeout(
+            &vmm.socket,
+            "GET",
+            "/api/v1/vmm.ping",
+            None,
+            Some(PATIENCE),
+        )
+        .is_err()
+        {
+            if let Ok(Some(status)) = vmm.child.try_wait() {
+                panic!("palisade exited ({status}):\n{}", vmm.log_text());
+            }
+            assert!(Instant::now() < deadline, "the API socket never answered");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        vmm
+    }
+
+    /// `--serial file=…` for [`ApiVmm::serial`] in `dir`.
+    pub fn serial_arg(dir: &TempDir) -> String {
+        format!("file={}", dir.path("serial.log").display())
+    }
+
+    /// `METHOD /api/v1/ENDPOINT` with an optional body; the status and the body. A VMM that
+    /// does not answer within [`PATIENCE`] fails the test.
+    pub fn call(&self, method: &str, endpoint: &str, body: Option<&str>) -> (u16, String) {
+        let path = format!("/api/v1/{endpoint}");
+        match api::client::request_with_timeout(&self.socket, method, &path, body, Some(PATIENCE)) {
+            Ok(r) => (r.status, r.body),
+            Err(e) => panic!(
+                "{method} {endpoint}: {e}\nserial: {}\nlog: {}",
+                self.serial_text(),
+                self.log_text()
+            ),
+        }
+    }
+
+    /// `PUT /api/v1/ENDPOINT` with a JSON body.
+    pub fn put(&self, endpoint: &str, body: &serde_json::Value) -> (u16, String) {
+        self.call("PUT", endpoint, Some(&body.to_string()))
+    }
+
+    /// `GET /api/v1/ENDPOINT`, which must answer 200 with JSON.
+    pub fn get(&self, endpoint: &str) -> serde_json::Value {
+        let (code, body) = self.call("GET", endpoint, None);
+        assert_eq!(code, 200, "{endpoint}: {body}");
+        serde_json::from_str(&body).unwrap()
+    }
+
+    /// `vm.info`.
+    pub fn info(&self) -> serde_json::Value {
+        self.get("vm.info")
+    }
+
+    /// The VM's state as `vm.info` gives it.
+    pub fn state(&self) -> String {
+        self.info()["state"].as_str().unwrap().to_string()
+    }
+
+    /// `palisade-remote --api-socket S args…`.
+    pub fn remote(&self, args: &[&str]) -> Output {
+        run_with_timeout(
+            remote()
+                .args(["--api-socket", path_str(&self.socket)])
+                .args(args),
+            PATIENCE,
+        )
+    }
+
+    /// What the serial port wrote so far.
+    pub fn serial_text(&self) -> String {
+        std::fs::read_to_string(&self.serial).unwrap_or_default()
+    }
+
+    /// What palisade logged so far.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Waits until the serial output holds `needle` `count` times; returns it. Fails at once
+    /// if the guest reports a failure.
+    pub fn wait_serial(&self, needle: &str, count: usize) -> String {
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            let text = self.serial_text();
+            assert!(
+                !text.contains("FAIL"),
+                "the guest reported a failure:\n{text}\nlog: {}",
+                self.log_text()
+            );
+            if text.matches(needle).count() >= count {
+                return text;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{needle:?} x{count} never appeared on the serial port:\n{text}\nlog: {}",
+                self.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Waits for palisade to exit; its status.
+    pub fn wait_exit(&mut self) -> std::process::ExitStatus {
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("wait") {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "palisade did not exit\nlog: {}",
+                self.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    /// Waits for the VM to reach `state`.
+    pub fn wait_state(&self, state: &str) {
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            let now = self.state();
+            if now == state {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the VM stayed {now}, not {state}\nserial: {}\nlog: {}",
+                self.serial_text(),
+                self.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
