@@ -1,7 +1,12 @@
 //! Shared helpers for Palisade's benchmark programs (`bench/src/bin/*`): locating the
-//! release binaries, running them, and summarising samples.
+//! release binaries, running them, summarising samples, and for the in-process device
+//! benchmarks a lean guest driver ([`virtq`]) and paired rounds against system calls
+//! ([`paired`]).
 //!
 //! Run them with `scripts/bench` (which builds everything in release mode first).
+
+pub mod paired;
+pub mod virtq;
 
 use std::path::PathBuf;
 use std::time::Duration;
