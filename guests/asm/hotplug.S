@@ -10,15 +10,9 @@
 #include "guest.h"
 #include "irq.h"
 #include "pci.h"
+#include "ged.h"
 #include "pvh_note.h"
 
-#define GED_EVENTS 0xfe000000       /* read: pending events, cleared by the read */
-#define GED_PCI_HOTPLUG 1
-#define HOTPLUG_UP 0xfe001000       /* read: slots just added, cleared by the read */
-#define HOTPLUG_DOWN 0xfe001004     /* read: slots to eject, cleared by the read */
-#define HOTPLUG_EJECT 0xfe001008    /* write: the slot number to eject */
-#define GED_PIN 5
-#define GED_VECTOR 0x41
 #define BAR_STRIDE 0x8000           /* one BAR window per slot: PCI_WINDOW + slot * stride */
 /* Polls of the slot after an eject (each a port access, an exit to the VMM): seconds. */
 #define EJECT_POLLS 100000
@@ -28,22 +22,11 @@
 _start:
     GUEST_SETUP
     call irq_init
-    mov $GED_VECTOR, %eax
-    mov $ged_irq, %edx
-    call irq_set_handler
-    mov $GED_PIN, %ecx
-    call ioapic_route
-    mov $(IOAPIC_REDIR + 2 * GED_PIN), %ecx
-    call ioapic_read
-    and $0x1ffff, %eax              /* vector and mask */
-    cmp $GED_VECTOR, %eax
-    je 1f
-    FAIL "the I/O APIC redirection entry of pin 5 does not read back"
-1:  sti
+    call ged_setup
+    sti
     PRINTLN "hotplug: ready"
 
-    /* Take the events the GED holds; sleep until its next interrupt. The interrupt count is
-     * sampled before the registers are read, so an event arriving meanwhile is not missed. */
+    /* Take the events the GED holds; sleep until its next interrupt (see ged.h). */
 events:
     mov ged_irqs, %eax
     mov %eax, ged_irqs_seen
@@ -192,15 +175,8 @@ slot_eject:
     pop %ecx
     ret
 
-ged_irq:
-    incl ged_irqs
-    LAPIC_EOI
-    IRET
-
     .data
     .balign 4
-ged_irqs: .long 0
-ged_irqs_seen: .long 0
 added: .long 0                      /* bitmaps of slots */
 removed: .long 0
 slot_common: .skip PCI_SLOTS * 4    /* each added slot's virtio common configuration */

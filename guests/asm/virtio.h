@@ -2,8 +2,7 @@
  * A small virtio 1.x PCI driver core for 32-bit guests, shared by the virtio_net, virtio_rng
  * and virtio_console guests: find a device on bus 0, move its BAR below 4 GiB, negotiate
  * features, set up split virtqueues with MSI-X interrupts, post buffers and wait (hlt, under
- * the watchdog) for the device to use them. It can also wait for a device to be hot-plugged
- * (the ACPI generic event device and the PCI hot-plug controller, as hotplug.S drives them).
+ * the watchdog) for the device to use them. Waiting for a hot-plugged device is ged.h's.
  * Include after guest.h, irq.h and pci.h.
  *
  * One device at a time: the addresses pci.h finds (vp_common, vp_notify, ...) are global.
@@ -19,7 +18,6 @@
  */
 
 #define VIRTIO_VECTOR 0x40
-#define VIRTIO_GED_VECTOR 0x41
 #define VIRTIO_NET_ID ((0x1041 << 16) | VIRTIO_VENDOR)
 #define VIRTIO_CONSOLE_ID ((0x1043 << 16) | VIRTIO_VENDOR)
 #define VIRTIO_RNG_ID ((0x1044 << 16) | VIRTIO_VENDOR)
@@ -48,12 +46,6 @@
     .long \index, \size, \base, \base + 0x800, \base + 0x1000, 0, 0, 0
     .popsection
 .endm
-
-/* GED and PCI hot-plug controller (see hotplug.S). */
-#define VHP_GED_EVENTS 0xfe000000   /* read: pending events, cleared by the read */
-#define VHP_GED_PCI_HOTPLUG 1
-#define VHP_UP 0xfe001000           /* read: slots just added, cleared by the read */
-#define VHP_GED_PIN 5
 
     .text
 
@@ -460,76 +452,6 @@ vq_sleep:
     clc
     ret
 
-/* vhp_setup: routes the GED's interrupt (I/O APIC pin 5) to VIRTIO_GED_VECTOR, checked. After
- * irq_init, interrupts off. */
-vhp_setup:
-    push %eax
-    push %ecx
-    push %edx
-    mov $VIRTIO_GED_VECTOR, %eax
-    mov $vhp_irq, %edx
-    call irq_set_handler
-    mov $VHP_GED_PIN, %ecx
-    call ioapic_route
-    mov $(IOAPIC_REDIR + 2 * VHP_GED_PIN), %ecx
-    call ioapic_read
-    and $0x1ffff, %eax              /* vector and mask */
-    cmp $VIRTIO_GED_VECTOR, %eax
-    je 1f
-    FAIL "the I/O APIC redirection entry of pin 5 does not read back"
-1:  pop %edx
-    pop %ecx
-    pop %eax
-    ret
-
-vhp_irq:
-    incl vhp_irqs
-    LAPIC_EOI
-    IRET
-
-/*
- * vhp_wait: takes the GED's events until one announces a slot added, for at most ECX watchdog
- * periods; returns EBX = that slot (the lowest, if several) and prints `hot-plugged: 00:SS.0`.
- * The interrupt count is sampled before the registers are read, so an event arriving meanwhile
- * is not missed. FAILs when the time runs out. Interrupts must be on.
- */
-vhp_wait:
-    push %eax
-    push %ecx
-    call watchdog_arm
-1:  mov vhp_irqs, %eax
-    mov %eax, vhp_irqs_seen
-    mov VHP_GED_EVENTS, %eax
-    test $VHP_GED_PCI_HOTPLUG, %eax
-    jz 2f
-    mov VHP_UP, %eax
-    bsf %eax, %ebx
-    jnz 5f                          /* ZF is clear when a bit was found */
-2:  cli
-    mov vhp_irqs, %eax
-    cmp vhp_irqs_seen, %eax
-    jne 4f
-    cmpl $0, watchdog_fired
-    jne 3f
-    sti
-    hlt
-    jmp 2b
-3:  sti
-    dec %ecx
-    jnz 31f
-    FAIL "no device was hot-plugged within the watchdog's time"
-31: call watchdog_arm
-    jmp 1b
-4:  sti
-    jmp 1b
-5:  call watchdog_disarm
-    PRINT "hot-plugged: "
-    call pci_print_bdf
-    call newline
-    pop %ecx
-    pop %eax
-    ret
-
 /* puthex8: prints AL as two hex digits. */
 puthex8:
     push %ecx
@@ -561,7 +483,5 @@ virtio_bar: .long 0
 virtio_msix_table: .long 0
 virtio_offered_lo: .long 0
 virtio_offered_hi: .long 0
-vhp_irqs: .long 0
-vhp_irqs_seen: .long 0
 
     .text

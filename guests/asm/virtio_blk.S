@@ -17,6 +17,7 @@
 #include "pvh.h"
 #include "irq.h"
 #include "pci.h"
+#include "ged.h"
 #include "pvh_note.h"
 
 #define BAR_ADDRESS PCI_WINDOW
@@ -48,12 +49,6 @@
 #define ID_BYTES 20
 #define WRITE_SECTOR 1
 #define SECTOR0_SHOWN 80            /* bytes of sector 0's first line printed at most */
-/* Hot-plug mode: the GED and the PCI hot-plug controller (as in hotplug.S). */
-#define GED_EVENTS 0xfe000000       /* read: pending events, cleared by the read */
-#define GED_PCI_HOTPLUG 1
-#define HOTPLUG_UP 0xfe001000       /* read: slots just added, cleared by the read */
-#define GED_PIN 5
-#define GED_VECTOR 0x41
 /* Watchdog periods (each at least 10 s) to wait for a disk to be hot-plugged: generous, the
  * tests add it as soon as they see the waiting line. */
 #define HOTPLUG_WAIT_PERIODS 6
@@ -99,7 +94,9 @@ _start:
     PRINTLN " (MCFG)"
     cmpl $0, wait_hotplug
     je 41f
-    call wait_for_disk              /* EBX = the slot announced */
+    PRINTLN "virtio_blk: waiting for a hot-plugged disk"
+    mov $HOTPLUG_WAIT_PERIODS, %ecx
+    call ged_wait_added             /* EBX = the slot announced */
     mov %ebx, blk_slot
 
     /* List bus 0; ECAM and port 0xcf8 must agree on every id. */
@@ -563,67 +560,6 @@ blk_irq:
     LAPIC_EOI
     IRET
 
-/* ged_setup: the GED's interrupt (I/O APIC pin 5) -> GED_VECTOR, checked. Interrupts off. */
-ged_setup:
-    mov $GED_VECTOR, %eax
-    mov $ged_irq, %edx
-    call irq_set_handler
-    mov $GED_PIN, %ecx
-    call ioapic_route
-    mov $(IOAPIC_REDIR + 2 * GED_PIN), %ecx
-    call ioapic_read
-    and $0x1ffff, %eax              /* vector and mask */
-    cmp $GED_VECTOR, %eax
-    je 1f
-    FAIL "the I/O APIC redirection entry of pin 5 does not read back"
-1:  ret
-
-/*
- * wait_for_disk: says the guest is waiting, then takes the GED's events until one announces a
- * slot added; returns EBX = that slot (the lowest, if several). Sleeps between interrupts; the
- * interrupt count is sampled before the registers are read, so an event arriving meanwhile is
- * not missed. FAILs after HOTPLUG_WAIT_PERIODS watchdog periods without a slot.
- */
-wait_for_disk:
-    PRINTLN "virtio_blk: waiting for a hot-plugged disk"
-    movl $HOTPLUG_WAIT_PERIODS, wait_periods
-    call watchdog_arm
-1:  mov ged_irqs, %eax
-    mov %eax, ged_irqs_seen
-    mov GED_EVENTS, %eax
-    test $GED_PCI_HOTPLUG, %eax
-    jz 2f
-    mov HOTPLUG_UP, %eax
-    bsf %eax, %ebx
-    jnz 5f                          /* ZF is clear when a bit was found */
-2:  cli
-    mov ged_irqs, %eax
-    cmp ged_irqs_seen, %eax
-    jne 4f
-    cmpl $0, watchdog_fired
-    jne 3f
-    sti
-    hlt
-    jmp 2b
-3:  sti
-    decl wait_periods
-    jnz 31f
-    FAIL "no disk was hot-plugged within the watchdog's time"
-31: call watchdog_arm
-    jmp 1b
-4:  sti
-    jmp 1b
-5:  call watchdog_disarm
-    PRINT "hot-plugged: "
-    call pci_print_bdf
-    call newline
-    ret
-
-ged_irq:
-    incl ged_irqs
-    LAPIC_EOI
-    IRET
-
     .section .rodata
 word_readonly: .asciz "expect=readonly"
 word_hotplug: .asciz "wait=hotplug"
@@ -634,9 +570,6 @@ written_text_end:
     .balign 4
 expect_readonly: .long 0
 wait_hotplug: .long 0
-wait_periods: .long 0
-ged_irqs: .long 0
-ged_irqs_seen: .long 0
 blk_slot: .long -1
 blk_count: .long 0
 irq_count: .long 0

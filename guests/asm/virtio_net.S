@@ -26,6 +26,7 @@
 #include "irq.h"
 #include "pci.h"
 #include "virtio.h"
+#include "ged.h"
 #include "pvh_note.h"
 
 #define BAR_ADDRESS (PCI_WINDOW + 0x10000)
@@ -102,14 +103,14 @@ _start:
     call virtio_irq_init
     cmpl $0, wait_hotplug
     je 3f
-    call vhp_setup
+    call ged_setup
 3:  sti
 
     cmpl $0, wait_hotplug
     je 4f
     PRINTLN "virtio_net: waiting for a hot-plugged device"
     mov $HOTPLUG_PERIODS, %ecx
-    call vhp_wait                   /* EBX = the slot */
+    call ged_wait_added                /* EBX = the slot */
     jmp 5f
 4:  mov $VIRTIO_NET_ID, %eax
     call virtio_find
