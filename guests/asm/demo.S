@@ -8,11 +8,8 @@
     .globl _start
 _start:
     GUEST_SETUP
-    mov %ebx, %ebp
-    cmpl $PVH_MAGIC, SI_MAGIC(%ebp)
-    je 1f
-    FAIL "bad hvm_start_info magic"
-1:  PRINTLN "Palisade demo guest"
+    PVH_START_INFO
+    PRINTLN "Palisade demo guest"
     PRINTLN "  a few hundred bytes of x86 assembly, booted through PVH"
     PRINT "cmdline: "
     mov SI_CMDLINE(%ebp), %esi

@@ -15,3 +15,13 @@
 #define MEMMAP_ENTRY_SIZE 24
 /* More entries than any sane map has: guards the loops against garbage. */
 #define MAX_MAP_ENTRIES 128
+
+/* Takes the start info PVH entry leaves in EBX into EBP and checks its magic. Include after
+ * guest.h (FAIL). */
+.macro PVH_START_INFO
+    mov %ebx, %ebp
+    cmpl $PVH_MAGIC, SI_MAGIC(%ebp)
+    je 98f
+    FAIL "bad hvm_start_info magic (EBX does not point at the start info)"
+98:
+.endm

@@ -7,12 +7,8 @@
     .globl _start
 _start:
     GUEST_SETUP
-    mov %ebx, %ebp                  /* hvm_start_info */
-    cmpl $PVH_MAGIC, SI_MAGIC(%ebp)
-    je 1f
-    FAIL "bad hvm_start_info magic (EBX does not point at the start info)"
-
-1:  PRINT "cmdline: "
+    PVH_START_INFO
+    PRINT "cmdline: "
     mov SI_CMDLINE(%ebp), %esi
     test %esi, %esi
     jz 2f

@@ -12,11 +12,8 @@
     .globl _start
 _start:
     GUEST_SETUP
-    mov %ebx, %ebp
-    cmpl $PVH_MAGIC, SI_MAGIC(%ebp)
-    je 1f
-    FAIL "bad hvm_start_info magic"
-1:  cmpl $MARKER_MAGIC, RAM_MARKER
+    PVH_START_INFO
+    cmpl $MARKER_MAGIC, RAM_MARKER
     je second_boot
 
     PRINTLN "reboot: first boot"

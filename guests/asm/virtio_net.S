@@ -78,11 +78,8 @@
     .globl _start
 _start:
     GUEST_SETUP
-    mov %ebx, %ebp
-    cmpl $PVH_MAGIC, SI_MAGIC(%ebp)
-    je 1f
-    FAIL "bad hvm_start_info magic"
-1:  mov SI_CMDLINE(%ebp), %esi
+    PVH_START_INFO
+    mov SI_CMDLINE(%ebp), %esi
     test %esi, %esi
     jnz 2f
     FAIL "no command line: give host=A.B.C.D me=E.F.G.H"
