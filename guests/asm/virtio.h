@@ -408,25 +408,17 @@ vq_take:
 vq_wait:
     push %ecx
     call watchdog_arm
-1:  cli
-    call vq_pending
-    jnz 3f
-    cmpl $0, watchdog_fired
-    jne 2f
-    sti
-    hlt
-    jmp 1b
-2:  sti
+1:  call vq_sleep
+    jnc 2f
     dec %ecx
-    jz 4f
+    jz 3f
     call watchdog_arm
     jmp 1b
-3:  sti
-    call watchdog_disarm
+2:  call watchdog_disarm
     pop %ecx
     clc
     ret
-4:  pop %ecx
+3:  pop %ecx
     stc
     ret
 
