@@ -1,6 +1,6 @@
 /*
- * A small virtio 1.x PCI driver core for 32-bit guests, shared by the virtio_net, virtio_rng
- * and virtio_console guests: find a device on bus 0, move its BAR below 4 GiB, negotiate
+ * A small virtio 1.x PCI driver core for 32-bit guests, shared by the virtio_blk, virtio_net,
+ * virtio_rng and virtio_console guests: find a device on bus 0, move its BAR below 4 GiB, negotiate
  * features, set up split virtqueues with MSI-X interrupts, post buffers and wait (hlt, under
  * the watchdog) for the device to use them. Waiting for a hot-plugged device is ged.h's.
  * Include after guest.h, irq.h and pci.h.
@@ -11,7 +11,8 @@
  * index, its size, where its rings lie in guest memory, and the driver's shadow indices. Each
  * buffer is a single descriptor whose number the caller chooses (so it can find the buffer
  * again when the device returns that descriptor); the caller never posts a descriptor the
- * device still holds.
+ * device still holds. A caller that needs chains writes them itself and publishes their head
+ * (vq_publish).
  *
  * Every queue interrupt arrives at VIRTIO_VECTOR and counts in virtio_irqs; queue n uses MSI-X
  * table entry n.
@@ -103,7 +104,7 @@ virtio_find:
 
 /*
  * virtio_open: takes the virtio device in slot EBX whose id register reads EDX: checks the
- * id, moves BAR 0 to EAX (prints `bar0: OLD moved to NEW`), finds the virtio structures,
+ * id, moves BAR 0 to EAX (prints `bar0: OLD moved to NEW, size SIZE`), finds the virtio structures,
  * turns MSI-X on (every table entry masked until virtio_msix_entry), resets the device and
  * sets ACKNOWLEDGE and DRIVER. FAILs if any of it goes wrong.
  */
@@ -137,6 +138,9 @@ virtio_open:
     call pci_print_bar
     PRINT " moved to "
     mov %esi, %eax
+    call puthex
+    PRINT ", size "
+    mov pci_bar_size, %eax
     call puthex
     call newline
     call virtio_find_caps
@@ -336,28 +340,35 @@ virtio_reset:
  */
 vq_post:
     push %edi
-    push %ebx
+    mov %ebx, %edi
+    shl $4, %edi
+    add VQ_DESC(%esi), %edi
+    mov %eax, (%edi)
+    movl $0, 4(%edi)
+    mov %ecx, 8(%edi)
+    mov %dx, 12(%edi)
+    movw $0, 14(%edi)
+    pop %edi
+    jmp vq_publish
+
+/* vq_publish: publishes the chain whose head is descriptor EBX (which the caller wrote) on
+ * the available ring of the queue at ESI. The device is not notified (vq_kick). */
+vq_publish:
     push %eax
-    shl $4, %ebx
-    add VQ_DESC(%esi), %ebx
-    mov %eax, (%ebx)
-    movl $0, 4(%ebx)
-    mov %ecx, 8(%ebx)
-    mov %dx, 12(%ebx)
-    movw $0, 14(%ebx)
+    push %ecx
+    push %edi
     mov VQ_AVAIL(%esi), %edi
     mov VQ_AVAIL_IDX(%esi), %eax
-    mov VQ_SIZE(%esi), %ebx
-    dec %ebx
-    and %eax, %ebx
-    mov 4(%esp), %eax               /* the descriptor number */
-    mov %ax, 4(%edi, %ebx, 2)
+    mov VQ_SIZE(%esi), %ecx
+    dec %ecx
+    and %eax, %ecx
+    mov %bx, 4(%edi, %ecx, 2)
     incl VQ_AVAIL_IDX(%esi)         /* x86 keeps stores in order: the entry is seen first */
     mov VQ_AVAIL_IDX(%esi), %eax
     mov %ax, 2(%edi)
-    pop %eax
-    pop %ebx
     pop %edi
+    pop %ecx
+    pop %eax
     ret
 
 /* vq_kick: notifies the device of the queue at ESI. */

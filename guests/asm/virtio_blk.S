@@ -17,25 +17,20 @@
 #include "pvh.h"
 #include "irq.h"
 #include "pci.h"
+#include "virtio.h"
 #include "ged.h"
 #include "pvh_note.h"
 
 #define BAR_ADDRESS PCI_WINDOW
-#define VECTOR 0x40                 /* queue 0's MSI-X interrupt */
 /* Guest RAM for the queue and the requests, clear of the image at 1 MiB. */
 #define RING 0x300000
 #define QUEUE_SIZE 8
-#define DESC RING                   /* 16 bytes a descriptor */
-#define AVAIL (RING + 0x1000)       /* flags, idx, ring[] (u16 each) */
-#define USED (RING + 0x2000)        /* flags, idx, ring[] of {id u32, len u32} */
-#define REQ_HEADER (RING + 0x3000)  /* type u32, reserved u32, sector u64 */
-#define REQ_STATUS (RING + 0x3010)
-#define READ_BUF (RING + 0x4000)
-#define WRITE_BUF (RING + 0x4400)
-#define ID_BUF (RING + 0x4800)
-#define RING_END (RING + 0x5000)
+#define REQ_HEADER (RING + 0x2000)  /* type u32, reserved u32, sector u64 */
+#define REQ_STATUS (RING + 0x2010)
+#define READ_BUF (RING + 0x3000)
+#define WRITE_BUF (RING + 0x3400)
+#define ID_BUF (RING + 0x3800)
 #define DESC_F_NEXT 1
-#define DESC_F_WRITE 2
 #define BLK_T_IN 0
 #define BLK_T_OUT 1
 #define BLK_T_FLUSH 4
@@ -52,8 +47,10 @@
 /* Watchdog periods (each at least 10 s) to wait for a disk to be hot-plugged: generous, the
  * tests add it as soon as they see the waiting line. */
 #define HOTPLUG_WAIT_PERIODS 6
-#define STATUS_FEATURES \
-    (VIRTIO_STATUS_ACKNOWLEDGE | VIRTIO_STATUS_DRIVER | VIRTIO_STATUS_FEATURES_OK)
+/* Watchdog periods to wait for one request: the device answers at once. */
+#define REQUEST_WAIT_PERIODS 1
+
+    VIRTQUEUE requestq, 0, QUEUE_SIZE, RING
 
     .globl _start
 _start:
@@ -69,9 +66,7 @@ _start:
     call has_word
     mov %eax, wait_hotplug
 2:  call irq_init
-    mov $VECTOR, %eax
-    mov $blk_irq, %edx
-    call irq_set_handler
+    call virtio_irq_init
     cmpl $0, wait_hotplug
     je 21f
     call ged_setup
@@ -161,28 +156,18 @@ _start:
 
     /* Move BAR 0 into the 32-bit window and check ECAM sees it there too. */
     mov $BAR_ADDRESS, %eax
-    call pci_move_bar0
-    PRINT "bar0: "
-    mov pci_bar_old_lo, %eax
-    mov pci_bar_old_hi, %edx
-    call pci_print_bar
-    PRINT " moved to "
-    mov $BAR_ADDRESS, %eax
-    call puthex
-    PRINT ", size "
-    mov pci_bar_size, %eax
-    call puthex
-    call newline
+    mov $VIRTIO_BLOCK_ID, %edx
+    call virtio_open
     mov $PCI_BAR0, %ecx
     call ecam_read32
     and $~0xf, %eax
     cmp $BAR_ADDRESS, %eax
     je 10f
     FAIL "ECAM does not show BAR 0 where it was moved"
-10: mov $BAR_ADDRESS, %esi
-    call virtio_find_caps
-    call msix_setup
-    call virtio_setup
+10: call blk_negotiate
+    mov $requestq, %esi
+    call vq_setup
+    call virtio_driver_ok
 
     /* Capacity, from the device configuration. */
     mov vp_device, %edi
@@ -311,14 +296,13 @@ _start:
 18: PRINTLN "flush: OK"
 
 19: PRINT "interrupts: "
-    mov irq_count, %eax
+    mov virtio_irqs, %eax
     call putdec
     call newline
     test %eax, %eax
     jnz 20f
     FAIL "no MSI-X interrupt arrived"
-20: mov vp_common, %esi             /* leave the device reset, as a driver unloading would */
-    movb $0, VC_DEVICE_STATUS(%esi)
+20: call virtio_reset               /* as a driver unloading would */
     PASS
 
 /* The rest of a FAIL line: `status <name>`, for the status in AL. */
@@ -360,122 +344,25 @@ print_status:
 4:  pop %eax
     ret
 
-/* msix_setup: MSI-X table entry 0 -> VECTOR on APIC 0, unmasked; MSI-X on. */
-msix_setup:
-    mov vp_msix_cap, %ecx
-    test %ecx, %ecx
-    jnz 1f
-    FAIL "the device has no MSI-X capability"
-1:  add $MSIX_TABLE, %ecx
-    call pci_read32
-    test $MSIX_BIR_MASK, %eax
-    jz 2f
-    FAIL "the MSI-X table is not in BAR 0"
-2:  and $~MSIX_BIR_MASK, %eax
-    lea BAR_ADDRESS(%eax), %edi
-    movl $MSI_ADDRESS, MSIX_ENTRY_ADDR_LO(%edi)
-    movl $0, MSIX_ENTRY_ADDR_HI(%edi)
-    movl $VECTOR, MSIX_ENTRY_DATA(%edi)
-    movl $0, MSIX_ENTRY_CONTROL(%edi)
-    cmpl $VECTOR, MSIX_ENTRY_DATA(%edi)
-    jne 3f
-    cmpl $MSI_ADDRESS, MSIX_ENTRY_ADDR_LO(%edi)
-    jne 3f
-    testl $MSIX_ENTRY_MASKED, MSIX_ENTRY_CONTROL(%edi)
-    jz 4f
-3:  FAIL "MSI-X table entry 0 does not read back what was written"
-4:  mov vp_msix_cap, %ecx
-    add $MSIX_CONTROL, %ecx
-    call pci_read16
-    and $~MSIX_FUNCTION_MASK, %eax
-    or $MSIX_ENABLE, %eax
-    call pci_write16
-    call pci_read16
-    and $(MSIX_ENABLE | MSIX_FUNCTION_MASK), %eax
-    cmp $MSIX_ENABLE, %eax
-    je 5f
-    FAIL "MSI-X does not stay enabled and unmasked"
-5:  ret
-
-/* virtio_setup: reset, features (VERSION_1, and RO and FLUSH if offered), queue 0 with MSI-X
- * vector 0, DRIVER_OK. */
-virtio_setup:
-    mov vp_common, %esi
-    movb $0, VC_DEVICE_STATUS(%esi)
-    cmpb $0, VC_DEVICE_STATUS(%esi)
-    je 1f
-    FAIL "the device status does not read 0 after a reset"
-1:  movb $VIRTIO_STATUS_ACKNOWLEDGE, VC_DEVICE_STATUS(%esi)
-    movb $(VIRTIO_STATUS_ACKNOWLEDGE | VIRTIO_STATUS_DRIVER), VC_DEVICE_STATUS(%esi)
-    movl $1, VC_DEVICE_FEATURE_SELECT(%esi)
-    mov VC_DEVICE_FEATURE(%esi), %eax
-    test $VIRTIO_F_VERSION_1_HI, %eax
-    jnz 2f
-    FAIL "the device does not offer VIRTIO_F_VERSION_1"
-2:  movl $0, VC_DEVICE_FEATURE_SELECT(%esi)
-    mov VC_DEVICE_FEATURE(%esi), %edx
-    PRINT "features: "
-    call puthex
-    mov $8, %ecx
-    mov %edx, %eax
-    call puthexw
-    call newline
+/* blk_negotiate: takes VERSION_1, and RO and FLUSH as offered; RO must be offered exactly
+ * when the command line says expect=readonly, and FLUSH always. */
+blk_negotiate:
+    mov $(BLK_F_RO | BLK_F_FLUSH), %eax
+    xor %edx, %edx
+    call virtio_negotiate
+    mov virtio_offered_lo, %edx
     cmpl $0, expect_readonly
-    je 3f
+    je 1f
     test $BLK_F_RO, %edx
-    jnz 4f
+    jnz 2f
     FAIL "expect=readonly, but the device does not offer VIRTIO_BLK_F_RO"
-3:  test $BLK_F_RO, %edx
-    jz 4f
+1:  test $BLK_F_RO, %edx
+    jz 2f
     FAIL "the device offers VIRTIO_BLK_F_RO (read-only) without expect=readonly on the command line"
-4:  test $BLK_F_FLUSH, %edx
-    jnz 5f
+2:  test $BLK_F_FLUSH, %edx
+    jnz 3f
     FAIL "the device does not offer VIRTIO_BLK_F_FLUSH"
-5:  and $(BLK_F_RO | BLK_F_FLUSH), %edx
-    movl $0, VC_DRIVER_FEATURE_SELECT(%esi)
-    mov %edx, VC_DRIVER_FEATURE(%esi)
-    movl $1, VC_DRIVER_FEATURE_SELECT(%esi)
-    movl $VIRTIO_F_VERSION_1_HI, VC_DRIVER_FEATURE(%esi)
-    movb $STATUS_FEATURES, VC_DEVICE_STATUS(%esi)
-    testb $VIRTIO_STATUS_FEATURES_OK, VC_DEVICE_STATUS(%esi)
-    jnz 6f
-    FAIL "the device refused FEATURES_OK"
-6:  movw $VIRTIO_NO_VECTOR, VC_MSIX_CONFIG(%esi)
-    cmpw $0, VC_NUM_QUEUES(%esi)
-    jne 7f
-    FAIL "the device has no queues"
-7:  movw $0, VC_QUEUE_SELECT(%esi)
-    cmpw $QUEUE_SIZE, VC_QUEUE_SIZE(%esi)
-    jae 8f
-    FAIL "queue 0 holds fewer than 8 entries"
-8:  movw $QUEUE_SIZE, VC_QUEUE_SIZE(%esi)
-    movw $0, VC_QUEUE_MSIX_VECTOR(%esi)
-    cmpw $0, VC_QUEUE_MSIX_VECTOR(%esi)
-    je 9f
-    FAIL "the device refused MSI-X vector 0 for queue 0"
-9:  mov $RING, %edi
-    mov $((RING_END - RING) / 4), %ecx
-    xor %eax, %eax
-    rep stosl
-    movl $DESC, VC_QUEUE_DESC(%esi)
-    movl $0, (VC_QUEUE_DESC + 4)(%esi)
-    movl $AVAIL, VC_QUEUE_DRIVER(%esi)
-    movl $0, (VC_QUEUE_DRIVER + 4)(%esi)
-    movl $USED, VC_QUEUE_DEVICE(%esi)
-    movl $0, (VC_QUEUE_DEVICE + 4)(%esi)
-    movzwl VC_QUEUE_NOTIFY_OFF(%esi), %eax
-    imul vp_notify_multiplier, %eax
-    add vp_notify, %eax
-    mov %eax, notify_addr
-    movw $1, VC_QUEUE_ENABLE(%esi)
-    movb $(STATUS_FEATURES | VIRTIO_STATUS_DRIVER_OK), VC_DEVICE_STATUS(%esi)
-    testb $(VIRTIO_STATUS_NEEDS_RESET | VIRTIO_STATUS_FAILED), VC_DEVICE_STATUS(%esi)
-    jz 10f
-    FAIL "the device reports an error after DRIVER_OK"
-10: cmpw $1, VC_QUEUE_ENABLE(%esi)
-    je 11f
-    FAIL "queue 0 is not enabled after DRIVER_OK"
-11: ret
+3:  ret
 
 /*
  * blk_request: one request of type EAX on sector EDX; ECX data bytes at EDI (none if 0),
@@ -484,78 +371,59 @@ virtio_setup:
  * does not complete it or completes another chain.
  */
 blk_request:
+    push %ebx
     push %edx
     push %esi
+    push %edi
     mov %eax, REQ_HEADER
     movl $0, (REQ_HEADER + 4)
     mov %edx, (REQ_HEADER + 8)
     movl $0, (REQ_HEADER + 12)
     movb $0xff, REQ_STATUS
-    movl $REQ_HEADER, DESC              /* descriptor 0: the header */
-    movl $0, (DESC + 4)
-    movl $16, (DESC + 8)
-    movw $DESC_F_NEXT, (DESC + 12)
-    movw $2, (DESC + 14)
+    mov $requestq, %esi
+    mov VQ_DESC(%esi), %edx
+    movl $REQ_HEADER, (%edx)            /* descriptor 0: the header */
+    movl $0, 4(%edx)
+    movl $16, 8(%edx)
+    movw $DESC_F_NEXT, 12(%edx)
+    movw $2, 14(%edx)
     test %ecx, %ecx
     jz 2f
-    movw $1, (DESC + 14)
-    mov %edi, (DESC + 16)               /* descriptor 1: the data */
-    movl $0, (DESC + 20)
-    mov %ecx, (DESC + 24)
-    mov $DESC_F_NEXT, %edx
+    movw $1, 14(%edx)
+    mov %edi, 16(%edx)                  /* descriptor 1: the data */
+    movl $0, 20(%edx)
+    mov %ecx, 24(%edx)
+    movw $DESC_F_NEXT, 28(%edx)
     test %ebx, %ebx
     jz 1f
-    or $DESC_F_WRITE, %edx
-1:  mov %dx, (DESC + 28)
-    movw $2, (DESC + 30)
-2:  movl $REQ_STATUS, (DESC + 32)       /* descriptor 2: the status */
-    movl $0, (DESC + 36)
-    movl $1, (DESC + 40)
-    movw $DESC_F_WRITE, (DESC + 44)
-    movw $0, (DESC + 46)
-    movzwl avail_idx, %edx              /* offer chain 0, then publish the index */
-    and $(QUEUE_SIZE - 1), %edx
-    movw $0, (AVAIL + 4)(, %edx, 2)
-    incw avail_idx
-    movzwl avail_idx, %edx
-    mov %dx, (AVAIL + 2)
-    mov notify_addr, %esi
-    movw $0, (%esi)
-    call watchdog_arm
-3:  cli
-    movzwl (USED + 2), %edx
-    cmp used_idx, %dx
-    jne 4f
-    cmpl $0, watchdog_fired
-    jne 5f
-    sti
-    hlt
-    jmp 3b
-4:  sti
-    call watchdog_disarm
-    movzwl used_idx, %edx
-    and $(QUEUE_SIZE - 1), %edx
-    lea (USED + 4)(, %edx, 8), %esi
-    incw used_idx
-    cmpl $0, (%esi)
-    je 6f
-    FAIL "the device completed a chain that was not offered"
-5:  sti
+    orw $VRING_DESC_F_WRITE, 28(%edx)
+1:  movw $2, 30(%edx)
+2:  movl $REQ_STATUS, 32(%edx)          /* descriptor 2: the status */
+    movl $0, 36(%edx)
+    movl $1, 40(%edx)
+    movw $VRING_DESC_F_WRITE, 44(%edx)
+    movw $0, 46(%edx)
+    xor %ebx, %ebx                      /* offer chain 0 */
+    call vq_publish
+    call vq_kick
+    mov $REQUEST_WAIT_PERIODS, %ecx
+    call vq_wait
+    jnc 3f
     FAIL_BEGIN
     PRINT "request type "
     call putdec
     PRINTLN " did not complete within the watchdog's time"
     jmp poweroff
-6:  mov 4(%esi), %ecx
-    movzbl REQ_STATUS, %eax
+3:  call vq_take                        /* EBX = the chain, ECX = the used length */
+    test %ebx, %ebx
+    jz 4f
+    FAIL "the device completed a chain that was not offered"
+4:  movzbl REQ_STATUS, %eax
+    pop %edi
     pop %esi
     pop %edx
+    pop %ebx
     ret
-
-blk_irq:
-    incl irq_count
-    LAPIC_EOI
-    IRET
 
     .section .rodata
 word_readonly: .asciz "expect=readonly"
@@ -569,9 +437,5 @@ expect_readonly: .long 0
 wait_hotplug: .long 0
 blk_slot: .long -1
 blk_count: .long 0
-irq_count: .long 0
-notify_addr: .long 0
-avail_idx: .word 0
-used_idx: .word 0
 
 PVH_ENTRY(_start)
