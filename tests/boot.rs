@@ -20,17 +20,6 @@ fn boot(guest_name: &str, extra: &[&str]) -> std::process::Output {
     run_palisade(&args)
 }
 
-fn assert_pass(out: &std::process::Output, line: &str) {
-    let text = stdout(out);
-    assert!(!text.contains("FAIL"), "guest reported a failure:\n{text}");
-    assert!(
-        text.contains(line),
-        "missing {line:?} in:\n{text}\nstderr: {}",
-        stderr(out)
-    );
-    assert_eq!(out.status.code(), Some(0), "stderr: {}", stderr(out));
-}
-
 fn initramfs(dir: &TempDir) -> std::path::PathBuf {
     let p = dir.path("initramfs.img");
     std::fs::write(&p, "palisade initramfs marker 7\nsecond line\n").unwrap();

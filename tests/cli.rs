@@ -188,32 +188,6 @@ fn log_file_and_verbosity() {
     assert_one_line_error(&out, "--log-file");
 }
 
-/// Opens a pseudo-terminal pair: (master, slave).
-fn open_pty() -> (std::fs::File, std::fs::File) {
-    use std::os::fd::FromRawFd;
-    let mut master = 0;
-    let mut slave = 0;
-    // SAFETY: openpty writes two descriptors into the given integers; the name, termios and
-    // window size arguments may be null.
-    let rc = unsafe {
-        libc::openpty(
-            &mut master,
-            &mut slave,
-            std::ptr::null_mut(),
-            std::ptr::null(),
-            std::ptr::null(),
-        )
-    };
-    assert_eq!(rc, 0, "openpty");
-    // SAFETY: both descriptors were just returned by openpty and are owned by nobody else.
-    unsafe {
-        (
-            std::fs::File::from_raw_fd(master),
-            std::fs::File::from_raw_fd(slave),
-        )
-    }
-}
-
 fn termios_of(f: &std::fs::File) -> libc::termios {
     use std::os::fd::AsRawFd;
     // SAFETY: termios is plain data filled by tcgetattr.

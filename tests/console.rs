@@ -68,22 +68,6 @@ fn run_guest(name: &str, args: &[&str]) -> Output {
     run_palisade(&all)
 }
 
-fn assert_pass(out: &Output, line: &str) -> String {
-    let text = stdout(out);
-    assert!(
-        !text.contains("FAIL"),
-        "the guest reported a failure:\n{text}\nstderr: {}",
-        stderr(out)
-    );
-    assert!(
-        text.lines().any(|l| l == line),
-        "missing {line:?} in:\n{text}\nstderr: {}",
-        stderr(out)
-    );
-    assert_eq!(out.status.code(), Some(0), "stderr: {}", stderr(out));
-    text
-}
-
 // ---------------------------------------------------------------------------------------------
 // The console.
 
@@ -245,26 +229,6 @@ fn a_pty_console_delivers_early_and_long_input_whole() {
     );
     let out = terminate(child);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
-}
-
-fn open_pty() -> (File, File) {
-    use std::os::fd::FromRawFd;
-    let mut master = 0;
-    let mut slave = 0;
-    // SAFETY: openpty writes two descriptors into the given integers; the name, termios and
-    // window size arguments may be null.
-    let rc = unsafe {
-        libc::openpty(
-            &mut master,
-            &mut slave,
-            std::ptr::null_mut(),
-            std::ptr::null(),
-            std::ptr::null(),
-        )
-    };
-    assert_eq!(rc, 0, "openpty");
-    // SAFETY: both descriptors were just returned by openpty and are owned by nobody else.
-    unsafe { (File::from_raw_fd(master), File::from_raw_fd(slave)) }
 }
 
 fn termios_of(f: &File) -> libc::termios {

@@ -46,22 +46,6 @@ fn run_virtio_blk(extra: &[&str]) -> Output {
     run_palisade(&args)
 }
 
-fn assert_pass(out: &Output, line: &str) -> String {
-    let text = stdout(out);
-    assert!(
-        !text.contains("FAIL"),
-        "the guest reported a failure:\n{text}\nstderr: {}",
-        stderr(out)
-    );
-    assert!(
-        text.lines().any(|l| l == line),
-        "missing {line:?} in:\n{text}\nstderr: {}",
-        stderr(out)
-    );
-    assert_eq!(out.status.code(), Some(0), "stderr: {}", stderr(out));
-    text
-}
-
 /// The number after `prefix` on the guest's line starting with it.
 fn number_after(text: &str, prefix: &str) -> u64 {
     let line = text

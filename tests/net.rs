@@ -79,7 +79,9 @@ fn run_virtio_net(ns: &NetNs, extra: &[&str]) -> Output {
     run_in(ns, &args)
 }
 
-fn assert_pass(text: &str, context: &str) {
+/// Checks that the `virtio_net` guest reported no failure and passed; `context` goes in the
+/// failure message.
+fn assert_net_pass(text: &str, context: &str) {
     assert!(
         !text.contains("FAIL"),
         "the guest reported a failure:\n{text}\n{context}"
@@ -193,7 +195,7 @@ fn a_tap_the_test_made_is_used_with_the_mac_given() {
     let cmdline = format!("host={host} me={me}");
     let out = run_virtio_net(&ns, &["--net", &net, "--cmdline", &cmdline]);
     let text = stdout(&out);
-    assert_pass(&text, &stderr(&out));
+    assert_net_pass(&text, &stderr(&out));
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     assert!(
         text.lines().any(|l| l == format!("mac: {FIXED_MAC}")),

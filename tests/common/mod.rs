@@ -95,6 +95,50 @@ pub fn path_str(p: &Path) -> &str {
     p.to_str().expect("utf-8 path")
 }
 
+/// Checks that the guest in `out` printed the line `line`, reported no failure and that
+/// palisade exited 0; returns what the guest printed.
+pub fn assert_pass(out: &Output, line: &str) -> String {
+    let text = stdout(out);
+    assert!(
+        !text.contains("FAIL"),
+        "the guest reported a failure:\n{text}\nstderr: {}",
+        stderr(out)
+    );
+    assert!(
+        text.lines().any(|l| l == line),
+        "missing {line:?} in:\n{text}\nstderr: {}",
+        stderr(out)
+    );
+    assert_eq!(out.status.code(), Some(0), "stderr: {}", stderr(out));
+    text
+}
+
+/// Opens a pseudo-terminal pair: (master, slave).
+pub fn open_pty() -> (std::fs::File, std::fs::File) {
+    use std::os::fd::FromRawFd;
+    let mut master = 0;
+    let mut slave = 0;
+    // SAFETY: openpty writes two descriptors into the given integers; the name, termios and
+    // window size arguments may be null.
+    let rc = unsafe {
+        libc::openpty(
+            &mut master,
+            &mut slave,
+            std::ptr::null_mut(),
+            std::ptr::null(),
+            std::ptr::null(),
+        )
+    };
+    assert_eq!(rc, 0, "openpty");
+    // SAFETY: both descriptors were just returned by openpty and are owned by nobody else.
+    unsafe {
+        (
+            std::fs::File::from_raw_fd(master),
+            std::fs::File::from_raw_fd(slave),
+        )
+    }
+}
+
 /// A running palisade that is killed if the test ends early (a failed assertion), so that
 /// no VMM outlives its test.
 pub struct ChildGuard(Option<std::process::Child>);
