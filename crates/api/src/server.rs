@@ -46,7 +46,9 @@ use crate::{MAX_BODY_SIZE, MAX_HEAD_SIZE};
 
 /// A function run on the `api` thread before it starts serving (see
 /// [`ServerOptions::confine`]).
-pub type ConfineFn = Box<dyn FnOnce() -> io::Result<()> + Send>;
+/// What it returns is kept on that thread for as long as the server runs (a registration
+/// of the thread's confinement, for instance).
+pub type ConfineFn = Box<dyn FnOnce() -> io::Result<Box<dyn std::any::Any>> + Send>;
 
 /// Tunables of the server.
 pub struct ServerOptions {
@@ -60,10 +62,10 @@ pub struct ServerOptions {
     /// How many connections are served at once. A client beyond that is answered 503 (as many
     /// again at most; further ones are closed at once).
     pub max_connections: usize,
-    /// Run on the `api` thread before anything is served. The server runs entirely on that
-    /// thread, so whatever it sets up (for instance a Landlock domain that allows no
-    /// file-system access, which the API never needs) holds for all of it. If it fails,
-    /// [`start_with`] fails with its error.
+    /// Run on the `api` thread once its runtime is built, before anything is served. The
+    /// server runs entirely on that thread, so whatever it sets up (a Landlock domain without
+    /// file rights, a system-call filter) holds for all of it. If it fails, [`start_with`]
+    /// fails with its error.
     pub confine: Option<ConfineFn>,
 }
 
@@ -131,12 +133,6 @@ pub fn start_with(
     let thread = std::thread::Builder::new()
         .name("api".into())
         .spawn(move || {
-            if let Some(confine) = confine {
-                if let Err(e) = confine() {
-                    let _ = ready_tx.send(Err(e));
-                    return;
-                }
-            }
             let runtime = match tokio::runtime::Builder::new_current_thread()
                 .enable_io()
                 .enable_time()
@@ -156,6 +152,14 @@ pub fn start_with(
                         let _ = ready_tx.send(Err(e));
                         return;
                     }
+                }
+            };
+            // After the runtime and its descriptors exist, before the first connection.
+            let _confinement = match confine.map(|confine| confine()).transpose() {
+                Ok(kept) => kept,
+                Err(e) => {
+                    let _ = ready_tx.send(Err(e));
+                    return;
                 }
             };
             let _ = ready_tx.send(Ok(()));

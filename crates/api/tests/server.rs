@@ -686,7 +686,7 @@ fn the_confine_hook_runs_on_the_api_thread_first() {
         confine: Some(Box::new(move || {
             tx.send(std::thread::current().name().map(str::to_string))
                 .unwrap();
-            Ok(())
+            Ok(Box::new(()))
         })),
         ..ServerOptions::default()
     };

@@ -15,7 +15,9 @@
 //!
 //! Interface configuration ([`Tap::configure`], [`Tap::up`], [`Tap::host_mac`]) goes through
 //! an `AF_INET` socket, which acts in the network namespace of the calling thread: call them
-//! from the namespace the tap lives in.
+//! from the namespace the tap lives in. A VMM whose threads may create no socket once they
+//! are filtered takes one such socket at start-up ([`hold_control_socket`]) and every later
+//! configuration goes through it.
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, IoSlice, IoSliceMut, Read, Write};
@@ -115,8 +117,10 @@ fn sockaddr_v4(ip: Ipv4Addr) -> libc::sockaddr {
     unsafe { std::mem::transmute::<libc::sockaddr_in, libc::sockaddr>(sin) }
 }
 
-/// An `AF_INET` datagram socket for interface ioctls (in the caller's network namespace).
-fn inet_socket() -> io::Result<OwnedFd> {
+/// The socket held for interface ioctls, once [`hold_control_socket`] was called.
+static CONTROL_SOCKET: std::sync::OnceLock<OwnedFd> = std::sync::OnceLock::new();
+
+fn new_inet_socket() -> io::Result<OwnedFd> {
     // SAFETY: plain system call; the returned descriptor is checked and then owned.
     let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
     if fd < 0 {
@@ -126,8 +130,42 @@ fn inet_socket() -> io::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
+/// Opens, once, the `AF_INET` socket through which every later interface ioctl of the
+/// process goes (in the calling thread's network namespace), so that no socket has to be
+/// created after the threads' system-call filters forbid it. The socket is never bound
+/// nor connected.
+pub fn hold_control_socket() -> io::Result<()> {
+    if CONTROL_SOCKET.get().is_none() {
+        let _ = CONTROL_SOCKET.set(new_inet_socket()?);
+    }
+    Ok(())
+}
+
+/// An `AF_INET` datagram socket for interface ioctls: the held one, or a new one in the
+/// caller's network namespace.
+enum InetSocket {
+    Held(BorrowedFd<'static>),
+    Own(OwnedFd),
+}
+
+impl AsRawFd for InetSocket {
+    fn as_raw_fd(&self) -> RawFd {
+        match self {
+            InetSocket::Held(fd) => fd.as_raw_fd(),
+            InetSocket::Own(fd) => fd.as_raw_fd(),
+        }
+    }
+}
+
+fn inet_socket() -> io::Result<InetSocket> {
+    match CONTROL_SOCKET.get() {
+        Some(fd) => Ok(InetSocket::Held(fd.as_fd())),
+        None => new_inet_socket().map(InetSocket::Own),
+    }
+}
+
 /// Runs an interface ioctl (`SIOC*`) on `ifr` through `sock`.
-fn ifreq_ioctl(sock: &OwnedFd, request: libc::Ioctl, ifr: &mut libc::ifreq) -> io::Result<()> {
+fn ifreq_ioctl(sock: &InetSocket, request: libc::Ioctl, ifr: &mut libc::ifreq) -> io::Result<()> {
     // SAFETY: `ifr` is a valid, initialized `ifreq` that the kernel reads and may fill in;
     // it outlives the call.
     let ret = unsafe { libc::ioctl(sock.as_raw_fd(), request, ifr as *mut libc::ifreq) };

@@ -239,6 +239,7 @@ pub struct Sandbox {
 impl Sandbox {
     /// Prepares confinement; call at start-up, while `/proc` can still be opened.
     pub fn prepare() -> std::io::Result<Sandbox> {
+        threads::install_handler()?;
         Ok(Sandbox {
             tasks: TaskList::open()?,
         })
@@ -293,15 +294,23 @@ impl Sandbox {
             let count = self.tasks.tids().map(|t| t.len()).unwrap_or(1);
             (status.ruleset, count, "all-threads flag")
         } else {
-            let others = threads::confine_others(ruleset_fd.as_raw_fd(), &self.tasks)?;
+            // Threads already in a domain of their own without file rights stay as they are:
+            // the VM's ruleset could only add rights they must not have.
+            let skip = crate::lockdown::no_files_tids();
+            let others = threads::confine_others(ruleset_fd.as_raw_fd(), &self.tasks, &skip)?;
             let status = created.restrict_self()?;
-            (status.ruleset, others + 1, "each thread confined itself")
+            (
+                status.ruleset,
+                others + skip.len() + 1,
+                "each thread confined itself",
+            )
         };
         if status == RulesetStatus::NotEnforced {
             return Err(SandboxError::Unavailable(
                 "the kernel enforced none of the ruleset".into(),
             ));
         }
+        crate::lockdown::note_vm_ruleset(format!("the VM's ruleset ({} rules)", enforced.len()));
         let not_enforced = rights::not_enforced(abi);
         let mut state = CONFINED.lock().unwrap_or_else(|e| e.into_inner());
         let layers = state.as_ref().map_or(0, |r| r.layers) + 1;

@@ -42,6 +42,11 @@ impl Janitor {
         self.pid
     }
 
+    /// The VMM's end of the channel (the only socket the VMM thread sends messages on).
+    pub fn channel_fd(&self) -> RawFd {
+        self.channel.as_raw_fd()
+    }
+
     /// Has the janitor close what it holds, and waits until it has: a deleted VM must be
     /// gone, with its kernel threads, before another VM is created and confined.
     pub fn release(&self) -> io::Result<()> {
@@ -217,6 +222,17 @@ pub fn spawn(socket: Option<&Path>) -> io::Result<Janitor> {
     // SAFETY: socketpair just returned these descriptors; nothing else owns them.
     let (vmm_end, janitor_end) =
         unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    // Built here, where allocating is ordinary: the janitor may receive and send on its
+    // end of the pair, look at and remove the socket's path, and nothing else.
+    let filters = crate::seccomp::build(
+        crate::seccomp::Role::Janitor,
+        crate::lockdown::seccomp_mode(),
+        &crate::seccomp::FilterContext {
+            ioctls: Vec::new(),
+            message_fd: Some(janitor_end.as_raw_fd()),
+        },
+    )
+    .map_err(io::Error::other)?;
     // SAFETY: the caller guarantees a single-threaded process, so the child may run any code.
     let pid = unsafe { libc::fork() };
     if pid < 0 {
@@ -236,6 +252,12 @@ pub fn spawn(socket: Option<&Path>) -> io::Result<Janitor> {
         unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) };
         // Defence in depth: even this process should not be able to do anything else.
         let _ = confine_to_removing_in(target.as_ref().map(|t| t.2.as_path()));
+        // No capability at all, then the filter. A janitor that cannot lock itself down
+        // ends: the VMM then sees its channel closed and runs without it.
+        if crate::capabilities::keep_only(&[]).is_err() || filters.install().is_err() {
+            // SAFETY: ending the child without running the parent's exit handlers.
+            unsafe { libc::_exit(1) };
+        }
         let mut held: RawFd = -1;
         while let Some(received) = receive(keep) {
             if held >= 0 {

@@ -6,12 +6,22 @@
 //! thread of the process to it ([`enforce::Sandbox::confine`]). The [`enforce::Report`] says
 //! what was enforced. [`janitor`] removes the API socket at exit without giving the confined
 //! VMM the right to delete files.
+//!
+//! Landlock is one layer of three: every thread also locks itself down for its role
+//! ([`lockdown`]) with its own Landlock domain, the capabilities the role needs
+//! ([`capabilities`]) and a system-call filter ([`seccomp`], lists in [`allowlist`]).
 
+pub mod allowlist;
+pub mod capabilities;
 pub mod enforce;
 pub mod janitor;
+pub mod lockdown;
 pub mod policy;
 pub mod rights;
+pub mod seccomp;
 pub mod threads;
 
+pub use caps::Capability;
 pub use enforce::{current, explain_denial, Report, Sandbox, SandboxError};
 pub use policy::{Access, Origin, Policy};
+pub use seccomp::{Role, SeccompMode};

@@ -244,6 +244,28 @@ impl Policy {
         self
     }
 
+    /// What the user should hear about this policy for `config`: a `readonly=on` disk whose
+    /// image lies under a rule that allows writing could be reopened for writing by a
+    /// compromised VMM (through `/proc/self/fd`, say), so read-only would only be a promise.
+    pub fn warnings(&self, config: &VmConfig) -> Vec<String> {
+        config
+            .disks
+            .iter()
+            .flatten()
+            .filter(|d| d.readonly)
+            .filter_map(|d| {
+                let path = d.path.as_ref()?;
+                let rule = self.allowing(path, Access::Write)?;
+                Some(format!(
+                    "disk {}: readonly=on, but its image lies under the Landlock rule                      path={},access={}, which lets the VMM write it; narrow the rule to keep                      the disk read-only even for a compromised VMM",
+                    path.display(),
+                    rule.path.display(),
+                    rule.access.as_str()
+                ))
+            })
+            .collect()
+    }
+
     /// The rule that lets `path` be opened with `access`, if any: the path itself or a
     /// directory above it, with enough access.
     pub fn allowing(&self, path: &Path, access: Access) -> Option<&Rule> {
@@ -281,6 +303,26 @@ mod tests {
         c.console = ConsoleConfig::with_mode(ConsoleOutputMode::Off);
         c.landlock_enable = true;
         c
+    }
+
+    #[test]
+    fn a_read_only_disk_under_a_writable_rule_is_warned_about() {
+        let mut c = base();
+        let mut ro = DiskConfig::with_path(PathBuf::from("/srv/images/ro.raw"));
+        ro.readonly = true;
+        let rw = DiskConfig::with_path(PathBuf::from("/srv/images/rw.raw"));
+        c.disks = Some(vec![ro, rw]);
+        c.landlock_rules = Some(vec![LandlockConfig {
+            path: "/srv/images".into(),
+            access: "r".into(),
+        }]);
+        let p = Policy::from_config(&c);
+        assert!(p.warnings(&c).is_empty());
+        c.landlock_rules.as_mut().unwrap()[0].access = "rw".into();
+        let p = Policy::from_config(&c);
+        let w = p.warnings(&c);
+        assert_eq!(w.len(), 1, "{w:?}");
+        assert!(w[0].contains("/srv/images/ro.raw") && w[0].contains("path=/srv/images,access=rw"));
     }
 
     #[test]

@@ -182,6 +182,13 @@ impl TaskList {
     }
 }
 
+/// Installs the handler of [`confine_signal`]: at start-up, before system-call filters
+/// forbid changing signal actions.
+pub fn install_handler() -> io::Result<()> {
+    register_signal_handler(confine_signal(), confine_handler)
+        .map_err(|e| io::Error::from_raw_os_error(e.errno()))
+}
+
 fn acked() -> Vec<(i32, i32)> {
     let n = ACK_COUNT.load(Ordering::Acquire).min(MAX_ACKS);
     (0..n)
@@ -197,10 +204,9 @@ fn alive(pid: i32, tid: i32) -> bool {
     unsafe { libc::syscall(libc::SYS_tgkill, pid, tid, 0) == 0 }
 }
 
-/// Confines every thread but the caller with the ruleset `fd`; returns how many were.
-pub fn confine_others(fd: RawFd, tasks: &TaskList) -> Result<usize, ThreadError> {
-    register_signal_handler(confine_signal(), confine_handler)
-        .map_err(|e| ThreadError::Io(io::Error::from_raw_os_error(e.errno())))?;
+/// Confines every thread but the caller and those in `skip` with the ruleset `fd`; returns
+/// how many were.
+pub fn confine_others(fd: RawFd, tasks: &TaskList, skip: &[i32]) -> Result<usize, ThreadError> {
     RULESET_FD.store(fd, Ordering::Release);
     for slot in ACK_TIDS.iter() {
         slot.store(0, Ordering::Relaxed);
@@ -216,7 +222,12 @@ pub fn confine_others(fd: RawFd, tasks: &TaskList) -> Result<usize, ThreadError>
             .tids()
             .map_err(ThreadError::Io)?
             .into_iter()
-            .filter(|t| *t != me && !signalled.contains(t) && !tasks.is_kernel_worker(*t))
+            .filter(|t| {
+                *t != me
+                    && !skip.contains(t)
+                    && !signalled.contains(t)
+                    && !tasks.is_kernel_worker(*t)
+            })
             .collect();
         if fresh.is_empty() {
             break;

@@ -10,6 +10,7 @@ pub mod control;
 pub mod device_manager;
 pub mod pci_devices;
 pub mod signals;
+pub mod thread_policy;
 pub mod vcpu;
 pub mod vm;
 pub mod vmm;

@@ -167,6 +167,8 @@ pub struct VcpuContext {
     pub faults: Arc<FaultSink>,
     /// Raised when the CPU resets itself (triple fault), as the chipset would.
     pub reset: Arc<EventFd>,
+    /// The thread's system-call filter, installed before it first runs the guest.
+    pub filters: Arc<sandbox::seccomp::Filters>,
 }
 
 thread_local! {
@@ -325,6 +327,19 @@ fn internal_error_detail(vcpu: &mut VcpuFd) -> String {
 }
 
 fn run(index: u8, mut vcpu: VcpuFd, ctx: VcpuContext) {
+    // Locked down before the guest runs: nothing the guest makes this thread do may reach
+    // a file, a socket or a capability.
+    let _lockdown = match crate::thread_policy::lock_down_vcpu(&ctx.filters) {
+        Ok(registration) => registration,
+        Err(e) => {
+            ctx.faults.report(VcpuFault {
+                vcpu: index,
+                reason: format!("cannot lock the vCPU thread down: {e}"),
+                rip: None,
+            });
+            return;
+        }
+    };
     let run_page: *mut kvm_run = vcpu.get_kvm_run();
     KVM_RUN.with(|r| r.set(run_page));
     while ctx.control.checkpoint() {

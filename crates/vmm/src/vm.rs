@@ -473,6 +473,10 @@ impl Vm {
             control: control.clone(),
             faults: self.faults.clone(),
             reset: self.reset_evt.clone(),
+            filters: Arc::new(
+                crate::thread_policy::filters(sandbox::Role::Vcpu, None)
+                    .map_err(|e| VmError::Thread(std::io::Error::other(e)))?,
+            ),
         };
         let mut threads = Vec::with_capacity(fds.len());
         for (id, fd) in fds.into_iter().enumerate() {

@@ -127,6 +127,8 @@ pub struct Vmm {
     queues: Vec<Option<Watched>>,
     input_watched: bool,
     exit: Option<ExitReason>,
+    // The VMM thread's confinement record, kept while the VMM runs.
+    _lockdown: Option<sandbox::lockdown::Registration>,
 }
 
 /// Errors starting the VMM.
@@ -135,6 +137,12 @@ pub enum StartError {
     /// KVM is not usable.
     #[error(transparent)]
     Kvm(#[from] VmError),
+    /// The VMM thread could not lock itself down.
+    #[error(transparent)]
+    Lockdown(#[from] sandbox::lockdown::LockdownError),
+    /// Its system-call filter could not be built.
+    #[error(transparent)]
+    Seccomp(#[from] sandbox::seccomp::SeccompError),
     /// A host resource of the event loop could not be set up.
     #[error("cannot set up the {what}: {source}")]
     Io {
@@ -162,6 +170,19 @@ impl Vmm {
         ));
         let epoll = Epoll::new().map_err(io_err("epoll"))?;
         let signals = SignalFd::termination().map_err(io_err("signalfd"))?;
+        // Every socket the VMM thread will use exists now: interface ioctls on taps go
+        // through this one, so the filter can forbid creating any.
+        devices::tap::hold_control_socket().map_err(io_err("interface control socket"))?;
+        // Locked down before the first request or guest exit: it keeps what creating a VM
+        // and hot-plug may need, until the VM is created and more is known.
+        let channel = options.janitor.as_ref().map(|j| j.channel_fd());
+        let filters = crate::thread_policy::filters(sandbox::Role::Vmm, channel)?;
+        let keep = crate::thread_policy::vmm_capabilities(control.is_some(), true);
+        let lockdown = sandbox::lockdown::lock_down(
+            sandbox::lockdown::ThreadLandlock::Unchanged,
+            &keep,
+            &filters,
+        )?;
         let vmm = Vmm {
             kvm,
             cpuid,
@@ -177,6 +198,7 @@ impl Vmm {
             queues: Vec::new(),
             input_watched: false,
             exit: None,
+            _lockdown: Some(lockdown),
         };
         vmm.watch(vmm.events.reset.as_raw_fd(), Token::Reset)?;
         vmm.watch(vmm.events.poweroff.as_raw_fd(), Token::Poweroff)?;
@@ -630,6 +652,10 @@ impl Vmm {
                     })
                     .collect();
                 json!({
+                    "sandbox": {
+                        "seccomp": sandbox::lockdown::seccomp_mode(),
+                        "threads": sandbox::lockdown::threads(),
+                    },
                     "config": vm.config(),
                     "state": vm.state(),
                     "memory_actual_size": vm.memory_size(),
@@ -655,6 +681,7 @@ impl Vmm {
             .validate()
             .map_err(|e| RequestError::new(ErrorKind::BadRequest, format!("vm.create: {e}")))?;
         let landlock = config.landlock_enable;
+        let api = self.control.is_some();
         let vm = Vm::create(
             config,
             &self.events,
@@ -662,10 +689,18 @@ impl Vmm {
             self.options.janitor.clone(),
         )
         .map_err(|e| RequestError::from_error(ErrorKind::BadRequest, "vm.create", &e))?;
+        // What the VMM thread may still need once this VM exists: nothing without an API;
+        // under Landlock, only what the ruleset lets a hot-plug or a later VM use.
+        let mut keep = crate::thread_policy::vmm_capabilities(api, api);
         if landlock {
             // The VM's files are open: from here on only the policy's rules can be opened.
-            let api = self.control.is_some();
             let policy = Policy::from_config(vm.config()).with_net_hotplug(vm.config(), api);
+            let tun = std::path::Path::new(sandbox::policy::TUN_DEVICE);
+            let net_hotplug = api && policy.allowing(tun, sandbox::Access::ReadWrite).is_some();
+            keep = crate::thread_policy::vmm_capabilities(net_hotplug, false);
+            for warning in policy.warnings(vm.config()) {
+                warn!("{warning}");
+            }
             match self.sandbox.confine(&policy) {
                 Ok(report) => {
                     for line in report.log_lines() {
@@ -692,6 +727,16 @@ impl Vmm {
                     ));
                 }
             }
+        }
+        if let Err(e) = sandbox::lockdown::lower_capabilities(&keep) {
+            // The process would hold more than it should: never go on like that.
+            error!("{e}: stopping the VMM");
+            self.exit = Some(ExitReason::Fault(e.to_string()));
+            return Err(RequestError::from_error(
+                ErrorKind::Internal,
+                "vm.create",
+                &e,
+            ));
         }
         self.vm = Some(vm);
         self.start_console_input();

@@ -72,6 +72,11 @@ struct Cli {
     #[arg(long, value_name = "RULE", num_args = 1.., action = ArgAction::Append)]
     landlock_rules: Vec<String>,
 
+    /// System-call filters of every thread: "true" (a forbidden call stops the VMM),
+    /// "false" (no filter) or "log" (forbidden calls are logged by the kernel).
+    #[arg(long, value_name = "true|false|log", default_value = "true")]
+    seccomp: String,
+
     /// Keep the VMM running when the guest powers off.
     #[arg(long)]
     no_shutdown: bool,
@@ -154,6 +159,13 @@ fn check_readable(flag: &str, path: Option<&Path>) -> Result<(), Failure> {
 }
 
 fn run(cli: Cli, start: Instant) -> Result<ExitCode, Failure> {
+    let seccomp = sandbox::SeccompMode::parse(&cli.seccomp).ok_or_else(|| {
+        Failure(format!(
+            "--seccomp {}: expected true, false or log",
+            cli.seccomp
+        ))
+    })?;
+    sandbox::lockdown::set_seccomp_mode(seccomp);
     let log_file = match &cli.log_file {
         Some(path) => Some(
             OpenOptions::new()
@@ -164,6 +176,10 @@ fn run(cli: Cli, start: Instant) -> Result<ExitCode, Failure> {
         ),
         None => None,
     };
+    if let Some(f) = &log_file {
+        // A seccomp violation is reported there too; the logger keeps the file open.
+        sandbox::seccomp::set_log_fd(std::os::fd::AsRawFd::as_raw_fd(f));
+    }
     logger::init(cli.verbose, log_file, start);
 
     let vm_config = if cli.describes_vm() {
@@ -206,7 +222,15 @@ fn run(cli: Cli, start: Instant) -> Result<ExitCode, Failure> {
         Some(socket) => {
             let (sender, receiver) = vmm::control::request_channel()?;
             let listener = socket.try_clone_listener()?;
-            let server = api::server::start(listener, sender)
+            let options = api::server::ServerOptions {
+                confine: Some(Box::new(|| {
+                    vmm::thread_policy::lock_down_api()
+                        .map(|r| Box::new(r) as Box<dyn std::any::Any>)
+                        .map_err(std::io::Error::other)
+                })),
+                ..Default::default()
+            };
+            let server = api::server::start_with(listener, sender, options)
                 .map_err(|e| Failure(format!("cannot start the API server: {e}")))?;
             log::info!("API listening on {}", socket.describe());
             (Some(receiver), Some(server))

@@ -1,0 +1,256 @@
+//! The system calls each thread role may make, with argument checks where an argument is
+//! what separates harmless from dangerous.
+//!
+//! Nothing here creates a socket, connects, binds, listens, executes, maps executable memory,
+//! changes file metadata, mounts, or changes credentials other than lowering them. What the
+//! lists leave out is the point: it is what a compromised thread would reach for.
+
+use seccompiler::SeccompCmpOp::{Eq, MaskedEq};
+use syscalls::Sysno;
+
+use crate::seccomp::{FilterContext, Role, Rules};
+
+const PROT_EXEC: u64 = libc::PROT_EXEC as u64;
+/// The bit that turns `O_DIRECTORY` into `O_TMPFILE` (an unnamed file a later `linkat` could
+/// give a name without the make-file right being checked at open time).
+const O_TMPFILE_BIT: u64 = 0o20_000_000;
+const CLONE_THREAD: u64 = libc::CLONE_THREAD as u64;
+
+/// The ioctl requests every role may make on its own descriptors (close-on-exec and
+/// non-blocking flags).
+pub const FD_IOCTLS: [u64; 2] = [libc::FIOCLEX, libc::FIONBIO];
+
+/// What every thread of a Rust program needs once running: memory (never executable),
+/// futexes, signals returning, time, and reading and writing descriptors it already holds.
+fn common(r: &mut Rules) {
+    r.allow(&[
+        Sysno::read,
+        Sysno::readv,
+        Sysno::write,
+        Sysno::writev,
+        Sysno::close,
+        Sysno::futex,
+        Sysno::rt_sigreturn,
+        Sysno::rt_sigprocmask,
+        Sysno::sigaltstack,
+        Sysno::munmap,
+        Sysno::madvise,
+        Sysno::mremap,
+        Sysno::brk,
+        Sysno::exit,
+        Sysno::exit_group,
+        Sysno::sched_yield,
+        Sysno::sched_getaffinity,
+        Sysno::gettid,
+        Sysno::getpid,
+        Sysno::clock_gettime,
+        Sysno::clock_nanosleep,
+        Sysno::nanosleep,
+        Sysno::getrandom,
+        Sysno::restart_syscall,
+    ]);
+    for call in [Sysno::mmap, Sysno::mprotect] {
+        r.allow_if(call, &[(2, MaskedEq(PROT_EXEC), 0)]);
+    }
+    // Signals only within the process (vCPU kicks, abort()).
+    // SAFETY: getpid cannot fail.
+    let pid = unsafe { libc::getpid() } as u64;
+    r.allow_if(Sysno::tgkill, &[(0, Eq, pid)]);
+    r.allow_values(
+        Sysno::fcntl,
+        1,
+        &[
+            libc::F_GETFD as u64,
+            libc::F_SETFD as u64,
+            libc::F_GETFL as u64,
+            libc::F_SETFL as u64,
+            libc::F_DUPFD_CLOEXEC as u64,
+        ],
+    );
+}
+
+/// What a thread needs to start another thread (whose own start-up runs under the
+/// starter's filter until it installs its own) and to confine it: lower its capabilities,
+/// take a Landlock domain and a filter.
+fn starts_threads(r: &mut Rules) {
+    r.allow_if(Sysno::clone, &[(0, MaskedEq(CLONE_THREAD), CLONE_THREAD)]);
+    // Answered ENOSYS by a second filter (see `seccomp::build`).
+    r.allow(&[Sysno::clone3, Sysno::set_robust_list, Sysno::rseq]);
+    // The C library installs its own handlers for its two internal signals (thread
+    // cancellation, credential broadcast) when the process starts its first thread.
+    r.allow_values(Sysno::rt_sigaction, 0, &[32, 33]);
+    r.allow(&[
+        Sysno::capget,
+        Sysno::capset,
+        Sysno::seccomp,
+        Sysno::landlock_create_ruleset,
+        Sysno::landlock_add_rule,
+        Sysno::landlock_restrict_self,
+    ]);
+    r.allow_values(
+        Sysno::prctl,
+        0,
+        &[
+            libc::PR_SET_NAME as u64,
+            libc::PR_SET_NO_NEW_PRIVS as u64,
+            libc::PR_CAPBSET_READ as u64,
+            libc::PR_CAPBSET_DROP as u64,
+            libc::PR_CAP_AMBIENT as u64,
+            libc::PR_GET_SECUREBITS as u64,
+        ],
+    );
+}
+
+fn ioctls(r: &mut Rules, ctx: &FilterContext) {
+    let mut requests: Vec<u64> = FD_IOCTLS.to_vec();
+    requests.extend(&ctx.ioctls);
+    requests.sort_unstable();
+    requests.dedup();
+    r.allow_values(Sysno::ioctl, 1, &requests);
+}
+
+/// Socket messages on one descriptor only (the janitor's channel): no datagram can be sent
+/// to an address of the caller's choosing.
+fn messages_on(r: &mut Rules, fd: Option<i32>) {
+    if let Some(fd) = fd {
+        let fd = fd as u64;
+        r.allow_if(Sysno::sendmsg, &[(0, Eq, fd)]);
+        r.allow_if(Sysno::recvmsg, &[(0, Eq, fd)]);
+        r.allow_if(Sysno::sendto, &[(0, Eq, fd), (4, Eq, 0)]);
+        r.allow_if(Sysno::recvfrom, &[(0, Eq, fd)]);
+    }
+}
+
+/// The allow-list of `role`.
+pub fn rules(role: Role, ctx: &FilterContext) -> Rules {
+    let mut r = Rules::default();
+    match role {
+        Role::Vmm => {
+            common(&mut r);
+            starts_threads(&mut r);
+            ioctls(&mut r, ctx);
+            messages_on(&mut r, ctx.message_fd);
+            // Opening the VM's files and hot-plugged ones (what may be opened is Landlock's
+            // business); never an O_TMPFILE.
+            r.allow_if(Sysno::openat, &[(2, MaskedEq(O_TMPFILE_BIT), 0)]);
+            r.allow(&[
+                Sysno::fstat,
+                Sysno::newfstatat,
+                Sysno::statx,
+                Sysno::lseek,
+                Sysno::pread64,
+                Sysno::pwrite64,
+                Sysno::preadv,
+                Sysno::pwritev,
+                Sysno::preadv2,
+                Sysno::pwritev2,
+                Sysno::fsync,
+                Sysno::fdatasync,
+                Sysno::fallocate,
+                Sysno::getdents64,
+                Sysno::getcwd,
+                Sysno::readlinkat,
+                Sysno::epoll_create1,
+                Sysno::epoll_ctl,
+                Sysno::epoll_wait,
+                Sysno::epoll_pwait,
+                Sysno::eventfd2,
+                Sysno::poll,
+                Sysno::ppoll,
+                Sysno::dup,
+                Sysno::unlink,
+            ]);
+        }
+        Role::Api => {
+            common(&mut r);
+            ioctls(&mut r, ctx);
+            // Accepting on the listening socket it was given; reading and answering.
+            r.allow(&[
+                Sysno::accept4,
+                Sysno::shutdown,
+                Sysno::epoll_wait,
+                Sysno::epoll_pwait,
+                Sysno::epoll_ctl,
+                Sysno::getsockopt,
+            ]);
+            // recv() on its connections: no source address is asked for.
+            r.allow_if(Sysno::recvfrom, &[(4, Eq, 0)]);
+        }
+        Role::Vcpu => {
+            common(&mut r);
+            ioctls(&mut r, ctx);
+        }
+        Role::Janitor => {
+            common(&mut r);
+            messages_on(&mut r, ctx.message_fd);
+            // Checking and removing the API socket's path.
+            r.allow(&[Sysno::newfstatat, Sysno::unlink]);
+        }
+    }
+    r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const DOORS: [Sysno; 28] = [
+        Sysno::execve,
+        Sysno::execveat,
+        Sysno::memfd_create,
+        Sysno::socket,
+        Sysno::socketpair,
+        Sysno::connect,
+        Sysno::bind,
+        Sysno::listen,
+        Sysno::fchmod,
+        Sysno::fchmodat,
+        Sysno::fchown,
+        Sysno::fchownat,
+        Sysno::fsetxattr,
+        Sysno::setxattr,
+        Sysno::chroot,
+        Sysno::mount,
+        Sysno::sethostname,
+        Sysno::setuid,
+        Sysno::ptrace,
+        Sysno::kill,
+        Sysno::open_by_handle_at,
+        Sysno::process_vm_writev,
+        Sysno::bpf,
+        Sysno::io_uring_setup,
+        Sysno::init_module,
+        Sysno::unshare,
+        Sysno::setns,
+        Sysno::pidfd_getfd,
+    ];
+
+    #[test]
+    fn no_role_opens_a_door() {
+        let ctx = FilterContext {
+            ioctls: vec![],
+            message_fd: Some(5),
+        };
+        for role in [Role::Vmm, Role::Api, Role::Vcpu, Role::Janitor] {
+            let r = rules(role, &ctx);
+            for door in DOORS {
+                assert!(!r.names(door), "{role:?} allows {door}");
+            }
+        }
+    }
+
+    #[test]
+    fn only_the_vmm_opens_files_or_starts_threads() {
+        let ctx = FilterContext::default();
+        for role in [Role::Api, Role::Vcpu, Role::Janitor] {
+            let r = rules(role, &ctx);
+            for call in [Sysno::openat, Sysno::clone, Sysno::clone3, Sysno::prctl] {
+                assert!(!r.names(call), "{role:?} allows {call}");
+            }
+        }
+        let vmm = rules(Role::Vmm, &ctx);
+        assert!(vmm.names(Sysno::openat) && vmm.names(Sysno::clone));
+        // Without a channel, no socket message at all.
+        assert!(!vmm.names(Sysno::sendmsg) && !vmm.names(Sysno::sendto));
+    }
+}

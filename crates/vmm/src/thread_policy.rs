@@ -1,0 +1,216 @@
+//! What each of the VMM's threads may do: the `ioctl` requests its role makes (KVM's, a
+//! tap's, a terminal's), the capabilities it keeps, and its lock-down.
+//!
+//! The sandbox crate knows no KVM, so the request numbers are spelled here, from the
+//! kernel's UAPI, with the same encoding macros kvm-ioctls uses internally (it does not
+//! export them).
+
+use kvm_bindings::{
+    kvm_cpuid2, kvm_enable_cap, kvm_fpu, kvm_ioeventfd, kvm_irq_routing, kvm_irqfd,
+    kvm_lapic_state, kvm_mp_state, kvm_msi, kvm_msr_list, kvm_msrs, kvm_regs, kvm_sregs,
+    kvm_userspace_memory_region, kvm_vcpu_events, KVMIO,
+};
+use sandbox::lockdown::{self, LockdownError, Registration, ThreadLandlock};
+use sandbox::seccomp::{self, FilterContext, Filters, Role};
+use sandbox::Capability;
+use vmm_sys_util::{ioctl_io_nr, ioctl_ior_nr, ioctl_iow_nr, ioctl_iowr_nr};
+
+use requests::*;
+
+/// Request numbers (generated functions, one per request).
+#[allow(non_snake_case)]
+mod requests {
+    use super::*;
+
+    // /dev/kvm.
+    ioctl_io_nr!(KVM_GET_API_VERSION, KVMIO, 0x00);
+    ioctl_io_nr!(KVM_CREATE_VM, KVMIO, 0x01);
+    ioctl_iowr_nr!(KVM_GET_MSR_INDEX_LIST, KVMIO, 0x02, kvm_msr_list);
+    ioctl_io_nr!(KVM_CHECK_EXTENSION, KVMIO, 0x03);
+    ioctl_io_nr!(KVM_GET_VCPU_MMAP_SIZE, KVMIO, 0x04);
+    ioctl_iowr_nr!(KVM_GET_SUPPORTED_CPUID, KVMIO, 0x05, kvm_cpuid2);
+    ioctl_iowr_nr!(KVM_GET_MSR_FEATURE_INDEX_LIST, KVMIO, 0x0a, kvm_msr_list);
+    // A KVM VM.
+    ioctl_io_nr!(KVM_CREATE_VCPU, KVMIO, 0x41);
+    ioctl_iow_nr!(
+        KVM_SET_USER_MEMORY_REGION,
+        KVMIO,
+        0x46,
+        kvm_userspace_memory_region
+    );
+    ioctl_io_nr!(KVM_SET_TSS_ADDR, KVMIO, 0x47);
+    ioctl_iow_nr!(KVM_SET_IDENTITY_MAP_ADDR, KVMIO, 0x48, u64);
+    ioctl_iow_nr!(KVM_SET_GSI_ROUTING, KVMIO, 0x6a, kvm_irq_routing);
+    ioctl_iow_nr!(KVM_IRQFD, KVMIO, 0x76, kvm_irqfd);
+    ioctl_iow_nr!(KVM_IOEVENTFD, KVMIO, 0x79, kvm_ioeventfd);
+    ioctl_iow_nr!(KVM_ENABLE_CAP, KVMIO, 0xa3, kvm_enable_cap);
+    ioctl_iow_nr!(KVM_SIGNAL_MSI, KVMIO, 0xa5, kvm_msi);
+    // A vCPU.
+    ioctl_io_nr!(KVM_RUN, KVMIO, 0x80);
+    ioctl_ior_nr!(KVM_GET_REGS, KVMIO, 0x81, kvm_regs);
+    ioctl_iow_nr!(KVM_SET_REGS, KVMIO, 0x82, kvm_regs);
+    ioctl_ior_nr!(KVM_GET_SREGS, KVMIO, 0x83, kvm_sregs);
+    ioctl_iow_nr!(KVM_SET_SREGS, KVMIO, 0x84, kvm_sregs);
+    ioctl_iowr_nr!(KVM_GET_MSRS, KVMIO, 0x88, kvm_msrs);
+    ioctl_iow_nr!(KVM_SET_MSRS, KVMIO, 0x89, kvm_msrs);
+    ioctl_ior_nr!(KVM_GET_FPU, KVMIO, 0x8c, kvm_fpu);
+    ioctl_iow_nr!(KVM_SET_FPU, KVMIO, 0x8d, kvm_fpu);
+    ioctl_ior_nr!(KVM_GET_LAPIC, KVMIO, 0x8e, kvm_lapic_state);
+    ioctl_iow_nr!(KVM_SET_LAPIC, KVMIO, 0x8f, kvm_lapic_state);
+    ioctl_iow_nr!(KVM_SET_CPUID2, KVMIO, 0x90, kvm_cpuid2);
+    ioctl_ior_nr!(KVM_GET_MP_STATE, KVMIO, 0x98, kvm_mp_state);
+    ioctl_iow_nr!(KVM_SET_MP_STATE, KVMIO, 0x99, kvm_mp_state);
+    ioctl_ior_nr!(KVM_GET_VCPU_EVENTS, KVMIO, 0x9f, kvm_vcpu_events);
+}
+
+/// What a vCPU thread asks once running: run, read registers for a fault report, and what
+/// device emulation on its exits does (interrupts, moved notification addresses, and the
+/// tap settings a network device applies when its driver starts it).
+fn vcpu_ioctls() -> Vec<u64> {
+    let kvm = [
+        KVM_RUN(),
+        KVM_GET_REGS(),
+        KVM_SIGNAL_MSI(),
+        KVM_IOEVENTFD(),
+        KVM_IRQFD(),
+        KVM_SET_GSI_ROUTING(),
+    ];
+    let tap = [
+        libc::TUNSETOFFLOAD,
+        libc::TUNSETQUEUE,
+        libc::TUNSETVNETHDRSZ,
+    ];
+    // Request numbers are `c_ulong`, which is `u64` on x86_64, the only target filtered.
+    let mut all = kvm.to_vec();
+    all.extend(tap);
+    all
+}
+
+/// What the VMM thread asks: building VMs and vCPUs (also on reboot), the vCPUs' requests
+/// (device work it does for them), taps, terminals and pseudo-terminals.
+fn vmm_ioctls() -> Vec<u64> {
+    let kvm = [
+        KVM_GET_API_VERSION(),
+        KVM_CREATE_VM(),
+        KVM_GET_MSR_INDEX_LIST(),
+        KVM_CHECK_EXTENSION(),
+        KVM_GET_VCPU_MMAP_SIZE(),
+        KVM_GET_SUPPORTED_CPUID(),
+        KVM_GET_MSR_FEATURE_INDEX_LIST(),
+        KVM_CREATE_VCPU(),
+        KVM_SET_USER_MEMORY_REGION(),
+        KVM_SET_TSS_ADDR(),
+        KVM_SET_IDENTITY_MAP_ADDR(),
+        KVM_ENABLE_CAP(),
+        KVM_SET_REGS(),
+        KVM_GET_SREGS(),
+        KVM_SET_SREGS(),
+        KVM_GET_MSRS(),
+        KVM_SET_MSRS(),
+        KVM_GET_FPU(),
+        KVM_SET_FPU(),
+        KVM_GET_LAPIC(),
+        KVM_SET_LAPIC(),
+        KVM_SET_CPUID2(),
+        KVM_GET_MP_STATE(),
+        KVM_SET_MP_STATE(),
+        KVM_GET_VCPU_EVENTS(),
+    ];
+    let host = [
+        libc::TUNSETIFF,
+        libc::TUNGETIFF,
+        libc::SIOCSIFADDR,
+        libc::SIOCSIFNETMASK,
+        libc::SIOCGIFFLAGS,
+        libc::SIOCSIFFLAGS,
+        libc::SIOCGIFHWADDR,
+        libc::TCGETS,
+        libc::TCSETS,
+        libc::TCSETSW,
+        libc::TCSETSF,
+        libc::TIOCGPTN,
+        libc::TIOCSPTLCK,
+        libc::TIOCGWINSZ,
+    ];
+    let mut all = kvm.to_vec();
+    all.extend(host);
+    all.extend(vcpu_ioctls());
+    all
+}
+
+/// The capabilities the VMM thread keeps while another VM may still be created or a device
+/// hot-plugged: creating taps, opening images that root does not own, and lowering its
+/// bounding set once the VM exists (`CAP_SETPCAP`, so that threads it starts later cannot
+/// hold more than it).
+pub fn vmm_capabilities(net_hotplug: bool, may_create: bool) -> Vec<Capability> {
+    let mut keep = Vec::new();
+    if net_hotplug || may_create {
+        keep.push(Capability::CAP_NET_ADMIN);
+    }
+    if may_create {
+        keep.push(Capability::CAP_DAC_OVERRIDE);
+        keep.push(Capability::CAP_SETPCAP);
+    }
+    keep
+}
+
+/// Builds the filters of a role of this VMM.
+pub fn filters(role: Role, message_fd: Option<i32>) -> Result<Filters, seccomp::SeccompError> {
+    let ioctls = match role {
+        Role::Vmm => vmm_ioctls(),
+        Role::Vcpu => vcpu_ioctls(),
+        Role::Api | Role::Janitor => Vec::new(),
+    };
+    let ctx = FilterContext {
+        ioctls,
+        message_fd: if role == Role::Vmm { message_fd } else { None },
+    };
+    seccomp::build(role, lockdown::seccomp_mode(), &ctx)
+}
+
+/// Locks a vCPU thread down: no file rights, no capability, the vCPU filter.
+pub fn lock_down_vcpu(filters: &Filters) -> Result<Registration, LockdownError> {
+    lockdown::lock_down(ThreadLandlock::NoFiles, &[], filters)
+}
+
+/// Locks the API thread down: no file rights, no capability, the API filter.
+pub fn lock_down_api() -> Result<Registration, String> {
+    let filters = filters(Role::Api, None).map_err(|e| e.to_string())?;
+    lockdown::lock_down(ThreadLandlock::NoFiles, &[], &filters).map_err(|e| e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_numbers_match_the_kernel() {
+        // Spot checks against the values the kernel headers give.
+        assert_eq!(KVM_RUN(), 0xae80);
+        assert_eq!(KVM_CREATE_VM(), 0xae01);
+        assert_eq!(KVM_SIGNAL_MSI(), 0x4020_aea5);
+        assert_eq!(KVM_IOEVENTFD(), 0x4040_ae79);
+        assert_eq!(KVM_SET_USER_MEMORY_REGION(), 0x4020_ae46);
+        assert_eq!(KVM_GET_REGS(), 0x8090_ae81);
+        assert_eq!(KVM_SET_CPUID2(), 0x4008_ae90);
+    }
+
+    #[test]
+    fn vcpus_cannot_build_vms_and_the_vmm_can() {
+        let v = vcpu_ioctls();
+        assert!(!v.contains(&KVM_CREATE_VM()));
+        assert!(!v.contains(&libc::TUNSETIFF));
+        let m = vmm_ioctls();
+        assert!(m.contains(&KVM_CREATE_VM()) && m.contains(&KVM_RUN()));
+    }
+
+    #[test]
+    fn capabilities_follow_what_may_still_happen() {
+        assert!(vmm_capabilities(false, false).is_empty());
+        assert_eq!(
+            vmm_capabilities(true, false),
+            vec![Capability::CAP_NET_ADMIN]
+        );
+        assert_eq!(vmm_capabilities(false, true).len(), 3);
+    }
+}
