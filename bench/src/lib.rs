@@ -5,6 +5,7 @@
 //!
 //! Run them with `scripts/bench` (which builds everything in release mode first).
 
+pub mod keepalive;
 pub mod paired;
 pub mod virtq;
 

@@ -67,10 +67,11 @@ mod requests {
 /// device emulation on its exits does (interrupts, moved notification addresses, and the
 /// tap settings a network device applies when its driver starts it).
 fn vcpu_ioctls() -> Vec<u64> {
+    // Hot first: the filter checks them in this order.
     let kvm = [
         KVM_RUN(),
-        KVM_GET_REGS(),
         KVM_SIGNAL_MSI(),
+        KVM_GET_REGS(),
         KVM_IOEVENTFD(),
         KVM_IRQFD(),
         KVM_SET_GSI_ROUTING(),
@@ -132,9 +133,11 @@ fn vmm_ioctls() -> Vec<u64> {
         libc::TIOCSPTLCK,
         libc::TIOCGWINSZ,
     ];
-    let mut all = kvm.to_vec();
+    // What it does for running vCPUs (interrupts above all) comes first: the filter checks
+    // requests in order, and the rest happen once per VM.
+    let mut all = vcpu_ioctls();
+    all.extend(kvm);
     all.extend(host);
-    all.extend(vcpu_ioctls());
     all
 }
 
