@@ -25,21 +25,7 @@ const EXDEV: i64 = 18;
 /// Builds the probe library once per test binary.
 fn probe_library() -> PathBuf {
     static LIB: OnceLock<PathBuf> = OnceLock::new();
-    LIB.get_or_init(|| {
-        let dir = std::env::temp_dir().join(format!("palisade-probe-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let lib = dir.join("landlock_probe.so");
-        let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/probe/landlock_probe.c");
-        let status = Command::new("gcc")
-            .args(["-shared", "-fPIC", "-O1", "-Wall", "-Werror", "-o"])
-            .arg(&lib)
-            .arg(&src)
-            .status()
-            .expect("run gcc");
-        assert!(status.success(), "building the probe library failed");
-        lib
-    })
-    .clone()
+    LIB.get_or_init(|| compile_probe("landlock_probe")).clone()
 }
 
 /// One probe result: the call's return value and errno.

@@ -23,21 +23,7 @@ const EACCES: i64 = 13;
 
 fn escape_library() -> PathBuf {
     static LIB: OnceLock<PathBuf> = OnceLock::new();
-    LIB.get_or_init(|| {
-        let dir = std::env::temp_dir().join(format!("palisade-escape-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let lib = dir.join("escape_probe.so");
-        let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/probe/escape_probe.c");
-        let status = Command::new("gcc")
-            .args(["-shared", "-fPIC", "-O1", "-Wall", "-Werror", "-o"])
-            .arg(&lib)
-            .arg(&src)
-            .status()
-            .expect("run gcc");
-        assert!(status.success(), "building the escape probe failed");
-        lib
-    })
-    .clone()
+    LIB.get_or_init(|| compile_probe("escape_probe")).clone()
 }
 
 /// What became of an attack.
@@ -47,6 +33,17 @@ enum Result {
     Returned(i64, i64),
     /// The VMM stopped, with this on its standard error, and this exit status.
     Stopped(String, Option<i32>),
+}
+
+/// How the attacked palisade runs.
+#[derive(Clone, Copy)]
+enum Mode {
+    /// `--landlock`, filters on (the default).
+    Confined,
+    /// No `--landlock`, `--seccomp false`.
+    Unfiltered,
+    /// `--landlock`, `--seccomp log`.
+    LogOnly,
 }
 
 /// The files an attack works on.
@@ -79,7 +76,7 @@ impl Scene {
 
 /// A confined palisade (Landlock with an `rw` rule, a read-only disk, an API socket, the
 /// echo guest running) with `op|arg` loaded, in a UTS namespace of its own.
-fn start(scene: &Scene, attack: &str, confined: bool) -> (ChildGuard, PathBuf) {
+fn start(scene: &Scene, attack: &str, mode: Mode) -> (ChildGuard, PathBuf) {
     let out = scene.dir.path("attack.out");
     let _ = std::fs::remove_file(&out);
     let sock = scene.dir.path("api.sock");
@@ -97,11 +94,11 @@ fn start(scene: &Scene, attack: &str, confined: bool) -> (ChildGuard, PathBuf) {
         "off",
     ])
     .args(["--disk", &disk, "--api-socket", path_str(&sock), "-v"]);
-    if confined {
-        cmd.args(["--landlock", "--landlock-rules", &rule]);
-    } else {
-        cmd.args(["--seccomp", "false"]);
-    }
+    match mode {
+        Mode::Confined => cmd.args(["--landlock", "--landlock-rules", &rule]),
+        Mode::Unfiltered => cmd.args(["--seccomp", "false"]),
+        Mode::LogOnly => cmd.args(["--landlock", "--landlock-rules", &rule, "--seccomp", "log"]),
+    };
     // SAFETY: unshare in the child before exec; it touches no memory of the parent.
     unsafe {
         cmd.pre_exec(|| {
@@ -160,8 +157,8 @@ fn thread_id(pid: u32, name: &str) -> i32 {
 }
 
 /// Has thread `name` of a fresh VMM make `attack`; returns what became of it.
-fn attack(scene: &Scene, attack: &str, name: &str, confined: bool) -> Result {
-    let (mut child, out) = start(scene, attack, confined);
+fn attack(scene: &Scene, attack: &str, name: &str, mode: Mode) -> Result {
+    let (mut child, out) = start(scene, attack, mode);
     let pid = child.id();
     let tid = thread_id(pid, name);
     // SAFETY: signalling a thread of our own child.
@@ -223,7 +220,7 @@ fn every_door_is_shut_in(thread: &str, role: &str) {
     let before = std::fs::metadata(&scene.disk).unwrap();
 
     for (door, call) in doors(&scene, port, &unix) {
-        match attack(&scene, &door, thread, true) {
+        match attack(&scene, &door, thread, Mode::Confined) {
             Result::Stopped(err, code) => {
                 let wanted = format!("({role} allow-list) made the forbidden system call {call} (");
                 let line = err
@@ -293,7 +290,7 @@ fn without_the_filter_the_calls_return_and_dropped_capabilities_still_refuse() {
             // A child of palisade, and an exec of /dev/null: nothing to learn here.
             continue;
         }
-        match attack(&scene, &door, "api", false) {
+        match attack(&scene, &door, "api", Mode::Unfiltered) {
             Result::Returned(ret, errno) if privileged.contains(&op) => {
                 assert_eq!((ret, errno), (-1, EPERM), "{op} without CAP_*");
             }
@@ -324,7 +321,7 @@ fn without_the_filter_the_calls_return_and_dropped_capabilities_still_refuse() {
 #[test]
 fn every_thread_is_filtered_and_holds_no_capability() {
     let scene = Scene::new("escape-status");
-    let (child, _) = start(&scene, "none|", true);
+    let (child, _) = start(&scene, "none|", Mode::Confined);
     let pid = child.id();
     thread_id(pid, "vcpu0");
     let mut seen = Vec::new();
@@ -404,28 +401,74 @@ fn a_read_only_disk_under_a_writable_rule_is_warned_about() {
     );
 }
 
+const NOBODY: u32 = 65534;
+
+/// Makes `cmd` run as an unprivileged user (nobody) who may open /dev/kvm and /dev/net/tun:
+/// device nodes of its own are mounted over them in a mount namespace only palisade sees
+/// (this machine's own nodes are root's alone).
+fn as_unprivileged(cmd: &mut Command, scene: &Scene) {
+    std::fs::set_permissions(scene.dir.path(""), std::fs::Permissions::from_mode(0o777)).unwrap();
+    let node = |name: &str, minor: u32| {
+        let path = std::ffi::CString::new(path_str(&scene.dir.path(name))).unwrap();
+        // SAFETY: creating a device node and changing its owner; the path is NUL-terminated.
+        unsafe {
+            assert_eq!(
+                libc::mknod(
+                    path.as_ptr(),
+                    libc::S_IFCHR | 0o600,
+                    libc::makedev(10, minor)
+                ),
+                0
+            );
+            assert_eq!(libc::chown(path.as_ptr(), NOBODY, NOBODY), 0);
+        }
+        path
+    };
+    let kvm = node("kvm", 232);
+    let tun = node("tun", 200);
+    // SAFETY: only system calls between fork and exec; the strings were made before.
+    unsafe {
+        cmd.pre_exec(move || {
+            let none: *const libc::c_char = std::ptr::null();
+            let no_data: *const libc::c_void = std::ptr::null();
+            let bind = |from: &std::ffi::CStr, to: &std::ffi::CStr| {
+                libc::mount(from.as_ptr(), to.as_ptr(), none, libc::MS_BIND, no_data) == 0
+            };
+            let private = libc::MS_REC | libc::MS_PRIVATE;
+            let ok = libc::unshare(libc::CLONE_NEWNS) == 0
+                && libc::mount(none, c"/".as_ptr(), none, private, no_data) == 0
+                && bind(&kvm, c"/dev/kvm")
+                && bind(&tun, c"/dev/net/tun")
+                && libc::setgroups(0, std::ptr::null()) == 0
+                && libc::setgid(NOBODY) == 0
+                && libc::setuid(NOBODY) == 0;
+            if ok {
+                Ok(())
+            } else {
+                Err(std::io::Error::last_os_error())
+            }
+        });
+    }
+}
+
+/// Checks the lock-down lines of an unprivileged run: every thread filtered, none holding a
+/// capability.
+fn assert_unprivileged_lockdown(err: &str) {
+    assert!(err.contains("Landlock ABI"), "{err}");
+    for thread in ["main", "api", "vcpu0"] {
+        let line = err
+            .lines()
+            .find(|l| l.contains(&format!("thread {thread} (")))
+            .unwrap_or_else(|| panic!("no lock-down line for {thread}: {err}"));
+        assert!(line.contains("enforcing; capabilities none"), "{line}");
+    }
+}
+
 /// Palisade runs as a user without privilege who may open /dev/kvm: every layer still
-/// applies, and the guest reads its disk.
+/// applies, and the guest runs with its disk.
 #[test]
 fn palisade_runs_confined_as_an_unprivileged_user() {
-    const NOBODY: u32 = 65534;
     let scene = Scene::new("escape-nobody");
-    std::fs::set_permissions(scene.dir.path(""), std::fs::Permissions::from_mode(0o777)).unwrap();
-    // A /dev/kvm that user may open, seen by palisade alone (a mount namespace of its own).
-    let node = scene.dir.path("kvm");
-    let c_node = std::ffi::CString::new(path_str(&node)).unwrap();
-    // SAFETY: creating a device node and changing its owner; paths are NUL-terminated.
-    unsafe {
-        assert_eq!(
-            libc::mknod(
-                c_node.as_ptr(),
-                libc::S_IFCHR | 0o600,
-                libc::makedev(10, 232)
-            ),
-            0
-        );
-        assert_eq!(libc::chown(c_node.as_ptr(), NOBODY, NOBODY), 0);
-    }
     let disk = scene.dir.path("user.img");
     std::fs::write(&disk, vec![0u8; 1 << 20]).unwrap();
     std::os::unix::fs::chown(&disk, Some(NOBODY), Some(NOBODY)).unwrap();
@@ -442,37 +485,7 @@ fn palisade_runs_confined_as_an_unprivileged_user() {
     ])
     .args(["--disk", &format!("path={}", disk.display())])
     .args(["--api-socket", path_str(&sock), "--landlock", "-v"]);
-    // SAFETY: only system calls between fork and exec; the strings were made before.
-    unsafe {
-        cmd.pre_exec(move || {
-            let none = std::ptr::null();
-            let root = c"/";
-            let kvm = c"/dev/kvm";
-            let ok = libc::unshare(libc::CLONE_NEWNS) == 0
-                && libc::mount(
-                    none,
-                    root.as_ptr(),
-                    none,
-                    libc::MS_REC | libc::MS_PRIVATE,
-                    none as _,
-                ) == 0
-                && libc::mount(
-                    c_node.as_ptr(),
-                    kvm.as_ptr(),
-                    none,
-                    libc::MS_BIND,
-                    none as _,
-                ) == 0
-                && libc::setgroups(0, std::ptr::null()) == 0
-                && libc::setgid(NOBODY) == 0
-                && libc::setuid(NOBODY) == 0;
-            if ok {
-                Ok(())
-            } else {
-                Err(std::io::Error::last_os_error())
-            }
-        });
-    }
+    as_unprivileged(&mut cmd, &scene);
     let out = run_with_timeout(&mut cmd, PATIENCE);
     let err = stderr(&out);
     assert_eq!(out.status.code(), Some(0), "{err}");
@@ -480,12 +493,64 @@ fn palisade_runs_confined_as_an_unprivileged_user() {
         stdout(&out).contains("Hello from the Palisade test guest"),
         "{err}"
     );
-    assert!(err.contains("Landlock ABI"), "{err}");
-    for thread in ["main", "api", "vcpu0"] {
-        let line = err
-            .lines()
-            .find(|l| l.contains(&format!("thread {thread} (")))
-            .unwrap_or_else(|| panic!("no lock-down line for {thread}: {err}"));
-        assert!(line.contains("enforcing; capabilities none"), "{line}");
+    assert_unprivileged_lockdown(&err);
+}
+
+/// The same user, with a tap made for it beforehand: the guest's network device reaches the
+/// host through it.
+#[test]
+fn an_unprivileged_palisade_uses_a_tap_made_for_it() {
+    let scene = Scene::new("escape-nobody-net");
+    let ns = devices::netns::NetNs::new();
+    ns.ip(&[
+        "tuntap", "add", "dev", "tapu0", "mode", "tap", "user", "65534", "vnet_hdr",
+    ]);
+    ns.ip(&["addr", "add", "10.77.0.1/24", "dev", "tapu0"]);
+    ns.ip(&["link", "set", "tapu0", "up"]);
+    let kernel = guest("virtio_net");
+    let mut cmd = palisade();
+    cmd.args([
+        "--kernel",
+        path_str(&kernel),
+        "--serial",
+        "tty",
+        "--console",
+        "off",
+    ])
+    .args([
+        "--net",
+        "tap=tapu0",
+        "--cmdline",
+        "host=10.77.0.1 me=10.77.0.2",
+    ])
+    .args(["--landlock", "-v"]);
+    ns.enter(&mut cmd);
+    as_unprivileged(&mut cmd, &scene);
+    let out = run_with_timeout(&mut cmd, PATIENCE);
+    let err = stderr(&out);
+    assert!(
+        stdout(&out).contains("PASS virtio_net"),
+        "{}\n{err}",
+        stdout(&out)
+    );
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    assert!(err.contains("thread vcpu0 (") && err.contains("enforcing; capabilities none"));
+    ns.remove();
+}
+
+/// With `--seccomp log` a forbidden call goes through (the kernel's audit log records it):
+/// the VMM keeps running.
+#[test]
+fn in_log_mode_a_forbidden_call_goes_through() {
+    let scene = Scene::new("escape-log");
+    match attack(&scene, "memfd", "vcpu0", Mode::LogOnly) {
+        Result::Returned(0, 0) => {}
+        other => panic!("memfd_create in log mode: {other:?}"),
     }
+    assert!(
+        scene
+            .log_text()
+            .contains("vcpu allow-list (29 system calls), logging only")
+            || scene.log_text().contains("logging only")
+    );
 }

@@ -395,3 +395,20 @@ impl ApiVmm {
         }
     }
 }
+
+/// Compiles the test probe `tests/probe/<name>.c` into a shared library for LD_PRELOAD;
+/// returns its path.
+pub fn compile_probe(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("palisade-{name}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let lib = dir.join(format!("{name}.so"));
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("tests/probe/{name}.c"));
+    let status = Command::new("gcc")
+        .args(["-shared", "-fPIC", "-O1", "-Wall", "-Werror", "-o"])
+        .arg(&lib)
+        .arg(&src)
+        .status()
+        .expect("run gcc");
+    assert!(status.success(), "building the probe {name} failed");
+    lib
+}

@@ -397,6 +397,11 @@ impl Tap {
             .map_err(|e| tap_error(&self.name, "read the interface flags", e))?;
         // SAFETY: SIOCGIFFLAGS succeeded, so the kernel wrote the flags member.
         let flags = unsafe { ifr.ifr_ifru.ifru_flags };
+        if flags & libc::IFF_UP as libc::c_short != 0 {
+            // Already up (a tap made beforehand for an unprivileged user): nothing to change,
+            // and nothing that needs CAP_NET_ADMIN.
+            return Ok(());
+        }
         ifr.ifr_ifru.ifru_flags = flags | libc::IFF_UP as libc::c_short;
         ifreq_ioctl(&sock, libc::SIOCSIFFLAGS, &mut ifr)
             .map_err(|e| tap_error(&self.name, "bring the interface up", e))?;

@@ -23,10 +23,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
-use landlock::{
-    AccessFs, CompatLevel, Compatible, PathBeneath, PathFd, Ruleset, RulesetAttr,
-    RulesetCreatedAttr,
-};
+use landlock::{AccessFs, PathBeneath, PathFd, RulesetCreatedAttr};
 
 use crate::rights;
 
@@ -125,18 +122,7 @@ fn confine_to_removing_in(dir: Option<&Path>) -> Result<(), landlock::RulesetErr
         // Without Landlock the janitor runs as it is: it only ever unlinks one path.
         Err(_) => return Ok(()),
     };
-    let mut ruleset = Ruleset::default()
-        .set_compatibility(CompatLevel::BestEffort)
-        .handle_access(rights::handled_fs(abi))?;
-    let net = rights::handled_net(abi);
-    if !net.is_empty() {
-        ruleset = ruleset.handle_access(net)?;
-    }
-    let scopes = rights::handled_scopes(abi);
-    if !scopes.is_empty() {
-        ruleset = ruleset.scope(scopes)?;
-    }
-    let mut created = ruleset.create()?;
+    let mut created = rights::ruleset_handling_all(abi)?.create()?;
     if let Some(fd) = dir.and_then(|d| PathFd::new(d).ok()) {
         created = created.add_rule(PathBeneath::new(fd, AccessFs::RemoveFile))?;
     }

@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use std::sync::{Mutex, OnceLock};
 
 use caps::Capability;
-use landlock::{CompatLevel, Compatible, Ruleset, RulesetAttr, RulesetStatus, ABI};
+use landlock::{RulesetStatus, ABI};
 use serde::Serialize;
 
 use crate::capabilities::{self, CapsError};
@@ -121,18 +121,9 @@ fn no_files_domain() -> Result<String, landlock::RulesetError> {
         return Ok("unavailable (the kernel has no Landlock)".into());
     };
     let abi = ABI::from(abi_number);
-    let mut ruleset = Ruleset::default()
-        .set_compatibility(CompatLevel::BestEffort)
-        .handle_access(rights::handled_fs(abi))?;
-    let net = rights::handled_net(abi);
-    if !net.is_empty() {
-        ruleset = ruleset.handle_access(net)?;
-    }
-    let scopes = rights::handled_scopes(abi);
-    if !scopes.is_empty() {
-        ruleset = ruleset.scope(scopes)?;
-    }
-    let status = ruleset.create()?.restrict_self()?;
+    let status = rights::ruleset_handling_all(abi)?
+        .create()?
+        .restrict_self()?;
     Ok(match status.ruleset {
         RulesetStatus::FullyEnforced => "no file rights (own domain)".into(),
         RulesetStatus::PartiallyEnforced => "no file rights (own domain, partly enforced)".into(),

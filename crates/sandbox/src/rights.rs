@@ -64,6 +64,24 @@ pub fn handled_scopes(abi: ABI) -> BitFlags<Scope> {
     Scope::from_all(abi)
 }
 
+/// A ruleset (best effort) that handles every right `abi` knows — files, TCP, scopes — and
+/// so denies all of them until rules are added.
+pub fn ruleset_handling_all(abi: ABI) -> Result<landlock::Ruleset, landlock::RulesetError> {
+    use landlock::{CompatLevel, Compatible, RulesetAttr};
+    let mut ruleset = landlock::Ruleset::default()
+        .set_compatibility(CompatLevel::BestEffort)
+        .handle_access(handled_fs(abi))?;
+    let net = handled_net(abi);
+    if !net.is_empty() {
+        ruleset = ruleset.handle_access(net)?;
+    }
+    let scopes = handled_scopes(abi);
+    if !scopes.is_empty() {
+        ruleset = ruleset.scope(scopes)?;
+    }
+    Ok(ruleset)
+}
+
 /// The oldest ABI that enforces everything Palisade's policy relies on (file rights with
 /// truncate and device ioctl, TCP, scopes).
 pub const FULL_POLICY_ABI: ABI = ABI::V6;
