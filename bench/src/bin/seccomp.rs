@@ -2,8 +2,9 @@
 //!
 //! 1. Per call, in process: the calls each hot path makes — a vCPU's `KVM_RUN` per exit, the
 //!    VMM thread's `pread64`/`pwrite64` per disk request, `writev`/`readv` per frame and
-//!    `KVM_SIGNAL_MSI` per interrupt, the API thread's `recvfrom` and `write` per request —
-//!    timed in a thread holding its role's filter and in one holding none, in paired rounds.
+//!    `KVM_SIGNAL_MSI` per interrupt, the API thread's `recv` per request — timed in a thread
+//!    holding its role's filters (a vCPU holds the VMM thread's too) and in one holding
+//!    none, in paired rounds. Then what installing each role's filters costs a new thread.
 //!    The ioctls go to a descriptor that refuses them at once (`/dev/null`), so the figure is
 //!    the call's entry and exit, where a filter adds its cost.
 //! 2. End to end, the release binary: `vmm.ping` round trips on a kept-alive connection, and
@@ -96,8 +97,8 @@ fn recv(f: &Fds) {
     };
 }
 
-/// A thread that runs rounds of `call` on request, with `filters` installed (or none).
-fn worker(filters: Option<Filters>, call: Call) -> (mpsc::Sender<()>, mpsc::Receiver<Duration>) {
+/// A thread that runs rounds of `call` on request, with `filters` installed in order.
+fn worker(filters: Vec<Filters>, call: Call) -> (mpsc::Sender<()>, mpsc::Receiver<Duration>) {
     let (go_tx, go_rx) = mpsc::channel::<()>();
     let (done_tx, done_rx) = mpsc::channel();
     std::thread::spawn(move || {
@@ -121,7 +122,7 @@ fn worker(filters: Option<Filters>, call: Call) -> (mpsc::Sender<()>, mpsc::Rece
             sock: a,
         };
         fds.disk.set_len(1 << 20).unwrap();
-        if let Some(f) = &filters {
+        for f in &filters {
             f.install().expect("install the filter");
         }
         while go_rx.recv().is_ok() {
@@ -137,11 +138,15 @@ fn worker(filters: Option<Filters>, call: Call) -> (mpsc::Sender<()>, mpsc::Rece
     (go_tx, done_rx)
 }
 
-/// Best ns per call without and with the filter, over paired rounds.
-fn per_call(role: Role, call: Call) -> (f64, f64) {
-    let filters = vmm::thread_policy::filters(role, None).expect("build the filter");
-    let plain = worker(None, call);
-    let filtered = worker(Some(filters), call);
+/// Best ns per call without and with the filters of `roles` (stacked in that order, as a
+/// vCPU thread holds the VMM thread's that started it and its own), over paired rounds.
+fn per_call(roles: &[Role], call: Call) -> (f64, f64) {
+    let filters = roles
+        .iter()
+        .map(|r| vmm::thread_policy::filters(*r, None).expect("build the filter"))
+        .collect();
+    let plain = worker(Vec::new(), call);
+    let filtered = worker(filters, call);
     let mut best = (Duration::MAX, Duration::MAX);
     for round in 0..ROUNDS + 1 {
         let order = if round % 2 == 0 {
@@ -255,28 +260,62 @@ fn boots() -> (f64, f64) {
 
 fn main() {
     let mut out = std::io::stdout().lock();
-    let calls: [(&str, Role, Call); 7] = [
-        ("vCPU exit: KVM_RUN", Role::Vcpu, kvm_run),
-        ("block request: pread64 4 KiB", Role::Vmm, pread),
-        ("block request: pwrite64 4 KiB", Role::Vmm, pwrite),
-        ("net transmit: writev 1514 B", Role::Vmm, writev),
-        ("net receive: readv 1514 B", Role::Vmm, readv),
-        ("interrupt: KVM_SIGNAL_MSI", Role::Vmm, signal_msi),
-        ("API request: recv", Role::Api, recv),
+    let vcpu: &[Role] = &[Role::Vmm, Role::Vcpu];
+    let vmm: &[Role] = &[Role::Vmm];
+    let calls: [(&str, &[Role], Call); 8] = [
+        ("vCPU exit: KVM_RUN", vcpu, kvm_run),
+        ("vCPU interrupt: KVM_SIGNAL_MSI", vcpu, signal_msi),
+        ("block request: pread64 4 KiB", vmm, pread),
+        ("block request: pwrite64 4 KiB", vmm, pwrite),
+        ("net transmit: writev 1514 B", vmm, writev),
+        ("net receive: readv 1514 B", vmm, readv),
+        ("interrupt: KVM_SIGNAL_MSI", vmm, signal_msi),
+        ("API request: recv", &[Role::Api], recv),
     ];
     writeln!(
         out,
         "per call, best of {ROUNDS} paired rounds of {CALLS} calls:"
     )
     .unwrap();
-    for (name, role, call) in calls {
-        let (plain, filtered) = per_call(role, call);
+    for (name, roles, call) in calls {
+        let (plain, filtered) = per_call(roles, call);
+        let names: Vec<&str> = roles.iter().map(|r| r.name()).collect();
         writeln!(
             out,
-            "  {name:<34} --seccomp false {plain:>7.1} ns   {} filter {filtered:>7.1} ns   cost {:>+6.1} ns ({:+.1}%)",
-            role.name(),
+            "  {name:<34} --seccomp false {plain:>7.1} ns   {:<8} filters {filtered:>7.1} ns   cost {:>+6.1} ns ({:+.1}%)",
+            names.join("+"),
             filtered - plain,
             (filtered / plain - 1.0) * 100.0
+        )
+        .unwrap();
+    }
+    let _ = std::fs::remove_file(
+        std::env::temp_dir().join(format!("palisade-seccomp-bench-{}", std::process::id())),
+    );
+    writeln!(
+        out,
+        "installing a role's filters in a new thread, best of 20:"
+    )
+    .unwrap();
+    for role in [Role::Vmm, Role::Api, Role::Vcpu] {
+        let best = (0..20)
+            .map(|_| {
+                let filters = vmm::thread_policy::filters(role, None).expect("build the filter");
+                std::thread::spawn(move || {
+                    let t = Instant::now();
+                    filters.install().expect("install the filter");
+                    t.elapsed()
+                })
+                .join()
+                .unwrap()
+            })
+            .min()
+            .unwrap();
+        writeln!(
+            out,
+            "  {:<34} {:>7.1} µs",
+            role.name(),
+            best.as_secs_f64() * 1e6
         )
         .unwrap();
     }

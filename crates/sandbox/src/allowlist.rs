@@ -8,7 +8,7 @@
 use seccompiler::SeccompCmpOp::{Eq, MaskedEq};
 use syscalls::Sysno;
 
-use crate::seccomp::{FilterContext, Role, Rules};
+use crate::seccomp::{Arg, FilterContext, Role, Rules};
 
 const PROT_EXEC: u64 = libc::PROT_EXEC as u64;
 /// The bit that turns `O_DIRECTORY` into `O_TMPFILE` (an unnamed file a later `linkat` could
@@ -50,12 +50,12 @@ fn common(r: &mut Rules) {
         Sysno::restart_syscall,
     ]);
     for call in [Sysno::mmap, Sysno::mprotect] {
-        r.allow_if(call, &[(2, MaskedEq(PROT_EXEC), 0)]);
+        r.allow_if(call, &[(Arg::Int(2), MaskedEq(PROT_EXEC), 0)]);
     }
     // Signals only within the process (vCPU kicks, abort()).
     // SAFETY: getpid cannot fail.
     let pid = unsafe { libc::getpid() } as u64;
-    r.allow_if(Sysno::tgkill, &[(0, Eq, pid)]);
+    r.allow_if(Sysno::tgkill, &[(Arg::Int(0), Eq, pid)]);
     r.allow_values(
         Sysno::fcntl,
         1,
@@ -73,7 +73,10 @@ fn common(r: &mut Rules) {
 /// starter's filter until it installs its own) and to confine it: lower its capabilities,
 /// take a Landlock domain and a filter.
 fn starts_threads(r: &mut Rules) {
-    r.allow_if(Sysno::clone, &[(0, MaskedEq(CLONE_THREAD), CLONE_THREAD)]);
+    r.allow_if(
+        Sysno::clone,
+        &[(Arg::Int(0), MaskedEq(CLONE_THREAD), CLONE_THREAD)],
+    );
     // Answered ENOSYS by a second filter (see `seccomp::build`).
     r.allow(&[Sysno::clone3, Sysno::set_robust_list, Sysno::rseq]);
     // The C library installs its own handlers for its two internal signals (thread
@@ -118,10 +121,13 @@ fn ioctls(r: &mut Rules, ctx: &FilterContext) {
 fn messages_on(r: &mut Rules, fd: Option<i32>) {
     if let Some(fd) = fd {
         let fd = fd as u64;
-        r.allow_if(Sysno::sendmsg, &[(0, Eq, fd)]);
-        r.allow_if(Sysno::recvmsg, &[(0, Eq, fd)]);
-        r.allow_if(Sysno::sendto, &[(0, Eq, fd), (4, Eq, 0)]);
-        r.allow_if(Sysno::recvfrom, &[(0, Eq, fd)]);
+        r.allow_if(Sysno::sendmsg, &[(Arg::Int(0), Eq, fd)]);
+        r.allow_if(Sysno::recvmsg, &[(Arg::Int(0), Eq, fd)]);
+        r.allow_if(
+            Sysno::sendto,
+            &[(Arg::Int(0), Eq, fd), (Arg::Pointer(4), Eq, 0)],
+        );
+        r.allow_if(Sysno::recvfrom, &[(Arg::Int(0), Eq, fd)]);
     }
 }
 
@@ -136,7 +142,7 @@ pub fn rules(role: Role, ctx: &FilterContext) -> Rules {
             messages_on(&mut r, ctx.message_fd);
             // Opening the VM's files and hot-plugged ones (what may be opened is Landlock's
             // business); never an O_TMPFILE.
-            r.allow_if(Sysno::openat, &[(2, MaskedEq(O_TMPFILE_BIT), 0)]);
+            r.allow_if(Sysno::openat, &[(Arg::Int(2), MaskedEq(O_TMPFILE_BIT), 0)]);
             r.allow(&[
                 Sysno::fstat,
                 Sysno::newfstatat,
@@ -178,7 +184,7 @@ pub fn rules(role: Role, ctx: &FilterContext) -> Rules {
                 Sysno::getsockopt,
             ]);
             // recv() on its connections: no source address is asked for.
-            r.allow_if(Sysno::recvfrom, &[(4, Eq, 0)]);
+            r.allow_if(Sysno::recvfrom, &[(Arg::Pointer(4), Eq, 0)]);
         }
         Role::Vcpu => {
             common(&mut r);

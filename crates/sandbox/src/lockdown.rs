@@ -43,6 +43,9 @@ pub struct ThreadRecord {
     pub seccomp: String,
     /// The capabilities it holds (effective and permitted).
     pub capabilities: Vec<String>,
+    /// Whether it holds a domain of its own without file rights.
+    #[serde(skip)]
+    pub no_files: bool,
 }
 
 impl ThreadRecord {
@@ -181,6 +184,7 @@ pub fn lock_down(
         landlock: landlock_text,
         seccomp: seccomp_text(filters),
         capabilities: held,
+        no_files: landlock == ThreadLandlock::NoFiles,
     };
     log::info!("{}", record.log_line());
     THREADS
@@ -222,7 +226,7 @@ pub(crate) fn no_files_tids() -> Vec<i32> {
         .lock()
         .unwrap_or_else(|e| e.into_inner())
         .values()
-        .filter(|r| r.landlock.starts_with("no file rights"))
+        .filter(|r| r.no_files)
         .map(|r| r.tid)
         .collect()
 }

@@ -109,6 +109,17 @@ pub enum SeccompError {
     Handler(std::io::Error),
 }
 
+/// A system-call argument a condition looks at, by index.
+#[derive(Clone, Copy, Debug)]
+pub enum Arg {
+    /// An argument the kernel reads as an `int` or `unsigned int` (descriptors, flags, ioctl
+    /// requests, signal numbers): its low 32 bits are compared, which halves the filter's
+    /// code and matches what the kernel uses.
+    Int(u8),
+    /// A pointer or other 64-bit argument: compared whole.
+    Pointer(u8),
+}
+
 /// The rules of one allow-list, by system call: an empty list allows the call whatever its
 /// arguments; otherwise the call is allowed when any rule (all of its conditions) matches.
 #[derive(Default)]
@@ -123,14 +134,18 @@ impl Rules {
         self
     }
 
-    /// Allows `call` when every condition `(argument index, operation, value)` holds; several
+    /// Allows `call` when every condition `(argument, operation, value)` holds; several
     /// calls of this add alternatives.
-    pub fn allow_if(&mut self, call: Sysno, conditions: &[(u8, SeccompCmpOp, u64)]) -> &mut Self {
+    pub fn allow_if(&mut self, call: Sysno, conditions: &[(Arg, SeccompCmpOp, u64)]) -> &mut Self {
         let conditions = conditions
             .iter()
             .map(|(arg, op, value)| {
+                let (index, len) = match arg {
+                    Arg::Int(i) => (*i, SeccompCmpArgLen::Dword),
+                    Arg::Pointer(i) => (*i, SeccompCmpArgLen::Qword),
+                };
                 // Only programming errors (an index above 5) can fail here.
-                SeccompCondition::new(*arg, SeccompCmpArgLen::Qword, op.clone(), *value)
+                SeccompCondition::new(index, len, op.clone(), *value)
                     .expect("valid seccomp condition")
             })
             .collect();
@@ -139,10 +154,10 @@ impl Rules {
         self
     }
 
-    /// Allows `call` when argument `arg` is one of `values`.
+    /// Allows `call` when its `int`-sized argument `arg` is one of `values`.
     pub fn allow_values(&mut self, call: Sysno, arg: u8, values: &[u64]) -> &mut Self {
         for v in values {
-            self.allow_if(call, &[(arg, SeccompCmpOp::Eq, *v)]);
+            self.allow_if(call, &[(Arg::Int(arg), SeccompCmpOp::Eq, *v)]);
         }
         self
     }
