@@ -1,7 +1,7 @@
 //! Landlock confinement, end to end, with the real kernel's Landlock.
 //!
 //! Whether each thread of a running `palisade` is confined is observed from inside the
-//! process: the tests load `tests/probe/landlock_probe.c` with LD_PRELOAD; on SIGUSR1 the
+//! process: the tests load `tests/probe/landlock_probe.c` with LD_PRELOAD; on SIGRTMIN+6 the
 //! receiving thread tries a list of file, network and signal operations itself and writes the
 //! results to a file. Every test that expects a denial also runs a control where the same
 //! probe succeeds, so a probe that cannot fail would be noticed.
@@ -116,7 +116,7 @@ impl Probed {
         assert!(!threads.is_empty(), "palisade is not running");
         for (tid, _) in &threads {
             // SAFETY: signalling a thread of our own child.
-            unsafe { libc::syscall(libc::SYS_tgkill, self.pid(), *tid, libc::SIGUSR1) };
+            unsafe { libc::syscall(libc::SYS_tgkill, self.pid(), *tid, libc::SIGRTMIN() + 6) };
         }
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {

@@ -3,7 +3,7 @@
 //! was stopped, by which layer, and that nothing happened.
 //!
 //! The attack is made by the thread itself: `tests/probe/escape_probe.c`, loaded with
-//! LD_PRELOAD, makes it on SIGUSR1 with that thread's own Landlock domain, capabilities and
+//! LD_PRELOAD, makes it on SIGRTMIN+6 with that thread's own Landlock domain, capabilities and
 //! system-call filter. A call the filter forbids never returns — palisade names the thread
 //! and the call on one line and exits — so each attack gets a fresh VMM.
 
@@ -162,7 +162,7 @@ fn attack(scene: &Scene, attack: &str, name: &str, mode: Mode) -> Result {
     let pid = child.id();
     let tid = thread_id(pid, name);
     // SAFETY: signalling a thread of our own child.
-    unsafe { libc::syscall(libc::SYS_tgkill, pid as i32, tid, libc::SIGUSR1) };
+    unsafe { libc::syscall(libc::SYS_tgkill, pid as i32, tid, libc::SIGRTMIN() + 6) };
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         if let Some(status) = child.try_wait().unwrap() {

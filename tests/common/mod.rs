@@ -277,6 +277,11 @@ impl ApiVmm {
         vmm
     }
 
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// `--serial file=…` for [`ApiVmm::serial`] in `dir`.
     pub fn serial_arg(dir: &TempDir) -> String {
         format!("file={}", dir.path("serial.log").display())

@@ -1,9 +1,10 @@
 /*
  * Test-only probe, loaded into palisade with LD_PRELOAD by tests/sandbox.rs.
  *
- * PALISADE_ESCAPE holds one attack, `op|arg`. When a thread receives SIGUSR1 it makes that
- * attack itself — so the attack meets that thread's own Landlock domain, capabilities and
- * system-call filter — and writes `<ret> <errno>\n` to the file named by PALISADE_ESCAPE_OUT.
+ * PALISADE_ESCAPE holds one attack, `op|arg`. When a thread receives SIGRTMIN+6 (a signal
+ * Palisade leaves alone) it makes that attack itself — so the attack meets that thread's own
+ * Landlock domain, capabilities and system-call filter — and writes `<ret> <errno>\n` to the
+ * file named by PALISADE_ESCAPE_OUT.
  * A call its filter forbids never returns: palisade reports the violation and exits.
  *
  * Everything the attack needs besides its one call (sockets, descriptors, the text) is made
@@ -164,5 +165,5 @@ __attribute__((constructor)) static void escape_init(void)
     sa.sa_handler = on_signal;
     sa.sa_flags = SA_RESTART;
     sigemptyset(&sa.sa_mask);
-    sigaction(SIGUSR1, &sa, 0);
+    sigaction(SIGRTMIN + 6, &sa, 0);
 }

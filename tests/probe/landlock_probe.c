@@ -1,9 +1,10 @@
 /*
  * Test-only probe, loaded into palisade with LD_PRELOAD by tests/landlock.rs.
  *
- * When a thread of the process receives SIGUSR1, it runs every probe listed in the file
- * named by PALISADE_PROBE_LIST itself — so each probe is judged with that thread's own
- * Landlock domain — and appends one line per probe to the file named by PALISADE_PROBE_OUT:
+ * When a thread of the process receives SIGRTMIN+6 (a signal Palisade leaves alone), it runs
+ * every probe listed in the file named by PALISADE_PROBE_LIST itself — so each probe is
+ * judged with that thread's own Landlock domain — and appends one line per probe to the file
+ * named by PALISADE_PROBE_OUT:
  *
  *     <tid> <probe name> <result> <errno>
  *
@@ -198,5 +199,5 @@ __attribute__((constructor)) static void probe_init(void)
     sa.sa_handler = on_probe;
     sa.sa_flags = SA_RESTART;
     sigemptyset(&sa.sa_mask);
-    sigaction(SIGUSR1, &sa, 0);
+    sigaction(SIGRTMIN + 6, &sa, 0);
 }

@@ -122,22 +122,22 @@ pub fn open(cfg: &ConsoleConfig) -> Result<Option<ConsoleEndpoint>, ConsoleError
         },
         ConsoleOutputMode::File => {
             let path = cfg.file.clone().ok_or(ConsoleError::MissingFile)?;
-            let file = OpenOptions::new()
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .open(&path)
-                .map_err(|source| {
-                    let denied = source.kind() == io::ErrorKind::PermissionDenied;
-                    match sandbox::explain_denial(&path, sandbox::Access::Write).filter(|_| denied)
-                    {
-                        Some(why) => ConsoleError::Denied(why),
-                        None => ConsoleError::File {
-                            path: path.clone(),
-                            source,
-                        },
-                    }
-                })?;
+            let file = crate::files::open(
+                &path,
+                OpenOptions::new().write(true).create(true).truncate(true),
+                0,
+                crate::files::Kind::Regular,
+            )
+            .map_err(|source| {
+                let denied = source.kind() == io::ErrorKind::PermissionDenied;
+                match sandbox::explain_denial(&path, sandbox::Access::Write).filter(|_| denied) {
+                    Some(why) => ConsoleError::Denied(why),
+                    None => ConsoleError::File {
+                        path: path.clone(),
+                        source,
+                    },
+                }
+            })?;
             ConsoleEndpoint {
                 output: Box::new(file),
                 input: None,

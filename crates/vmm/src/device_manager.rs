@@ -2,7 +2,6 @@
 //! host endpoints they use and the interrupts they raise.
 
 use std::collections::VecDeque;
-use std::fs::File;
 use std::os::fd::{AsFd, OwnedFd};
 use std::sync::{Arc, Mutex};
 
@@ -207,10 +206,12 @@ impl DeviceManager {
             manager.net_names.push((id, tap, mac));
         }
         // Like Cloud Hypervisor, every VM has an entropy device.
-        let source = File::open(&cfg.rng.src).map_err(|source| DeviceError::Rng {
-            path: cfg.rng.src.clone(),
-            source,
-        })?;
+        let source = crate::files::open_read(&cfg.rng.src, crate::files::Kind::Source).map_err(
+            |source| DeviceError::Rng {
+                path: cfg.rng.src.clone(),
+                source,
+            },
+        )?;
         manager
             .pci
             .add_virtio("_rng0", Box::new(devices::virtio::rng::Rng::new(source)))?;

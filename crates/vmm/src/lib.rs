@@ -8,6 +8,7 @@
 pub mod console;
 pub mod control;
 pub mod device_manager;
+pub mod files;
 pub mod pci_devices;
 pub mod signals;
 pub mod thread_policy;

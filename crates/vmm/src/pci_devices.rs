@@ -3,7 +3,6 @@
 //! (ioeventfds) into whichever KVM VM currently runs the guest.
 
 use std::fs::OpenOptions;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 use std::sync::{Arc, Mutex, RwLock};
 
@@ -423,10 +422,8 @@ pub fn open_disk(
 ) -> Result<std::fs::File, PciDeviceError> {
     let mut options = OpenOptions::new();
     options.read(true).write(!readonly);
-    if direct {
-        options.custom_flags(libc::O_DIRECT);
-    }
-    options.open(path).map_err(|source| {
+    let flags = if direct { libc::O_DIRECT } else { 0 };
+    crate::files::open(path, &mut options, flags, crate::files::Kind::Disk).map_err(|source| {
         let access = if readonly {
             sandbox::Access::Read
         } else {

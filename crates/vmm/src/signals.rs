@@ -1,4 +1,5 @@
-//! Termination signals (SIGTERM, SIGINT) as events of the VMM's loop.
+//! Termination signals (SIGTERM, SIGINT, SIGHUP, SIGQUIT) and the signals Palisade ignores
+//! (SIGUSR1, SIGUSR2) as events of the VMM's loop.
 //!
 //! They are blocked in every thread and read from a signalfd, so that the loop shuts the VMM
 //! down in order (terminal restored, API socket handed to the janitor) instead of a handler
@@ -13,14 +14,42 @@ pub struct SignalFd {
     fd: OwnedFd,
 }
 
+/// Signals that shut the VMM down in order: SIGTERM and SIGINT, as in Cloud Hypervisor, and
+/// SIGHUP (the terminal went away) and SIGQUIT, which would otherwise end it at once.
+pub const TERMINATION: [libc::c_int; 4] =
+    [libc::SIGTERM, libc::SIGINT, libc::SIGHUP, libc::SIGQUIT];
+
+/// Signals Palisade gives no meaning, which by default would kill it without a word: they
+/// are logged and ignored.
+pub const IGNORED: [libc::c_int; 2] = [libc::SIGUSR1, libc::SIGUSR2];
+
+/// Whether `signo` asks the VMM to shut down (else it is one of [`IGNORED`]).
+pub fn terminates(signo: i32) -> bool {
+    TERMINATION.contains(&signo)
+}
+
+/// A signal's name, for the log.
+pub fn name(signo: i32) -> &'static str {
+    match signo {
+        libc::SIGTERM => "SIGTERM",
+        libc::SIGINT => "SIGINT",
+        libc::SIGHUP => "SIGHUP",
+        libc::SIGQUIT => "SIGQUIT",
+        libc::SIGUSR1 => "SIGUSR1",
+        libc::SIGUSR2 => "SIGUSR2",
+        _ => "a signal",
+    }
+}
+
 fn termination_set() -> libc::sigset_t {
     // SAFETY: sigset_t is plain data; sigemptyset/sigaddset initialise it.
     let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };
     // SAFETY: `set` is a valid sigset_t.
     unsafe {
         libc::sigemptyset(&mut set);
-        libc::sigaddset(&mut set, libc::SIGTERM);
-        libc::sigaddset(&mut set, libc::SIGINT);
+        for signo in TERMINATION.iter().chain(&IGNORED) {
+            libc::sigaddset(&mut set, *signo);
+        }
     }
     set
 }

@@ -108,7 +108,7 @@ fn kvm_err(what: &'static str) -> impl Fn(kvm_ioctls::Error) -> VmError {
 }
 
 fn open(what: &'static str, path: &Path) -> Result<File, VmError> {
-    File::open(path).map_err(|source| {
+    crate::files::open_read(path, crate::files::Kind::Regular).map_err(|source| {
         if source.kind() == std::io::ErrorKind::PermissionDenied {
             if let Some(why) = sandbox::explain_denial(path, sandbox::Access::Read) {
                 return VmError::Denied { what, message: why };

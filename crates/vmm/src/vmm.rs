@@ -411,9 +411,14 @@ impl Vmm {
     }
 
     fn on_signal(&mut self) {
-        if let Some(signo) = self.signals.as_ref().and_then(SignalFd::read) {
-            info!("received signal {signo}: shutting down");
-            self.exit = Some(ExitReason::Signal(signo));
+        while let Some(signo) = self.signals.as_ref().and_then(SignalFd::read) {
+            let name = crate::signals::name(signo);
+            if crate::signals::terminates(signo) {
+                info!("received {name}: shutting down");
+                self.exit = Some(ExitReason::Signal(signo));
+            } else {
+                warn!("received {name}: Palisade gives it no meaning; ignored");
+            }
         }
     }
 

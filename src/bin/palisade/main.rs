@@ -148,9 +148,9 @@ fn parse_cli() -> Result<Cli, ExitCode> {
 }
 
 /// Checks a file given on the command line can be opened, naming the flag if not.
-fn check_readable(flag: &str, path: Option<&Path>) -> Result<(), Failure> {
+fn check_readable(flag: &str, path: Option<&Path>, kind: vmm::files::Kind) -> Result<(), Failure> {
     if let Some(path) = path {
-        std::fs::File::open(path).map_err(|e| {
+        vmm::files::open_read(path, kind).map_err(|e| {
             let sep = if flag.ends_with('=') { "" } else { " " };
             Failure(format!("{flag}{sep}{}: {e}", path.display()))
         })?;
@@ -168,11 +168,13 @@ fn run(cli: Cli, start: Instant) -> Result<ExitCode, Failure> {
     sandbox::lockdown::set_seccomp_mode(seccomp);
     let log_file = match &cli.log_file {
         Some(path) => Some(
-            OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(path)
-                .map_err(|e| Failure(format!("--log-file {path}: {e}")))?,
+            vmm::files::open(
+                Path::new(path),
+                OpenOptions::new().create(true).append(true),
+                0,
+                vmm::files::Kind::Regular,
+            )
+            .map_err(|e| Failure(format!("--log-file {path}: {e}")))?,
         ),
         None => None,
     };
@@ -184,11 +186,16 @@ fn run(cli: Cli, start: Instant) -> Result<ExitCode, Failure> {
 
     let vm_config = if cli.describes_vm() {
         let config = VmConfig::from_params(&cli.vm_params())?;
-        check_readable("--kernel", config.payload.kernel.as_deref())?;
-        check_readable("--initramfs", config.payload.initramfs.as_deref())?;
-        check_readable("--rng src=", Some(config.rng.src.as_path()))?;
+        use vmm::files::Kind;
+        check_readable("--kernel", config.payload.kernel.as_deref(), Kind::Regular)?;
+        check_readable(
+            "--initramfs",
+            config.payload.initramfs.as_deref(),
+            Kind::Regular,
+        )?;
+        check_readable("--rng src=", Some(config.rng.src.as_path()), Kind::Source)?;
         for disk in config.disks.iter().flatten() {
-            check_readable("--disk path=", disk.path.as_deref())?;
+            check_readable("--disk path=", disk.path.as_deref(), Kind::Disk)?;
         }
         Some(config)
     } else if cli.api_socket.is_none() {
