@@ -182,7 +182,7 @@ mod tests {
 
     #[test]
     fn controller_announces_and_takes_ejects() {
-        let evt = EventFd::new(EFD_NONBLOCK).unwrap();
+        let evt = EventFd::new(EFD_NONBLOCK | libc::EFD_CLOEXEC).unwrap();
         let mut hp = PciHotplugController::new(evt.try_clone().unwrap());
         hp.plugged(3);
         hp.plugged(5);

@@ -104,7 +104,7 @@ mod tests {
     use vmm_sys_util::eventfd::EFD_NONBLOCK;
 
     fn evt() -> EventFd {
-        EventFd::new(EFD_NONBLOCK).unwrap()
+        EventFd::new(EFD_NONBLOCK | libc::EFD_CLOEXEC).unwrap()
     }
 
     fn fired(e: &EventFd) -> bool {

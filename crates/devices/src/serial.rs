@@ -199,7 +199,7 @@ mod tests {
     fn port() -> (SerialPort, Captured, Arc<Counter>, EventFd) {
         let out = Captured::default();
         let irq = Arc::new(Counter::default());
-        let drained = EventFd::new(EFD_NONBLOCK).unwrap();
+        let drained = EventFd::new(EFD_NONBLOCK | libc::EFD_CLOEXEC).unwrap();
         let port = SerialPort::new(
             irq.clone(),
             drained.try_clone().unwrap(),

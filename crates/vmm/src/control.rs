@@ -232,7 +232,7 @@ impl RequestReceiver {
 /// A connected sender/receiver pair.
 pub fn request_channel() -> std::io::Result<(RequestSender, RequestReceiver)> {
     let (tx, rx) = channel();
-    let wake = Arc::new(EventFd::new(EFD_NONBLOCK)?);
+    let wake = Arc::new(EventFd::new(EFD_NONBLOCK | libc::EFD_CLOEXEC)?);
     Ok((
         RequestSender {
             tx,

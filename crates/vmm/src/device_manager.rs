@@ -61,14 +61,14 @@ impl MachineEvents {
     /// Fresh, non-blocking eventfds.
     pub fn new() -> std::io::Result<Self> {
         Ok(MachineEvents {
-            reset: EventFd::new(EFD_NONBLOCK)?,
-            poweroff: EventFd::new(EFD_NONBLOCK)?,
+            reset: EventFd::new(EFD_NONBLOCK | libc::EFD_CLOEXEC)?,
+            poweroff: EventFd::new(EFD_NONBLOCK | libc::EFD_CLOEXEC)?,
         })
     }
 }
 
 fn eventfd() -> Result<EventFd, DeviceError> {
-    EventFd::new(EFD_NONBLOCK).map_err(DeviceError::EventFd)
+    EventFd::new(EFD_NONBLOCK | libc::EFD_CLOEXEC).map_err(DeviceError::EventFd)
 }
 
 fn clone_evt(evt: &EventFd) -> Result<EventFd, DeviceError> {

@@ -95,8 +95,12 @@ pub enum PciDeviceError {
 }
 
 /// Moves BAR mappings and their ioeventfds when the guest reprograms a BAR.
+///
+/// It holds the MMIO bus weakly: the bus holds the PCI root (through the ECAM window), which
+/// holds this mapper, and a strong reference back would keep the whole machine — devices,
+/// disk images, eventfds — alive after the VM is deleted.
 struct KvmBarMapper {
-    mmio: Arc<Bus>,
+    mmio: std::sync::Weak<Bus>,
     vm: Arc<CurrentVm>,
 }
 
@@ -125,13 +129,17 @@ impl KvmBarMapper {
 
 impl BarMapper for KvmBarMapper {
     fn bar_moved(&self, device: &SharedPciDevice, moved: BarMove) {
+        let Some(mmio) = self.mmio.upgrade() else {
+            // The machine is being torn down.
+            return;
+        };
         self.ioevents(device, moved.index, moved.from, false);
-        self.mmio.remove(moved.from);
+        mmio.remove(moved.from);
         if moved.to == 0 {
             return;
         }
         let region = Arc::new(Mutex::new(BarRegion::new(device.clone(), moved.index)));
-        if let Err(e) = self.mmio.insert(region, moved.to, moved.size) {
+        if let Err(e) = mmio.insert(region, moved.to, moved.size) {
             log::warn!("the guest moved a BAR onto another device ({e}); it is not mapped");
             return;
         }
@@ -161,6 +169,7 @@ impl PciEntry {
 /// The PCI bus and the devices on it.
 pub struct PciDevices {
     root: Arc<Mutex<PciRoot>>,
+    mmio: Arc<Bus>,
     mapper: Arc<KvmBarMapper>,
     mmio64: AddressAllocator,
     entries: Vec<PciEntry>,
@@ -179,7 +188,7 @@ impl PciDevices {
         ram_size: u64,
     ) -> Result<Self, PciDeviceError> {
         let mapper = Arc::new(KvmBarMapper {
-            mmio: mmio.clone(),
+            mmio: Arc::downgrade(mmio),
             vm: vm.clone(),
         });
         let root = Arc::new(Mutex::new(PciRoot::new(mapper.clone())));
@@ -198,6 +207,7 @@ impl PciDevices {
                 .map_err(|e| std::io::Error::other(e.to_string()))?;
         Ok(PciDevices {
             root,
+            mmio: mmio.clone(),
             mapper,
             mmio64,
             entries: Vec::new(),
@@ -332,7 +342,7 @@ impl PciDevices {
             .unwrap_or_else(|e| e.into_inner())
             .set_bar_address(0, bar.start());
         let region = Arc::new(Mutex::new(BarRegion::new(shared.clone(), 0)));
-        if let Err(e) = self.mapper.mmio.insert(region, bar.start(), size) {
+        if let Err(e) = self.mmio.insert(region, bar.start(), size) {
             self.root
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
@@ -359,7 +369,7 @@ impl PciDevices {
         let bars = shared.lock().unwrap_or_else(|e| e.into_inner()).bars();
         for (bar, b) in bars {
             self.mapper.ioevents(&shared, bar, b.address, false);
-            self.mapper.mmio.remove(b.address);
+            self.mmio.remove(b.address);
         }
         self.root
             .lock()

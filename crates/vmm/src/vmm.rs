@@ -164,7 +164,8 @@ impl Vmm {
         vcpu::install_kick_handler().map_err(io_err("vCPU kick signal handler"))?;
         let sandbox = Sandbox::prepare().map_err(io_err("Landlock thread list"))?;
         let events = MachineEvents::new().map_err(io_err("eventfd"))?;
-        let fault_evt = EventFd::new(EFD_NONBLOCK).map_err(io_err("eventfd"))?;
+        let fault_evt =
+            EventFd::new(EFD_NONBLOCK | libc::EFD_CLOEXEC).map_err(io_err("eventfd"))?;
         let faults = Arc::new(FaultSink::new(
             fault_evt.try_clone().map_err(io_err("eventfd"))?,
         ));

@@ -220,7 +220,7 @@ impl VirtioPci {
         let (cap, writable) = msix.capability(0, MSIX_TABLE_OFFSET as u32, MSIX_PBA_OFFSET as u32);
         let msix_cap_offset = config.add_capability(&cap, &writable);
         let notify = (0..num_queues)
-            .map(|_| EventFd::new(EFD_NONBLOCK).map(Arc::new))
+            .map(|_| EventFd::new(EFD_NONBLOCK | libc::EFD_CLOEXEC).map(Arc::new))
             .collect::<std::io::Result<Vec<_>>>()?;
         Ok(VirtioPci {
             config,
