@@ -140,6 +140,12 @@ pub fn rules(role: Role, ctx: &FilterContext) -> Rules {
             starts_threads(&mut r);
             ioctls(&mut r, ctx);
             messages_on(&mut r, ctx.message_fd);
+            // Disk image locks.
+            r.allow_values(
+                Sysno::fcntl,
+                1,
+                &[libc::F_OFD_SETLK as u64, libc::F_OFD_GETLK as u64],
+            );
             // Opening the VM's files and hot-plugged ones (what may be opened is Landlock's
             // business); never an O_TMPFILE.
             r.allow_if(Sysno::openat, &[(Arg::Int(2), MaskedEq(O_TMPFILE_BIT), 0)]);
@@ -159,6 +165,7 @@ pub fn rules(role: Role, ctx: &FilterContext) -> Rules {
                 Sysno::fallocate,
                 Sysno::getdents64,
                 Sysno::getcwd,
+                Sysno::readlink,
                 Sysno::readlinkat,
                 Sysno::epoll_create1,
                 Sysno::epoll_ctl,

@@ -338,21 +338,53 @@ impl Sandbox {
     }
 }
 
-/// If the process is confined and `path` is outside what it may open with `access`, the
-/// one-line explanation for the user (path, reason, the rule that would allow it).
+/// If the process is confined and Landlock is why `path` cannot be opened with `access`, the
+/// one-line explanation for the user: the path (and what it resolves to, for a symbolic
+/// link), which right is missing and from which rule, and the `--landlock-rules` that would
+/// allow it. `None` when the ruleset allows it (the refusal came from elsewhere).
 pub fn explain_denial(path: &Path, access: Access) -> Option<String> {
     let report = current()?;
-    let allowed = report
+    // Landlock judges the file a path resolves to: so must the explanation.
+    let target = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
+    let resolved = |rule: &Path| std::fs::canonicalize(rule).unwrap_or_else(|_| rule.to_path_buf());
+    let under: Vec<&EnforcedRule> = report
         .rules
         .iter()
-        .any(|r| path.starts_with(&r.rule.path) && r.rule.access.covers(access));
-    if allowed {
+        .filter(|r| target.starts_with(resolved(&r.rule.path)))
+        .collect();
+    if under.iter().any(|r| r.rule.access.covers(access)) {
         return None;
     }
-    Some(format!(
-        "{}: Permission denied: the path is outside the Landlock ruleset applied when the VM \
-         was created, and a running Palisade cannot widen it; restart Palisade with {} to allow it",
-        path.display(),
-        crate::policy::suggested_rule(path, access)
-    ))
+    let shown = if target != path {
+        format!(
+            "{} (which resolves to {})",
+            path.display(),
+            target.display()
+        )
+    } else {
+        path.display().to_string()
+    };
+    let fix = crate::policy::suggested_rule(&target, access);
+    Some(match under.first() {
+        Some(r) => {
+            let missing = if access.writes() && !r.rule.access.writes() {
+                "writing"
+            } else {
+                "reading"
+            };
+            format!(
+                "{shown}: Permission denied: the Landlock rule path={},access={} ({}) does not \
+                 allow {missing}, and a running Palisade cannot widen its ruleset; restart it \
+                 with {fix} to allow it",
+                r.rule.path.display(),
+                r.rule.access.as_str(),
+                origin_text(&r.rule.origin),
+            )
+        }
+        None => format!(
+            "{shown}: Permission denied: the path is outside the Landlock ruleset applied when \
+             the VM was created, and a running Palisade cannot widen it; restart Palisade with \
+             {fix} to allow it"
+        ),
+    })
 }

@@ -77,6 +77,20 @@ pub enum PciDeviceError {
     /// The image is outside the Landlock ruleset.
     #[error("disk {0}")]
     Denied(String),
+    /// Another disk holds a lock on the image that this one's access conflicts with.
+    #[error(
+        "disk {}: the image is in use: {holder} holds a {kind} lock on it; detach it there \
+         first, or attach it read-only (readonly=on) everywhere",
+        path.display()
+    )]
+    Locked {
+        /// The image.
+        path: std::path::PathBuf,
+        /// Who holds the lock, as far as can be known.
+        holder: String,
+        /// `write` or `read`.
+        kind: &'static str,
+    },
     /// A disk needs a path.
     #[error("a disk needs a path")]
     NoPath,
@@ -433,20 +447,68 @@ pub fn open_disk(
     let mut options = OpenOptions::new();
     options.read(true).write(!readonly);
     let flags = if direct { libc::O_DIRECT } else { 0 };
-    crate::files::open(path, &mut options, flags, crate::files::Kind::Disk).map_err(|source| {
-        let access = if readonly {
-            sandbox::Access::Read
-        } else {
-            sandbox::Access::ReadWrite
-        };
-        if source.kind() == std::io::ErrorKind::PermissionDenied {
-            if let Some(why) = sandbox::explain_denial(path, access) {
-                return PciDeviceError::Denied(why);
+    let file = crate::files::open(path, &mut options, flags, crate::files::Kind::Disk).map_err(
+        |source| {
+            let access = if readonly {
+                sandbox::Access::Read
+            } else {
+                sandbox::Access::ReadWrite
+            };
+            if source.kind() == std::io::ErrorKind::PermissionDenied {
+                if let Some(why) = sandbox::explain_denial(path, access) {
+                    return PciDeviceError::Denied(why);
+                }
             }
-        }
-        PciDeviceError::Open {
-            path: path.to_owned(),
-            source,
-        }
-    })
+            PciDeviceError::Open {
+                path: path.to_owned(),
+                source,
+            }
+        },
+    )?;
+    lock_image(&file, readonly).map_err(|(holder, kind)| PciDeviceError::Locked {
+        path: path.to_owned(),
+        holder,
+        kind,
+    })?;
+    Ok(file)
+}
+
+/// Locks a disk image as Cloud Hypervisor and QEMU do, with an open-file-description lock
+/// over the whole file: shared for a read-only disk, exclusive otherwise, so an image has one
+/// writer at most, in this VM or any other process that locks. The lock goes with the last
+/// descriptor of this open. On a conflict, who holds the lock and its kind.
+fn lock_image(file: &std::fs::File, readonly: bool) -> Result<(), (String, &'static str)> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: flock is plain data.
+    let mut lock: libc::flock = unsafe { std::mem::zeroed() };
+    lock.l_type = if readonly {
+        libc::F_RDLCK
+    } else {
+        libc::F_WRLCK
+    } as libc::c_short;
+    lock.l_whence = libc::SEEK_SET as libc::c_short;
+    // SAFETY: F_OFD_SETLK reads `lock`, which outlives the call.
+    if unsafe { libc::fcntl(file.as_raw_fd(), libc::F_OFD_SETLK, &lock) } == 0 {
+        return Ok(());
+    }
+    let e = std::io::Error::last_os_error();
+    if !matches!(e.raw_os_error(), Some(libc::EAGAIN) | Some(libc::EACCES)) {
+        // A file system without locks: nothing to enforce, as with Cloud Hypervisor.
+        log::warn!("cannot lock a disk image: {e}");
+        return Ok(());
+    }
+    // SAFETY: F_OFD_GETLK fills `lock` with the conflicting lock.
+    let known = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_OFD_GETLK, &mut lock) } == 0;
+    let kind = if known && lock.l_type == libc::F_RDLCK as libc::c_short {
+        "read"
+    } else {
+        "write"
+    };
+    // Open-file-description locks carry no process (-1); classic ones do.
+    let holder = if known && lock.l_pid > 0 {
+        format!("process {}", lock.l_pid)
+    } else {
+        "another disk (in this VM or another process)".to_string()
+    };
+    Err((holder, kind))
 }

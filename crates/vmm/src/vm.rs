@@ -146,6 +146,9 @@ pub enum HotplugError {
     /// The file is outside the Landlock ruleset.
     #[error("{0}")]
     Denied(String),
+    /// What the device needs is in use (a locked disk image).
+    #[error("{0}")]
+    Busy(String),
     /// Plugging failed.
     #[error("{0}")]
     Failed(String),
@@ -312,6 +315,9 @@ impl Vm {
             // A path that cannot be opened is the request's fault, not the VMM's.
             Err(e @ crate::pci_devices::PciDeviceError::Open { .. }) => {
                 return Err(HotplugError::Invalid(e.to_string()))
+            }
+            Err(e @ crate::pci_devices::PciDeviceError::Locked { .. }) => {
+                return Err(HotplugError::Busy(e.to_string()))
             }
             Err(e) => return Err(HotplugError::Failed(e.to_string())),
         };

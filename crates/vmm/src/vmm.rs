@@ -828,7 +828,7 @@ fn bdf(slot: u8) -> String {
 fn hotplug_error(action: &str, e: HotplugError) -> RequestError {
     let kind = match &e {
         HotplugError::Invalid(_) => ErrorKind::BadRequest,
-        HotplugError::Duplicate(_) => ErrorKind::Conflict,
+        HotplugError::Duplicate(_) | HotplugError::Busy(_) => ErrorKind::Conflict,
         HotplugError::NotFound(_) => ErrorKind::NotFound,
         HotplugError::Denied(_) => ErrorKind::Forbidden,
         HotplugError::Failed(_) => ErrorKind::Internal,
