@@ -7,7 +7,9 @@
 //!   thread and its answer into the HTTP response;
 //! - [`routes`]: the endpoints, which of them Palisade serves, and how a request maps onto the
 //!   VMM's requests;
-//! - [`client`]: a small blocking client, used by `palisade-remote` and by tests.
+//! - [`client`]: a small blocking client, used by `palisade-remote` and by tests;
+//! - [`admission`]: which connections stay when the server is full (idle and trickling ones
+//!   make room for newcomers).
 //!
 //! The server enforces a hard limit on request bodies before reading any of them (from the
 //! declared `Content-Length`, and while decoding a chunked body), a limit on request heads,
@@ -28,6 +30,7 @@
 //! # }
 //! ```
 
+pub mod admission;
 pub mod client;
 pub mod routes;
 pub mod server;

@@ -11,7 +11,7 @@
 //! outermost first: 400 (bad request or VM configuration), 404 (no such endpoint, or no VM), 405
 //! (method not allowed, with `Allow`; or the VM's state forbids the action), 408 (request body
 //! not received in time), 409, 413 (body over [`crate::MAX_BODY_SIZE`]), 415 (body not JSON),
-//! 500, 501 (an endpoint Palisade does not serve yet), 503 (too many connections). A request
+//! 500, 501 (an endpoint Palisade does not serve yet), 503 (every connection busy). A request
 //! that is not valid HTTP is answered by hyper itself, with an empty body: 400, or 431 for a
 //! request head over [`crate::MAX_HEAD_SIZE`].
 
@@ -41,6 +41,7 @@ use tokio::sync::{oneshot, watch};
 use tokio::task::JoinSet;
 use vmm::control::{ErrorKind, Reply, RequestError, RequestSender};
 
+use crate::admission::{Place, Places};
 use crate::routes;
 use crate::{MAX_BODY_SIZE, MAX_HEAD_SIZE};
 
@@ -59,8 +60,10 @@ pub struct ServerOptions {
     /// How long a client has, once a request's head has arrived, to send all of its body; a
     /// slower one is answered 408 and disconnected.
     pub request_timeout: Duration,
-    /// How many connections are served at once. A client beyond that is answered 503 (as many
-    /// again at most; further ones are closed at once).
+    /// How many connections are served at once. Beyond that, the connection that has waited
+    /// longest for a request (idle, or trickling its head) is closed to make room (see
+    /// [`crate::admission`]); only when every connection is busy answering is the newcomer
+    /// answered 503 (as many again at most; further ones are closed at once).
     pub max_connections: usize,
     /// Run on the `api` thread once its runtime is built, before anything is served. The
     /// server runs entirely on that thread, so whatever it sets up (a Landlock domain without
@@ -207,22 +210,27 @@ impl Drop for ApiServer {
     }
 }
 
-/// Runs `future` until it completes, or until the server stops; `None` if it stopped first.
-async fn unless_stopped<F: Future>(
-    future: F,
-    stop: &mut watch::Receiver<bool>,
-) -> Option<F::Output> {
+/// Runs `future` until it completes, or until `cancel` does; `None` if `cancel` came first.
+async fn until<F: Future, C: Future>(future: F, cancel: C) -> Option<F::Output> {
     let mut future = pin!(future);
-    // Also done if the `ApiServer` is gone altogether.
-    let mut stopped = pin!(stop.wait_for(|stopping| *stopping));
+    let mut cancel = pin!(cancel);
     poll_fn(|cx| {
-        // The stop first: once it is asked for, `future` is not polled again.
-        if stopped.as_mut().poll(cx).is_ready() {
+        // The cancellation first: once it is there, `future` is not polled again.
+        if cancel.as_mut().poll(cx).is_ready() {
             return Poll::Ready(None);
         }
         future.as_mut().poll(cx).map(Some)
     })
     .await
+}
+
+/// Runs `future` until it completes, or until the server stops; `None` if it stopped first.
+async fn unless_stopped<F: Future>(
+    future: F,
+    stop: &mut watch::Receiver<bool>,
+) -> Option<F::Output> {
+    // Also done if the `ApiServer` is gone altogether.
+    until(future, stop.wait_for(|stopping| *stopping)).await
 }
 
 /// What every request handler shares.
@@ -272,6 +280,7 @@ impl Server {
         let mut stop = self.context.stop.clone();
         let mut connections = JoinSet::new();
         let mut refusals = JoinSet::new();
+        let mut places = Places::default();
         loop {
             let Some(accepted) = unless_stopped(listener.accept(), &mut stop).await else {
                 break;
@@ -295,11 +304,12 @@ impl Server {
             };
             reap(&mut connections);
             reap(&mut refusals);
-            if connections.len() < self.max_connections {
+            if let Some(place) = places.admit(self.max_connections) {
                 connections.spawn(serve_connection(
                     stream,
                     self.http.clone(),
                     self.context.clone(),
+                    place,
                 ));
             } else if refusals.len() < self.max_connections {
                 refusals.spawn(refuse(
@@ -350,23 +360,35 @@ async fn serve_connection(
     stream: tokio::net::UnixStream,
     http: http1::Builder,
     context: Arc<Context>,
+    place: Arc<Place>,
 ) {
     let mut stop = context.stop.clone();
     // Whether a request of this connection has reached the handler (its head was received).
     let started = Arc::new(AtomicBool::new(false));
     let service = {
         let started = started.clone();
+        let place = place.clone();
         service_fn(move |request| {
             started.store(true, Ordering::Relaxed);
+            place.start();
             let context = context.clone();
-            async move { answer(request, &context).await }
+            let place = place.clone();
+            async move {
+                let response = answer(request, &context).await;
+                place.finish();
+                response
+            }
         })
     };
     let mut connection = pin!(http.serve_connection(TokioIo::new(stream), service));
-    match unless_stopped(connection.as_mut(), &mut stop).await {
-        Some(Ok(())) => return,
-        Some(Err(e)) => {
+    match unless_stopped(until(connection.as_mut(), place.closing()), &mut stop).await {
+        Some(Some(Ok(()))) => return,
+        Some(Some(Err(e))) => {
             log::debug!("API server: connection ended: {e}");
+            return;
+        }
+        Some(None) => {
+            log::debug!("API server: a connection waiting for a request made room for another");
             return;
         }
         None => {}

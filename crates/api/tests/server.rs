@@ -580,34 +580,59 @@ fn sixty_four_concurrent_clients_are_all_answered() {
 }
 
 #[test]
-fn connections_over_the_limit_get_503() {
+fn when_every_connection_is_busy_a_newcomer_gets_503() {
+    let options = ServerOptions {
+        max_connections: 2,
+        ..ServerOptions::default()
+    };
+    // Each answer takes half a second: both connections are busy when the third arrives.
+    let h = Harness::start_with(options, Duration::from_millis(500));
+    let mut a = h.connect();
+    let mut b = h.connect();
+    for s in [&mut a, &mut b] {
+        s.write_all(b"GET /api/v1/vmm.ping HTTP/1.1\r\n\r\n")
+            .unwrap();
+    }
+    // Both requests have reached the VMM: their connections are busy.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while h.vmm.seen.lock().unwrap().len() < 2 {
+        assert!(
+            Instant::now() < deadline,
+            "the requests never reached the VMM"
+        );
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let r = h.raw(b"GET /api/v1/vmm.ping HTTP/1.1\r\n\r\n");
+    assert_eq!(status_of(&r), 503);
+    // The busy ones were not disturbed.
+    for s in [&mut a, &mut b] {
+        assert_eq!(status_of(&read_one_response(s)), 200);
+    }
+}
+
+#[test]
+fn idle_connections_make_room_for_newcomers_oldest_first() {
     let options = ServerOptions {
         max_connections: 2,
         ..ServerOptions::default()
     };
     let h = Harness::start_with(options, Duration::ZERO);
     let mut a = h.connect();
+    a.write_all(b"GET /api/v1/vmm.ping HTTP/1.1\r\n\r\n")
+        .unwrap();
+    assert_eq!(status_of(&read_one_response(&mut a)), 200);
+    // `b` trickles a request head it never finishes.
     let mut b = h.connect();
-    // Make sure both are registered before the third arrives.
-    for s in [&mut a, &mut b] {
-        s.write_all(b"GET /api/v1/vmm.ping HTTP/1.1\r\n\r\n")
-            .unwrap();
-        assert_eq!(status_of(&read_one_response(s)), 200);
-    }
+    b.write_all(b"GET /api/v1/vm").unwrap();
+    std::thread::sleep(api::admission::GRACE * 2);
+    // Full, but both wait for a request: the newcomer is served, and `a` (waiting longest,
+    // since its answer) is closed to make room.
     let r = h.raw(b"GET /api/v1/vmm.ping HTTP/1.1\r\n\r\n");
-    assert_eq!(status_of(&r), 503);
-    drop(a);
-    drop(b);
-    // Once they are gone, new clients are served again.
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        let r = h.raw(b"GET /api/v1/vmm.ping HTTP/1.1\r\n\r\n");
-        if status_of(&r) == 200 {
-            break;
-        }
-        assert!(Instant::now() < deadline, "still refused: {r}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    assert_eq!(status_of(&r), 200, "{r}");
+    assert_eq!(read_all(&mut a), "", "the oldest idle connection is closed");
+    // `b` still holds its place until the next newcomer needs it.
+    b.write_all(b".info HTTP/1.1\r\n\r\n").unwrap();
+    assert_eq!(status_of(&read_one_response(&mut b)), 404);
 }
 
 #[test]
