@@ -181,6 +181,9 @@ pub struct Vm {
     janitor: Option<Arc<Janitor>>,
     machine: Option<Machine>,
     state: VmState,
+    // Devices removed through the API that the guest has not ejected yet: already gone from
+    // the config, taken off the bus when the guest ejects them or the VM next boots.
+    unplugging: Vec<String>,
 }
 
 impl Vm {
@@ -256,6 +259,7 @@ impl Vm {
             janitor,
             machine: None,
             state: VmState::Created,
+            unplugging: Vec::new(),
         })
     }
 
@@ -281,6 +285,10 @@ impl Vm {
 
     /// Builds a KVM machine, loads the kernel and starts the vCPUs.
     pub fn boot(&mut self, kvm: &Kvm, supported_cpuid: &CpuId) -> Result<(), VmError> {
+        // What was removed stays removed, whether the guest ejected it or not.
+        for id in std::mem::take(&mut self.unplugging) {
+            self.devices.pci.remove(&id);
+        }
         let machine = self.build_machine(kvm, supported_cpuid)?;
         self.machine = Some(machine);
         self.state = VmState::Running;
@@ -374,6 +382,12 @@ impl Vm {
             .map(|e| e.slot)
             .ok_or_else(|| HotplugError::NotFound(id.to_string()))?;
         if matches!(self.state, VmState::Running | VmState::Paused) {
+            // Gone from the config at once, as with Cloud Hypervisor: a reboot never brings
+            // it back, even if the guest never ejects it.
+            self.forget(id);
+            if !self.unplugging.iter().any(|u| u == id) {
+                self.unplugging.push(id.to_string());
+            }
             self.devices.request_eject(slot);
             return Ok(Removal::Requested);
         }
@@ -395,6 +409,12 @@ impl Vm {
 
     fn unplug(&mut self, id: &str) {
         self.devices.pci.remove(id);
+        self.unplugging.retain(|u| u != id);
+        self.forget(id);
+    }
+
+    /// Takes device `id` out of the config.
+    fn forget(&mut self, id: &str) {
         if let Some(disks) = &mut self.config.disks {
             disks.retain(|d| d.id.as_deref() != Some(id));
         }

@@ -786,14 +786,19 @@ impl Vmm {
         let Some(vm) = &mut self.vm else {
             return Ok(());
         };
-        vm.boot(&self.kvm, &self.cpuid)
+        let booted = vm.boot(&self.kvm, &self.cpuid);
+        // Devices removed while the guest ran are gone now.
+        self.sync_queue_watches();
+        booted
     }
 
     fn reboot_vm(&mut self) -> Result<(), VmError> {
         let Some(vm) = &mut self.vm else {
             return Ok(());
         };
-        vm.reboot(&self.kvm, &self.cpuid)
+        let rebooted = vm.reboot(&self.kvm, &self.cpuid);
+        self.sync_queue_watches();
+        rebooted
     }
 
     /// Destroys the VM; with `release`, waits until its kernel side is gone too.
