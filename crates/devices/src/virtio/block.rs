@@ -51,8 +51,8 @@ use super::queue::{
 };
 use super::{
     counters_map, log_ignored_config_write, queue_size_is_valid, read_config_bytes, ActivateError,
-    ActiveQueue, VirtioDevice, VirtioInterrupt, F_RING_EVENT_IDX, F_RING_INDIRECT_DESC,
-    F_VERSION_1, MAX_QUEUE_SIZE, TYPE_BLOCK,
+    ActiveQueue, InterruptCause, VirtioDevice, VirtioInterrupt, F_RING_EVENT_IDX,
+    F_RING_INDIRECT_DESC, F_VERSION_1, MAX_QUEUE_SIZE, TYPE_BLOCK,
 };
 
 /// The sector size of the virtio-blk protocol, in bytes.
@@ -285,6 +285,29 @@ impl Block {
     pub fn capacity_sectors(&self) -> u64 {
         self.disk.capacity
     }
+
+    /// Measures the image again; if its size changed (it was truncated or grown behind the
+    /// VM's back, or resized), the capacity follows and a live driver is told with a
+    /// configuration-change interrupt. Returns whether it changed.
+    pub fn refresh_capacity(&mut self) -> bool {
+        let Ok(len) = (&self.disk.file).seek(SeekFrom::End(0)) else {
+            return false;
+        };
+        let capacity = len >> SECTOR_SHIFT;
+        if capacity == self.disk.capacity {
+            return false;
+        }
+        log::info!(
+            "virtio-blk: the image is now {capacity} sectors (was {}); telling the guest",
+            self.disk.capacity
+        );
+        self.disk.capacity = capacity;
+        self.config[..8].copy_from_slice(&capacity.to_le_bytes());
+        if let Some(active) = &self.active {
+            active.interrupt.trigger(InterruptCause::Config);
+        }
+        true
+    }
 }
 
 /// Lays out `struct virtio_blk_config` (virtio 1.2, 5.2.4), little endian.
@@ -365,6 +388,12 @@ impl VirtioDevice for Block {
     }
 
     fn process_queue(&mut self, index: u16) {
+        if self.active.is_none() {
+            return;
+        }
+        // One measurement per notification: a request is judged against the image's size
+        // now, not at creation.
+        self.refresh_capacity();
         let Block {
             disk,
             completions,
@@ -1099,6 +1128,37 @@ mod tests {
             write_zeroes: true,
             ..BlockOptions::default()
         }
+    }
+
+    #[test]
+    fn a_truncated_or_grown_image_changes_the_capacity_and_tells_the_driver() {
+        let contents = disk(64);
+        let mut h = Harness::new(rw_options(), &contents);
+        assert_eq!(h.dev.capacity_sectors(), 64);
+        h.host.as_file().set_len(16 * 512).unwrap();
+        // The next request meets the new size: sector 20 is gone.
+        let (status, _, _) = h.submit(VIRTIO_BLK_T_IN, 20, &[512], W);
+        assert_eq!(status, S_IOERR);
+        assert_eq!(h.dev.capacity_sectors(), 16);
+        let mut capacity = [0u8; 8];
+        h.dev.read_config(0, &mut capacity);
+        assert_eq!(u64::from_le_bytes(capacity), 16);
+        assert!(h.irq.causes().contains(&InterruptCause::Config));
+        // Grown again: reachable again, and no change means no interrupt.
+        h.host.as_file().set_len(32 * 512).unwrap();
+        let (status, _, _) = h.submit(VIRTIO_BLK_T_IN, 20, &[512], W);
+        assert_eq!(status, S_OK);
+        assert_eq!(h.dev.capacity_sectors(), 32);
+        let configs = |h: &Harness| {
+            h.irq
+                .causes()
+                .iter()
+                .filter(|c| **c == InterruptCause::Config)
+                .count()
+        };
+        let before = configs(&h);
+        assert!(!h.dev.refresh_capacity());
+        assert_eq!(configs(&h), before);
     }
 
     #[test]
