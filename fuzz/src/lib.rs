@@ -4,7 +4,8 @@
 //! and plays them against a device model, as a driver in the guest would: PCI configuration
 //! space accesses, BAR accesses (virtio common configuration, ISR, device configuration,
 //! notifications, the MSI-X table and PBA), writes of anything at all into guest memory
-//! (descriptor tables, rings, request headers), queue processing, resets; and for the I/O
+//! (descriptor tables, rings, request headers, frames, control commands), queue and host-side
+//! processing, resets; and for the I/O
 //! APIC, register accesses, interrupt lines and end-of-interrupts. An input passes when the
 //! device neither panics nor takes long; guest memory is only reached through `vm-memory`'s
 //! bounds-checked accessors, and a check after each input makes sure memory past the guest's
@@ -14,6 +15,7 @@
 //! a million inputs per target, and the tests a short run of each.
 
 use std::io::Write as _;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -22,9 +24,12 @@ use std::time::{Duration, Instant};
 use arbitrary::{Arbitrary, Unstructured};
 use devices::bus::BusDevice;
 use devices::ioapic::{IoApic, MsiSink};
+use devices::netns::NetNs;
 use devices::pci::PciDevice;
+use devices::tap::Tap;
 use devices::virtio::block::{Block, BlockOptions};
 use devices::virtio::console::Console;
+use devices::virtio::net::{Net, NetOptions};
 use devices::virtio::pci::{VirtioPci, BAR0_SIZE};
 use devices::virtio::rng::Rng;
 use devices::virtio::VirtioDevice;
@@ -48,13 +53,22 @@ pub enum Target {
     Console,
     /// The same transport over the entropy device.
     Rng,
+    /// The same transport over virtio-net (two queue pairs and the control queue) on a tap
+    /// in a network namespace of its own: headers, frames and control commands.
+    Net,
     /// The I/O APIC.
     IoApic,
 }
 
 impl Target {
     /// Every target.
-    pub const ALL: [Target; 4] = [Target::Block, Target::Console, Target::Rng, Target::IoApic];
+    pub const ALL: [Target; 5] = [
+        Target::Block,
+        Target::Console,
+        Target::Rng,
+        Target::Net,
+        Target::IoApic,
+    ];
 
     /// Its name.
     pub fn name(self) -> &'static str {
@@ -62,6 +76,7 @@ impl Target {
             Target::Block => "virtio-blk",
             Target::Console => "virtio-console",
             Target::Rng => "virtio-rng",
+            Target::Net => "virtio-net",
             Target::IoApic => "ioapic",
         }
     }
@@ -95,11 +110,13 @@ enum PciAction {
         offset: u16,
         data: Vec<u8>,
     },
-    /// The usual start-up sequence, with queue 0 at the fuzzer's ring addresses.
+    /// The usual start-up sequence, with one queue (0 to 5: a network device's receive,
+    /// transmit and control queues among them) at the fuzzer's ring addresses.
     Setup {
         features: u32,
         size: u16,
         vector: u16,
+        queue: u8,
     },
     /// Anything at all written into guest memory.
     Memory {
@@ -112,6 +129,8 @@ enum PciAction {
         avail_idx: u16,
     },
     Process(u8),
+    /// The host side is ready (a frame came in on the tap, say).
+    Host(u8),
     Reset,
 }
 
@@ -144,8 +163,32 @@ fn scratch_file(len: u64) -> std::fs::File {
     f
 }
 
-fn new_device(target: Target) -> Box<dyn VirtioDevice> {
+/// Copies of `taps` for a new network device (the kernel's tap outlives each input).
+fn tap_copies(taps: &[Tap]) -> Vec<Tap> {
+    taps.iter()
+        .map(|t| {
+            // SAFETY: duplicating a descriptor we hold; the copy is owned below.
+            let fd = unsafe { libc::fcntl(t.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 0) };
+            assert!(fd >= 0, "dup a tap");
+            // SAFETY: `fd` was just made and is owned by nothing else.
+            Tap::from_fd(unsafe { OwnedFd::from_raw_fd(fd) }).expect("adopt a tap")
+        })
+        .collect()
+}
+
+fn new_device(target: Target, taps: &[Tap]) -> Box<dyn VirtioDevice> {
     match target {
+        Target::Net => Box::new(
+            Net::new(
+                tap_copies(taps),
+                [0x52, 0x54, 0, 0x12, 0x34, 0x56],
+                NetOptions {
+                    queue_size: 16,
+                    ..NetOptions::default()
+                },
+            )
+            .expect("a network device"),
+        ),
         Target::Block => Box::new(
             Block::new(
                 scratch_file(64 * 1024),
@@ -170,7 +213,7 @@ fn bar_write(dev: &mut VirtioPci, offset: u64, data: &[u8]) {
     dev.bar_write(0, offset, data);
 }
 
-fn setup(dev: &mut VirtioPci, features: u32, size: u16, vector: u16) {
+fn setup(dev: &mut VirtioPci, features: u32, size: u16, vector: u16, queue: u16) {
     // virtio 1.x common configuration: status, features, queue 0, status.
     bar_write(dev, 0x14, &[1 | 2]);
     bar_write(dev, 0x08, &0u32.to_le_bytes());
@@ -178,7 +221,7 @@ fn setup(dev: &mut VirtioPci, features: u32, size: u16, vector: u16) {
     bar_write(dev, 0x08, &1u32.to_le_bytes());
     bar_write(dev, 0x0c, &1u32.to_le_bytes()); // VIRTIO_F_VERSION_1
     bar_write(dev, 0x14, &[1 | 2 | 8]);
-    bar_write(dev, 0x16, &0u16.to_le_bytes());
+    bar_write(dev, 0x16, &queue.to_le_bytes());
     bar_write(dev, 0x18, &size.to_le_bytes());
     bar_write(dev, 0x1a, &vector.to_le_bytes());
     bar_write(dev, 0x20, &DESC.to_le_bytes());
@@ -239,10 +282,15 @@ impl Drop for GuardedMemory {
     }
 }
 
-fn play_virtio(target: Target, u: &mut Unstructured<'_>, live: &mut bool) -> arbitrary::Result<()> {
+fn play_virtio(
+    target: Target,
+    taps: &[Tap],
+    u: &mut Unstructured<'_>,
+    live: &mut bool,
+) -> arbitrary::Result<()> {
     // Declared first, so dropped last: the device and `mem` go before the mapping.
     let (guarded, mem) = GuardedMemory::new();
-    let result = play_virtio_on(target, &mem, u, live);
+    let result = play_virtio_on(target, taps, &mem, u, live);
     assert!(
         guarded.guards_intact(),
         "a device wrote outside guest memory"
@@ -252,13 +300,14 @@ fn play_virtio(target: Target, u: &mut Unstructured<'_>, live: &mut bool) -> arb
 
 fn play_virtio_on(
     target: Target,
+    taps: &[Tap],
     mem: &GuestMemoryMmap,
     u: &mut Unstructured<'_>,
     live: &mut bool,
 ) -> arbitrary::Result<()> {
     let msi = Arc::new(CountingMsi::default());
     let mut dev =
-        VirtioPci::new(new_device(target), mem.clone(), msi).expect("a virtio-pci device");
+        VirtioPci::new(new_device(target, taps), mem.clone(), msi).expect("a virtio-pci device");
     dev.set_bar_address(0, 0xc000_0000);
     let mut steps = 0;
     while !u.is_empty() && steps < 64 {
@@ -283,7 +332,14 @@ fn play_virtio_on(
                 features,
                 size,
                 vector,
-            } => setup(&mut dev, features, size % 32, vector % 4),
+                queue,
+            } => setup(
+                &mut dev,
+                features,
+                size % 32,
+                vector % 4,
+                u16::from(queue % 6),
+            ),
             PciAction::Memory { addr, data } => {
                 let _ = mem.write_slice(&data, GuestAddress(addr as u64 % MEM_SIZE));
             }
@@ -301,8 +357,9 @@ fn play_virtio_on(
             PciAction::Process(q) => {
                 // DRIVER_OK: the queue is served, not just notified.
                 *live |= dev.status() & 4 != 0;
-                dev.process_queue(q as u16 % 4)
+                dev.process_queue(q as u16 % 6)
             }
+            PciAction::Host(token) => dev.process_host(u32::from(token % 3)),
             PciAction::Reset => bar_write(&mut dev, 0x14, &[0]),
         }
     }
@@ -333,14 +390,15 @@ fn play_ioapic(u: &mut Unstructured<'_>) -> arbitrary::Result<()> {
     Ok(())
 }
 
-/// Plays one input against `target`; returns whether it had a live device process a queue.
-pub fn play(target: Target, data: &[u8]) -> bool {
+/// Plays one input against `target` (`taps` back a network device); returns whether it
+/// had a live device process a queue.
+pub fn play(target: Target, taps: &[Tap], data: &[u8]) -> bool {
     let mut u = Unstructured::new(data);
     let mut live = false;
     // Running out of bytes ends an input early: that is not a failure.
     let _ = match target {
         Target::IoApic => play_ioapic(&mut u),
-        t => play_virtio(t, &mut u, &mut live),
+        t => play_virtio(t, taps, &mut u, &mut live),
     };
     live
 }
@@ -393,13 +451,28 @@ pub struct Findings {
 
 /// Plays `count` inputs from `seed` against `target`.
 pub fn run(target: Target, seed: u64, count: u64) -> Findings {
+    // A network device needs taps: two queues' worth, in a namespace made for the run.
+    let ns = (target == Target::Net).then(NetNs::new);
+    let taps = match &ns {
+        Some(ns) => ns.run(|| Tap::open(None, 2).expect("a tap in the fuzz namespace")),
+        None => Vec::new(),
+    };
+    let findings = run_with(target, &taps, seed, count);
+    drop(taps);
+    if let Some(ns) = ns {
+        ns.remove();
+    }
+    findings
+}
+
+fn run_with(target: Target, taps: &[Tap], seed: u64, count: u64) -> Findings {
     let mut inputs = Inputs::new(seed ^ target as u64);
     let mut buf = Vec::with_capacity(512);
     let mut findings = Findings::default();
     for i in 0..count {
         inputs.fill(&mut buf);
         let t = Instant::now();
-        let result = std::panic::catch_unwind(AssertUnwindSafe(|| play(target, &buf)));
+        let result = std::panic::catch_unwind(AssertUnwindSafe(|| play(target, taps, &buf)));
         if let Ok(true) = result {
             findings.live += 1;
         }
