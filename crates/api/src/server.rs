@@ -254,6 +254,8 @@ impl Server {
     fn new(sender: RequestSender, options: &ServerOptions, stop: watch::Receiver<bool>) -> Self {
         let mut http = http1::Builder::new();
         http.timer(TokioTimer::new())
+            // `Content-Length`, not `content-length`: ch-remote looks for it by that spelling.
+            .title_case_headers(true)
             .header_read_timeout(options.idle_timeout)
             .max_buf_size(MAX_HEAD_SIZE)
             // A client may shut down its sending side once its request is out and still get
@@ -437,6 +439,11 @@ fn with_common_headers(mut response: HttpResponse) -> HttpResponse {
     response
         .headers_mut()
         .insert(SERVER, HeaderValue::from_static("Palisade"));
+    // The status line as Cloud Hypervisor writes it, `HTTP/1.1 200 ` with no reason phrase:
+    // its own client, ch-remote, reads everything after the version as the status code.
+    response
+        .extensions_mut()
+        .insert(hyper::ext::ReasonPhrase::from_static(b""));
     response
 }
 

@@ -539,8 +539,9 @@ fn a_connection_is_kept_alive_for_several_requests() {
 
     // HTTP/1.0 closes after one answer (which hyper gives in HTTP/1.0 too).
     let r = h.raw(b"GET /api/v1/vmm.ping HTTP/1.0\r\n\r\nGET /api/v1/vmm.ping HTTP/1.0\r\n\r\n");
-    assert_eq!(r.matches(" 200 OK\r\n").count(), 1, "{r}");
-    assert!(r.starts_with("HTTP/1.0 200 OK\r\n"), "{r}");
+    // The status line is Cloud Hypervisor's: no reason phrase (ch-remote depends on it).
+    assert_eq!(r.matches(" 200 \r\n").count(), 1, "{r}");
+    assert!(r.starts_with("HTTP/1.0 200 \r\n"), "{r}");
 }
 
 #[test]

@@ -1,0 +1,83 @@
+//! Cloud Hypervisor's own client, ch-remote, drives Palisade: it parses the status line and
+//! headers the way Cloud Hypervisor writes them (`HTTP/1.1 200 `, `Content-Length:`).
+//!
+//! ch-remote is found through `CH_REMOTE` or at `../shared/tools/ch-remote` beside the
+//! repository; under `CI=true` its absence is a failure.
+
+mod common;
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use common::*;
+
+fn ch_remote() -> Option<PathBuf> {
+    let path = std::env::var_os("CH_REMOTE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/tools/ch-remote")
+        });
+    if path.exists() {
+        return Some(path);
+    }
+    assert!(
+        std::env::var_os("CI").is_none(),
+        "ch-remote is missing at {} (set CH_REMOTE)",
+        path.display()
+    );
+    println!("skipping: ch-remote is missing at {}", path.display());
+    None
+}
+
+#[test]
+fn ch_remote_pings_creates_inspects_boots_and_deletes() {
+    let Some(ch) = ch_remote() else {
+        return;
+    };
+    let dir = TempDir::new("ch-remote");
+    let vmm = ApiVmm::spawn(palisade(), &dir, &["--no-shutdown"]);
+    let run = |args: &[&str]| {
+        let out = Command::new(&ch)
+            .arg("--api-socket")
+            .arg(&vmm.socket)
+            .args(args)
+            .output()
+            .expect("run ch-remote");
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, out, err) = run(&["ping"]);
+    assert_eq!(code, Some(0), "{err}");
+    let ping: serde_json::Value = serde_json::from_str(&out).expect("ping is JSON");
+    assert_eq!(ping["pid"], serde_json::json!(vmm.pid()));
+
+    let config = dir.path("vm.json");
+    let body = serde_json::json!({
+        "payload": {"kernel": guest("echo")},
+        "serial": {"mode": "File", "file": dir.path("serial.log")},
+        "console": {"mode": "Off"},
+    });
+    std::fs::write(&config, body.to_string()).unwrap();
+    let (code, _, err) = run(&["create", path_str(&config)]);
+    assert_eq!(code, Some(0), "{err}");
+    let (code, out, err) = run(&["info"]);
+    assert_eq!(code, Some(0), "{err}");
+    let info: serde_json::Value = serde_json::from_str(&out).expect("info is JSON");
+    assert_eq!(info["state"], "Created");
+    let (code, _, err) = run(&["boot"]);
+    assert_eq!(code, Some(0), "{err}");
+    vmm.wait_serial("echo: ready", 1);
+    assert_eq!(vmm.state(), "Running");
+    let (code, _, err) = run(&["delete"]);
+    assert_eq!(code, Some(0), "{err}");
+    // An error is reported as Cloud Hypervisor's are: the status, then Palisade's message.
+    let (code, _, err) = run(&["info"]);
+    assert_ne!(code, Some(0));
+    assert!(
+        err.contains("NotFound") && err.contains("no VM has been created"),
+        "{err}"
+    );
+}
