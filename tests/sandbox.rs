@@ -475,16 +475,10 @@ fn palisade_runs_confined_as_an_unprivileged_user() {
     let kernel = guest("hello");
     let sock = scene.dir.path("api.sock");
     let mut cmd = palisade();
-    cmd.args([
-        "--kernel",
-        path_str(&kernel),
-        "--serial",
-        "tty",
-        "--console",
-        "off",
-    ])
-    .args(["--disk", &format!("path={}", disk.display())])
-    .args(["--api-socket", path_str(&sock), "--landlock", "-v"]);
+    cmd.args(["--kernel", path_str(&kernel)])
+        .args(SERIAL_ON_STDOUT)
+        .args(["--disk", &format!("path={}", disk.display())])
+        .args(["--api-socket", path_str(&sock), "--landlock", "-v"]);
     as_unprivileged(&mut cmd, &scene);
     let out = run_with_timeout(&mut cmd, PATIENCE);
     let err = stderr(&out);
@@ -509,21 +503,15 @@ fn an_unprivileged_palisade_uses_a_tap_made_for_it() {
     ns.ip(&["link", "set", "tapu0", "up"]);
     let kernel = guest("virtio_net");
     let mut cmd = palisade();
-    cmd.args([
-        "--kernel",
-        path_str(&kernel),
-        "--serial",
-        "tty",
-        "--console",
-        "off",
-    ])
-    .args([
-        "--net",
-        "tap=tapu0",
-        "--cmdline",
-        "host=10.77.0.1 me=10.77.0.2",
-    ])
-    .args(["--landlock", "-v"]);
+    cmd.args(["--kernel", path_str(&kernel)])
+        .args(SERIAL_ON_STDOUT)
+        .args([
+            "--net",
+            "tap=tapu0",
+            "--cmdline",
+            "host=10.77.0.1 me=10.77.0.2",
+        ])
+        .args(["--landlock", "-v"]);
     ns.enter(&mut cmd);
     as_unprivileged(&mut cmd, &scene);
     let out = run_with_timeout(&mut cmd, PATIENCE);

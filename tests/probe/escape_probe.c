@@ -31,6 +31,8 @@
 #include <sys/xattr.h>
 #include <unistd.h>
 
+#include "probe_text.h"
+
 #ifndef IPPROTO_MPTCP
 #define IPPROTO_MPTCP 262
 #endif
@@ -101,22 +103,6 @@ static long attack(void)
         return syscall(SYS_setuid, 4321);
     errno = EINVAL;
     return -2;
-}
-
-static void put_num(char **p, long v)
-{
-    char tmp[24];
-    int n = 0;
-    if (v < 0) {
-        *(*p)++ = '-';
-        v = -v;
-    }
-    do {
-        tmp[n++] = (char)('0' + v % 10);
-        v /= 10;
-    } while (v);
-    while (n)
-        *(*p)++ = tmp[--n];
 }
 
 static void on_signal(int sig)

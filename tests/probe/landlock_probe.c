@@ -33,6 +33,8 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "probe_text.h"
+
 static int out_fd = -1;
 static int list_fd = -1;
 
@@ -40,22 +42,6 @@ static void put(char **p, const char *s)
 {
     while (*s)
         *(*p)++ = *s++;
-}
-
-static void put_num(char **p, long v)
-{
-    char tmp[24];
-    int n = 0;
-    if (v < 0) {
-        *(*p)++ = '-';
-        v = -v;
-    }
-    do {
-        tmp[n++] = (char)('0' + v % 10);
-        v /= 10;
-    } while (v);
-    while (n)
-        *(*p)++ = tmp[--n];
 }
 
 static long run_exec(const char *path)
