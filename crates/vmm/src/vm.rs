@@ -184,6 +184,8 @@ pub struct Vm {
     // Devices removed through the API that the guest has not ejected yet: already gone from
     // the config, taken off the bus when the guest ejects them or the VM next boots.
     unplugging: Vec<String>,
+    // The vCPU threads' system-call filter, compiled once for every boot and reboot.
+    vcpu_filters: Arc<sandbox::seccomp::Filters>,
 }
 
 impl Vm {
@@ -248,6 +250,8 @@ impl Vm {
             log::info!("virtio console on {}", pty.display());
         }
         let reset_evt = Arc::new(events.reset.try_clone().map_err(VmError::EventFd)?);
+        let vcpu_filters = crate::thread_policy::filters(sandbox::Role::Vcpu, None)
+            .map_err(|e| VmError::Thread(std::io::Error::other(e)))?;
         Ok(Vm {
             config,
             memory,
@@ -260,6 +264,7 @@ impl Vm {
             machine: None,
             state: VmState::Created,
             unplugging: Vec::new(),
+            vcpu_filters: Arc::new(vcpu_filters),
         })
     }
 
@@ -499,10 +504,7 @@ impl Vm {
             control: control.clone(),
             faults: self.faults.clone(),
             reset: self.reset_evt.clone(),
-            filters: Arc::new(
-                crate::thread_policy::filters(sandbox::Role::Vcpu, None)
-                    .map_err(|e| VmError::Thread(std::io::Error::other(e)))?,
-            ),
+            filters: self.vcpu_filters.clone(),
         };
         let mut threads = Vec::with_capacity(fds.len());
         for (id, fd) in fds.into_iter().enumerate() {

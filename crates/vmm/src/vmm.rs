@@ -783,22 +783,26 @@ impl Vmm {
     }
 
     fn boot_vm(&mut self) -> Result<(), VmError> {
-        let Some(vm) = &mut self.vm else {
-            return Ok(());
-        };
-        let booted = vm.boot(&self.kvm, &self.cpuid);
-        // Devices removed while the guest ran are gone now.
-        self.sync_queue_watches();
-        booted
+        self.start_vm(false)
     }
 
     fn reboot_vm(&mut self) -> Result<(), VmError> {
+        self.start_vm(true)
+    }
+
+    /// Boots the VM, or reboots it; either way devices removed while the guest ran are gone
+    /// afterwards, and the loop stops watching them.
+    fn start_vm(&mut self, reboot: bool) -> Result<(), VmError> {
         let Some(vm) = &mut self.vm else {
             return Ok(());
         };
-        let rebooted = vm.reboot(&self.kvm, &self.cpuid);
+        let started = if reboot {
+            vm.reboot(&self.kvm, &self.cpuid)
+        } else {
+            vm.boot(&self.kvm, &self.cpuid)
+        };
         self.sync_queue_watches();
-        rebooted
+        started
     }
 
     /// Destroys the VM; with `release`, waits until its kernel side is gone too.
