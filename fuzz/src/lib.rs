@@ -305,9 +305,9 @@ fn play_virtio_on(
     u: &mut Unstructured<'_>,
     live: &mut bool,
 ) -> arbitrary::Result<()> {
-    let msi = Arc::new(CountingMsi::default());
+    let routes = Arc::new(devices::test_util::RouteRecorder::default());
     let mut dev =
-        VirtioPci::new(new_device(target, taps), mem.clone(), msi).expect("a virtio-pci device");
+        VirtioPci::new(new_device(target, taps), mem.clone(), routes).expect("a virtio-pci device");
     dev.set_bar_address(0, 0xc000_0000);
     let mut steps = 0;
     while !u.is_empty() && steps < 64 {

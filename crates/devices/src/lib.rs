@@ -13,8 +13,8 @@ pub mod netns;
 pub mod pci;
 pub mod serial;
 pub mod tap;
-#[cfg(test)]
-mod test_util;
+#[cfg(any(test, feature = "test-util"))]
+pub mod test_util;
 pub mod virtio;
 
 pub use bus::{Bus, BusDevice, BusError};

@@ -197,6 +197,33 @@ pub fn rules(role: Role, ctx: &FilterContext) -> Rules {
             common(&mut r);
             ioctls(&mut r, ctx);
         }
+        Role::Device => {
+            common(&mut r);
+            ioctls(&mut r, ctx);
+            // Its event loop, and I/O on the descriptors it was handed (a disk image, a
+            // tap, a console's ends, eventfds); a console's input is polled with no timeout
+            // before it is read; a disk is measured again with lseek.
+            r.allow(&[
+                Sysno::epoll_wait,
+                Sysno::epoll_pwait,
+                Sysno::poll,
+                Sysno::lseek,
+                Sysno::pread64,
+                Sysno::pwrite64,
+                Sysno::preadv,
+                Sysno::pwritev,
+                Sysno::preadv2,
+                Sysno::pwritev2,
+                Sysno::fsync,
+                Sysno::fdatasync,
+                Sysno::fallocate,
+                Sysno::io_uring_enter,
+            ]);
+            // A worker started just before `vm.create` may be asked (by signal) to take the
+            // VM's ruleset as well: confining itself further is all these allow.
+            r.allow(&[Sysno::landlock_restrict_self]);
+            r.allow_values(Sysno::prctl, 0, &[libc::PR_SET_NO_NEW_PRIVS as u64]);
+        }
         Role::Janitor => {
             common(&mut r);
             messages_on(&mut r, ctx.message_fd);
@@ -248,7 +275,13 @@ mod tests {
             ioctls: vec![],
             message_fd: Some(5),
         };
-        for role in [Role::Vmm, Role::Api, Role::Vcpu, Role::Janitor] {
+        for role in [
+            Role::Vmm,
+            Role::Api,
+            Role::Vcpu,
+            Role::Device,
+            Role::Janitor,
+        ] {
             let r = rules(role, &ctx);
             for door in DOORS {
                 assert!(!r.names(door), "{role:?} allows {door}");
@@ -259,11 +292,18 @@ mod tests {
     #[test]
     fn only_the_vmm_opens_files_or_starts_threads() {
         let ctx = FilterContext::default();
-        for role in [Role::Api, Role::Vcpu, Role::Janitor] {
+        for role in [Role::Api, Role::Vcpu, Role::Device, Role::Janitor] {
             let r = rules(role, &ctx);
-            for call in [Sysno::openat, Sysno::clone, Sysno::clone3, Sysno::prctl] {
+            for call in [
+                Sysno::openat,
+                Sysno::clone,
+                Sysno::clone3,
+                Sysno::io_uring_register,
+            ] {
                 assert!(!r.names(call), "{role:?} allows {call}");
             }
+            // Only a device worker may confine itself further (see `rules`).
+            assert_eq!(r.names(Sysno::prctl), role == Role::Device, "{role:?}");
         }
         let vmm = rules(Role::Vmm, &ctx);
         assert!(vmm.names(Sysno::openat) && vmm.names(Sysno::clone));

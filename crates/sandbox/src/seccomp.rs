@@ -67,6 +67,8 @@ pub enum Role {
     Api,
     /// A vCPU thread.
     Vcpu,
+    /// A device's worker thread: its queues and host descriptors.
+    Device,
     /// The janitor process.
     Janitor,
 }
@@ -78,6 +80,7 @@ impl Role {
             Role::Vmm => "vmm",
             Role::Api => "api",
             Role::Vcpu => "vcpu",
+            Role::Device => "device",
             Role::Janitor => "janitor",
         }
     }
@@ -411,7 +414,13 @@ mod tests {
             ioctls: vec![0xae80],
             message_fd: Some(3),
         };
-        for role in [Role::Vmm, Role::Api, Role::Vcpu, Role::Janitor] {
+        for role in [
+            Role::Vmm,
+            Role::Api,
+            Role::Vcpu,
+            Role::Device,
+            Role::Janitor,
+        ] {
             for mode in [SeccompMode::Enforce, SeccompMode::Log, SeccompMode::Off] {
                 let f = build(role, mode, &ctx).unwrap();
                 assert!(f.syscalls() > 5);

@@ -124,6 +124,7 @@ impl DeviceManager {
         events: &MachineEvents,
         ioapic_id: u8,
         mem: &GuestMemoryMmap,
+        worker_setup: devices::virtio::worker::ThreadSetup,
     ) -> Result<Self, DeviceError> {
         let pio = Arc::new(Bus::new());
         let mmio = Arc::new(Bus::new());
@@ -143,7 +144,14 @@ impl DeviceManager {
             layout::PCI_HOTPLUG_START,
             layout::PCI_HOTPLUG_SIZE,
         )?;
-        let pci = PciDevices::new(&pio, &mmio, vm.clone(), mem.clone(), cfg.memory.size)?;
+        let pci = PciDevices::new(
+            &pio,
+            &mmio,
+            vm.clone(),
+            mem.clone(),
+            cfg.memory.size,
+            worker_setup,
+        )?;
         pio.insert(
             Arc::new(Mutex::new(I8042::new(clone_evt(&events.reset)?))),
             I8042_BASE,
@@ -245,10 +253,9 @@ impl DeviceManager {
     /// Delivers the devices' interrupts and notifications into `vm` (a new machine), or
     /// nowhere.
     pub fn attach(&self, vm: Option<Arc<VmFd>>) {
-        let running = vm.is_some();
-        self.vm.set(vm);
-        if running {
-            self.pci.attach();
+        self.vm.set(vm.clone());
+        if let Some(vm) = vm {
+            self.pci.attach(&vm);
         }
     }
 
@@ -321,12 +328,9 @@ impl DeviceManager {
     pub fn counters(&self) -> serde_json::Value {
         let mut all = serde_json::Map::new();
         for e in self.pci.entries() {
-            let c = e
-                .device
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .device()
-                .counters();
+            let device = e.device.lock().unwrap_or_else(|e| e.into_inner());
+            let mut c = device.device().counters();
+            c.insert("interrupts".into(), device.interrupts_delivered().into());
             all.insert(e.id.clone(), serde_json::Value::Object(c));
         }
         if let Some(serial) = &self.serial {

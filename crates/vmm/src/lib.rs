@@ -9,6 +9,7 @@ pub mod console;
 pub mod control;
 pub mod device_manager;
 pub mod files;
+pub mod interrupts;
 pub mod pci_devices;
 pub mod signals;
 pub mod thread_policy;

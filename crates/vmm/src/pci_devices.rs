@@ -19,12 +19,14 @@ use devices::tap::{Tap, TUN_DEVICE};
 use devices::virtio::block::{Block, BlockOptions};
 use devices::virtio::net::{format_mac, parse_mac, random_mac, Net, NetOptions};
 use devices::virtio::pci::VirtioPci;
+use devices::virtio::worker::{DeviceWorker, ThreadSetup};
 use devices::virtio::VirtioDevice;
 use devices::{Bus, BusError};
 use kvm_ioctls::{IoEventAddress, NoDatamatch, VmFd};
 use vm_allocator::{AddressAllocator, AllocPolicy, RangeInclusive};
 use vm_memory::GuestMemoryMmap;
 
+use crate::interrupts::GsiRoutes;
 use crate::x86_64::layout;
 
 /// The KVM VM the guest runs in right now (none while stopped; a reboot builds a new one).
@@ -171,6 +173,8 @@ pub struct PciEntry {
     pub device: Arc<Mutex<VirtioPci>>,
     /// Where its BAR 0 was placed (returned to the allocator when it goes).
     bar: RangeInclusive,
+    /// The thread that serves its queues; stopped when the entry goes.
+    _worker: DeviceWorker,
 }
 
 impl PciEntry {
@@ -187,7 +191,8 @@ pub struct PciDevices {
     mapper: Arc<KvmBarMapper>,
     mmio64: AddressAllocator,
     entries: Vec<PciEntry>,
-    msi: Arc<CurrentVm>,
+    routes: Arc<GsiRoutes>,
+    worker_setup: ThreadSetup,
     mem: GuestMemoryMmap,
 }
 
@@ -200,6 +205,7 @@ impl PciDevices {
         vm: Arc<CurrentVm>,
         mem: GuestMemoryMmap,
         ram_size: u64,
+        worker_setup: ThreadSetup,
     ) -> Result<Self, PciDeviceError> {
         let mapper = Arc::new(KvmBarMapper {
             mmio: Arc::downgrade(mmio),
@@ -225,7 +231,8 @@ impl PciDevices {
             mapper,
             mmio64,
             entries: Vec::new(),
-            msi: vm,
+            routes: Arc::new(GsiRoutes::new(vm)),
+            worker_setup,
             mem,
         })
     }
@@ -323,15 +330,18 @@ impl PciDevices {
         id: &str,
         model: Box<dyn VirtioDevice>,
     ) -> Result<&PciEntry, PciDeviceError> {
-        let msi: Arc<dyn MsiSink> = self.msi.clone();
-        let device = VirtioPci::new(model, self.mem.clone(), msi)?;
-        self.plug(id, Arc::new(Mutex::new(device)))
+        let device = VirtioPci::new(model, self.mem.clone(), self.routes.clone())?;
+        // Thread names hold 15 bytes.
+        let name: String = format!("dev-{id}").chars().take(15).collect();
+        let worker = DeviceWorker::start(&name, device.handle(), self.worker_setup.clone())?;
+        self.plug(id, Arc::new(Mutex::new(device)), worker)
     }
 
     fn plug(
         &mut self,
         id: &str,
         device: Arc<Mutex<VirtioPci>>,
+        worker: DeviceWorker,
     ) -> Result<&PciEntry, PciDeviceError> {
         let size = devices::virtio::pci::BAR0_SIZE;
         let bar = self
@@ -370,6 +380,7 @@ impl PciDevices {
             slot,
             device,
             bar,
+            _worker: worker,
         });
         Ok(self.entries.last().expect("just pushed"))
     }
@@ -393,8 +404,10 @@ impl PciDevices {
         Some(entry)
     }
 
-    /// Registers every device's ioeventfds with the (new) KVM VM.
-    pub fn attach(&self) {
+    /// Registers every device's interrupt routes, irqfds and ioeventfds with the (new) KVM
+    /// VM.
+    pub fn attach(&self, vm: &VmFd) {
+        self.routes.attach(vm);
         for e in &self.entries {
             let shared: SharedPciDevice = e.device.clone();
             let bars = shared.lock().unwrap_or_else(|e| e.into_inner()).bars();

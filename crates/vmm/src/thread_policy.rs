@@ -87,6 +87,12 @@ fn vcpu_ioctls() -> Vec<u64> {
     all
 }
 
+/// What a device's worker asks: nothing of KVM (interrupts are irqfd writes); a virtio
+/// console's terminal settings are left to the VMM thread.
+fn device_ioctls() -> Vec<u64> {
+    Vec::new()
+}
+
 /// What the VMM thread asks: building VMs and vCPUs (also on reboot), the vCPUs' requests
 /// (device work it does for them), taps, terminals and pseudo-terminals.
 fn vmm_ioctls() -> Vec<u64> {
@@ -162,6 +168,7 @@ pub fn filters(role: Role, message_fd: Option<i32>) -> Result<Filters, seccomp::
     let ioctls = match role {
         Role::Vmm => vmm_ioctls(),
         Role::Vcpu => vcpu_ioctls(),
+        Role::Device => device_ioctls(),
         Role::Api | Role::Janitor => Vec::new(),
     };
     let ctx = FilterContext {
@@ -174,6 +181,30 @@ pub fn filters(role: Role, message_fd: Option<i32>) -> Result<Filters, seccomp::
 /// Locks a vCPU thread down: no file rights, no capability, the vCPU filter.
 pub fn lock_down_vcpu(filters: &Filters) -> Result<Registration, LockdownError> {
     lockdown::lock_down(ThreadLandlock::NoFiles, &[], filters)
+}
+
+/// Locks a device's worker thread down: no file rights, no capability, the device filter.
+pub fn lock_down_device(filters: &Filters) -> Result<Registration, LockdownError> {
+    lockdown::lock_down(ThreadLandlock::NoFiles, &[], filters)
+}
+
+/// The confinement every device worker thread applies to itself first: the device
+/// filters, compiled once per process.
+pub fn device_thread_setup() -> Result<devices::virtio::worker::ThreadSetup, String> {
+    static FILTERS: std::sync::OnceLock<Result<std::sync::Arc<Filters>, String>> =
+        std::sync::OnceLock::new();
+    let filters = FILTERS
+        .get_or_init(|| {
+            filters(Role::Device, None)
+                .map(std::sync::Arc::new)
+                .map_err(|e| e.to_string())
+        })
+        .clone()?;
+    Ok(std::sync::Arc::new(move |_name: &str| {
+        lock_down_device(&filters)
+            .map(|kept| Box::new(kept) as Box<dyn std::any::Any>)
+            .map_err(|e| e.to_string())
+    }))
 }
 
 /// Locks the API thread down: no file rights, no capability, the API filter.

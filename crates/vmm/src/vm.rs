@@ -234,6 +234,8 @@ impl Vm {
             events,
             mptable::ioapic_id(config.cpus.max_vcpus.max(config.cpus.boot_vcpus)),
             &memory,
+            crate::thread_policy::device_thread_setup()
+                .map_err(|e| VmError::Thread(std::io::Error::other(e)))?,
         )?;
         if let Some(pty) = &devices.serial_pty {
             // Report the pty the way a file would be reported.

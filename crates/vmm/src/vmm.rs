@@ -19,10 +19,8 @@ pub use crate::signals::block_termination_signals;
 use crate::signals::SignalFd;
 use crate::vcpu::{self, FaultSink};
 use crate::vm::{self, HotplugError, Removal, Vm, VmError, VmState};
-use devices::virtio::pci::VirtioPci;
 use sandbox::janitor::Janitor;
 use sandbox::{Policy, Sandbox, SandboxError};
-use std::sync::Mutex;
 
 /// Options of the VMM process itself.
 #[derive(Clone, Default)]
@@ -87,30 +85,6 @@ impl Token {
     }
 }
 
-/// epoll data of queue notification `n` in the queue table.
-const QUEUE_TOKEN_BASE: u64 = 0x1_0000;
-
-/// What a device descriptor the loop waits on is for.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum DeviceEvent {
-    /// The driver notified queue n (its ioeventfd).
-    Queue(u16),
-    /// A host descriptor of the device is ready (a tap, a console input), by token.
-    Host(u32),
-}
-
-/// A device descriptor the loop waits on.
-struct Watched {
-    device: Arc<Mutex<VirtioPci>>,
-    event: DeviceEvent,
-    fd: RawFd,
-    // Keeps a queue's eventfd open while it is watched.
-    _evt: Option<Arc<EventFd>>,
-    // False when epoll refused the descriptor (e.g. /dev/null or a regular file as the
-    // console's standard input): it is remembered so as not to be tried again.
-    registered: bool,
-}
-
 /// The VMM: at most one VM, and the loop that drives it.
 pub struct Vmm {
     kvm: Kvm,
@@ -124,7 +98,6 @@ pub struct Vmm {
     signals: Option<SignalFd>,
     sandbox: Sandbox,
     vm: Option<Vm>,
-    queues: Vec<Option<Watched>>,
     input_watched: bool,
     exit: Option<ExitReason>,
     // The VMM thread's confinement record, kept while the VMM runs.
@@ -196,7 +169,6 @@ impl Vmm {
             signals: Some(signals),
             sandbox,
             vm: None,
-            queues: Vec::new(),
             input_watched: false,
             exit: None,
             _lockdown: Some(lockdown),
@@ -246,10 +218,6 @@ impl Vmm {
                 }
             };
             for event in &events[..n] {
-                if event.data() >= QUEUE_TOKEN_BASE {
-                    self.on_queue(event.data() - QUEUE_TOKEN_BASE);
-                    continue;
-                }
                 match Token::from_u64(event.data()) {
                     Some(Token::Reset) => self.on_reset(),
                     Some(Token::Poweroff) => self.on_poweroff(),
@@ -313,16 +281,6 @@ impl Vmm {
         }
     }
 
-    fn on_queue(&mut self, index: u64) {
-        if let Some(Some(w)) = self.queues.get(index as usize) {
-            let mut device = w.device.lock().unwrap_or_else(|e| e.into_inner());
-            match w.event {
-                DeviceEvent::Queue(q) => device.process_queue(q),
-                DeviceEvent::Host(token) => device.process_host(token),
-            }
-        }
-    }
-
     fn on_eject(&mut self) {
         let Some(vm) = &mut self.vm else {
             return;
@@ -330,84 +288,6 @@ impl Vmm {
         let gone = vm.finish_ejects();
         for id in &gone {
             info!("device {id} ejected by the guest and removed");
-        }
-        if !gone.is_empty() {
-            self.sync_queue_watches();
-        }
-    }
-
-    /// Makes the loop wait on exactly the queue eventfds and host descriptors of the VM's
-    /// current devices.
-    fn sync_queue_watches(&mut self) {
-        let mut wanted: Vec<Watched> = Vec::new();
-        if let Some(vm) = &self.vm {
-            for e in vm.devices().pci.entries() {
-                let dev = e.device.lock().unwrap_or_else(|e| e.into_inner());
-                for (q, evt) in dev.notify_eventfds().iter().enumerate() {
-                    wanted.push(Watched {
-                        device: e.device.clone(),
-                        event: DeviceEvent::Queue(q as u16),
-                        fd: evt.as_raw_fd(),
-                        _evt: Some(evt.clone()),
-                        registered: false,
-                    });
-                }
-                for (fd, token) in dev.device().host_fds() {
-                    wanted.push(Watched {
-                        device: e.device.clone(),
-                        event: DeviceEvent::Host(token),
-                        fd,
-                        _evt: None,
-                        registered: false,
-                    });
-                }
-            }
-        }
-        let same = |a: &Watched, b: &Watched| {
-            Arc::ptr_eq(&a.device, &b.device) && a.event == b.event && a.fd == b.fd
-        };
-        // Drop watches of what is gone.
-        for slot in self.queues.iter_mut() {
-            if let Some(w) = slot {
-                if !wanted.iter().any(|x| same(w, x)) {
-                    if w.registered {
-                        let _ =
-                            self.epoll
-                                .ctl(ControlOperation::Delete, w.fd, EpollEvent::default());
-                    }
-                    *slot = None;
-                }
-            }
-        }
-        // Add what is new.
-        for mut watched in wanted {
-            if self.queues.iter().flatten().any(|w| same(w, &watched)) {
-                continue;
-            }
-            let index = match self.queues.iter().position(Option::is_none) {
-                Some(i) => i,
-                None => {
-                    self.queues.push(None);
-                    self.queues.len() - 1
-                }
-            };
-            // Host descriptors are edge-triggered: the device drains them itself and comes
-            // back for the rest when the guest gives it room.
-            let set = match watched.event {
-                DeviceEvent::Queue(_) => EventSet::IN,
-                DeviceEvent::Host(_) => EventSet::IN | EventSet::EDGE_TRIGGERED,
-            };
-            let data = QUEUE_TOKEN_BASE + index as u64;
-            match self.epoll.ctl(
-                ControlOperation::Add,
-                watched.fd,
-                EpollEvent::new(set, data),
-            ) {
-                Ok(()) => watched.registered = true,
-                // Not pollable (such as /dev/null): there is nothing to wait for.
-                Err(e) => log::debug!("not waiting on a device descriptor: {e}"),
-            }
-            self.queues[index] = Some(watched);
         }
     }
 
@@ -577,7 +457,6 @@ impl Vmm {
         let (id, slot) = vm
             .add_disk(disk)
             .map_err(|e| hotplug_error("vm.add-disk", e))?;
-        self.sync_queue_watches();
         info!("disk {id} added in slot {slot}");
         if running {
             Ok(Reply::Json(json!({ "id": id, "bdf": bdf(slot) })))
@@ -596,7 +475,6 @@ impl Vmm {
         let (id, slot) = vm
             .add_net(net)
             .map_err(|e| hotplug_error("vm.add-net", e))?;
-        self.sync_queue_watches();
         info!("network device {id} added in slot {slot}");
         if running {
             Ok(Reply::Json(json!({ "id": id, "bdf": bdf(slot) })))
@@ -618,7 +496,6 @@ impl Vmm {
             .map_err(|e| hotplug_error("vm.remove-device", e))?
         {
             Removal::Done => {
-                self.sync_queue_watches();
                 info!("device {id} removed");
             }
             Removal::Requested => info!("device {id}: the guest was asked to eject it"),
@@ -746,7 +623,6 @@ impl Vmm {
         }
         self.vm = Some(vm);
         self.start_console_input();
-        self.sync_queue_watches();
         if let Some(vm) = &self.vm {
             let _ = self.watch(vm.devices().eject_evt.as_raw_fd(), Token::Eject);
         }
@@ -791,18 +667,16 @@ impl Vmm {
     }
 
     /// Boots the VM, or reboots it; either way devices removed while the guest ran are gone
-    /// afterwards, and the loop stops watching them.
+    /// afterwards (their worker threads with them).
     fn start_vm(&mut self, reboot: bool) -> Result<(), VmError> {
         let Some(vm) = &mut self.vm else {
             return Ok(());
         };
-        let started = if reboot {
+        if reboot {
             vm.reboot(&self.kvm, &self.cpuid)
         } else {
             vm.boot(&self.kvm, &self.cpuid)
-        };
-        self.sync_queue_watches();
-        started
+        }
     }
 
     /// Destroys the VM; with `release`, waits until its kernel side is gone too.
@@ -824,7 +698,6 @@ impl Vmm {
                     warn!("the janitor could not release the deleted VM: {e}");
                 }
             }
-            self.sync_queue_watches();
             console::restore_terminal();
         }
     }

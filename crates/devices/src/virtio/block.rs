@@ -75,7 +75,7 @@ const MAX_DISCARD_SECTORS: u32 = u32::MAX;
 const MAX_DISCARD_SEG: u32 = 256;
 /// Discard granularity, in sectors (4 KiB, the usual file-system block).
 const DISCARD_SECTOR_ALIGNMENT: u32 = 8;
-/// Write-zeroes limits: 32 MiB per request bounds the time the VMM thread spends writing
+/// Write-zeroes limits: 32 MiB per request bounds the time the device thread spends writing
 /// zeros when the file system cannot zero a range with `fallocate`.
 const MAX_WRITE_ZEROES_SECTORS: u32 = 1 << 16;
 const MAX_WRITE_ZEROES_SEG: u32 = 1;

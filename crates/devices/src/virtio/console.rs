@@ -25,7 +25,7 @@
 //!
 //! Per notification the device does a bounded amount of work ([`MAX_TX_BYTES_PER_CALL`],
 //! [`MAX_RX_BYTES_PER_CALL`], [`MAX_CHAINS_PER_CALL`]); when a budget runs out with work
-//! left, it re-arms its own queue notification so the VMM thread comes back to it after
+//! left, it re-arms its own queue notification so its worker thread comes back to it after
 //! serving its other events.
 //!
 //! Configuration space (`struct virtio_console_config`): `cols` and `rows` read as 0
@@ -608,7 +608,7 @@ impl VirtioDevice for Console {
             }
         }
         // Input that arrived before activation (or was pending at a reset) and buffers the
-        // driver posted before DRIVER_OK are served as soon as the VMM thread gets to them.
+        // driver posted before DRIVER_OK are served as soon as its worker thread gets to them.
         for q in rx.iter().chain(tx.iter()) {
             rearm(&q.notify, "virtio-console", q.index);
         }
@@ -755,7 +755,7 @@ mod tests {
             let host = HostEnds { out, input: writer };
             let mut h = Driver::for_device(con, host, features);
             h.start(&[QSIZE; 2], ready);
-            // Activation arms the enabled queues; serve them as the VMM thread would.
+            // Activation arms the enabled queues; serve them as the worker thread would.
             h.run_notified();
             h
         }

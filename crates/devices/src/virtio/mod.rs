@@ -3,8 +3,8 @@
 //! A device model implements [`VirtioDevice`]: it advertises its type, features, queues and
 //! configuration space; once the driver sets DRIVER_OK the transport hands it the guest
 //! memory, its queues with their notification eventfds, and a [`VirtioInterrupt`] to signal
-//! used buffers. The VMM thread then calls [`VirtioDevice::process_queue`] whenever a queue's
-//! eventfd fires. Everything a guest controls (descriptor chains, addresses, lengths) is
+//! used buffers. The device's own worker thread ([`worker`]) then calls
+//! [`VirtioDevice::process_queue`] whenever a queue's eventfd fires. Everything a guest controls (descriptor chains, addresses, lengths) is
 //! untrusted: a malformed request fails that request, never the device or the VMM.
 
 pub mod block;
@@ -16,6 +16,7 @@ mod queue;
 pub mod rng;
 #[cfg(test)]
 mod test_driver;
+pub mod worker;
 
 use std::sync::Arc;
 
@@ -138,7 +139,7 @@ pub trait VirtioDevice: Send {
     ) -> Result<(), ActivateError>;
     /// Stops the device and forgets its queues (driver reset). Host resources stay open.
     fn reset(&mut self);
-    /// Handles the driver's notification of queue `index` (called on the VMM thread).
+    /// Handles the driver's notification of queue `index` (called on the device's worker thread).
     fn process_queue(&mut self, index: u16);
     /// Host descriptors the device wants watched once active (a tap, a console's input),
     /// each with a token. They are watched edge-triggered: when called, the device must
@@ -147,7 +148,7 @@ pub trait VirtioDevice: Send {
     fn host_fds(&self) -> Vec<(std::os::fd::RawFd, u32)> {
         Vec::new()
     }
-    /// The host descriptor with `token` is ready (called on the VMM thread).
+    /// The host descriptor with `token` is ready (called on the device's worker thread).
     fn process_host(&mut self, _token: u32) {}
     /// Counters for `vm.counters`, by name.
     fn counters(&self) -> serde_json::Map<String, serde_json::Value> {

@@ -16,15 +16,16 @@
 //! status state machine and feature negotiation, and builds the queues it hands to the
 //! device at DRIVER_OK.
 
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicU16, AtomicU8, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use virtio_queue::{Queue, QueueT};
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
+use super::worker::DeviceHandle;
 use super::{ActiveQueue, InterruptCause, VirtioDevice, VirtioInterrupt, F_VERSION_1};
-use crate::ioapic::MsiSink;
-use crate::pci::msix::Msix;
+use crate::pci::msix::{MsiRouting, Msix, MsixVectors};
 use crate::pci::{Bar, BarKind, BarMove, ConfigSpace, PciDevice, PciIdentity};
 
 /// Size of BAR 0.
@@ -94,31 +95,32 @@ impl QueueSetup {
 }
 
 /// Routes a device's interrupts to its MSI-X vectors (and the ISR for INTx-less drivers).
+/// Device threads raise them without a lock: the vector numbers and the ISR are atomics,
+/// and a vector is an irqfd write behind its mask gate.
 struct Interrupts {
-    msix: Mutex<Msix>,
-    config_vector: Mutex<u16>,
-    queue_vectors: Mutex<Vec<u16>>,
-    isr: Mutex<u8>,
+    vectors: Arc<MsixVectors>,
+    config_vector: AtomicU16,
+    queue_vectors: Vec<AtomicU16>,
+    isr: AtomicU8,
+}
+
+impl Interrupts {
+    fn queue_vector(&self, index: usize) -> u16 {
+        self.queue_vectors
+            .get(index)
+            .map_or(NO_VECTOR, |v| v.load(Ordering::Acquire))
+    }
 }
 
 impl VirtioInterrupt for Interrupts {
     fn trigger(&self, cause: InterruptCause) {
         let (vector, isr_bit) = match cause {
-            InterruptCause::Queue(q) => {
-                let vectors = self.queue_vectors.lock().unwrap_or_else(|e| e.into_inner());
-                (vectors.get(q as usize).copied().unwrap_or(NO_VECTOR), 1)
-            }
-            InterruptCause::Config => (
-                *self.config_vector.lock().unwrap_or_else(|e| e.into_inner()),
-                2,
-            ),
+            InterruptCause::Queue(q) => (self.queue_vector(usize::from(q)), 1),
+            InterruptCause::Config => (self.config_vector.load(Ordering::Acquire), 2),
         };
-        *self.isr.lock().unwrap_or_else(|e| e.into_inner()) |= isr_bit;
+        self.isr.fetch_or(isr_bit, Ordering::AcqRel);
         if vector != NO_VECTOR {
-            self.msix
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .trigger(vector);
+            self.vectors.trigger(vector);
         }
     }
 }
@@ -127,11 +129,11 @@ impl VirtioInterrupt for Interrupts {
 pub struct VirtioPci {
     config: ConfigSpace,
     msix_cap_offset: usize,
-    device: Box<dyn VirtioDevice>,
+    msix: Msix,
+    device: DeviceHandle,
     interrupts: Arc<Interrupts>,
     mem: GuestMemoryMmap,
     queues: Vec<QueueSetup>,
-    notify: Vec<Arc<EventFd>>,
     device_feature_select: u32,
     driver_feature_select: u32,
     driver_features: u64,
@@ -158,16 +160,17 @@ fn from_le(data: &[u8]) -> u64 {
 }
 
 impl VirtioPci {
-    /// Wraps `device`, whose MSIs go to `msi` and whose queues live in `mem`.
+    /// Wraps `device`, whose MSI-X vectors get routes in `routing` and whose queues live in
+    /// `mem`.
     pub fn new(
         device: Box<dyn VirtioDevice>,
         mem: GuestMemoryMmap,
-        msi: Arc<dyn MsiSink>,
+        routing: Arc<dyn MsiRouting>,
     ) -> std::io::Result<Self> {
         let max_sizes = device.queue_max_sizes();
         let num_queues = max_sizes.len();
         // One vector per queue plus one for configuration changes.
-        let msix = Msix::new(num_queues as u16 + 1, msi);
+        let msix = Msix::new(num_queues as u16 + 1, routing)?;
         let device_type = device.device_type();
         let mut config = ConfigSpace::new(PciIdentity {
             vendor: VIRTIO_VENDOR,
@@ -222,19 +225,20 @@ impl VirtioPci {
         let notify = (0..num_queues)
             .map(|_| EventFd::new(EFD_NONBLOCK | libc::EFD_CLOEXEC).map(Arc::new))
             .collect::<std::io::Result<Vec<_>>>()?;
+        let interrupts = Arc::new(Interrupts {
+            vectors: msix.vectors(),
+            config_vector: AtomicU16::new(NO_VECTOR),
+            queue_vectors: (0..num_queues).map(|_| AtomicU16::new(NO_VECTOR)).collect(),
+            isr: AtomicU8::new(0),
+        });
         Ok(VirtioPci {
             config,
             msix_cap_offset,
-            device,
-            interrupts: Arc::new(Interrupts {
-                msix: Mutex::new(msix),
-                config_vector: Mutex::new(NO_VECTOR),
-                queue_vectors: Mutex::new(vec![NO_VECTOR; num_queues]),
-                isr: Mutex::new(0),
-            }),
+            msix,
+            device: DeviceHandle::new(device, notify),
+            interrupts,
             mem,
             queues: max_sizes.into_iter().map(QueueSetup::new).collect(),
-            notify,
             device_feature_select: 0,
             driver_feature_select: 0,
             driver_features: 0,
@@ -248,17 +252,22 @@ impl VirtioPci {
 
     /// The queue notification eventfds, one per queue, in queue order.
     pub fn notify_eventfds(&self) -> &[Arc<EventFd>] {
-        &self.notify
+        self.device.notify_eventfds()
     }
 
-    /// The device model.
-    pub fn device_mut(&mut self) -> &mut dyn VirtioDevice {
-        self.device.as_mut()
+    /// The device model, locked (its worker thread waits meanwhile).
+    pub fn device(&self) -> MutexGuard<'_, Box<dyn VirtioDevice>> {
+        self.device.lock()
     }
 
-    /// The device model.
-    pub fn device(&self) -> &dyn VirtioDevice {
-        self.device.as_ref()
+    /// The device model as its worker thread shares it.
+    pub fn handle(&self) -> DeviceHandle {
+        self.device.clone()
+    }
+
+    /// Interrupts delivered to the guest so far.
+    pub fn interrupts_delivered(&self) -> u64 {
+        self.interrupts.vectors.delivered()
     }
 
     /// The driver status byte.
@@ -266,29 +275,21 @@ impl VirtioPci {
         self.status
     }
 
-    /// Runs the device on queue `index` if it is live (called on the VMM thread when the
-    /// queue's eventfd fired).
-    pub fn process_queue(&mut self, index: u16) {
-        if self.activated {
-            self.device.process_queue(index);
-        } else {
-            // Not live yet: consume the notification so the eventfd does not stay readable.
-            if let Some(evt) = self.notify.get(index as usize) {
-                let _ = evt.read();
-            }
-        }
+    /// Runs the device on queue `index` if it is live (what its worker does when the
+    /// queue's eventfd fires).
+    pub fn process_queue(&self, index: u16) {
+        self.device.process_queue(index);
     }
 
     /// Runs the device on its host descriptor `token`, if it is live.
-    pub fn process_host(&mut self, token: u32) {
-        if self.activated {
-            self.device.process_host(token);
-        }
+    pub fn process_host(&self, token: u32) {
+        self.device.process_host(token);
     }
 
     fn device_reset(&mut self) {
         if self.activated {
-            self.device.reset();
+            self.device.set_live(false);
+            self.device.lock().reset();
         }
         self.activated = false;
         self.status = 0;
@@ -298,25 +299,13 @@ impl VirtioPci {
         self.queue_select = 0;
         let max: Vec<u16> = self.queues.iter().map(|q| q.max_size).collect();
         self.queues = max.into_iter().map(QueueSetup::new).collect();
-        *self
-            .interrupts
+        self.interrupts
             .config_vector
-            .lock()
-            .unwrap_or_else(|e| e.into_inner()) = NO_VECTOR;
-        for v in self
-            .interrupts
-            .queue_vectors
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .iter_mut()
-        {
-            *v = NO_VECTOR;
+            .store(NO_VECTOR, Ordering::Release);
+        for v in &self.interrupts.queue_vectors {
+            v.store(NO_VECTOR, Ordering::Release);
         }
-        *self
-            .interrupts
-            .isr
-            .lock()
-            .unwrap_or_else(|e| e.into_inner()) = 0;
+        self.interrupts.isr.store(0, Ordering::Release);
     }
 
     fn set_status(&mut self, value: u8) {
@@ -328,11 +317,11 @@ impl VirtioPci {
         if value & status::FEATURES_OK != 0 && self.status & status::FEATURES_OK == 0 {
             // Accept the features only if they are a subset of what we offer and include
             // VERSION_1; otherwise FEATURES_OK does not stick and the driver gives up.
-            let offered = self.device.features();
+            let offered = self.device.lock().features();
             if self.driver_features & !offered != 0 || self.driver_features & F_VERSION_1 == 0 {
                 value &= !status::FEATURES_OK;
             } else {
-                self.device.ack_features(self.driver_features);
+                self.device.lock().ack_features(self.driver_features);
             }
         }
         self.status = value;
@@ -371,18 +360,28 @@ impl VirtioPci {
             active.push(ActiveQueue {
                 index: i as u16,
                 queue,
-                notify: self.notify[i].clone(),
+                notify: self.device.notify_eventfds()[i].clone(),
             });
         }
         let interrupt: Arc<dyn VirtioInterrupt> = self.interrupts.clone();
-        match self.device.activate(self.mem.clone(), interrupt, active) {
-            Ok(()) => self.activated = true,
+        let activated = self
+            .device
+            .lock()
+            .activate(self.mem.clone(), interrupt, active);
+        match activated {
+            Ok(()) => {
+                self.activated = true;
+                self.device.set_live(true);
+            }
             Err(e) => self.fail(&e.to_string()),
         }
     }
 
     fn fail(&mut self, why: &str) {
-        log::warn!("virtio device type {}: {why}", self.device.device_type());
+        log::warn!(
+            "virtio device type {}: {why}",
+            self.device.lock().device_type()
+        );
         self.status |= status::DEVICE_NEEDS_RESET;
         self.interrupts.trigger(InterruptCause::Config);
     }
@@ -392,7 +391,7 @@ impl VirtioPci {
     }
 
     fn read_common(&mut self, offset: u64, data: &mut [u8]) {
-        let features = self.device.features();
+        let features = self.device.lock().features();
         let q = self.queues.get(self.queue_select as usize).copied();
         let value: u64 = match offset {
             0x00 => self.device_feature_select as u64,
@@ -407,11 +406,7 @@ impl VirtioPci {
                 1 => self.driver_features >> 32,
                 _ => 0,
             },
-            0x10 => *self
-                .interrupts
-                .config_vector
-                .lock()
-                .unwrap_or_else(|e| e.into_inner()) as u64,
+            0x10 => self.interrupts.config_vector.load(Ordering::Acquire) as u64,
             0x12 => self.queues.len() as u64,
             0x14 => self.status as u64,
             0x15 => self.config_generation as u64,
@@ -419,12 +414,8 @@ impl VirtioPci {
             0x18 => q.map_or(0, |q| q.size as u64),
             0x1a => q.map_or(NO_VECTOR as u64, |_| {
                 self.interrupts
-                    .queue_vectors
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .get(self.queue_select as usize)
-                    .copied()
-                    .unwrap_or(NO_VECTOR) as u64
+                    .queue_vector(self.queue_select as usize)
+                    .into()
             }),
             0x1c => q.map_or(0, |q| q.enabled as u64),
             0x1e => self.queue_select as u64, // queue_notify_off: the queue's own index.
@@ -464,11 +455,10 @@ impl VirtioPci {
                 _ => {}
             },
             0x10 => {
-                *self
-                    .interrupts
+                let vector = self.valid_vector(value as u16);
+                self.interrupts
                     .config_vector
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner()) = self.valid_vector(value as u16)
+                    .store(vector, Ordering::Release)
             }
             0x14 => self.set_status(value as u8),
             0x16 => self.queue_select = value as u16,
@@ -484,14 +474,8 @@ impl VirtioPci {
             0x1a => {
                 let vector = self.valid_vector(value as u16);
                 let index = self.queue_select as usize;
-                if let Some(v) = self
-                    .interrupts
-                    .queue_vectors
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .get_mut(index)
-                {
-                    *v = vector;
+                if let Some(v) = self.interrupts.queue_vectors.get(index) {
+                    v.store(vector, Ordering::Release);
                 }
             }
             0x1c if !live => {
@@ -520,12 +504,7 @@ impl VirtioPci {
 
     /// A vector the driver may use, or NO_VECTOR (which it then reads back, and knows).
     fn valid_vector(&self, vector: u16) -> u16 {
-        let count = self
-            .interrupts
-            .msix
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .count();
+        let count = self.msix.count();
         if vector < count {
             vector
         } else {
@@ -559,11 +538,7 @@ impl PciDevice for VirtioPci {
         let ctrl = self.msix_control_offset();
         if reg == ctrl / 4 {
             let word = u16::from_le_bytes([self.config.byte(ctrl), self.config.byte(ctrl + 1)]);
-            self.interrupts
-                .msix
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .set_control(word);
+            self.msix.set_control(word);
         }
         moves
     }
@@ -577,29 +552,18 @@ impl PciDevice for VirtioPci {
             o if o < COMMON_SIZE => self.read_common(o, data),
             o if (ISR_OFFSET..ISR_OFFSET + 4).contains(&o) => {
                 // Reading the ISR clears it.
-                let mut isr = self
-                    .interrupts
-                    .isr
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner());
-                le_bytes(*isr as u64, data);
-                *isr = 0;
+                let isr = self.interrupts.isr.swap(0, Ordering::AcqRel);
+                le_bytes(isr as u64, data);
             }
             o if (DEVICE_OFFSET..DEVICE_OFFSET + DEVICE_SIZE).contains(&o) => {
-                self.device.read_config(o - DEVICE_OFFSET, data)
+                self.device.lock().read_config(o - DEVICE_OFFSET, data)
             }
-            o if (MSIX_TABLE_OFFSET..MSIX_PBA_OFFSET).contains(&o) => self
-                .interrupts
-                .msix
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .read_table(o - MSIX_TABLE_OFFSET, data),
-            o if (MSIX_PBA_OFFSET..BAR0_SIZE).contains(&o) => self
-                .interrupts
-                .msix
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .read_pba(o - MSIX_PBA_OFFSET, data),
+            o if (MSIX_TABLE_OFFSET..MSIX_PBA_OFFSET).contains(&o) => {
+                self.msix.read_table(o - MSIX_TABLE_OFFSET, data)
+            }
+            o if (MSIX_PBA_OFFSET..BAR0_SIZE).contains(&o) => {
+                self.msix.read_pba(o - MSIX_PBA_OFFSET, data)
+            }
             _ => data.fill(0),
         }
     }
@@ -611,21 +575,18 @@ impl PciDevice for VirtioPci {
         match offset {
             o if o < COMMON_SIZE => self.write_common(o, data),
             o if (DEVICE_OFFSET..DEVICE_OFFSET + DEVICE_SIZE).contains(&o) => {
-                self.device.write_config(o - DEVICE_OFFSET, data)
+                self.device.lock().write_config(o - DEVICE_OFFSET, data)
             }
             o if (NOTIFY_OFFSET..MSIX_TABLE_OFFSET).contains(&o) => {
                 // Reached only when no ioeventfd caught the write: notify by hand.
                 let index = ((o - NOTIFY_OFFSET) / NOTIFY_MULTIPLIER as u64) as usize;
-                if let Some(evt) = self.notify.get(index) {
+                if let Some(evt) = self.device.notify_eventfds().get(index) {
                     let _ = evt.write(1);
                 }
             }
-            o if (MSIX_TABLE_OFFSET..MSIX_PBA_OFFSET).contains(&o) => self
-                .interrupts
-                .msix
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .write_table(o - MSIX_TABLE_OFFSET, data),
+            o if (MSIX_TABLE_OFFSET..MSIX_PBA_OFFSET).contains(&o) => {
+                self.msix.write_table(o - MSIX_TABLE_OFFSET, data)
+            }
             _ => {}
         }
     }
@@ -642,7 +603,8 @@ impl PciDevice for VirtioPci {
     }
 
     fn ioeventfds(&self) -> Vec<(usize, u64, Arc<EventFd>)> {
-        self.notify
+        self.device
+            .notify_eventfds()
             .iter()
             .enumerate()
             .map(|(i, e)| {
@@ -657,11 +619,7 @@ impl PciDevice for VirtioPci {
 
     fn reset(&mut self) {
         self.device_reset();
-        self.interrupts
-            .msix
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .reset();
+        self.msix.reset();
         // Back to the VMM's placement, decoding off, as after power-on.
         let bar0 = self.initial_bar0;
         self.config.write(1, 0, &[0, 0]);
@@ -681,7 +639,7 @@ mod tests {
     use std::sync::atomic::{AtomicUsize, Ordering};
     use vm_memory::GuestAddress;
 
-    use crate::test_util::MsiRecorder as Recorder;
+    use crate::test_util::RouteRecorder as Recorder;
 
     /// A device with two queues that records what the transport does to it.
     struct Probe {
@@ -855,7 +813,8 @@ mod tests {
         assert_eq!(f.dev.notify_eventfds()[1].read().unwrap(), 1);
         f.dev.process_queue(1);
         assert_eq!(f.processed.load(Ordering::SeqCst), 1);
-        assert_eq!(f.msis.0.lock().unwrap().as_slice(), &[(0xfee0_0000, 0x45)]);
+        assert_eq!(f.msis.take(), vec![(0xfee0_0000, 0x45)]);
+        assert_eq!(f.dev.interrupts_delivered(), 1);
         // Queue set-up is frozen while live.
         w(&mut f.dev, 0x16, 0, 2);
         w(&mut f.dev, 0x20, 0xdead_0000, 8);

@@ -27,7 +27,7 @@ pub(crate) fn clear_notification(notify: &EventFd) {
     let _ = notify.read();
 }
 
-/// Notifies a queue on the device's own behalf, so that the VMM thread serves it again after
+/// Notifies a queue on the device's own behalf, so that its worker thread serves it again after
 /// its other events: used when a device stops early to bound the work of one call.
 pub(crate) fn rearm(notify: &EventFd, device: &str, index: u16) {
     if let Err(e) = notify.write(1) {

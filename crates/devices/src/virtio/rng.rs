@@ -17,7 +17,7 @@
 //!   less than the whole buffer);
 //! - at most [`MAX_BYTES_PER_CALL`] bytes and [`MAX_CHAINS_PER_CALL`] chains are served per
 //!   notification. When either budget runs out with requests still pending, the device
-//!   re-arms its own queue notification, so the VMM thread serves its other events first
+//!   re-arms its own queue notification, so its worker thread serves its other events first
 //!   and then comes back to this queue.
 
 use std::fs::File;
