@@ -9,6 +9,11 @@
 //! 1. 4 KiB random reads at queue depth 32 vs `pread` of 4 KiB at the same offsets;
 //! 2. sequential 64 KiB writes at queue depth 32 vs `pwrite` of 64 KiB.
 //!
+//! Each runs twice: with the disk's io_uring (as Palisade runs disks where the kernel has
+//! it; the batch is timed until its last completion is back in the used ring) and with
+//! synchronous system calls (its fallback). `fio --ioengine=io_uring --iodepth=32` on the
+//! same file gives a second baseline, when Debian's `fio` is installed.
+//!
 //! Two device rates are printed: "VMM thread" counts only the time spent in
 //! `process_queue` (what the VMM's event-loop thread spends: clearing the kick, parsing,
 //! the I/O itself, the used ring and the interrupt), which is the figure the target is
@@ -70,7 +75,10 @@ fn batch(q: &mut BenchQueue, blk: &mut Block, req_type: u32, sectors: &[u64]) ->
         }
     }
     let heads = (0..sectors.len() as u16).map(|i| 3 * i);
-    let vmm = q.run(heads, || blk.process_queue(0));
+    let vmm = q.run(heads, || {
+        blk.process_queue(0);
+        settle(blk);
+    });
     let area = q.area();
     for i in 0..sectors.len() {
         let status: u8 = area.read_obj(STATUS as usize + i).unwrap();
@@ -79,17 +87,40 @@ fn batch(q: &mut BenchQueue, blk: &mut Block, req_type: u32, sectors: &[u64]) ->
     vmm
 }
 
-fn make_device(path: &std::path::Path) -> (Block, BenchQueue) {
-    let file = OpenOptions::new()
+/// Hands the ring's completions to the device until none is in flight (what the device's
+/// worker does when the ring's eventfd fires).
+fn settle(blk: &mut Block) {
+    while blk.io_in_flight() > 0 {
+        let (fd, token) = blk.host_fds()[0];
+        let mut pfd = libc::pollfd {
+            fd,
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd.
+        unsafe { libc::poll(&mut pfd, 1, 1000) };
+        blk.process_host(token);
+    }
+}
+
+fn open_rw(path: &std::path::Path) -> File {
+    OpenOptions::new()
         .read(true)
         .write(true)
         .open(path)
-        .expect("open disk");
+        .expect("open disk")
+}
+
+fn make_device(path: &std::path::Path, uring: bool) -> (Block, BenchQueue) {
     let options = BlockOptions {
         queue_size: QUEUE_SIZE,
         ..BlockOptions::default()
     };
-    let mut blk = Block::new(file, options).expect("block device");
+    let mut blk = Block::new(open_rw(path), options).expect("block device");
+    if uring {
+        // As Palisade sets disks up: a second open for the ring, no fixed buffers.
+        blk.use_io_uring(open_rw(path), None).expect("io_uring");
+    }
     // The features Linux's driver accepts.
     let features = blk.features();
     blk.ack_features(features);
@@ -135,19 +166,64 @@ fn main() {
 
     let only = std::env::args().nth(1);
     let run = |name: &str| only.as_deref().is_none_or(|o| o == name);
+    for (uring, engine) in [(true, "io_uring"), (false, "synchronous system calls")] {
+        println!("-- device engine: {engine}");
+        if run("read") {
+            random_reads(&tmp, uring);
+            overhead(&tmp, uring);
+        }
+        if run("write") {
+            sequential_writes(&tmp, uring);
+        }
+    }
     if run("read") {
-        random_reads(&tmp);
-        overhead(&tmp);
+        fio(&tmp, "randread", "4k");
     }
     if run("write") {
-        sequential_writes(&tmp);
+        fio(&tmp, "write", "64k");
     }
 }
 
+/// fio with io_uring at queue depth 32 on the same file, for `rw` at block size `bs`.
+fn fio(tmp: &TempFile, rw: &str, bs: &str) {
+    let out = std::process::Command::new("fio")
+        .args([
+            "--name=bench",
+            "--ioengine=io_uring",
+            "--iodepth=32",
+            "--runtime=3",
+        ])
+        .args([
+            "--time_based",
+            "--numjobs=1",
+            "--output-format=terse",
+            "--terse-version=3",
+        ])
+        .arg(format!("--rw={rw}"))
+        .arg(format!("--bs={bs}"))
+        .arg(format!("--filename={}", tmp.as_path().display()))
+        .arg(format!("--size={FILE_SIZE}"))
+        .output();
+    let Some(out) = out.ok().filter(|o| o.status.success()) else {
+        println!("fio {rw} {bs}: not run (install Debian's fio: apt-get install fio)");
+        return;
+    };
+    // Terse v3: field 8 is read IOPS, field 49 write IOPS (1-based).
+    let text = String::from_utf8_lossy(&out.stdout);
+    let fields: Vec<&str> = text.trim().split(';').collect();
+    let iops = if rw.contains("read") {
+        fields.get(7)
+    } else {
+        fields.get(48)
+    };
+    let iops = iops.and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    println!("fio --ioengine=io_uring --iodepth=32 --rw={rw} --bs={bs}: {iops:.0} req/s");
+}
+
 /// The device's own cost per request, without I/O: zero-length reads at queue depth 32.
-fn overhead(tmp: &TempFile) {
+fn overhead(tmp: &TempFile, uring: bool) {
     const PER_ROUND: usize = 32 * 1024;
-    let (mut blk, mut drv) = make_device(tmp.as_path());
+    let (mut blk, mut drv) = make_device(tmp.as_path(), uring);
     setup(&drv, 0, false);
     let sectors = vec![0u64; PER_ROUND];
     let mut best = (Duration::MAX, Duration::MAX);
@@ -168,12 +244,12 @@ fn overhead(tmp: &TempFile) {
 }
 
 /// (1) 4 KiB random reads at queue depth 32 vs `pread`.
-fn random_reads(tmp: &TempFile) {
+fn random_reads(tmp: &TempFile, uring: bool) {
     const PER_ROUND: usize = 32 * 1024;
     const CHUNKS: usize = 8;
     let offsets = random_offsets(PER_ROUND * CHUNKS, 4096);
     let sectors: Vec<u64> = offsets.iter().map(|o| o / 512).collect();
-    let (mut blk, mut drv) = make_device(tmp.as_path());
+    let (mut blk, mut drv) = make_device(tmp.as_path(), uring);
     setup(&drv, 4096, false);
     let file = tmp.as_file();
     let mut bufs = vec![0u8; 4096 * usize::from(DEPTH)];
@@ -199,19 +275,19 @@ fn random_reads(tmp: &TempFile) {
     assert_eq!(blk.counters()["errors"], 0);
     let batches = PER_ROUND / usize::from(DEPTH) * (ROUNDS + 1);
     println!(
-        "  ({} interrupts for {batches} batches of {DEPTH}: one per batch)",
+        "  ({} interrupts for {batches} batches of {DEPTH})",
         drv.interrupts
     );
 }
 
 /// (2) Sequential 64 KiB writes at queue depth 32 vs `pwrite`, 64 MiB per round.
-fn sequential_writes(tmp: &TempFile) {
+fn sequential_writes(tmp: &TempFile, uring: bool) {
     const WRITE: u64 = 64 * 1024;
     const PER_ROUND: usize = 1024;
     let chunks = (FILE_SIZE / WRITE) as usize / PER_ROUND;
     let offsets: Vec<u64> = (0..FILE_SIZE / WRITE).map(|i| i * WRITE).collect();
     let sectors: Vec<u64> = offsets.iter().map(|o| o / 512).collect();
-    let (mut blk, mut drv) = make_device(tmp.as_path());
+    let (mut blk, mut drv) = make_device(tmp.as_path(), uring);
     setup(&drv, WRITE as u32, true);
     let file = tmp.as_file();
     let data = vec![0x5au8; WRITE as usize];

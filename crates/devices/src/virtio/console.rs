@@ -309,7 +309,7 @@ impl Console {
             completions,
             budget,
             // Transmit buffers are only read: the used length is 0.
-            |chain, _, _| (0, host.transmit(mem, chain)),
+            |chain, _, _| (Some(0), host.transmit(mem, chain)),
         );
         host.flush_output();
         if drained.out_of_budget {

@@ -516,7 +516,7 @@ impl Net {
             Budget::UNLIMITED,
             |chain, _, warned| {
                 cx.transmit(chain, warned);
-                (0, 0)
+                (Some(0), 0)
             },
         );
         cx.iov.clear();

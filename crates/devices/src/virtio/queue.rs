@@ -202,7 +202,9 @@ pub(crate) struct Drained {
 /// `budget` runs out, returning each chain to the used ring after every pass over it.
 ///
 /// `serve` is called with each chain, the bytes left in the budget, and the driver-error
-/// flag `warned`; it returns the chain's used length and the bytes to charge to the budget.
+/// flag `warned`; it returns the chain's used length (or `None` when the device keeps the
+/// chain, to return it itself once its asynchronous I/O completes) and the bytes to charge to
+/// the budget.
 /// `completions` is scratch space, reused from call to call. Messages name the queue
 /// `name` (e.g. `virtio-blk queue 0`).
 ///
@@ -217,7 +219,7 @@ pub(crate) fn drain<'m>(
     warned: &mut bool,
     completions: &mut Vec<(u16, u32)>,
     mut budget: Budget,
-    mut serve: impl FnMut(DescriptorChain<&'m GuestMemoryMmap>, u64, &mut bool) -> (u32, u64),
+    mut serve: impl FnMut(DescriptorChain<&'m GuestMemoryMmap>, u64, &mut bool) -> (Option<u32>, u64),
 ) -> Drained {
     let mut completed = false;
     let mut out_of_budget = false;
@@ -232,6 +234,7 @@ pub(crate) fn drain<'m>(
         loop {
             // Serve every chain published so far (within the budget), then return them all.
             completions.clear();
+            let mut served = 0usize;
             match queue.iter(mem) {
                 Ok(mut chains) => {
                     while budget.bytes > 0 && budget.chains > 0 {
@@ -242,7 +245,10 @@ pub(crate) fn drain<'m>(
                         let (len, charged) = serve(chain, budget.bytes, warned);
                         budget.bytes = budget.bytes.saturating_sub(charged);
                         budget.chains -= 1;
-                        completions.push((head, len));
+                        served += 1;
+                        if let Some(len) = len {
+                            completions.push((head, len));
+                        }
                     }
                 }
                 Err(e) => {
@@ -258,7 +264,7 @@ pub(crate) fn drain<'m>(
                 out_of_budget = true;
                 break 'outer;
             }
-            if completions.is_empty() {
+            if served == 0 {
                 break;
             }
             idle_passes = 0;

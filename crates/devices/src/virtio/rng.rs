@@ -202,7 +202,7 @@ impl VirtioDevice for Rng {
             |chain, bytes_left, _| {
                 let cap = bytes_left.min(u64::from(MAX_CHAIN_BYTES)) as u32;
                 let len = source.serve(mem, chain, cap);
-                (len, u64::from(len))
+                (Some(len), u64::from(len))
             },
         );
         if drained.out_of_budget {
