@@ -177,6 +177,8 @@ fn palisade_creates_the_tap_and_the_guest_gets_an_arp_reply() {
     let net0 = &counters["net0"];
     assert!(net0["tx_frames"].as_u64().unwrap() >= 1, "{counters}");
     assert!(net0["rx_frames"].as_u64().unwrap() >= 1, "{counters}");
+    // The frame in reached the guest through the device's irqfd.
+    assert!(net0["interrupts"].as_u64().unwrap() >= 1, "{counters}");
     assert_eq!(net0["tx_dropped"], json!(0), "{counters}");
     assert_eq!(net0["errors"], json!(0), "{counters}");
     drop(vmm);

@@ -271,6 +271,12 @@ fn a_vcpu_thread_cannot_escape() {
     every_door_is_shut_in("vcpu0", "vcpu");
 }
 
+#[test]
+fn a_device_thread_cannot_escape() {
+    // The entropy device's worker: every VM has one.
+    every_door_is_shut_in("dev-_rng0", "device");
+}
+
 /// The control: with the filter off, the same calls return (the probe is not blind), and
 /// the ones that need privilege are still refused, by the capabilities the thread dropped.
 #[test]
@@ -350,7 +356,7 @@ fn every_thread_is_filtered_and_holds_no_capability() {
         assert_eq!(field("CapBnd:"), "0000000000000000", "{name}");
         seen.push(name);
     }
-    for wanted in ["palisade", "api", "vcpu0"] {
+    for wanted in ["palisade", "api", "vcpu0", "dev-_rng0"] {
         assert!(seen.iter().any(|n| n == wanted), "{seen:?}");
     }
     // vm.info tells the same, thread by thread.
@@ -362,6 +368,7 @@ fn every_thread_is_filtered_and_holds_no_capability() {
         ("main", "vmm", "the VM's ruleset"),
         ("api", "api", "no file rights"),
         ("vcpu0", "vcpu", "no file rights"),
+        ("dev-_rng0", "device", "no file rights"),
     ] {
         let t = threads
             .iter()

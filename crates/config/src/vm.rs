@@ -545,6 +545,14 @@ pub struct DiskConfig {
     /// Compatibility: keep the image sparse (must stay true, the default).
     #[serde(default = "default_true", skip_serializing_if = "is_true")]
     pub sparse: bool,
+    /// Do the disk's I/O with plain system calls on its thread instead of io_uring (Cloud
+    /// Hypervisor's field).
+    #[serde(default)]
+    pub disable_io_uring: bool,
+    /// Cloud Hypervisor's switch for its Linux AIO engine, which Palisade does not have:
+    /// accepted, and without effect.
+    #[serde(default)]
+    pub disable_aio: bool,
     /// Compatibility: image format (absent, `Raw` or `Unknown`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image_type: Option<ImageType>,
@@ -591,6 +599,8 @@ impl Default for DiskConfig {
             queue_affinity: None,
             backing_files: false,
             sparse: true,
+            disable_io_uring: false,
+            disable_aio: false,
             image_type: None,
             lock_granularity: None,
         }

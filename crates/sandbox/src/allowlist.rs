@@ -104,6 +104,24 @@ fn starts_threads(r: &mut Rules) {
     );
 }
 
+/// A disk's I/O on an image already open: positional and vectored reads and writes,
+/// flushes, discards and write-zeroes, measuring its size again, and entering its ring.
+fn disk_io(r: &mut Rules) {
+    r.allow(&[
+        Sysno::lseek,
+        Sysno::pread64,
+        Sysno::pwrite64,
+        Sysno::preadv,
+        Sysno::pwritev,
+        Sysno::preadv2,
+        Sysno::pwritev2,
+        Sysno::fsync,
+        Sysno::fdatasync,
+        Sysno::fallocate,
+        Sysno::io_uring_enter,
+    ]);
+}
+
 /// The filter checks requests in the order given: the caller lists the hot ones (a vCPU's
 /// `KVM_RUN`, an interrupt) first.
 fn ioctls(r: &mut Rules, ctx: &FilterContext) {
@@ -153,16 +171,6 @@ pub fn rules(role: Role, ctx: &FilterContext) -> Rules {
                 Sysno::fstat,
                 Sysno::newfstatat,
                 Sysno::statx,
-                Sysno::lseek,
-                Sysno::pread64,
-                Sysno::pwrite64,
-                Sysno::preadv,
-                Sysno::pwritev,
-                Sysno::preadv2,
-                Sysno::pwritev2,
-                Sysno::fsync,
-                Sysno::fdatasync,
-                Sysno::fallocate,
                 Sysno::getdents64,
                 Sysno::getcwd,
                 Sysno::readlink,
@@ -181,8 +189,8 @@ pub fn rules(role: Role, ctx: &FilterContext) -> Rules {
                 // requests a ring runs are checked by Landlock with this thread's domain.
                 Sysno::io_uring_setup,
                 Sysno::io_uring_register,
-                Sysno::io_uring_enter,
             ]);
+            disk_io(&mut r);
         }
         Role::Api => {
             common(&mut r);
@@ -209,25 +217,11 @@ pub fn rules(role: Role, ctx: &FilterContext) -> Rules {
         Role::Device => {
             common(&mut r);
             ioctls(&mut r, ctx);
-            // Its event loop, and I/O on the descriptors it was handed (a disk image, a
-            // tap, a console's ends, eventfds); a console's input is polled with no timeout
-            // before it is read; a disk is measured again with lseek.
-            r.allow(&[
-                Sysno::epoll_wait,
-                Sysno::epoll_pwait,
-                Sysno::poll,
-                Sysno::lseek,
-                Sysno::pread64,
-                Sysno::pwrite64,
-                Sysno::preadv,
-                Sysno::pwritev,
-                Sysno::preadv2,
-                Sysno::pwritev2,
-                Sysno::fsync,
-                Sysno::fdatasync,
-                Sysno::fallocate,
-                Sysno::io_uring_enter,
-            ]);
+            disk_io(&mut r);
+            // Its event loop, and I/O on the other descriptors it was handed (a tap, a
+            // console's ends, eventfds); a console's input is polled with no timeout before
+            // it is read.
+            r.allow(&[Sysno::epoll_wait, Sysno::epoll_pwait, Sysno::poll]);
             // A worker started just before `vm.create` may be asked (by signal) to take the
             // VM's ruleset as well: confining itself further is all these allow.
             r.allow(&[Sysno::landlock_restrict_self]);

@@ -279,11 +279,13 @@ impl PciDevices {
         // all of it at creation (hundreds of milliseconds for 512 MiB here, and the whole
         // of it resident for the VM's life), where vectored requests on plain addresses
         // cost the kernel one page walk.
-        let ring = open_unlocked(path, cfg.readonly, cfg.direct)
-            .map_err(std::io::Error::other)
-            .and_then(|f| block.use_io_uring(f, None));
-        if let Err(e) = ring {
-            log::info!("disk {id}: io_uring unavailable ({e}); using synchronous I/O");
+        if !cfg.disable_io_uring {
+            let ring = open_unlocked(path, cfg.readonly, cfg.direct)
+                .map_err(std::io::Error::other)
+                .and_then(|f| block.use_io_uring(f, None));
+            if let Err(e) = ring {
+                log::info!("disk {id}: io_uring unavailable ({e}); using synchronous I/O");
+            }
         }
         self.add_virtio(id, Box::new(block))
     }

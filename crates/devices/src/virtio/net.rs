@@ -62,7 +62,7 @@ use vmm_sys_util::eventfd::EventFd;
 use super::iov::{iovec_of, IoVecs, IOV_MAX};
 use super::queue::{
     self, clear_notification, drain, enabled_queues, guest_error, interrupt_if_needed, log_limited,
-    Budget,
+    rearm, Budget,
 };
 use super::{
     counters_map, log_ignored_config_write, queue_size_is_valid, read_config_bytes, ActivateError,
@@ -110,6 +110,11 @@ pub const MAX_QUEUE_PAIRS: usize = 0x7fff;
 
 /// Shortest transmit chain: a header and an Ethernet header.
 const MIN_TX_LEN: usize = VNET_HDR_SIZE + 14;
+/// Frames sent per call before the transmit queue yields to the device's other events.
+const TX_BUDGET: Budget = Budget {
+    bytes: u64::MAX,
+    chains: 256,
+};
 /// The receive buffer space one frame is expected to need when the driver takes no large
 /// segments: a 1500-byte MTU frame with a VLAN tag, and the header.
 const RX_WANT_SMALL: usize = VNET_HDR_SIZE + 1518;
@@ -469,7 +474,8 @@ impl Net {
         interrupt_if_needed(completed, &mut rx.queue, mem, interrupt.as_ref(), rx.index);
     }
 
-    /// Sends every chain published on the transmit queue of `pair`.
+    /// Sends the chains published on the transmit queue of `pair`, at most [`TX_BUDGET`] per
+    /// call.
     fn process_tx(&mut self, pair: usize) {
         let Net {
             taps,
@@ -513,13 +519,18 @@ impl Net {
             format_args!("virtio-net queue {index}"),
             warned,
             done,
-            Budget::UNLIMITED,
+            TX_BUDGET,
             |chain, _, warned| {
                 cx.transmit(chain, warned);
                 (Some(0), 0)
             },
         );
         cx.iov.clear();
+        if drained.out_of_budget {
+            // A guest that keeps the ring full does not keep its thread: the rest is sent
+            // after the device's other events (receive above all).
+            rearm(&tx.notify, "virtio-net", index);
+        }
         interrupt_if_needed(drained.completed, queue, mem, interrupt.as_ref(), index);
     }
 

@@ -202,3 +202,128 @@ impl Drop for DeviceWorker {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::virtio::{ActivateError, ActiveQueue, VirtioInterrupt};
+    use std::sync::atomic::AtomicUsize;
+    use vm_memory::GuestMemoryMmap;
+
+    /// Counts the notifications it serves; blocks in them while `gate` is closed.
+    struct Probe {
+        served: Arc<AtomicUsize>,
+        gate: Option<Arc<Mutex<()>>>,
+        notify: Arc<EventFd>,
+    }
+
+    impl VirtioDevice for Probe {
+        fn device_type(&self) -> u32 {
+            99
+        }
+        fn queue_max_sizes(&self) -> Vec<u16> {
+            vec![8]
+        }
+        fn features(&self) -> u64 {
+            0
+        }
+        fn ack_features(&mut self, _: u64) {}
+        fn read_config(&self, _: u64, _: &mut [u8]) {}
+        fn write_config(&mut self, _: u64, _: &[u8]) {}
+        fn activate(
+            &mut self,
+            _: GuestMemoryMmap,
+            _: Arc<dyn VirtioInterrupt>,
+            _: Vec<ActiveQueue>,
+        ) -> Result<(), ActivateError> {
+            Ok(())
+        }
+        fn reset(&mut self) {}
+        fn process_queue(&mut self, _: u16) {
+            let _ = self.notify.read();
+            if let Some(gate) = &self.gate {
+                drop(gate.lock().unwrap());
+            }
+            self.served.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    fn live_device(gate: Option<Arc<Mutex<()>>>) -> (DeviceHandle, Arc<AtomicUsize>) {
+        let served = Arc::new(AtomicUsize::new(0));
+        let notify = Arc::new(EventFd::new(EFD_NONBLOCK).unwrap());
+        let handle = DeviceHandle::new(
+            Box::new(Probe {
+                served: served.clone(),
+                gate,
+                notify: notify.clone(),
+            }),
+            vec![notify],
+        );
+        handle.set_live(true);
+        (handle, served)
+    }
+
+    fn no_confinement() -> ThreadSetup {
+        Arc::new(|_| Ok(Box::new(()) as Box<dyn std::any::Any>))
+    }
+
+    fn wait_for(what: &str, f: impl Fn() -> bool) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while !f() {
+            assert!(std::time::Instant::now() < deadline, "{what}");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+
+    #[test]
+    fn a_stuck_device_delays_no_other_and_is_left_behind_when_stopped() {
+        let gate = Arc::new(Mutex::new(()));
+        let held = gate.lock().unwrap();
+        let (stuck, stuck_served) = live_device(Some(gate.clone()));
+        let (other, other_served) = live_device(None);
+        let w1 = DeviceWorker::start("stuck", stuck.clone(), no_confinement()).unwrap();
+        let w2 = DeviceWorker::start("other", other.clone(), no_confinement()).unwrap();
+        stuck.notify_eventfds()[0].write(1).unwrap();
+        for n in 1..=3 {
+            other.notify_eventfds()[0].write(1).unwrap();
+            wait_for("the other device is served", || {
+                other_served.load(Ordering::SeqCst) == n
+            });
+        }
+        assert_eq!(stuck_served.load(Ordering::SeqCst), 0);
+        // Stopping a worker stuck in its device waits a bounded time, then moves on.
+        let t = std::time::Instant::now();
+        drop(w1);
+        assert!(t.elapsed() < Duration::from_secs(2));
+        drop(w2);
+        drop(held);
+        wait_for("the stuck call finishes", || {
+            stuck_served.load(Ordering::SeqCst) == 1
+        });
+    }
+
+    #[test]
+    fn notifications_before_activation_are_consumed_and_a_failed_setup_serves_nothing() {
+        let (handle, served) = live_device(None);
+        handle.set_live(false);
+        let w = DeviceWorker::start("idle", handle.clone(), no_confinement()).unwrap();
+        handle.notify_eventfds()[0].write(1).unwrap();
+        wait_for("the notification is consumed", || {
+            handle.notify_eventfds()[0].read().is_err()
+        });
+        assert_eq!(served.load(Ordering::SeqCst), 0);
+        drop(w);
+
+        let (handle, served) = live_device(None);
+        let refuse: ThreadSetup = Arc::new(|_| Err("no".to_string()));
+        let w = DeviceWorker::start("refused", handle.clone(), refuse).unwrap();
+        handle.notify_eventfds()[0].write(1).unwrap();
+        std::thread::sleep(Duration::from_millis(20));
+        assert_eq!(
+            served.load(Ordering::SeqCst),
+            0,
+            "an unconfined worker never serves"
+        );
+        drop(w);
+    }
+}

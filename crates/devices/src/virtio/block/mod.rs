@@ -122,6 +122,8 @@ struct Counters {
     write_ops: u64,
     flush_ops: u64,
     errors: u64,
+    /// Requests handed to io_uring (the others ran on the device's thread).
+    io_uring_ops: u64,
 }
 
 /// What one pass over a chain learned about its shape.
@@ -558,6 +560,7 @@ impl VirtioDevice for Block {
             ("write_ops", c.write_ops),
             ("flush_ops", c.flush_ops),
             ("errors", c.errors),
+            ("io_uring_ops", c.io_uring_ops),
         ])
     }
 }

@@ -51,7 +51,10 @@ impl Disk {
                 tag,
             };
             match self.uring.as_mut().map(|u| u.push(submission)) {
-                Some(Ok(())) => return None,
+                Some(Ok(())) => {
+                    self.counters.io_uring_ops += 1;
+                    return None;
+                }
                 Some(Err(back)) => {
                     // No room after all: run it here.
                     self.iovecs.0 = back.iovecs;

@@ -967,7 +967,12 @@ fn counters_are_reported() {
     assert_eq!(get("write_ops"), 1);
     assert_eq!(get("flush_ops"), 1);
     assert_eq!(get("errors"), 1);
-    assert_eq!(c.len(), 6);
+    assert_eq!(
+        get("io_uring_ops"),
+        0,
+        "no ring: every request ran on the thread"
+    );
+    assert_eq!(c.len(), 7);
 }
 
 #[test]
@@ -1080,6 +1085,7 @@ fn io_uring_reads_writes_and_flushes_complete_through_the_ring() {
     assert_eq!(h.counter("write_ops"), 1);
     assert_eq!(h.counter("flush_ops"), 1);
     assert_eq!(h.counter("errors"), 0);
+    assert_eq!(h.counter("io_uring_ops"), 11);
     assert!(h.irq.count() >= 1);
     // Bad requests fail at once, without the ring.
     let (status, _, _) = h.submit(VIRTIO_BLK_T_IN, 255, &[1024], W);
