@@ -1,11 +1,12 @@
 //! Virtio block device (virtio 1.x, section 5.2) backed by a host file or block device.
 //!
-//! Requests run synchronously on the VMM thread when a queue is notified. Each request does
-//! one positional system call (per `IOV_MAX` segments) straight between the file and guest
-//! memory, without a bounce buffer: the guest's buffers are checked against guest memory,
-//! turned into an `iovec` array reused from request to request, and handed to
-//! `preadv`/`pwritev` (`pread`/`pwrite` when there is a single segment). Short transfers
-//! are resumed and `EINTR` retried.
+//! Requests are read on the device's worker thread when a queue is notified. The guest's
+//! buffers are checked against guest memory and turned into an `iovec` array, straight
+//! between the file and guest memory, without a bounce buffer. Reads, writes and flushes then
+//! go to the disk's restricted io_uring ([`uring`]) when it has one, and complete when the
+//! ring says so; otherwise (and for discard, write-zeroes and get-id) they run on the thread,
+//! with one positional system call per `IOV_MAX` segments (`pread`/`pwrite` for a single
+//! segment). Short transfers are resumed and `EINTR` retried.
 //!
 //! The descriptor chain is walked with virtio-queue's [`DescriptorChain`] iterator, which
 //! follows indirect tables and stops on loops, out-of-range indices and unreadable tables.

@@ -1,10 +1,10 @@
 //! Asynchronous disk I/O through io_uring.
 //!
 //! The ring is built on the VMM thread when the disk is created, with the image as its only
-//! registered file and guest RAM as its registered buffers, and is restricted before it is
-//! enabled (`IORING_REGISTER_RESTRICTIONS`): its submissions may only be vectored or
-//! fixed-buffer reads and writes and `fsync`, and only on registered file 0. The device
-//! thread, which may call `io_uring_enter` but neither `io_uring_setup` nor
+//! registered file (and, if asked, guest RAM as its registered buffers), and is restricted
+//! before it is enabled (`IORING_REGISTER_RESTRICTIONS`): its submissions may only be
+//! vectored or fixed-buffer reads and writes and `fsync`, and only on registered file 0. The
+//! device thread, which may call `io_uring_enter` but neither `io_uring_setup` nor
 //! `io_uring_register`, therefore cannot turn the ring into a way around its system-call
 //! filter: opening, connecting or reading another descriptor through it is refused by the
 //! kernel. Completions are announced on an eventfd the device thread waits on.
