@@ -64,13 +64,9 @@ impl GsiRoutes {
     }
 
     /// Routes in use.
-    pub fn len(&self) -> usize {
+    #[cfg(test)]
+    fn len(&self) -> usize {
         self.lock().len()
-    }
-
-    /// Whether no route is in use.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
     }
 }
 

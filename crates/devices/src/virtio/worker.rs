@@ -315,15 +315,20 @@ mod tests {
         drop(w);
 
         let (handle, served) = live_device(None);
+        handle.notify_eventfds()[0].write(1).unwrap();
         let refuse: ThreadSetup = Arc::new(|_| Err("no".to_string()));
         let w = DeviceWorker::start("refused", handle.clone(), refuse).unwrap();
-        handle.notify_eventfds()[0].write(1).unwrap();
-        std::thread::sleep(Duration::from_millis(20));
+        // Dropping the worker waits until its thread has ended.
+        drop(w);
         assert_eq!(
             served.load(Ordering::SeqCst),
             0,
             "an unconfined worker never serves"
         );
-        drop(w);
+        assert_eq!(
+            handle.notify_eventfds()[0].read().unwrap(),
+            1,
+            "nor does it consume a notification"
+        );
     }
 }

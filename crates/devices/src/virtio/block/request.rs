@@ -89,37 +89,46 @@ impl Disk {
         true
     }
 
-    /// Runs a read, write or flush on this thread (when the ring has no room).
+    /// Runs a read, write or flush of `self.iovecs` at `offset` on this thread.
     fn run_now(&mut self, op: Op, offset: u64) -> Outcome {
         let fd = self.file.as_raw_fd();
-        let result = match op {
-            Op::Read | Op::Write => {
-                let (done, res) = rw_vectored(fd, &mut self.iovecs.0, offset, op == Op::Write);
-                res.map(|()| done as u64)
-            }
-            Op::Flush => retry_eintr(|| self.file.sync_data()).map(|()| 0),
+        let (moved, result) = match op {
+            Op::Read | Op::Write => rw_vectored(fd, &mut self.iovecs.0, offset, op == Op::Write),
+            Op::Flush => (0, retry_eintr(|| self.file.sync_data())),
         };
-        self.account(op, &result)
+        self.account(op, moved as u64, result)
     }
 
-    /// Counts a finished read, write or flush, and gives its outcome.
-    fn account(&mut self, op: Op, result: &io::Result<u64>) -> Outcome {
-        match (op, result) {
-            (Op::Read, Ok(n)) => {
-                self.counters.read_bytes += n;
-                self.counters.read_ops += 1;
-                // Bounded by the chain length, which virtio-queue caps at 4 GiB.
-                (VIRTIO_BLK_S_OK as u8, u32::try_from(*n).unwrap_or(u32::MAX))
+    /// Counts a finished read, write or flush that moved `moved` bytes, and gives its
+    /// outcome (a read reports the bytes it put in guest memory, even when it failed).
+    fn account(&mut self, op: Op, moved: u64, result: io::Result<()>) -> Outcome {
+        match op {
+            Op::Read => self.counters.read_bytes += moved,
+            Op::Write => self.counters.write_bytes += moved,
+            Op::Flush => {}
+        }
+        // Bounded by the chain length, which virtio-queue caps at 4 GiB.
+        let written = if op == Op::Read {
+            u32::try_from(moved).unwrap_or(u32::MAX)
+        } else {
+            0
+        };
+        match result {
+            Ok(()) => {
+                match op {
+                    Op::Read => self.counters.read_ops += 1,
+                    Op::Write => self.counters.write_ops += 1,
+                    Op::Flush => {}
+                }
+                (VIRTIO_BLK_S_OK as u8, written)
             }
-            (Op::Write, Ok(n)) => {
-                self.counters.write_bytes += n;
-                self.counters.write_ops += 1;
-                (VIRTIO_BLK_S_OK as u8, 0)
-            }
-            (Op::Flush, Ok(_)) => (VIRTIO_BLK_S_OK as u8, 0),
-            (_, Err(e)) => {
-                debug!("virtio-blk: {op:?} failed: {e}");
+            Err(e) if op == Op::Flush => {
+                warn!("virtio-blk: flush failed: {e}");
                 (VIRTIO_BLK_S_IOERR as u8, 0)
+            }
+            Err(e) => {
+                debug!("virtio-blk: {op:?} failed: {e}");
+                (VIRTIO_BLK_S_IOERR as u8, written)
             }
         }
     }
@@ -131,7 +140,11 @@ impl Disk {
         mem: &GuestMemoryMmap,
         done: Completion<Pending>,
     ) -> (u16, u16, u32) {
-        let (status, written) = self.account(done.op, &done.result);
+        let (moved, result) = match done.result {
+            Ok(n) => (n, Ok(())),
+            Err(e) => (0, Err(e)),
+        };
+        let (status, written) = self.account(done.op, moved, result);
         if status != VIRTIO_BLK_S_OK as u8 {
             self.counters.errors += 1;
         }
@@ -150,7 +163,6 @@ impl Disk {
     pub(super) fn execute(&mut self, mem: &GuestMemoryMmap, layout: &Layout) -> Outcome {
         const IOERR: Outcome = (VIRTIO_BLK_S_IOERR as u8, 0);
         const UNSUPP: Outcome = (VIRTIO_BLK_S_UNSUPP as u8, 0);
-        const OK: Outcome = (VIRTIO_BLK_S_OK as u8, 0);
         // Left to the ring (`self.deferred` says how): the status comes with the completion.
         const DEFERRED: Outcome = (VIRTIO_BLK_S_OK as u8, 0);
 
@@ -188,21 +200,7 @@ impl Disk {
                 if self.defer(Op::Read, offset, in_len) {
                     return DEFERRED;
                 }
-                let fd = self.file.as_raw_fd();
-                let (done, res) = rw_vectored(fd, &mut self.iovecs.0, offset, false);
-                // Bounded by the chain length, which virtio-queue caps at 4 GiB.
-                let done32 = u32::try_from(done).unwrap_or(u32::MAX);
-                self.counters.read_bytes += done as u64;
-                match res {
-                    Ok(()) => {
-                        self.counters.read_ops += 1;
-                        (VIRTIO_BLK_S_OK as u8, done32)
-                    }
-                    Err(e) => {
-                        debug!("virtio-blk: read of sector {sector} failed: {e}");
-                        (VIRTIO_BLK_S_IOERR as u8, done32)
-                    }
-                }
+                self.run_now(Op::Read, offset)
             }
             VIRTIO_BLK_T_OUT => {
                 if self.readonly {
@@ -221,32 +219,14 @@ impl Disk {
                 if self.defer(Op::Write, offset, out_len) {
                     return DEFERRED;
                 }
-                let fd = self.file.as_raw_fd();
-                let (done, res) = rw_vectored(fd, &mut self.iovecs.0, offset, true);
-                self.counters.write_bytes += done as u64;
-                match res {
-                    Ok(()) => {
-                        self.counters.write_ops += 1;
-                        OK
-                    }
-                    Err(e) => {
-                        debug!("virtio-blk: write of sector {sector} failed: {e}");
-                        IOERR
-                    }
-                }
+                self.run_now(Op::Write, offset)
             }
             VIRTIO_BLK_T_FLUSH => {
                 self.counters.flush_ops += 1;
                 if self.defer(Op::Flush, 0, 0) {
                     return DEFERRED;
                 }
-                match retry_eintr(|| self.file.sync_data()) {
-                    Ok(()) => OK,
-                    Err(e) => {
-                        warn!("virtio-blk: flush failed: {e}");
-                        IOERR
-                    }
-                }
+                self.run_now(Op::Flush, 0)
             }
             VIRTIO_BLK_T_GET_ID => {
                 // A buffer smaller than the id gets what fits.
