@@ -159,6 +159,9 @@ fn thread_id(pid: u32, name: &str) -> i32 {
 /// Has thread `name` of a fresh VMM make `attack`; returns what became of it.
 fn attack(scene: &Scene, attack: &str, name: &str, mode: Mode) -> Result {
     let (mut child, out) = start(scene, attack, mode);
+    if let Some(id) = name.strip_prefix("dio-") {
+        plug_pooled_disk(scene, id);
+    }
     let pid = child.id();
     let tid = thread_id(pid, name);
     // SAFETY: signalling a thread of our own child.
@@ -179,6 +182,18 @@ fn attack(scene: &Scene, attack: &str, name: &str, mode: Mode) -> Result {
         );
         std::thread::sleep(Duration::from_millis(5));
     }
+}
+
+/// Hot-plugs a disk `id` under the `rw` rule whose I/O runs on a thread pool
+/// (`disable_io_uring`), so that its I/O threads exist.
+fn plug_pooled_disk(scene: &Scene, id: &str) {
+    let disk = scene.rw.join(format!("{id}.img"));
+    std::fs::write(&disk, vec![0u8; 1 << 20]).unwrap();
+    let body = serde_json::json!({"path": disk, "id": id, "disable_io_uring": true});
+    let sock = scene.dir.path("api.sock");
+    let answer =
+        api::client::request(&sock, "PUT", "/api/v1/vm.add-disk", Some(&body.to_string())).unwrap();
+    assert_eq!(answer.status, 200, "add-disk: {}", answer.body);
 }
 
 /// Each escape, and the system call that must stop it.
@@ -275,6 +290,12 @@ fn a_vcpu_thread_cannot_escape() {
 fn a_device_thread_cannot_escape() {
     // The entropy device's worker: every VM has one.
     every_door_is_shut_in("dev-_rng0", "device");
+}
+
+#[test]
+fn a_disk_io_thread_cannot_escape() {
+    // One of the I/O threads of a disk without io_uring.
+    every_door_is_shut_in("dio-pooled", "device");
 }
 
 /// The control: with the filter off, the same calls return (the probe is not blind), and

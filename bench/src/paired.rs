@@ -32,30 +32,45 @@ impl Comparison {
 /// doing `ops` operations, in [`ROUNDS`] paired rounds.
 pub fn compare(
     ops: usize,
+    device: impl FnMut(usize) -> Duration,
+    direct: impl FnMut(usize),
+) -> Comparison {
+    compare_prepared(ops, || {}, device, direct)
+}
+
+/// As [`compare`], with `prepare()` run, untimed, before each run of either side (to queue
+/// the work a side then drains, say).
+pub fn compare_prepared(
+    ops: usize,
+    mut prepare: impl FnMut(),
     mut device: impl FnMut(usize) -> Duration,
     mut direct: impl FnMut(usize),
 ) -> Comparison {
+    prepare();
     device(0);
+    prepare();
     direct(0);
     let mut best = (Duration::MAX, Duration::MAX, Duration::MAX);
     let mut ratios = Vec::with_capacity(ROUNDS);
     for round in 0..ROUNDS {
-        let mut run_device = || {
+        let mut run_device = |prepare: &mut dyn FnMut()| {
+            prepare();
             let t = Instant::now();
             let vmm = device(round);
             (vmm, t.elapsed())
         };
-        let mut run_direct = || {
+        let mut run_direct = |prepare: &mut dyn FnMut()| {
+            prepare();
             let t = Instant::now();
             direct(round);
             t.elapsed()
         };
         let ((vmm, wall), d) = if round % 2 == 0 {
-            let v = run_device();
-            (v, run_direct())
+            let v = run_device(&mut prepare);
+            (v, run_direct(&mut prepare))
         } else {
-            let d = run_direct();
-            (run_device(), d)
+            let d = run_direct(&mut prepare);
+            (run_device(&mut prepare), d)
         };
         best = (best.0.min(vmm), best.1.min(wall), best.2.min(d));
         ratios.push(d.as_secs_f64() / vmm.as_secs_f64());
@@ -69,18 +84,18 @@ pub fn compare(
 }
 
 /// Prints the device's rates against the direct side's, in `unit`s per second, and whether
-/// the VMM-thread ratio meets `target`.
+/// the ratio with the driver meets `target`.
 pub fn print(c: &Comparison, unit: &str, direct: &str, target: f64) {
     let (vmm, wall, sys) = c.rates();
     println!(
-        "  device, VMM thread   {vmm:>9.0} {unit}/s   ratio {:.2}x (median of rounds {:.2}x)   target >= {target}x: {}",
+        "  device, VMM thread   {vmm:>9.0} {unit}/s   ratio {:.2}x (median of rounds {:.2}x)",
         vmm / sys,
         c.median_ratio,
-        if vmm / sys >= target { "ok" } else { "MISSED" }
     );
     println!(
-        "  device, with driver  {wall:>9.0} {unit}/s   ratio {:.2}x",
-        wall / sys
+        "  device, with driver  {wall:>9.0} {unit}/s   ratio {:.2}x   target >= {target}x: {}",
+        wall / sys,
+        if wall / sys >= target { "ok" } else { "MISSED" }
     );
     println!("  {direct:<20} {sys:>9.0} {unit}/s");
 }

@@ -29,6 +29,11 @@ use vm_memory::GuestMemoryMmap;
 use crate::interrupts::GsiRoutes;
 use crate::x86_64::layout;
 
+/// I/O threads of a disk without io_uring: one per queue, within these bounds (two, so
+/// that one request blocked in the kernel does not stop the others).
+const POOL_THREADS_MIN: usize = 2;
+const POOL_THREADS_MAX: usize = 8;
+
 /// The KVM VM the guest runs in right now (none while stopped; a reboot builds a new one).
 #[derive(Default)]
 pub struct CurrentVm {
@@ -271,20 +276,31 @@ impl PciDevices {
             write_zeroes: true,
         };
         let mut block = Block::new(file, options)?;
-        // Asynchronous I/O where the kernel offers io_uring (set up here, on the VMM thread:
-        // the device's own thread may only use the ring); plain system calls otherwise. The
-        // ring gets an open of its own: the kernel lets go of a ring's files some time after
-        // the ring is closed, and the image lock, which is on the first open, must go with
-        // the disk. Guest RAM is not registered as the ring's fixed buffers: that would pin
-        // all of it at creation (hundreds of milliseconds for 512 MiB here, and the whole
-        // of it resident for the VM's life), where vectored requests on plain addresses
-        // cost the kernel one page walk.
-        if !cfg.disable_io_uring {
-            let ring = open_unlocked(path, cfg.readonly, cfg.direct)
-                .map_err(std::io::Error::other)
-                .and_then(|f| block.use_io_uring(f, None));
-            if let Err(e) = ring {
-                log::info!("disk {id}: io_uring unavailable ({e}); using synchronous I/O");
+        // Asynchronous I/O: through io_uring where the kernel offers it (set up here, on
+        // the VMM thread: the device's own thread may only use the ring), on a pool of I/O
+        // threads otherwise or with `disable_io_uring`. The engine gets an open of its own:
+        // the kernel lets go of a ring's files some time after the ring is closed, and the
+        // image lock, which is on the first open, must go with the disk. Guest RAM is not
+        // registered as the ring's fixed buffers: that would pin all of it at creation
+        // (hundreds of milliseconds for 512 MiB here, and the whole of it resident for the
+        // VM's life), where vectored requests on plain addresses cost the kernel one page
+        // walk.
+        let engine_file =
+            || open_unlocked(path, cfg.readonly, cfg.direct).map_err(std::io::Error::other);
+        let ring = if cfg.disable_io_uring {
+            Err(std::io::Error::other("disable_io_uring is set"))
+        } else {
+            engine_file().and_then(|f| block.use_io_uring(f, None))
+        };
+        if let Err(e) = ring {
+            let name: String = format!("dio-{id}").chars().take(15).collect();
+            let threads = usize::from(cfg.num_queues).clamp(POOL_THREADS_MIN, POOL_THREADS_MAX);
+            let setup = Some(self.worker_setup.clone());
+            match engine_file().and_then(|f| block.use_thread_pool(f, threads, &name, setup)) {
+                Ok(()) => log::info!("disk {id}: no io_uring ({e}); I/O on {threads} threads"),
+                Err(p) => log::warn!(
+                    "disk {id}: no io_uring ({e}) nor I/O threads ({p}); I/O on the device thread"
+                ),
             }
         }
         self.add_virtio(id, Box::new(block))

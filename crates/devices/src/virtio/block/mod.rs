@@ -46,12 +46,15 @@ use vm_memory::{
 };
 use vmm_sys_util::fallocate::{fallocate, FallocateMode};
 
+use self::engine::Engine;
+use self::pool::IoPool;
 use self::uring::{Completion, Op, Submission, Uring};
 use super::iov::{iovec_of, IoVecs, IOV_MAX};
 use super::queue::{
     clear_notification, drain, enabled_queues, interrupt_if_needed, return_chain, walk_chain,
     Budget, Seg,
 };
+use super::worker::ThreadSetup;
 use super::{
     counters_map, log_ignored_config_write, queue_size_is_valid, read_config_bytes, ActivateError,
     ActiveQueue, InterruptCause, VirtioDevice, VirtioInterrupt, F_RING_EVENT_IDX,
@@ -123,8 +126,12 @@ struct Counters {
     write_ops: u64,
     flush_ops: u64,
     errors: u64,
-    /// Requests handed to io_uring (the others ran on the device's thread).
+    /// Requests handed to io_uring.
     io_uring_ops: u64,
+    /// Requests handed to the pool of I/O threads.
+    thread_pool_ops: u64,
+    /// Reads and writes a disk with an engine finished at once, without blocking.
+    nowait_ops: u64,
 }
 
 /// What one pass over a chain learned about its shape.
@@ -186,8 +193,13 @@ struct Disk {
     /// ring with it.
     iovecs: IoVecs,
     counters: Counters,
-    /// Asynchronous I/O, when the kernel offers io_uring (see [`Block::use_io_uring`]).
-    uring: Option<Uring<Pending>>,
+    /// Whether reads, and writes, are first tried at once with `RWF_NOWAIT` when the disk
+    /// has an engine (not with `O_DIRECT`, where the call would wait for the device; writes
+    /// stop being tried once the file system says it cannot).
+    nowait: [bool; 2],
+    /// Asynchronous I/O ([`Block::use_io_uring`], [`Block::use_thread_pool`]); without
+    /// it requests run on the device's thread.
+    engine: Option<Engine<Pending>>,
     /// Set by `execute` when it leaves the request to the ring: what to submit.
     deferred: Option<(Op, u64, u64)>,
     /// Empty iovec arrays back from completed requests, reused for the next ones.
@@ -205,8 +217,8 @@ pub(crate) struct Pending {
     status: GuestAddress,
 }
 
-/// Token of the ring's completion eventfd among the device's host descriptors.
-const URING_TOKEN: u32 = 0;
+/// Token of the engine's completion eventfd among the device's host descriptors.
+const ENGINE_TOKEN: u32 = 0;
 
 /// What the activated device holds.
 struct Active {
@@ -286,6 +298,7 @@ impl Block {
 
         let mut id = [0u8; ID_BYTES];
         id[..options.id.len()].copy_from_slice(options.id.as_bytes());
+        let direct = is_direct(&file);
 
         Ok(Block {
             disk: Disk {
@@ -298,7 +311,8 @@ impl Block {
                 descs: Vec::new(),
                 iovecs: IoVecs(Vec::new()),
                 counters: Counters::default(),
-                uring: None,
+                nowait: [!direct; 2],
+                engine: None,
                 deferred: None,
                 spare_iovecs: Vec::new(),
             },
@@ -325,18 +339,55 @@ impl Block {
         fixed_buffers: Option<&GuestMemoryMmap>,
     ) -> io::Result<()> {
         let entries = u32::from(self.queue_size) * u32::from(self.num_queues);
-        self.disk.uring = Some(Uring::new(image, entries, fixed_buffers)?);
+        self.disk.engine = Some(Engine::Ring(Box::new(Uring::new(
+            image,
+            entries,
+            fixed_buffers,
+        )?)));
         Ok(())
+    }
+
+    /// Runs reads, writes and flushes asynchronously on `threads` I/O threads named `name`
+    /// over `image` (another descriptor of the device's image), each confined by `setup`
+    /// before it runs anything (see [`pool`]). For disks without io_uring.
+    pub fn use_thread_pool(
+        &mut self,
+        image: File,
+        threads: usize,
+        name: &str,
+        setup: Option<ThreadSetup>,
+    ) -> io::Result<()> {
+        let capacity = usize::from(self.queue_size) * usize::from(self.num_queues);
+        let pool = IoPool::new(image, threads, capacity, name, setup)?;
+        self.disk.engine = Some(Engine::Pool(pool));
+        Ok(())
+    }
+
+    /// Whether reads and writes are first tried at once without blocking (`RWF_NOWAIT`) on
+    /// a disk with an engine; on by default, except with `O_DIRECT`. Off, every read and
+    /// write goes to the engine.
+    pub fn set_try_without_blocking(&mut self, on: bool) {
+        let direct = is_direct(&self.disk.file);
+        self.disk.nowait = [on && !direct; 2];
     }
 
     /// Whether requests go through io_uring.
     pub fn uses_io_uring(&self) -> bool {
-        self.disk.uring.is_some()
+        matches!(self.disk.engine, Some(Engine::Ring(_)))
+    }
+
+    /// Where requests run: `"io_uring"`, `"thread pool"` or `"device thread"`.
+    pub fn io_engine(&self) -> &'static str {
+        match self.disk.engine {
+            Some(Engine::Ring(_)) => "io_uring",
+            Some(Engine::Pool(_)) => "thread pool",
+            None => "device thread",
+        }
     }
 
     /// Requests handed to the ring and not yet returned to the driver.
     pub fn io_in_flight(&self) -> usize {
-        self.disk.uring.as_ref().map_or(0, Uring::in_flight)
+        self.disk.engine.as_ref().map_or(0, Engine::in_flight)
     }
 
     /// The disk's size in 512-byte sectors.
@@ -369,6 +420,13 @@ impl Block {
 }
 
 /// Lays out `struct virtio_blk_config` (virtio 1.2, 5.2.4), little endian.
+/// Whether `file` was opened with `O_DIRECT`.
+fn is_direct(file: &File) -> bool {
+    // SAFETY: F_GETFL on a descriptor the file owns; no memory is passed.
+    let flags = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_GETFL) };
+    flags >= 0 && flags & libc::O_DIRECT != 0
+}
+
 fn build_config(capacity: u64, options: &BlockOptions) -> [u8; CONFIG_SPACE_SIZE] {
     let mut c = [0u8; CONFIG_SPACE_SIZE];
     let mut put = |offset: usize, bytes: &[u8]| {
@@ -443,8 +501,8 @@ impl VirtioDevice for Block {
     fn reset(&mut self) {
         // Nothing the kernel still holds may write guest memory once the driver sees the
         // device reset.
-        if let Some(uring) = &mut self.disk.uring {
-            uring.drain();
+        if let Some(engine) = &mut self.disk.engine {
+            engine.drain();
         }
         self.active = None;
         self.acked_features = 0;
@@ -488,8 +546,8 @@ impl VirtioDevice for Block {
             Budget::UNLIMITED,
             |chain, _, _| (disk.process_chain(mem, chain, index), 0),
         );
-        if let Some(uring) = &mut disk.uring {
-            if let Err(e) = uring.submit() {
+        if let Some(engine) = &mut disk.engine {
+            if let Err(e) = engine.submit() {
                 warn!("virtio-blk queue {index}: cannot submit I/O: {e}");
             }
         }
@@ -498,14 +556,14 @@ impl VirtioDevice for Block {
 
     fn host_fds(&self) -> Vec<(std::os::fd::RawFd, u32)> {
         self.disk
-            .uring
+            .engine
             .as_ref()
-            .map(|u| vec![(u.eventfd(), URING_TOKEN)])
+            .map(|e| vec![(e.eventfd(), ENGINE_TOKEN)])
             .unwrap_or_default()
     }
 
     fn process_host(&mut self, token: u32) {
-        if token != URING_TOKEN {
+        if token != ENGINE_TOKEN {
             return;
         }
         let Block {
@@ -518,32 +576,29 @@ impl VirtioDevice for Block {
             return;
         };
         // Out of the disk while it completes requests into the disk's counters.
-        let Some(mut uring) = disk.uring.take() else {
+        let Some(mut engine) = disk.engine.take() else {
             return;
         };
         touched.clear();
-        uring.reap(
-            |fd, op, iovecs, offset| request::rw_vectored(fd, iovecs, offset, op == Op::Write),
-            |c| {
-                let (queue, head, len) = disk.complete(&active.mem, c);
-                let Some(aq) = active.queues.iter_mut().find(|q| q.index == queue) else {
-                    return;
-                };
-                let name = format_args!("virtio-blk queue {queue}");
-                if return_chain(
-                    &mut aq.queue,
-                    &active.mem,
-                    head,
-                    len,
-                    name,
-                    &mut active.warned,
-                ) && !touched.contains(&queue)
-                {
-                    touched.push(queue);
-                }
-            },
-        );
-        disk.uring = Some(uring);
+        engine.reap(|c| {
+            let (queue, head, len) = disk.complete(&active.mem, c);
+            let Some(aq) = active.queues.iter_mut().find(|q| q.index == queue) else {
+                return;
+            };
+            let name = format_args!("virtio-blk queue {queue}");
+            if return_chain(
+                &mut aq.queue,
+                &active.mem,
+                head,
+                len,
+                name,
+                &mut active.warned,
+            ) && !touched.contains(&queue)
+            {
+                touched.push(queue);
+            }
+        });
+        disk.engine = Some(engine);
         for &queue in touched.iter() {
             if let Some(aq) = active.queues.iter_mut().find(|q| q.index == queue) {
                 let interrupt = active.interrupt.as_ref();
@@ -562,10 +617,14 @@ impl VirtioDevice for Block {
             ("flush_ops", c.flush_ops),
             ("errors", c.errors),
             ("io_uring_ops", c.io_uring_ops),
+            ("thread_pool_ops", c.thread_pool_ops),
+            ("nowait_ops", c.nowait_ops),
         ])
     }
 }
 
+mod engine;
+pub mod pool;
 mod request;
 #[cfg(test)]
 mod tests;

@@ -50,9 +50,12 @@ impl Disk {
                 len,
                 tag,
             };
-            match self.uring.as_mut().map(|u| u.push(submission)) {
+            match self.engine.as_mut().map(|e| e.push(submission)) {
                 Some(Ok(())) => {
-                    self.counters.io_uring_ops += 1;
+                    match self.engine {
+                        Some(Engine::Ring(_)) => self.counters.io_uring_ops += 1,
+                        _ => self.counters.thread_pool_ops += 1,
+                    }
                     return None;
                 }
                 Some(Err(back)) => {
@@ -79,14 +82,53 @@ impl Disk {
     /// Leaves the request `self.iovecs` describes to the ring, if the disk has one with room
     /// (and the request moves data, or is a flush).
     fn defer(&mut self, op: Op, offset: u64, len: u64) -> bool {
-        let Some(uring) = &self.uring else {
+        let Some(engine) = &self.engine else {
             return false;
         };
-        if !uring.has_room() || (op != Op::Flush && self.iovecs.0.is_empty()) {
+        if !engine.has_room() || (op != Op::Flush && self.iovecs.0.is_empty()) {
             return false;
         }
         self.deferred = Some((op, offset, len));
         true
+    }
+
+    /// Runs the read or write `self.iovecs` describes at once when the disk has an engine
+    /// and the kernel can do all of it without blocking (`RWF_NOWAIT`: a read the page
+    /// cache holds, a write the file system takes without waiting). `None` leaves it to
+    /// the engine, from the start (a part done here is simply done again).
+    fn try_without_blocking(&mut self, op: Op, offset: u64, len: u64) -> Option<Outcome> {
+        let write = op == Op::Write;
+        let iov = &self.iovecs.0;
+        if self.engine.is_none() || !self.nowait[usize::from(write)] || iov.is_empty() {
+            return None;
+        }
+        let count = libc::c_int::try_from(iov.len())
+            .ok()
+            .filter(|&n| n as usize <= IOV_MAX)?;
+        let at = libc::off_t::try_from(offset).ok()?;
+        let fd = self.file.as_raw_fd();
+        // SAFETY: the iovecs describe guest memory checked by `build_iovecs`, writable by the
+        // device for a read; the kernel returns at once rather than wait.
+        let n = unsafe {
+            if write {
+                libc::pwritev2(fd, iov.as_ptr(), count, at, libc::RWF_NOWAIT)
+            } else {
+                libc::preadv2(fd, iov.as_ptr(), count, at, libc::RWF_NOWAIT)
+            }
+        };
+        if n >= 0 && n as u64 == len {
+            self.counters.nowait_ops += 1;
+            self.iovecs.0.clear();
+            return Some(self.account(op, len, Ok(())));
+        }
+        if n < 0 {
+            let errno = io::Error::last_os_error().raw_os_error();
+            if matches!(errno, Some(libc::EOPNOTSUPP) | Some(libc::EINVAL)) {
+                // This file system cannot (e.g. ext4's buffered writes): stop asking.
+                self.nowait[usize::from(write)] = false;
+            }
+        }
+        None
     }
 
     /// Runs a read, write or flush of `self.iovecs` at `offset` on this thread.
@@ -197,6 +239,9 @@ impl Disk {
                 if !self.build_iovecs(mem, true, 0, in_len) {
                     return IOERR;
                 }
+                if let Some(done) = self.try_without_blocking(Op::Read, offset, in_len) {
+                    return done;
+                }
                 if self.defer(Op::Read, offset, in_len) {
                     return DEFERRED;
                 }
@@ -215,6 +260,9 @@ impl Disk {
                 };
                 if !self.build_iovecs(mem, false, HEADER_SIZE, out_len) {
                     return IOERR;
+                }
+                if let Some(done) = self.try_without_blocking(Op::Write, offset, out_len) {
+                    return done;
                 }
                 if self.defer(Op::Write, offset, out_len) {
                     return DEFERRED;

@@ -118,6 +118,12 @@ const TX_BUDGET: Budget = Budget {
 /// The receive buffer space one frame is expected to need when the driver takes no large
 /// segments: a 1500-byte MTU frame with a VLAN tag, and the header.
 const RX_WANT_SMALL: usize = VNET_HDR_SIZE + 1518;
+/// After a frame larger than [`RX_WANT_SMALL`], this many reads are given buffers for a
+/// largest frame; otherwise a read is given buffers for an MTU-sized frame, and a larger one
+/// that arrives meanwhile takes the rest through the scratch area. Building (and the kernel
+/// importing) an `iovec` over 64 KiB of buffers for each 1.5 KiB frame costs more than the
+/// frame's own copy.
+const RX_LARGE_STICKY: u32 = 256;
 /// Scratch area behind a receive chain without MRG_RXBUF: only detects overflow.
 const SMALL_SCRATCH: usize = 64;
 /// Where `num_buffers` lies in the header.
@@ -206,6 +212,9 @@ struct RxQueue {
     scratch: Vec<u8>,
     /// Heads of malformed chains to return (reused between passes).
     rejected: Vec<u16>,
+    /// Reads left that are given the whole of `rx_want` since the last frame larger than
+    /// an MTU-sized one (see [`RX_LARGE_STICKY`]).
+    large_left: u32,
 }
 
 /// One queue pair of the active device.

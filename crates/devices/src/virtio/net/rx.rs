@@ -149,6 +149,7 @@ impl RxQueue {
             pending: None,
             scratch: vec![0; if mrg { MAX_BUFFER_SIZE } else { SMALL_SCRATCH }],
             rejected: Vec::new(),
+            large_left: 0,
         }
     }
 
@@ -281,9 +282,13 @@ impl RxQueue {
         let mut given = 0usize;
         let mut chains = 0usize;
         let mut broken = None;
+        let want = if self.large_left > 0 {
+            cx.want
+        } else {
+            cx.want.min(RX_WANT_SMALL)
+        };
         for (i, c) in self.ready.iter().enumerate() {
-            if chains > 0 && (!cx.mrg || given >= cx.want || iov.len() + c.pieces.len() >= IOV_MAX)
-            {
+            if chains > 0 && (!cx.mrg || given >= want || iov.len() + c.pieces.len() >= IOV_MAX) {
                 break;
             }
             for p in &c.pieces {
@@ -335,6 +340,11 @@ impl RxQueue {
             };
         }
         let n = ret as usize;
+        if n > RX_WANT_SMALL {
+            self.large_left = RX_LARGE_STICKY;
+        } else {
+            self.large_left = self.large_left.saturating_sub(1);
+        }
         if n < VNET_HDR_SIZE {
             // Not a frame the tap can produce; stop rather than spin on it.
             cx.counters.errors += 1;

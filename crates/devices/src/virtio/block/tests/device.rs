@@ -179,12 +179,10 @@ fn counters_are_reported() {
     assert_eq!(get("write_ops"), 1);
     assert_eq!(get("flush_ops"), 1);
     assert_eq!(get("errors"), 1);
-    assert_eq!(
-        get("io_uring_ops"),
-        0,
-        "no ring: every request ran on the thread"
-    );
-    assert_eq!(c.len(), 7);
+    for engine in ["io_uring_ops", "thread_pool_ops", "nowait_ops"] {
+        assert_eq!(get(engine), 0, "no engine: every request ran on the thread");
+    }
+    assert_eq!(c.len(), 9);
 }
 
 #[test]

@@ -160,9 +160,17 @@ fn rw_options() -> BlockOptions {
     }
 }
 
+/// An asynchronous engine for a test disk.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Engine {
+    Ring,
+    Pool,
+}
+
 impl Harness {
-    /// A disk whose reads, writes and flushes go through io_uring.
-    fn with_uring(options: BlockOptions, contents: &[u8]) -> Harness {
+    /// A disk whose reads, writes and flushes all go through `engine` (none is tried at
+    /// once first).
+    fn with_engine(engine: Engine, options: BlockOptions, contents: &[u8]) -> Harness {
         let mut h = Harness::new(options, contents);
         let mem = h.mem.clone();
         let image = OpenOptions::new()
@@ -170,9 +178,17 @@ impl Harness {
             .write(true)
             .open(h.host.as_path())
             .unwrap();
-        h.dev
-            .use_io_uring(image, Some(&mem))
-            .expect("io_uring is available");
+        match engine {
+            Engine::Ring => h
+                .dev
+                .use_io_uring(image, Some(&mem))
+                .expect("io_uring is available"),
+            Engine::Pool => h
+                .dev
+                .use_thread_pool(image, 2, "test-io", None)
+                .expect("I/O threads start"),
+        }
+        h.dev.set_try_without_blocking(false);
         h
     }
 

@@ -208,11 +208,17 @@ fn readonly_disk_refuses_writes() {
 }
 
 #[test]
-fn io_uring_reads_writes_and_flushes_complete_through_the_ring() {
+fn reads_writes_and_flushes_complete_through_the_ring_or_the_pool() {
+    for engine in [Engine::Ring, Engine::Pool] {
+        engine_runs_a_batch(engine);
+    }
+}
+
+fn engine_runs_a_batch(engine: Engine) {
     let contents = disk(256);
-    let mut h = Harness::with_uring(rw_options(), &contents);
-    assert!(h.dev.uses_io_uring());
-    assert_eq!(h.dev.host_fds().len(), 1, "the ring's eventfd is watched");
+    let mut h = Harness::with_engine(engine, rw_options(), &contents);
+    assert_eq!(h.dev.uses_io_uring(), engine == Engine::Ring);
+    assert_eq!(h.dev.host_fds().len(), 1, "the engine's eventfd is watched");
     // A batch: one-segment reads (fixed buffers), a three-segment read (readv), a write, a
     // flush.
     let reads: Vec<Req> = (0..8)
@@ -227,8 +233,7 @@ fn io_uring_reads_writes_and_flushes_complete_through_the_ring() {
     h.publish(0, whead);
     let flush = h.request(0, VIRTIO_BLK_T_FLUSH, 0, &[], W);
     h.kick(0);
-    assert!(h.dev.io_in_flight() > 0, "requests wait in the ring");
-    assert_eq!(h.status(&reads[0]), 0xff, "no status before completion");
+    assert!(h.dev.io_in_flight() > 0, "requests wait in the engine");
     h.settle();
     for (i, r) in reads.iter().enumerate() {
         assert_eq!(h.status(r), S_OK);
@@ -250,24 +255,35 @@ fn io_uring_reads_writes_and_flushes_complete_through_the_ring() {
     assert_eq!(h.counter("write_ops"), 1);
     assert_eq!(h.counter("flush_ops"), 1);
     assert_eq!(h.counter("errors"), 0);
-    assert_eq!(h.counter("io_uring_ops"), 11);
+    let (ring, pool) = (h.counter("io_uring_ops"), h.counter("thread_pool_ops"));
+    match engine {
+        Engine::Ring => assert_eq!((ring, pool), (11, 0)),
+        Engine::Pool => assert_eq!((ring, pool), (0, 11)),
+    }
+    assert_eq!(h.counter("nowait_ops"), 0);
     assert!(h.irq.count() >= 1);
-    // Bad requests fail at once, without the ring.
+    // Bad requests fail at once, without the engine.
     let (status, _, _) = h.submit(VIRTIO_BLK_T_IN, 255, &[1024], W);
     assert_eq!(status, S_IOERR);
     assert_eq!(h.dev.io_in_flight(), 0);
 }
 
 #[test]
-fn a_reset_waits_for_the_ring_and_nothing_completes_afterwards() {
+fn a_reset_waits_for_the_engine_and_nothing_completes_afterwards() {
+    for engine in [Engine::Ring, Engine::Pool] {
+        reset_drains(engine);
+    }
+}
+
+fn reset_drains(engine: Engine) {
     let contents = disk(512);
-    let mut h = Harness::with_uring(rw_options(), &contents);
+    let mut h = Harness::with_engine(engine, rw_options(), &contents);
     let reqs: Vec<Req> = (0..16)
         .map(|i| h.request(0, VIRTIO_BLK_T_IN, 16 * i, &[8192], W))
         .collect();
     h.kick(0);
     h.dev.reset();
-    assert_eq!(h.dev.io_in_flight(), 0, "reset drained the ring");
+    assert_eq!(h.dev.io_in_flight(), 0, "reset drained the {engine:?}");
     let irqs = h.irq.count();
     let fds = h.dev.host_fds();
     h.dev.process_host(fds[0].1);
@@ -275,4 +291,59 @@ fn a_reset_waits_for_the_ring_and_nothing_completes_afterwards() {
     for r in &reqs {
         assert_eq!(h.status(r), 0xff, "no status written after reset");
     }
+}
+
+#[test]
+fn cached_reads_complete_at_once_and_the_rest_goes_to_the_engine() {
+    let contents = disk(256);
+    let mut h = Harness::with_engine(Engine::Ring, rw_options(), &contents);
+    h.dev.set_try_without_blocking(true);
+    // The image was just written: its pages are in the page cache.
+    let (status, len, req) = h.submit(VIRTIO_BLK_T_IN, 8, &[4096], W);
+    assert_eq!((status, len), (S_OK, 4097));
+    assert_eq!(
+        h.read_guest(req.data[0], 4096),
+        &contents[8 * 512..8 * 512 + 4096]
+    );
+    assert_eq!(h.dev.io_in_flight(), 0);
+    assert_eq!(h.counter("nowait_ops"), 1);
+    assert_eq!(h.counter("io_uring_ops"), 0);
+    // A write: done at once where the file system can, else through the ring; the data
+    // is on the file either way, and a flush always goes to the ring.
+    let payload = pattern(1024);
+    let wdata = h.data(&payload);
+    let hdr = h.header(VIRTIO_BLK_T_OUT, 40);
+    let wstatus = h.status_buf();
+    let whead = h.chain(0, &[(hdr, 16, R), (wdata, 1024, R), (wstatus, 1, W)]);
+    h.publish(0, whead);
+    h.kick(0);
+    h.settle();
+    let ws: u8 = h.mem.read_obj(GuestAddress(wstatus)).unwrap();
+    assert_eq!(ws, S_OK);
+    assert_eq!(h.read_file(40 * 512, 1024), payload);
+    assert_eq!(h.counter("nowait_ops") + h.counter("io_uring_ops"), 2);
+    assert_eq!(h.counter("read_ops") + h.counter("write_ops"), 2);
+}
+
+#[test]
+fn an_io_thread_that_cannot_be_confined_stops_the_pool_from_starting() {
+    let contents = disk(8);
+    let mut h = Harness::new(rw_options(), &contents);
+    let image = std::fs::File::open(h.host.as_path()).unwrap();
+    let calls = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let seen = calls.clone();
+    let refuse: crate::virtio::worker::ThreadSetup = std::sync::Arc::new(move |name: &str| {
+        assert_eq!(name, "test-io");
+        seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Err("not allowed".to_string())
+    });
+    let err = h
+        .dev
+        .use_thread_pool(image, 3, "test-io", Some(refuse))
+        .unwrap_err();
+    assert!(err.to_string().contains("not allowed"), "{err}");
+    assert!(calls.load(std::sync::atomic::Ordering::SeqCst) >= 1);
+    // The disk keeps working on its own thread.
+    assert_eq!(h.dev.io_engine(), "device thread");
+    assert_eq!(h.submit(VIRTIO_BLK_T_IN, 0, &[512], W).0, S_OK);
 }
