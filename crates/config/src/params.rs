@@ -193,10 +193,14 @@ impl NetConfig {
         "num_queues",
         "queue_size",
         "fd",
+        "offload_tso",
+        "offload_ufo",
+        "offload_csum",
     ];
 
     /// Parses one `--net tap=NAME,mac=MAC,ip=IP,mask=MASK[,id=ID][,num_queues=N]
-    /// [,queue_size=N][,fd=[a,b]|fd=a]` (also `add-net`). An empty value (`tap=,mac=`) means
+    /// [,queue_size=N][,fd=[a,b]|fd=a][,offload_tso=on|off][,offload_ufo=on|off]
+    /// [,offload_csum=on|off]` (also `add-net`; the offloads default to on). An empty value (`tap=,mac=`) means
     /// the key was not given. `num_queues` is even and ≥ 2, and defaults to twice the number of
     /// `fd`s when those are given; `tap` and `fd` exclude each other.
     pub fn parse(input: &str) -> Result<Self, OptionError> {
@@ -274,6 +278,9 @@ impl NetConfig {
             queue_size: narrow("queue_size", queue_size)?,
             id: text("id"),
             fds,
+            offload_tso: o.get_bool("offload_tso")?.unwrap_or(true),
+            offload_ufo: o.get_bool("offload_ufo")?.unwrap_or(true),
+            offload_csum: o.get_bool("offload_csum")?.unwrap_or(true),
             ..NetConfig::default()
         })
     }

@@ -591,10 +591,7 @@ impl NetConfig {
         must_be_empty_value(
             format!("{name}.rate_limiter_config"),
             &self.rate_limiter_config,
-        )?;
-        must_be_true(format!("{name}.offload_tso"), self.offload_tso)?;
-        must_be_true(format!("{name}.offload_ufo"), self.offload_ufo)?;
-        must_be_true(format!("{name}.offload_csum"), self.offload_csum)
+        )
     }
 }
 

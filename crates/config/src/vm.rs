@@ -672,13 +672,13 @@ pub struct NetConfig {
     /// Compatibility: I/O rate limiter (must be absent or null).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rate_limiter_config: Option<Value>,
-    /// Compatibility: TCP segmentation offload (must stay true, the default).
+    /// Offer TCP segmentation offloads, both ways (only with `offload_csum`).
     #[serde(default = "default_true", skip_serializing_if = "is_true")]
     pub offload_tso: bool,
-    /// Compatibility: UDP fragmentation offload (must stay true, the default).
+    /// Offer UDP fragmentation offloads, both ways (only with `offload_csum`).
     #[serde(default = "default_true", skip_serializing_if = "is_true")]
     pub offload_ufo: bool,
-    /// Compatibility: checksum offload (must stay true, the default).
+    /// Offer checksum offloads, both ways; without them no segmentation offload is offered.
     #[serde(default = "default_true", skip_serializing_if = "is_true")]
     pub offload_csum: bool,
 }

@@ -350,6 +350,7 @@ impl PciDevices {
             queue_size: cfg.queue_size,
             csum: cfg.offload_csum,
             tso: cfg.offload_tso,
+            ufo: cfg.offload_ufo,
         };
         let net = Net::new(taps, mac, options)?;
         let entry = self.add_virtio(id, Box::new(net))?;

@@ -300,6 +300,16 @@ fn net_full() {
 }
 
 #[test]
+fn net_offloads() {
+    let n = NetConfig::parse("tap=tap0").unwrap();
+    assert!(n.offload_tso && n.offload_ufo && n.offload_csum);
+    let n = NetConfig::parse("tap=tap0,offload_tso=off,offload_ufo=off,offload_csum=off").unwrap();
+    assert!(!n.offload_tso && !n.offload_ufo && !n.offload_csum);
+    assert!(n.validate().is_ok());
+    assert!(err(NetConfig::parse("offload_tso=maybe")).starts_with("offload_tso=maybe:"));
+}
+
+#[test]
 fn net_empty_values_mean_not_given() {
     let n = NetConfig::parse("tap=,mac=,ip=,mask=").unwrap();
     assert_eq!(n, NetConfig::default());

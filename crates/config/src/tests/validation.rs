@@ -498,27 +498,6 @@ fn net_compat_fields() {
             },
             "net.rate_limiter_config: not supported by Palisade",
         ),
-        (
-            NetConfig {
-                offload_tso: false,
-                ..NetConfig::default()
-            },
-            "net.offload_tso: not supported by Palisade",
-        ),
-        (
-            NetConfig {
-                offload_ufo: false,
-                ..NetConfig::default()
-            },
-            "net.offload_ufo: not supported by Palisade",
-        ),
-        (
-            NetConfig {
-                offload_csum: false,
-                ..NetConfig::default()
-            },
-            "net.offload_csum: not supported by Palisade",
-        ),
     ];
     for (n, want) in cases {
         let e = n.validate().unwrap_err().to_string();

@@ -51,7 +51,7 @@ use log::{debug, warn};
 use virtio_bindings::virtio_net::{
     VIRTIO_NET_CTRL_MQ, VIRTIO_NET_CTRL_MQ_VQ_PAIRS_SET, VIRTIO_NET_ERR, VIRTIO_NET_F_CSUM,
     VIRTIO_NET_F_CTRL_VQ, VIRTIO_NET_F_GUEST_CSUM, VIRTIO_NET_F_GUEST_ECN, VIRTIO_NET_F_GUEST_TSO4,
-    VIRTIO_NET_F_GUEST_TSO6, VIRTIO_NET_F_HOST_ECN, VIRTIO_NET_F_HOST_TSO4, VIRTIO_NET_F_HOST_TSO6,
+    VIRTIO_NET_F_GUEST_TSO6, VIRTIO_NET_F_GUEST_UFO, VIRTIO_NET_F_HOST_ECN, VIRTIO_NET_F_HOST_UFO, VIRTIO_NET_F_HOST_TSO4, VIRTIO_NET_F_HOST_TSO6,
     VIRTIO_NET_F_MAC, VIRTIO_NET_F_MQ, VIRTIO_NET_F_MRG_RXBUF, VIRTIO_NET_F_STATUS, VIRTIO_NET_OK,
     VIRTIO_NET_S_LINK_UP,
 };
@@ -89,6 +89,10 @@ pub const F_HOST_TSO4: u64 = 1 << VIRTIO_NET_F_HOST_TSO4;
 pub const F_HOST_TSO6: u64 = 1 << VIRTIO_NET_F_HOST_TSO6;
 /// Feature bit: the device accepts large segments with ECN.
 pub const F_HOST_ECN: u64 = 1 << VIRTIO_NET_F_HOST_ECN;
+/// Feature bit: the driver takes unfragmented large UDP datagrams.
+pub const F_GUEST_UFO: u64 = 1 << VIRTIO_NET_F_GUEST_UFO;
+/// Feature bit: the device takes UDP datagrams to fragment.
+pub const F_HOST_UFO: u64 = 1 << VIRTIO_NET_F_HOST_UFO;
 /// Feature bit: a received frame may span several receive chains.
 pub const F_MRG_RXBUF: u64 = 1 << VIRTIO_NET_F_MRG_RXBUF;
 /// Feature bit: the configuration space holds the link status.
@@ -139,6 +143,9 @@ pub struct NetOptions {
     /// Offer TCP segmentation offloads (only with `csum`): `HOST_TSO4/6` and `HOST_ECN`,
     /// and `GUEST_TSO4/6` and `GUEST_ECN` if the tap accepts them.
     pub tso: bool,
+    /// Offer UDP fragmentation offloads (only with `csum`): `HOST_UFO`, and `GUEST_UFO` if
+    /// the tap accepts it.
+    pub ufo: bool,
 }
 
 impl Default for NetOptions {
@@ -147,6 +154,7 @@ impl Default for NetOptions {
             queue_size: 256,
             csum: true,
             tso: true,
+            ufo: true,
         }
     }
 }
@@ -316,10 +324,19 @@ impl Net {
         // Which host-to-guest offloads the tap takes.
         let csum = options.csum;
         let tso = options.csum && options.tso;
+        let ufo = options.csum && options.ufo;
         let all_tso = libc::TUN_F_CSUM | libc::TUN_F_TSO4 | libc::TUN_F_TSO6 | libc::TUN_F_TSO_ECN;
+        // The richest set first; a kernel without one (UFO is gone from recent ones) is
+        // asked for less.
         let mut candidates = Vec::new();
+        if tso && ufo {
+            candidates.push(all_tso | libc::TUN_F_UFO);
+        }
         if tso {
             candidates.push(all_tso);
+        }
+        if ufo {
+            candidates.push(libc::TUN_F_CSUM | libc::TUN_F_UFO);
         }
         if csum {
             candidates.push(libc::TUN_F_CSUM);
@@ -351,11 +368,17 @@ impl Net {
         if tso {
             avail_features |= F_HOST_TSO4 | F_HOST_TSO6 | F_HOST_ECN;
         }
+        if ufo {
+            avail_features |= F_HOST_UFO;
+        }
         if accepted & libc::TUN_F_CSUM != 0 {
             avail_features |= F_GUEST_CSUM;
         }
         if accepted & libc::TUN_F_TSO4 != 0 {
             avail_features |= F_GUEST_TSO4 | F_GUEST_TSO6 | F_GUEST_ECN;
+        }
+        if accepted & libc::TUN_F_UFO != 0 {
+            avail_features |= F_GUEST_UFO;
         }
 
         let mut config = [0u8; CONFIG_SPACE_SIZE];
@@ -408,6 +431,9 @@ impl Net {
         }
         if features & F_GUEST_ECN != 0 && flags & (libc::TUN_F_TSO4 | libc::TUN_F_TSO6) != 0 {
             flags |= libc::TUN_F_TSO_ECN;
+        }
+        if features & F_GUEST_UFO != 0 {
+            flags |= libc::TUN_F_UFO;
         }
         flags
     }
@@ -732,7 +758,7 @@ impl VirtioDevice for Net {
                 warn!("virtio-net: {e}");
             }
         }
-        let gso = acked & (F_GUEST_TSO4 | F_GUEST_TSO6) != 0;
+        let gso = acked & (F_GUEST_TSO4 | F_GUEST_TSO6 | F_GUEST_UFO) != 0;
         self.active = Some(Active {
             mem,
             interrupt,

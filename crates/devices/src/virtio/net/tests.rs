@@ -783,34 +783,50 @@ fn configuration_space_and_features() {
 fn offered_offloads_follow_the_options() {
     let ns = NetNs::new();
     let taps = ns.run(|| {
-        (0..3)
+        (0..5)
             .map(|_| Tap::open(None, 1).unwrap().remove(0))
             .collect::<Vec<_>>()
     });
     let mut taps = taps.into_iter();
-    let features = |tap: Tap, csum: bool, tso: bool| {
+    let mut features = |csum: bool, tso: bool, ufo: bool| {
         let o = NetOptions {
             csum,
             tso,
+            ufo,
             ..NetOptions::default()
         };
-        Net::new(vec![tap], GUEST_MAC, o).unwrap().features()
+        Net::new(vec![taps.next().unwrap()], GUEST_MAC, o)
+            .unwrap()
+            .features()
     };
-    let csum_only = features(taps.next().unwrap(), true, false);
+    let tso_bits = F_HOST_TSO4 | F_HOST_TSO6 | F_HOST_ECN | F_GUEST_TSO4 | F_GUEST_TSO6 | F_GUEST_ECN;
+    let ufo_bits = F_HOST_UFO | F_GUEST_UFO;
+    let csum_only = features(true, false, false);
     assert_ne!(csum_only & F_CSUM, 0);
     assert_ne!(csum_only & F_GUEST_CSUM, 0);
+    assert_eq!(csum_only & (tso_bits | ufo_bits), 0);
+    // Without checksum offload nothing else is offered (offload_csum=off).
+    let none = features(false, true, true);
     assert_eq!(
-        csum_only
-            & (F_HOST_TSO4 | F_HOST_TSO6 | F_HOST_ECN | F_GUEST_TSO4 | F_GUEST_TSO6 | F_GUEST_ECN),
+        none & (F_CSUM | F_GUEST_CSUM | F_HOST_TSO4 | F_GUEST_TSO4 | ufo_bits),
         0
     );
-    let none = features(taps.next().unwrap(), false, true);
-    assert_eq!(
-        none & (F_CSUM | F_GUEST_CSUM | F_HOST_TSO4 | F_GUEST_TSO4),
-        0
-    );
-    let all = features(taps.next().unwrap(), true, true);
-    assert_ne!(all & (F_GUEST_TSO4 | F_HOST_TSO4), 0);
+    let all = features(true, true, true);
+    assert_eq!(all & (F_GUEST_TSO4 | F_HOST_TSO4), F_GUEST_TSO4 | F_HOST_TSO4);
+    assert_ne!(all & F_HOST_UFO, 0, "the tap takes UFO frames from the guest");
+    // offload_tso=off keeps UFO; offload_ufo=off keeps TSO.
+    let no_tso = features(true, false, true);
+    assert_eq!(no_tso & tso_bits, 0);
+    assert_ne!(no_tso & F_HOST_UFO, 0);
+    let no_ufo = features(true, true, false);
+    assert_eq!(no_ufo & ufo_bits, 0);
+    assert_ne!(no_ufo & F_HOST_TSO4, 0);
+    // GUEST_UFO is offered exactly when this kernel's tap takes TUN_F_UFO.
+    let probe = ns.run(|| Tap::open(None, 1).unwrap().remove(0));
+    let kernel_ufo = probe
+        .set_offload(libc::TUN_F_CSUM | libc::TUN_F_UFO)
+        .is_ok();
+    assert_eq!(all & F_GUEST_UFO != 0, kernel_ufo);
 }
 
 #[test]
