@@ -282,3 +282,33 @@ fn pty_serial_passes_input_and_output() {
     let out = wait_output(child, Duration::from_secs(30));
     assert_eq!(out.status.code(), Some(0));
 }
+
+/// A guest that powers off and is booted again (`--no-shutdown`, then `vm.boot`), and one
+/// rebooted with `vm.reboot`, find their virtio device as after power-on: MSI-X off and
+/// status 0 (the guest driver fails otherwise), so no queue or interrupt state of one boot
+/// reaches the next.
+#[test]
+fn devices_are_reset_between_boots() {
+    let dir = TempDir::new("boot-reset");
+    let vmm = ApiVmm::spawn(palisade(), &dir, &["--no-shutdown"]);
+    let config = serde_json::json!({
+        "payload": {"kernel": guest("virtio_rng")},
+        "memory": {"size": 64 << 20},
+        "serial": {"mode": "File", "file": dir.path("serial.log")},
+        "console": {"mode": "Off"},
+    });
+    let (code, body) = vmm.put("vm.create", &config);
+    assert_eq!(code, 204, "{body}");
+    for boot in 1..=3 {
+        assert_eq!(vmm.put("vm.boot", &serde_json::json!({})).0, 204);
+        let text = vmm.wait_serial("PASS virtio_rng", boot);
+        assert!(!text.contains("FAIL"), "boot {boot}:\n{text}");
+        vmm.wait_state("Shutdown");
+    }
+    // The device served every boot.
+    let counters = vmm.get("vm.counters");
+    assert!(
+        counters["_rng0"]["interrupts"].as_u64().unwrap() >= 3,
+        "{counters}"
+    );
+}

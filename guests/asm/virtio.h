@@ -105,8 +105,9 @@ virtio_find:
 /*
  * virtio_open: takes the virtio device in slot EBX whose id register reads EDX: checks the
  * id, moves BAR 0 to EAX (prints `bar0: OLD moved to NEW, size SIZE`), finds the virtio structures,
- * turns MSI-X on (every table entry masked until virtio_msix_entry), resets the device and
- * sets ACKNOWLEDGE and DRIVER. FAILs if any of it goes wrong.
+ * checks that MSI-X is off and the device status 0 (as after power-on or a VMM reset), turns
+ * MSI-X on (every table entry masked until virtio_msix_entry), resets the device and sets
+ * ACKNOWLEDGE and DRIVER. FAILs if any of it goes wrong.
  */
 virtio_open:
     push %eax
@@ -158,6 +159,14 @@ virtio_open:
     mov vp_msix_cap, %ecx
     add $MSIX_CONTROL, %ecx
     call pci_read16
+    test $MSIX_ENABLE, %eax
+    jz 6f
+    FAIL "MSI-X is enabled before the driver turned it on: the device was not reset"
+6:  mov vp_common, %edi
+    cmpb $0, VC_DEVICE_STATUS(%edi)
+    je 7f
+    FAIL "the device status is not 0 before the driver's reset: the device was not reset"
+7:  call pci_read16
     and $~MSIX_FUNCTION_MASK, %eax
     or $MSIX_ENABLE, %eax
     call pci_write16

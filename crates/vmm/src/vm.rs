@@ -302,18 +302,21 @@ impl Vm {
         Ok(())
     }
 
-    /// Stops the vCPUs; the VM may be booted again.
+    /// Stops the vCPUs and puts every device back in its power-on state (queues, MSI-X,
+    /// BARs, tap offloads), so that nothing of this boot reaches the next; the VM may be
+    /// booted again.
     pub fn shutdown(&mut self) {
         if let Some(machine) = self.machine.take() {
             machine.stop(&self.devices);
+            self.devices.reset();
         }
         self.state = VmState::Shutdown;
     }
 
-    /// Warm reset: a new machine over the same memory and devices, the kernel loaded again.
+    /// Warm reset: a new machine over the same memory and devices (reset by
+    /// [`Vm::shutdown`]), the kernel loaded again.
     pub fn reboot(&mut self, kvm: &Kvm, supported_cpuid: &CpuId) -> Result<(), VmError> {
         self.shutdown();
-        self.devices.reset();
         self.boot(kvm, supported_cpuid)
     }
 

@@ -799,7 +799,8 @@ fn offered_offloads_follow_the_options() {
             .unwrap()
             .features()
     };
-    let tso_bits = F_HOST_TSO4 | F_HOST_TSO6 | F_HOST_ECN | F_GUEST_TSO4 | F_GUEST_TSO6 | F_GUEST_ECN;
+    let tso_bits =
+        F_HOST_TSO4 | F_HOST_TSO6 | F_HOST_ECN | F_GUEST_TSO4 | F_GUEST_TSO6 | F_GUEST_ECN;
     let ufo_bits = F_HOST_UFO | F_GUEST_UFO;
     let csum_only = features(true, false, false);
     assert_ne!(csum_only & F_CSUM, 0);
@@ -812,8 +813,15 @@ fn offered_offloads_follow_the_options() {
         0
     );
     let all = features(true, true, true);
-    assert_eq!(all & (F_GUEST_TSO4 | F_HOST_TSO4), F_GUEST_TSO4 | F_HOST_TSO4);
-    assert_ne!(all & F_HOST_UFO, 0, "the tap takes UFO frames from the guest");
+    assert_eq!(
+        all & (F_GUEST_TSO4 | F_HOST_TSO4),
+        F_GUEST_TSO4 | F_HOST_TSO4
+    );
+    assert_ne!(
+        all & F_HOST_UFO,
+        0,
+        "the tap takes UFO frames from the guest"
+    );
     // offload_tso=off keeps UFO; offload_ufo=off keeps TSO.
     let no_tso = features(true, false, true);
     assert_eq!(no_tso & tso_bits, 0);
@@ -1180,4 +1188,33 @@ fn counters_are_reported() {
         assert_eq!(c[name], 0, "{name}");
     }
     assert_eq!(c.len(), 7);
+}
+
+#[test]
+fn transmit_yields_after_its_budget_and_comes_back() {
+    let mut h = Harness::new(Setup {
+        options: NetOptions {
+            queue_size: 512,
+            ..NetOptions::default()
+        },
+        ..Setup::default()
+    });
+    // The budget's re-arm leaves the queue notified on purpose.
+    h.check_kicks = false;
+    let total = TX_BUDGET.chains + 44;
+    for i in 0..total {
+        let mut bytes = header(0).to_vec();
+        bytes.extend_from_slice(&frame(60, i as u8));
+        let addr = h.data(&bytes);
+        let head = h.chain(1, &[(addr, bytes.len() as u32, R)]);
+        h.publish(1, head);
+    }
+    h.kick(1);
+    assert_eq!(h.counter("tx_frames"), TX_BUDGET.chains as u64);
+    assert_eq!(h.used_idx(1), TX_BUDGET.chains as u16);
+    // The queue re-armed itself: the device's loop serves its other events, then the rest.
+    assert!(h.run_notified() >= 1);
+    assert_eq!(h.counter("tx_frames"), total as u64);
+    assert_eq!(h.used_idx(1), total as u16);
+    assert_eq!(h.counter("tx_dropped"), 0);
 }
