@@ -8,6 +8,7 @@
 //! untrusted: a malformed request fails that request, never the device or the VMM.
 
 pub mod block;
+pub mod common;
 pub mod console;
 mod iov;
 pub mod net;
@@ -19,6 +20,8 @@ mod test_driver;
 pub mod worker;
 
 use std::sync::Arc;
+
+pub use common::VirtioCommon;
 
 use virtio_queue::Queue;
 use vm_memory::GuestMemoryMmap;
@@ -118,18 +121,34 @@ pub enum ActivateError {
 
 /// A virtio device model.
 pub trait VirtioDevice: Send {
+    /// What the device shares with every other ([`VirtioCommon`]).
+    fn common(&self) -> &VirtioCommon;
+    /// The same, to change.
+    fn common_mut(&mut self) -> &mut VirtioCommon;
     /// The virtio device type (e.g. [`TYPE_BLOCK`]).
-    fn device_type(&self) -> u32;
+    fn device_type(&self) -> u32 {
+        self.common().device_type
+    }
     /// The largest size of each queue; its length is the number of queues.
-    fn queue_max_sizes(&self) -> Vec<u16>;
+    fn queue_max_sizes(&self) -> Vec<u16> {
+        self.common().queue_sizes.clone()
+    }
     /// The feature bits the device offers.
-    fn features(&self) -> u64;
-    /// The feature bits the driver accepted (a subset of [`VirtioDevice::features`]).
-    fn ack_features(&mut self, features: u64);
+    fn features(&self) -> u64 {
+        self.common().avail_features
+    }
+    /// The feature bits the driver accepted (kept: those of [`VirtioDevice::features`]).
+    fn ack_features(&mut self, features: u64) {
+        self.common_mut().ack(features);
+    }
     /// Reads the device-specific configuration space; out-of-range bytes read as zero.
-    fn read_config(&self, offset: u64, data: &mut [u8]);
-    /// Writes the device-specific configuration space; most devices ignore writes.
-    fn write_config(&mut self, offset: u64, data: &[u8]);
+    fn read_config(&self, offset: u64, data: &mut [u8]) {
+        self.common().read_config(offset, data);
+    }
+    /// Writes the device-specific configuration space; by default writes are ignored.
+    fn write_config(&mut self, offset: u64, data: &[u8]) {
+        self.common().ignore_config_write(offset, data);
+    }
     /// Starts the device with the driver's queues.
     fn activate(
         &mut self,

@@ -647,17 +647,15 @@ mod tests {
         activated: Arc<AtomicUsize>,
         processed: Arc<AtomicUsize>,
         interrupt: Option<Arc<dyn VirtioInterrupt>>,
+        common: super::super::VirtioCommon,
     }
 
     impl VirtioDevice for Probe {
-        fn device_type(&self) -> u32 {
-            super::super::TYPE_BLOCK
+        fn common(&self) -> &super::super::VirtioCommon {
+            &self.common
         }
-        fn queue_max_sizes(&self) -> Vec<u16> {
-            vec![16, 16]
-        }
-        fn features(&self) -> u64 {
-            F_VERSION_1 | 1
+        fn common_mut(&mut self) -> &mut super::super::VirtioCommon {
+            &mut self.common
         }
         fn ack_features(&mut self, features: u64) {
             *self.acked.lock().unwrap() = features;
@@ -707,6 +705,13 @@ mod tests {
             activated: activated.clone(),
             processed: processed.clone(),
             interrupt: None,
+            common: super::super::VirtioCommon::new(
+                super::super::TYPE_BLOCK,
+                "probe",
+                vec![16, 16],
+                F_VERSION_1 | 1,
+                Vec::new(),
+            ),
         };
         let mut dev = VirtioPci::new(Box::new(probe), mem, msis.clone()).unwrap();
         dev.set_bar_address(0, 0x1_0000_0000);

@@ -31,12 +31,11 @@ use vm_memory::{
 };
 
 use super::queue::{
-    clear_notification, drain, enabled_queues, interrupt_if_needed, log_limited, rearm, walk_chain,
-    Budget, Seg,
+    clear_notification, drain, interrupt_if_needed, log_limited, rearm, walk_chain, Budget, Seg,
 };
 use super::{
-    counters_map, log_ignored_config_write, read_config_bytes, ActivateError, ActiveQueue,
-    VirtioDevice, VirtioInterrupt, F_RING_EVENT_IDX, F_RING_INDIRECT_DESC, F_VERSION_1, TYPE_RNG,
+    counters_map, ActivateError, ActiveQueue, VirtioCommon, VirtioDevice, VirtioInterrupt,
+    F_RING_EVENT_IDX, F_RING_INDIRECT_DESC, F_VERSION_1, TYPE_RNG,
 };
 
 /// Largest size of the request queue.
@@ -85,7 +84,7 @@ pub struct Rng {
     source: Source,
     /// (head, used length) of the chains served in the current pass over the ring.
     completions: Vec<(u16, u32)>,
-    acked_features: u64,
+    common: VirtioCommon,
     active: Option<Active>,
 }
 
@@ -106,36 +105,26 @@ impl Rng {
                 counters: Counters::default(),
             },
             completions: Vec::new(),
-            acked_features: 0,
+            // virtio-rng has no configuration space.
+            common: VirtioCommon::new(
+                TYPE_RNG,
+                "virtio-rng",
+                vec![QUEUE_SIZE],
+                F_VERSION_1 | F_RING_INDIRECT_DESC | F_RING_EVENT_IDX,
+                Vec::new(),
+            ),
             active: None,
         }
     }
 }
 
 impl VirtioDevice for Rng {
-    fn device_type(&self) -> u32 {
-        TYPE_RNG
+    fn common(&self) -> &VirtioCommon {
+        &self.common
     }
 
-    fn queue_max_sizes(&self) -> Vec<u16> {
-        vec![QUEUE_SIZE]
-    }
-
-    fn features(&self) -> u64 {
-        F_VERSION_1 | F_RING_INDIRECT_DESC | F_RING_EVENT_IDX
-    }
-
-    fn ack_features(&mut self, features: u64) {
-        self.acked_features = features & self.features();
-    }
-
-    fn read_config(&self, offset: u64, data: &mut [u8]) {
-        // virtio-rng has no configuration space.
-        read_config_bytes(&[], offset, data);
-    }
-
-    fn write_config(&mut self, offset: u64, data: &[u8]) {
-        log_ignored_config_write("virtio-rng", offset, data);
+    fn common_mut(&mut self) -> &mut VirtioCommon {
+        &mut self.common
     }
 
     fn activate(
@@ -144,9 +133,8 @@ impl VirtioDevice for Rng {
         interrupt: Arc<dyn VirtioInterrupt>,
         queues: Vec<ActiveQueue>,
     ) -> Result<(), ActivateError> {
-        let event_idx = self.acked_features & F_RING_EVENT_IDX != 0;
         // One queue at most: `enabled_queues` refuses other indices and an empty set.
-        let Some(queue) = enabled_queues("virtio-rng", 1, queues, &mem, event_idx)?.pop() else {
+        let Some(queue) = self.common.enabled_queues(queues, &mem)?.pop() else {
             return Err(ActivateError::Invalid(
                 "virtio-rng activated without its request queue enabled".into(),
             ));
@@ -162,7 +150,7 @@ impl VirtioDevice for Rng {
 
     fn reset(&mut self) {
         self.active = None;
-        self.acked_features = 0;
+        self.common.reset();
     }
 
     fn process_queue(&mut self, index: u16) {
@@ -585,7 +573,7 @@ mod tests {
         assert_eq!(cfg, [0; 8]);
         // Unknown features are not acked.
         h.dev.ack_features(u64::MAX);
-        assert_eq!(h.dev.acked_features, f);
+        assert_eq!(h.dev.common.acked_features, f);
         assert!(h.dev.host_fds().is_empty());
         let c = h.dev.counters();
         assert_eq!(c.len(), 3);
@@ -631,7 +619,7 @@ mod tests {
         h.kick(0);
         assert_eq!(h.used_len(0, head), 100);
         h.dev.reset();
-        assert_eq!(h.dev.acked_features, 0);
+        assert_eq!(h.dev.common.acked_features, 0);
         let stale = h.buf(16, POISON);
         h.publish_chain(0, &[(stale, 16, W)]);
         h.dev.process_queue(0);

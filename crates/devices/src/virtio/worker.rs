@@ -206,7 +206,7 @@ impl Drop for DeviceWorker {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::virtio::{ActivateError, ActiveQueue, VirtioInterrupt};
+    use crate::virtio::{ActivateError, ActiveQueue, VirtioCommon, VirtioInterrupt};
     use std::sync::atomic::AtomicUsize;
     use vm_memory::GuestMemoryMmap;
 
@@ -215,21 +215,16 @@ mod tests {
         served: Arc<AtomicUsize>,
         gate: Option<Arc<Mutex<()>>>,
         notify: Arc<EventFd>,
+        common: VirtioCommon,
     }
 
     impl VirtioDevice for Probe {
-        fn device_type(&self) -> u32 {
-            99
+        fn common(&self) -> &VirtioCommon {
+            &self.common
         }
-        fn queue_max_sizes(&self) -> Vec<u16> {
-            vec![8]
+        fn common_mut(&mut self) -> &mut VirtioCommon {
+            &mut self.common
         }
-        fn features(&self) -> u64 {
-            0
-        }
-        fn ack_features(&mut self, _: u64) {}
-        fn read_config(&self, _: u64, _: &mut [u8]) {}
-        fn write_config(&mut self, _: u64, _: &[u8]) {}
         fn activate(
             &mut self,
             _: GuestMemoryMmap,
@@ -256,6 +251,7 @@ mod tests {
                 served: served.clone(),
                 gate,
                 notify: notify.clone(),
+                common: VirtioCommon::new(99, "probe", vec![8], 0, Vec::new()),
             }),
             vec![notify],
         );

@@ -51,14 +51,13 @@ use self::pool::IoPool;
 use self::uring::{Completion, Op, Submission, Uring};
 use super::iov::{iovec_of, IoVecs, IOV_MAX};
 use super::queue::{
-    clear_notification, drain, enabled_queues, interrupt_if_needed, return_chain, walk_chain,
-    Budget, Seg,
+    clear_notification, drain, interrupt_if_needed, return_chain, walk_chain, Budget, Seg,
 };
 use super::worker::ThreadSetup;
 use super::{
-    counters_map, log_ignored_config_write, queue_size_is_valid, read_config_bytes, ActivateError,
-    ActiveQueue, InterruptCause, VirtioDevice, VirtioInterrupt, F_RING_EVENT_IDX,
-    F_RING_INDIRECT_DESC, F_VERSION_1, MAX_QUEUE_SIZE, TYPE_BLOCK,
+    counters_map, queue_size_is_valid, ActivateError, ActiveQueue, InterruptCause, VirtioCommon,
+    VirtioDevice, VirtioInterrupt, F_RING_EVENT_IDX, F_RING_INDIRECT_DESC, F_VERSION_1,
+    MAX_QUEUE_SIZE, TYPE_BLOCK,
 };
 
 /// The sector size of the virtio-blk protocol, in bytes.
@@ -240,9 +239,7 @@ pub struct Block {
     completions: Vec<(u16, u32)>,
     num_queues: u16,
     queue_size: u16,
-    avail_features: u64,
-    acked_features: u64,
-    config: [u8; CONFIG_SPACE_SIZE],
+    common: VirtioCommon,
     active: Option<Active>,
     /// Queues that got completions in one pass over the ring (scratch).
     touched: Vec<u16>,
@@ -319,9 +316,13 @@ impl Block {
             completions: Vec::new(),
             num_queues: options.num_queues,
             queue_size: qs,
-            avail_features,
-            acked_features: 0,
-            config: build_config(capacity, &options),
+            common: VirtioCommon::new(
+                TYPE_BLOCK,
+                "virtio-blk",
+                vec![qs; usize::from(options.num_queues)],
+                avail_features,
+                build_config(capacity, &options).to_vec(),
+            ),
             active: None,
             touched: Vec::new(),
         })
@@ -411,7 +412,7 @@ impl Block {
             self.disk.capacity
         );
         self.disk.capacity = capacity;
-        self.config[..8].copy_from_slice(&capacity.to_le_bytes());
+        self.common.config[..8].copy_from_slice(&capacity.to_le_bytes());
         if let Some(active) = &self.active {
             active.interrupt.trigger(InterruptCause::Config);
         }
@@ -455,30 +456,16 @@ fn build_config(capacity: u64, options: &BlockOptions) -> [u8; CONFIG_SPACE_SIZE
 }
 
 impl VirtioDevice for Block {
-    fn device_type(&self) -> u32 {
-        TYPE_BLOCK
+    fn common(&self) -> &VirtioCommon {
+        &self.common
     }
 
-    fn queue_max_sizes(&self) -> Vec<u16> {
-        vec![self.queue_size; usize::from(self.num_queues)]
+    fn common_mut(&mut self) -> &mut VirtioCommon {
+        &mut self.common
     }
 
-    fn features(&self) -> u64 {
-        self.avail_features
-    }
-
-    fn ack_features(&mut self, features: u64) {
-        self.acked_features = features & self.avail_features;
-    }
-
-    fn read_config(&self, offset: u64, data: &mut [u8]) {
-        read_config_bytes(&self.config, offset, data);
-    }
-
-    fn write_config(&mut self, offset: u64, data: &[u8]) {
-        // Only `writeback` is writable, and only with VIRTIO_BLK_F_CONFIG_WCE (not offered).
-        log_ignored_config_write("virtio-blk", offset, data);
-    }
+    // The configuration space takes no write: `writeback` is writable only with
+    // VIRTIO_BLK_F_CONFIG_WCE, which is not offered.
 
     fn activate(
         &mut self,
@@ -486,9 +473,7 @@ impl VirtioDevice for Block {
         interrupt: Arc<dyn VirtioInterrupt>,
         queues: Vec<ActiveQueue>,
     ) -> Result<(), ActivateError> {
-        let event_idx = self.acked_features & F_RING_EVENT_IDX != 0;
-        let num_queues = usize::from(self.num_queues);
-        let ready = enabled_queues("virtio-blk", num_queues, queues, &mem, event_idx)?;
+        let ready = self.common.enabled_queues(queues, &mem)?;
         self.active = Some(Active {
             mem,
             interrupt,
@@ -505,7 +490,7 @@ impl VirtioDevice for Block {
             engine.drain();
         }
         self.active = None;
-        self.acked_features = 0;
+        self.common.reset();
     }
 
     fn process_queue(&mut self, index: u16) {

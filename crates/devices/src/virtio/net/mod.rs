@@ -61,13 +61,11 @@ use vmm_sys_util::eventfd::EventFd;
 
 use super::iov::{iovec_of, IoVecs, IOV_MAX};
 use super::queue::{
-    self, clear_notification, drain, enabled_queues, guest_error, interrupt_if_needed, log_limited,
-    rearm, Budget,
+    self, clear_notification, drain, guest_error, interrupt_if_needed, log_limited, rearm, Budget,
 };
 use super::{
-    counters_map, log_ignored_config_write, queue_size_is_valid, read_config_bytes, ActivateError,
-    ActiveQueue, VirtioDevice, VirtioInterrupt, F_RING_EVENT_IDX, F_RING_INDIRECT_DESC,
-    F_VERSION_1, MAX_QUEUE_SIZE, TYPE_NET,
+    counters_map, queue_size_is_valid, ActivateError, ActiveQueue, VirtioCommon, VirtioDevice,
+    VirtioInterrupt, F_RING_EVENT_IDX, F_RING_INDIRECT_DESC, F_VERSION_1, MAX_QUEUE_SIZE, TYPE_NET,
 };
 use crate::tap::{Tap, VNET_HDR_SIZE};
 
@@ -264,9 +262,7 @@ pub struct Net {
     attached: Vec<bool>,
     mac: [u8; 6],
     queue_size: u16,
-    avail_features: u64,
-    acked_features: u64,
-    config: [u8; CONFIG_SPACE_SIZE],
+    common: VirtioCommon,
     active: Option<Active>,
     counters: Counters,
     /// Cleared before `TxCtx::transmit` and `RxQueue::read_frame` return.
@@ -391,9 +387,14 @@ impl Net {
             taps,
             mac,
             queue_size: qs,
-            avail_features,
-            acked_features: 0,
-            config,
+            // The queue pairs, and the control queue when there are several pairs.
+            common: VirtioCommon::new(
+                TYPE_NET,
+                "virtio-net",
+                vec![qs; 2 * pairs + usize::from(pairs > 1)],
+                avail_features,
+                config.to_vec(),
+            ),
             active: None,
             counters: Counters::default(),
             iovecs: IoVecs(Vec::new()),
@@ -616,7 +617,7 @@ impl Net {
     /// Answers the commands published so far; returns how many chains went back to the used
     /// ring, or `None` if the ring cannot be read.
     fn ctrl_pass(&mut self) -> Option<usize> {
-        let mq = self.acked_features & F_MQ != 0;
+        let mq = self.common.acked(F_MQ);
         let max_pairs = self.taps.len();
         let Net {
             active,
@@ -688,32 +689,15 @@ impl Net {
 }
 
 impl VirtioDevice for Net {
-    fn device_type(&self) -> u32 {
-        TYPE_NET
+    fn common(&self) -> &VirtioCommon {
+        &self.common
     }
 
-    fn queue_max_sizes(&self) -> Vec<u16> {
-        let pairs = self.taps.len();
-        let ctrl = usize::from(pairs > 1);
-        vec![self.queue_size; 2 * pairs + ctrl]
+    fn common_mut(&mut self) -> &mut VirtioCommon {
+        &mut self.common
     }
 
-    fn features(&self) -> u64 {
-        self.avail_features
-    }
-
-    fn ack_features(&mut self, features: u64) {
-        self.acked_features = features & self.avail_features;
-    }
-
-    fn read_config(&self, offset: u64, data: &mut [u8]) {
-        read_config_bytes(&self.config, offset, data);
-    }
-
-    fn write_config(&mut self, offset: u64, data: &[u8]) {
-        // The MAC is writable only by legacy drivers; nothing else is writable.
-        log_ignored_config_write("virtio-net", offset, data);
-    }
+    // The configuration space takes no write: the MAC is writable only by legacy drivers.
 
     fn activate(
         &mut self,
@@ -721,9 +705,7 @@ impl VirtioDevice for Net {
         interrupt: Arc<dyn VirtioInterrupt>,
         queues: Vec<ActiveQueue>,
     ) -> Result<(), ActivateError> {
-        let acked = self.acked_features;
-        let num_queues = self.queue_max_sizes().len();
-        let event_idx = acked & F_RING_EVENT_IDX != 0;
+        let acked = self.common.acked_features;
         let mrg = acked & F_MRG_RXBUF != 0;
         // Without MQ the driver uses one pair, and the control queue (if any) comes after it.
         let usable_pairs = if acked & F_MQ != 0 {
@@ -734,7 +716,7 @@ impl VirtioDevice for Net {
         let ctrl_index = (acked & F_CTRL_VQ != 0).then_some(2 * usable_pairs);
         let mut pairs: Vec<Pair> = (0..self.taps.len()).map(|_| Pair::default()).collect();
         let mut ctrl = None;
-        for q in enabled_queues("virtio-net", num_queues, queues, &mem, event_idx)? {
+        for q in self.common.enabled_queues(queues, &mem)? {
             let i = usize::from(q.index);
             if ctrl_index != Some(i) && i >= 2 * usable_pairs {
                 return Err(ActivateError::Invalid(format!(
@@ -775,7 +757,7 @@ impl VirtioDevice for Net {
 
     fn reset(&mut self) {
         self.active = None;
-        self.acked_features = 0;
+        self.common.reset();
         for (tap, attached) in self.taps.iter().zip(self.attached.iter_mut()) {
             if !*attached {
                 match tap.set_queue_enabled(true) {

@@ -405,7 +405,7 @@ fn interrupts_follow_avail_flags_without_event_idx() {
 #[test]
 fn interrupts_are_suppressed_with_event_idx() {
     let mut h = Harness::new(rw_options(), &disk(8));
-    assert_ne!(h.dev.acked_features & F_RING_EVENT_IDX, 0);
+    assert_ne!(h.dev.common.acked_features & F_RING_EVENT_IDX, 0);
 
     // used_event 0: the first used buffer (index 0) interrupts.
     h.submit(VIRTIO_BLK_T_FLUSH, 0, &[], R);

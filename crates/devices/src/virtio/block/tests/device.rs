@@ -147,7 +147,7 @@ fn reset_and_reactivate() {
     let mut h = Harness::new(rw_options(), &contents);
     assert_eq!(h.submit(VIRTIO_BLK_T_IN, 0, &[512], W).0, S_OK);
     h.dev.reset();
-    assert_eq!(h.dev.acked_features, 0);
+    assert_eq!(h.dev.common.acked_features, 0);
     // A request published after the reset is not served.
     let stale = h.request(0, VIRTIO_BLK_T_IN, 0, &[512], W);
     h.dev.process_queue(0);
