@@ -283,10 +283,10 @@ fn pty_serial_passes_input_and_output() {
     assert_eq!(out.status.code(), Some(0));
 }
 
-/// A guest that powers off and is booted again (`--no-shutdown`, then `vm.boot`), and one
-/// rebooted with `vm.reboot`, find their virtio device as after power-on: MSI-X off and
-/// status 0 (the guest driver fails otherwise), so no queue or interrupt state of one boot
-/// reaches the next.
+/// A guest that powers off and is booted again (`--no-shutdown`, then `vm.boot`) finds its
+/// virtio device as after power-on: MSI-X off and status 0 (the guest driver fails
+/// otherwise), so no queue or interrupt state of one boot reaches the next; and its
+/// interrupts reach it on every boot.
 #[test]
 fn devices_are_reset_between_boots() {
     let dir = TempDir::new("boot-reset");

@@ -653,10 +653,10 @@ fn a_direct_disk_bypasses_the_page_cache_and_still_works() {
     assert_eq!(&after[SECTOR..2 * SECTOR], &written_sector()[..]);
 }
 
-/// The guest's disk test through io_uring (the default) and, with Cloud Hypervisor's
-/// `disable_io_uring`, through the disk's pool of I/O threads: both pass, the disk's
-/// counters say which way its requests went, and the I/O threads are confined as device
-/// threads.
+/// The guest's disk test through io_uring with one I/O thread for writes (the default) and,
+/// with Cloud Hypervisor's `disable_io_uring`, through the disk's pool of I/O threads
+/// alone: both pass, the disk's counters say which way its requests went, and the I/O
+/// threads are confined as device threads.
 #[test]
 fn requests_go_through_io_uring_unless_it_is_disabled() {
     for disabled in [false, true] {
@@ -687,11 +687,12 @@ fn requests_go_through_io_uring_unless_it_is_disabled() {
         assert!(d0["interrupts"].as_u64().unwrap() >= 1, "{counters}");
         let ring = d0["io_uring_ops"].as_u64().unwrap();
         let pool = d0["thread_pool_ops"].as_u64().unwrap();
-        // The write and the flush at least (reads of cached data may complete at once).
+        // The flush at least (reads of cached data, and writes where the file system can,
+        // complete at once; other writes go to the pool).
         if disabled {
-            assert!(ring == 0 && pool >= 2, "{counters}");
+            assert!(ring == 0 && pool >= 1, "{counters}");
         } else {
-            assert!(ring >= 2 && pool == 0, "{counters}");
+            assert!(ring >= 1, "{counters}");
         }
         let threads = vmm.info()["sandbox"]["threads"].clone();
         let io: Vec<&serde_json::Value> = threads
@@ -700,7 +701,7 @@ fn requests_go_through_io_uring_unless_it_is_disabled() {
             .iter()
             .filter(|t| t["thread"] == "dio-d0")
             .collect();
-        assert_eq!(io.len(), if disabled { 2 } else { 0 }, "{threads}");
+        assert_eq!(io.len(), if disabled { 2 } else { 1 }, "{threads}");
         for t in io {
             assert_eq!(t["role"], "device", "{t}");
             assert!(t["seccomp"].as_str().unwrap().contains("enforcing"), "{t}");

@@ -126,6 +126,40 @@ impl BenchQueue {
         self.avail_idx
     }
 
+    /// Publishes the chains at `heads` and kicks the queue, without running the device (for a
+    /// driver that keeps requests in flight: see [`BenchQueue::take_used`]). Interrupts
+    /// are left on; the driver polls the used ring instead of waiting for them.
+    pub fn publish(&mut self, heads: impl IntoIterator<Item = u16>) {
+        let area = area(&self.mem);
+        for head in heads {
+            let slot = AVAIL as usize + 4 + 2 * usize::from(self.avail_idx % QUEUE_SIZE);
+            area.write_obj(head.to_le(), slot).unwrap();
+            self.avail_idx = self.avail_idx.wrapping_add(1);
+        }
+        area.store(
+            self.avail_idx.to_le(),
+            AVAIL as usize + 2,
+            Ordering::Release,
+        )
+        .unwrap();
+        self.notify.write(1).unwrap();
+    }
+
+    /// Appends to `out` the heads the device returned since the last call, in order.
+    pub fn take_used(&mut self, out: &mut Vec<u16>) {
+        let area = area(&self.mem);
+        let used = u16::from_le(area.load(USED as usize + 2, Ordering::Acquire).unwrap());
+        while self.used_idx != used {
+            let at = USED as usize + 4 + 8 * usize::from(self.used_idx % QUEUE_SIZE);
+            let id: u32 = area.read_obj(at).unwrap();
+            out.push(u32::from_le(id) as u16);
+            self.used_idx = self.used_idx.wrapping_add(1);
+        }
+        if self.irq.0.read().is_ok() {
+            self.interrupts += 1;
+        }
+    }
+
     /// Publishes the chains at `heads`, asks for one interrupt when the last is used, kicks
     /// the queue and runs `device` (the VMM's dispatch of the kick). Returns the time spent
     /// in `device`, and checks that every chain published was used.

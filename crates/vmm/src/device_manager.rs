@@ -253,6 +253,9 @@ impl DeviceManager {
     /// Delivers the devices' interrupts and notifications into `vm` (a new machine), or
     /// nowhere.
     pub fn attach(&self, vm: Option<Arc<VmFd>>) {
+        if let Some(old) = self.vm.get() {
+            self.pci.detach(&old);
+        }
         self.vm.set(vm.clone());
         if let Some(vm) = vm {
             self.pci.attach(&vm);

@@ -63,6 +63,17 @@ impl GsiRoutes {
         }
     }
 
+    /// Unbinds every irqfd from `vm` (a machine going away). KVM's deassign waits until the
+    /// binding is gone, where dropping the VM leaves that to a kernel worker: until then an
+    /// eventfd cannot be bound to the next VM (`EBUSY`).
+    pub fn detach(&self, vm: &VmFd) {
+        for (gsi, route) in self.lock().iter() {
+            if let Err(e) = vm.unregister_irqfd(&route.irqfd, *gsi) {
+                log::debug!("cannot unbind the irqfd of GSI {gsi}: {e}");
+            }
+        }
+    }
+
     /// Routes in use.
     #[cfg(test)]
     fn len(&self) -> usize {

@@ -277,14 +277,16 @@ impl PciDevices {
         };
         let mut block = Block::new(file, options)?;
         // Asynchronous I/O: through io_uring where the kernel offers it (set up here, on
-        // the VMM thread: the device's own thread may only use the ring), on a pool of I/O
-        // threads otherwise or with `disable_io_uring`. The engine gets an open of its own:
-        // the kernel lets go of a ring's files some time after the ring is closed, and the
-        // image lock, which is on the first open, must go with the disk. Guest RAM is not
-        // registered as the ring's fixed buffers: that would pin all of it at creation
-        // (hundreds of milliseconds for 512 MiB here, and the whole of it resident for the
-        // VM's life), where vectored requests on plain addresses cost the kernel one page
-        // walk.
+        // the VMM thread: the device's own thread may only use the ring), and on a pool of
+        // I/O threads for what the ring does badly: writes a file system must block for,
+        // without `direct=on` (see `devices::virtio::block::engine`), or everything when
+        // there is no ring (`disable_io_uring`, or a kernel without it). Each engine gets an
+        // open of its own: the kernel lets go of a ring's files some time after the ring is
+        // closed, and the image lock, which is on the first open, must go with the disk.
+        // Guest RAM is not registered as the ring's fixed buffers: that would pin all of it
+        // at creation (hundreds of milliseconds for 512 MiB here, and the whole of it
+        // resident for the VM's life), where vectored requests on plain addresses cost the
+        // kernel one page walk.
         let engine_file =
             || open_unlocked(path, cfg.readonly, cfg.direct).map_err(std::io::Error::other);
         let ring = if cfg.disable_io_uring {
@@ -292,17 +294,24 @@ impl PciDevices {
         } else {
             engine_file().and_then(|f| block.use_io_uring(f, None))
         };
-        if let Err(e) = ring {
+        if let Err(e) = &ring {
+            log::info!("disk {id}: no io_uring ({e})");
+        }
+        if ring.is_err() || (!cfg.direct && !cfg.readonly) {
             let name: String = format!("dio-{id}").chars().take(15).collect();
-            let threads = usize::from(cfg.num_queues).clamp(POOL_THREADS_MIN, POOL_THREADS_MAX);
+            // With a ring the pool only takes writes, which run one at a time.
+            let threads = if ring.is_ok() {
+                1
+            } else {
+                usize::from(cfg.num_queues).clamp(POOL_THREADS_MIN, POOL_THREADS_MAX)
+            };
             let setup = Some(self.worker_setup.clone());
             match engine_file().and_then(|f| block.use_thread_pool(f, threads, &name, setup)) {
-                Ok(()) => log::info!("disk {id}: no io_uring ({e}); I/O on {threads} threads"),
-                Err(p) => log::warn!(
-                    "disk {id}: no io_uring ({e}) nor I/O threads ({p}); I/O on the device thread"
-                ),
+                Ok(()) => log::debug!("disk {id}: {threads} I/O thread(s)"),
+                Err(e) => log::warn!("disk {id}: no I/O threads ({e})"),
             }
         }
+        log::debug!("disk {id}: I/O through {}", block.io_engine());
         self.add_virtio(id, Box::new(block))
     }
 
@@ -435,6 +444,11 @@ impl PciDevices {
             .remove(entry.slot);
         let _ = self.mmio64.free(&entry.bar);
         Some(entry)
+    }
+
+    /// Unbinds every irqfd from `vm`, a machine going away.
+    pub fn detach(&self, vm: &VmFd) {
+        self.routes.detach(vm);
     }
 
     /// Registers every device's interrupt routes, irqfds and ioeventfds with the (new) KVM

@@ -46,7 +46,7 @@ use vm_memory::{
 };
 use vmm_sys_util::fallocate::{fallocate, FallocateMode};
 
-use self::engine::Engine;
+use self::engine::{Engines, Lane, POOL_TOKEN, RING_TOKEN};
 use self::pool::IoPool;
 use self::uring::{Completion, Op, Submission, Uring};
 use super::iov::{iovec_of, IoVecs, IOV_MAX};
@@ -198,9 +198,9 @@ struct Disk {
     nowait: [bool; 2],
     /// Asynchronous I/O ([`Block::use_io_uring`], [`Block::use_thread_pool`]); without
     /// it requests run on the device's thread.
-    engine: Option<Engine<Pending>>,
-    /// Set by `execute` when it leaves the request to the ring: what to submit.
-    deferred: Option<(Op, u64, u64)>,
+    engines: Engines<Pending>,
+    /// Set by `execute` when it leaves the request to an engine: where, and what to submit.
+    deferred: Option<(Lane, Op, u64, u64)>,
     /// Empty iovec arrays back from completed requests, reused for the next ones.
     spare_iovecs: Vec<IoVecs>,
 }
@@ -215,9 +215,6 @@ pub(crate) struct Pending {
     /// Where its status byte goes (checked to lie in guest memory).
     status: GuestAddress,
 }
-
-/// Token of the engine's completion eventfd among the device's host descriptors.
-const ENGINE_TOKEN: u32 = 0;
 
 /// What the activated device holds.
 struct Active {
@@ -309,7 +306,7 @@ impl Block {
                 iovecs: IoVecs(Vec::new()),
                 counters: Counters::default(),
                 nowait: [!direct; 2],
-                engine: None,
+                engines: Engines::default(),
                 deferred: None,
                 spare_iovecs: Vec::new(),
             },
@@ -340,11 +337,7 @@ impl Block {
         fixed_buffers: Option<&GuestMemoryMmap>,
     ) -> io::Result<()> {
         let entries = u32::from(self.queue_size) * u32::from(self.num_queues);
-        self.disk.engine = Some(Engine::Ring(Box::new(Uring::new(
-            image,
-            entries,
-            fixed_buffers,
-        )?)));
+        self.disk.engines.ring = Some(Box::new(Uring::new(image, entries, fixed_buffers)?));
         Ok(())
     }
 
@@ -360,7 +353,7 @@ impl Block {
     ) -> io::Result<()> {
         let capacity = usize::from(self.queue_size) * usize::from(self.num_queues);
         let pool = IoPool::new(image, threads, capacity, name, setup)?;
-        self.disk.engine = Some(Engine::Pool(pool));
+        self.disk.engines.pool = Some(pool);
         Ok(())
     }
 
@@ -374,21 +367,23 @@ impl Block {
 
     /// Whether requests go through io_uring.
     pub fn uses_io_uring(&self) -> bool {
-        matches!(self.disk.engine, Some(Engine::Ring(_)))
+        self.disk.engines.ring.is_some()
     }
 
-    /// Where requests run: `"io_uring"`, `"thread pool"` or `"device thread"`.
+    /// Where requests that cannot be done at once run: `"io_uring"`, `"thread pool"`,
+    /// `"io_uring and thread pool"` (see [`engine`]) or `"device thread"`.
     pub fn io_engine(&self) -> &'static str {
-        match self.disk.engine {
-            Some(Engine::Ring(_)) => "io_uring",
-            Some(Engine::Pool(_)) => "thread pool",
-            None => "device thread",
+        match (&self.disk.engines.ring, &self.disk.engines.pool) {
+            (Some(_), Some(_)) => "io_uring and thread pool",
+            (Some(_), None) => "io_uring",
+            (None, Some(_)) => "thread pool",
+            (None, None) => "device thread",
         }
     }
 
-    /// Requests handed to the ring and not yet returned to the driver.
+    /// Requests handed to an engine and not yet returned to the driver.
     pub fn io_in_flight(&self) -> usize {
-        self.disk.engine.as_ref().map_or(0, Engine::in_flight)
+        self.disk.engines.in_flight()
     }
 
     /// The disk's size in 512-byte sectors.
@@ -486,9 +481,7 @@ impl VirtioDevice for Block {
     fn reset(&mut self) {
         // Nothing the kernel still holds may write guest memory once the driver sees the
         // device reset.
-        if let Some(engine) = &mut self.disk.engine {
-            engine.drain();
-        }
+        self.disk.engines.drain();
         self.active = None;
         self.common.reset();
     }
@@ -531,24 +524,18 @@ impl VirtioDevice for Block {
             Budget::UNLIMITED,
             |chain, _, _| (disk.process_chain(mem, chain, index), 0),
         );
-        if let Some(engine) = &mut disk.engine {
-            if let Err(e) = engine.submit() {
-                warn!("virtio-blk queue {index}: cannot submit I/O: {e}");
-            }
+        if let Err(e) = disk.engines.submit() {
+            warn!("virtio-blk queue {index}: cannot submit I/O: {e}");
         }
         interrupt_if_needed(drained.completed, queue, mem, interrupt.as_ref(), index);
     }
 
     fn host_fds(&self) -> Vec<(std::os::fd::RawFd, u32)> {
-        self.disk
-            .engine
-            .as_ref()
-            .map(|e| vec![(e.eventfd(), ENGINE_TOKEN)])
-            .unwrap_or_default()
+        self.disk.engines.eventfds()
     }
 
     fn process_host(&mut self, token: u32) {
-        if token != ENGINE_TOKEN {
+        if token != RING_TOKEN && token != POOL_TOKEN {
             return;
         }
         let Block {
@@ -561,11 +548,9 @@ impl VirtioDevice for Block {
             return;
         };
         // Out of the disk while it completes requests into the disk's counters.
-        let Some(mut engine) = disk.engine.take() else {
-            return;
-        };
+        let mut engines = std::mem::take(&mut disk.engines);
         touched.clear();
-        engine.reap(|c| {
+        engines.reap(token, |c| {
             let (queue, head, len) = disk.complete(&active.mem, c);
             let Some(aq) = active.queues.iter_mut().find(|q| q.index == queue) else {
                 return;
@@ -583,7 +568,7 @@ impl VirtioDevice for Block {
                 touched.push(queue);
             }
         });
-        disk.engine = Some(engine);
+        disk.engines = engines;
         for &queue in touched.iter() {
             if let Some(aq) = active.queues.iter_mut().find(|q| q.index == queue) {
                 let interrupt = active.interrupt.as_ref();

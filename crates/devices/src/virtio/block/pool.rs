@@ -35,6 +35,13 @@ struct State<T> {
     done: Vec<Completion<T>>,
     /// The eventfd was written and the device thread has not collected since.
     signalled: bool,
+    /// A thread runs a write.
+    writing: bool,
+    /// Threads waiting for work (only they are woken: a wake-up costs a system call).
+    idle: usize,
+    /// The device thread waits in `drain` (only then is `finished` signalled: a wake-up
+    /// costs a system call).
+    draining: bool,
     stop: bool,
 }
 
@@ -90,6 +97,9 @@ impl<T: Send + 'static> IoPool<T> {
                 jobs: VecDeque::new(),
                 done: Vec::new(),
                 signalled: false,
+                writing: false,
+                idle: 0,
+                draining: false,
                 stop: false,
             }),
             work: Condvar::new(),
@@ -174,12 +184,19 @@ impl<T> IoPool<T> {
         if self.staged.is_empty() {
             return;
         }
-        let count = self.staged.len();
-        self.shared.lock().jobs.extend(self.staged.drain(..));
-        if count == 1 {
-            self.shared.work.notify_one();
-        } else {
-            self.shared.work.notify_all();
+        let wake = {
+            let mut st = self.shared.lock();
+            st.jobs.extend(self.staged.drain(..));
+            // Threads that will find something to run: one per read or flush, one for the
+            // writes unless a thread is at them already.
+            let others = st.jobs.iter().filter(|j| j.op != Op::Write).count();
+            let writes = usize::from(!st.writing && st.jobs.iter().any(|j| j.op == Op::Write));
+            st.idle.min(others + writes)
+        };
+        match wake {
+            0 => {}
+            1 => self.shared.work.notify_one(),
+            _ => self.shared.work.notify_all(),
         }
     }
 
@@ -203,6 +220,7 @@ impl<T> IoPool<T> {
         while self.in_flight > 0 {
             {
                 let mut st = self.shared.lock();
+                st.draining = true;
                 while st.done.is_empty() {
                     st = self
                         .shared
@@ -210,6 +228,7 @@ impl<T> IoPool<T> {
                         .wait(st)
                         .unwrap_or_else(|e| e.into_inner());
                 }
+                st.draining = false;
             }
             self.reap(|c| tags.push(c.tag));
         }
@@ -233,23 +252,41 @@ fn serve<T: Send>(shared: &Shared<T>) {
     let fd = shared.image.as_raw_fd();
     let mut st = shared.lock();
     loop {
-        let Some(job) = st.jobs.pop_front() else {
+        // Writes go one at a time, like io_uring's workers hash them by file: buffered
+        // writes to one file serialize on its inode lock anyway, and two threads fighting
+        // for it are slower than one. Reads and flushes run beside them.
+        let next = if st.writing {
+            st.jobs.iter().position(|j| j.op != Op::Write)
+        } else {
+            (!st.jobs.is_empty()).then_some(0)
+        };
+        let Some(job) = next.and_then(|i| st.jobs.remove(i)) else {
             if st.stop {
                 return;
             }
+            st.idle += 1;
             st = shared.work.wait(st).unwrap_or_else(|e| e.into_inner());
+            st.idle -= 1;
             continue;
         };
+        let write = job.op == Op::Write;
+        st.writing |= write;
         drop(st);
         let done = run(fd, job);
         st = shared.lock();
+        if write {
+            st.writing = false;
+        }
         st.done.push(done);
         let wake = !st.signalled && (st.jobs.is_empty() || st.done.len() >= SIGNAL_EVERY);
         if wake {
             st.signalled = true;
         }
+        let drainer = st.draining;
         drop(st);
-        shared.finished.notify_all();
+        if drainer {
+            shared.finished.notify_all();
+        }
         if wake {
             // Cannot fail short of a counter overflow, which a read clears.
             let _ = shared.eventfd.write(1);

@@ -35,7 +35,7 @@ impl Disk {
         };
 
         let (mut status, mut written) = self.execute(mem, &layout);
-        if let Some((op, offset, len)) = self.deferred.take() {
+        if let Some((lane, op, offset, len)) = self.deferred.take() {
             let spare = self.spare_iovecs.pop().map(|v| v.0).unwrap_or_default();
             let iovecs = std::mem::replace(&mut self.iovecs.0, spare);
             let tag = Pending {
@@ -50,20 +50,19 @@ impl Disk {
                 len,
                 tag,
             };
-            match self.engine.as_mut().map(|e| e.push(submission)) {
-                Some(Ok(())) => {
-                    match self.engine {
-                        Some(Engine::Ring(_)) => self.counters.io_uring_ops += 1,
-                        _ => self.counters.thread_pool_ops += 1,
+            match self.engines.push(lane, submission) {
+                Ok(()) => {
+                    match lane {
+                        Lane::Ring => self.counters.io_uring_ops += 1,
+                        Lane::Pool => self.counters.thread_pool_ops += 1,
                     }
                     return None;
                 }
-                Some(Err(back)) => {
+                Err(back) => {
                     // No room after all: run it here.
                     self.iovecs.0 = back.iovecs;
                     (status, written) = self.run_now(op, offset);
                 }
-                None => (status, written) = (VIRTIO_BLK_S_IOERR as u8, 0),
             }
         }
         self.iovecs.0.clear();
@@ -82,13 +81,13 @@ impl Disk {
     /// Leaves the request `self.iovecs` describes to the ring, if the disk has one with room
     /// (and the request moves data, or is a flush).
     fn defer(&mut self, op: Op, offset: u64, len: u64) -> bool {
-        let Some(engine) = &self.engine else {
-            return false;
-        };
-        if !engine.has_room() || (op != Op::Flush && self.iovecs.0.is_empty()) {
+        if op != Op::Flush && self.iovecs.0.is_empty() {
             return false;
         }
-        self.deferred = Some((op, offset, len));
+        let Some(lane) = self.engines.lane(op) else {
+            return false;
+        };
+        self.deferred = Some((lane, op, offset, len));
         true
     }
 
@@ -99,7 +98,7 @@ impl Disk {
     fn try_without_blocking(&mut self, op: Op, offset: u64, len: u64) -> Option<Outcome> {
         let write = op == Op::Write;
         let iov = &self.iovecs.0;
-        if self.engine.is_none() || !self.nowait[usize::from(write)] || iov.is_empty() {
+        if !self.engines.any() || !self.nowait[usize::from(write)] || iov.is_empty() {
             return None;
         }
         let count = libc::c_int::try_from(iov.len())

@@ -165,6 +165,8 @@ fn rw_options() -> BlockOptions {
 enum Engine {
     Ring,
     Pool,
+    /// Both, as Palisade sets up a disk without `O_DIRECT`.
+    Both,
 }
 
 impl Harness {
@@ -173,20 +175,23 @@ impl Harness {
     fn with_engine(engine: Engine, options: BlockOptions, contents: &[u8]) -> Harness {
         let mut h = Harness::new(options, contents);
         let mem = h.mem.clone();
-        let image = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(h.host.as_path())
-            .unwrap();
-        match engine {
-            Engine::Ring => h
-                .dev
-                .use_io_uring(image, Some(&mem))
-                .expect("io_uring is available"),
-            Engine::Pool => h
-                .dev
-                .use_thread_pool(image, 2, "test-io", None)
-                .expect("I/O threads start"),
+        let image = || {
+            OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(h.host.as_path())
+                .unwrap()
+        };
+        let (ring, pool) = (image(), image());
+        if engine != Engine::Pool {
+            h.dev
+                .use_io_uring(ring, Some(&mem))
+                .expect("io_uring is available");
+        }
+        if engine != Engine::Ring {
+            h.dev
+                .use_thread_pool(pool, 2, "test-io", None)
+                .expect("I/O threads start");
         }
         h.dev.set_try_without_blocking(false);
         h
@@ -199,14 +204,19 @@ impl Harness {
         while self.dev.io_in_flight() > 0 {
             assert!(std::time::Instant::now() < deadline, "I/O never completed");
             let fds = self.dev.host_fds();
-            let mut pfd = libc::pollfd {
-                fd: fds[0].0,
-                events: libc::POLLIN,
-                revents: 0,
-            };
-            // SAFETY: one valid pollfd.
-            unsafe { libc::poll(&mut pfd, 1, 100) };
-            self.dev.process_host(fds[0].1);
+            let mut pfds: Vec<libc::pollfd> = fds
+                .iter()
+                .map(|&(fd, _)| libc::pollfd {
+                    fd,
+                    events: libc::POLLIN,
+                    revents: 0,
+                })
+                .collect();
+            // SAFETY: valid pollfds, as many as given.
+            unsafe { libc::poll(pfds.as_mut_ptr(), pfds.len() as libc::nfds_t, 100) };
+            for &(_, token) in &fds {
+                self.dev.process_host(token);
+            }
         }
     }
 }

@@ -209,7 +209,7 @@ fn readonly_disk_refuses_writes() {
 
 #[test]
 fn reads_writes_and_flushes_complete_through_the_ring_or_the_pool() {
-    for engine in [Engine::Ring, Engine::Pool] {
+    for engine in [Engine::Ring, Engine::Pool, Engine::Both] {
         engine_runs_a_batch(engine);
     }
 }
@@ -217,8 +217,13 @@ fn reads_writes_and_flushes_complete_through_the_ring_or_the_pool() {
 fn engine_runs_a_batch(engine: Engine) {
     let contents = disk(256);
     let mut h = Harness::with_engine(engine, rw_options(), &contents);
-    assert_eq!(h.dev.uses_io_uring(), engine == Engine::Ring);
-    assert_eq!(h.dev.host_fds().len(), 1, "the engine's eventfd is watched");
+    assert_eq!(h.dev.uses_io_uring(), engine != Engine::Pool);
+    let engines = if engine == Engine::Both { 2 } else { 1 };
+    assert_eq!(
+        h.dev.host_fds().len(),
+        engines,
+        "the engines' eventfds are watched"
+    );
     // A batch: one-segment reads (fixed buffers), a three-segment read (readv), a write, a
     // flush.
     let reads: Vec<Req> = (0..8)
@@ -259,6 +264,8 @@ fn engine_runs_a_batch(engine: Engine) {
     match engine {
         Engine::Ring => assert_eq!((ring, pool), (11, 0)),
         Engine::Pool => assert_eq!((ring, pool), (0, 11)),
+        // The write goes to the pool, reads and the flush to the ring.
+        Engine::Both => assert_eq!((ring, pool), (10, 1)),
     }
     assert_eq!(h.counter("nowait_ops"), 0);
     assert!(h.irq.count() >= 1);
@@ -270,7 +277,7 @@ fn engine_runs_a_batch(engine: Engine) {
 
 #[test]
 fn a_reset_waits_for_the_engine_and_nothing_completes_afterwards() {
-    for engine in [Engine::Ring, Engine::Pool] {
+    for engine in [Engine::Ring, Engine::Pool, Engine::Both] {
         reset_drains(engine);
     }
 }
@@ -278,15 +285,18 @@ fn a_reset_waits_for_the_engine_and_nothing_completes_afterwards() {
 fn reset_drains(engine: Engine) {
     let contents = disk(512);
     let mut h = Harness::with_engine(engine, rw_options(), &contents);
-    let reqs: Vec<Req> = (0..16)
+    // Reads and writes, so that with both engines each has some.
+    let mut reqs: Vec<Req> = (0..12)
         .map(|i| h.request(0, VIRTIO_BLK_T_IN, 16 * i, &[8192], W))
         .collect();
+    reqs.extend((0..6).map(|i| h.request(0, VIRTIO_BLK_T_OUT, 300 + 16 * i, &[8192], R)));
     h.kick(0);
     h.dev.reset();
     assert_eq!(h.dev.io_in_flight(), 0, "reset drained the {engine:?}");
     let irqs = h.irq.count();
-    let fds = h.dev.host_fds();
-    h.dev.process_host(fds[0].1);
+    for (_, token) in h.dev.host_fds() {
+        h.dev.process_host(token);
+    }
     assert_eq!(h.irq.count(), irqs, "no interrupt after reset");
     for r in &reqs {
         assert_eq!(h.status(r), 0xff, "no status written after reset");
