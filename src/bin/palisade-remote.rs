@@ -74,6 +74,8 @@ struct Call {
     method: &'static str,
     endpoint: &'static str,
     body: Option<String>,
+    /// Descriptors of this process sent with the request (`add-net fd=`).
+    fds: Vec<i32>,
 }
 
 impl Call {
@@ -82,6 +84,7 @@ impl Call {
             method: "GET",
             endpoint,
             body: None,
+            fds: Vec::new(),
         }
     }
 
@@ -90,6 +93,7 @@ impl Call {
             method: "PUT",
             endpoint,
             body: None,
+            fds: Vec::new(),
         }
     }
 
@@ -98,6 +102,7 @@ impl Call {
             method: "PUT",
             endpoint,
             body: Some(body),
+            fds: Vec::new(),
         }
     }
 }
@@ -138,16 +143,12 @@ fn call_for(command: &Command) -> Result<Call, String> {
         }
         Command::AddNet { net_config } => {
             let net = config::NetConfig::parse(net_config).map_err(|e| format!("add-net: {e}"))?;
-            if net.fds.is_some() {
-                // Descriptors would have to travel with the request (SCM_RIGHTS), which the
-                // API does not take.
-                return Err(
-                    "add-net: fd= cannot be passed through the API socket; name the tap with tap="
-                        .into(),
-                );
-            }
             let body = serde_json::to_string(&net).map_err(|e| format!("add-net: {e}"))?;
-            Call::put_json("vm.add-net", body)
+            // The descriptors `fd=` names are this process's: they go with the request as
+            // SCM_RIGHTS data, and the body's numbers only say how many.
+            let mut call = Call::put_json("vm.add-net", body);
+            call.fds = net.fds.unwrap_or_default();
+            call
         }
         Command::RemoveDevice { id } => {
             if id.is_empty() {
@@ -167,7 +168,8 @@ fn call_for(command: &Command) -> Result<Call, String> {
 fn run(socket: &Path, command: &Command) -> Result<Option<String>, String> {
     let call = call_for(command)?;
     let path = format!("{}{}", api::API_PREFIX, call.endpoint);
-    let response = api::client::request(socket, call.method, &path, call.body.as_deref())
+    let body = call.body.as_deref();
+    let response = api::client::request_with_fds(socket, call.method, &path, body, &call.fds, None)
         .map_err(|e| e.to_string())?;
     if !response.is_success() {
         return Err(response.error_line());

@@ -1,6 +1,8 @@
-//! A small blocking HTTP/1.1 client for the API socket: one request per connection.
+//! A small blocking HTTP/1.1 client for the API socket: one request per connection, which may
+//! carry file descriptors (`SCM_RIGHTS`).
 
 use std::io::{self, Read, Write};
+use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -101,6 +103,22 @@ pub fn request_with_timeout(
     body: Option<&str>,
     timeout: Option<Duration>,
 ) -> Result<ClientResponse, ClientError> {
+    request_with_fds(socket, method, path, body, &[], timeout)
+}
+
+/// Like [`request_with_timeout`], sending the descriptors `fds` with the request as
+/// `SCM_RIGHTS` ancillary data (how tap descriptors go with `vm.add-net`).
+///
+/// The answer is complete when its `Content-Length` (or last chunk) has arrived: the client
+/// does not wait for the server to close the connection, which Cloud Hypervisor never does.
+pub fn request_with_fds(
+    socket: &Path,
+    method: &str,
+    path: &str,
+    body: Option<&str>,
+    fds: &[RawFd],
+    timeout: Option<Duration>,
+) -> Result<ClientResponse, ClientError> {
     let io_error = |source| ClientError::Io {
         socket: socket.to_path_buf(),
         source,
@@ -125,42 +143,100 @@ pub fn request_with_timeout(
     }
     // The server may answer (and close) before taking the whole request, for instance when
     // the body is too large: its answer is still worth reading then.
-    let sent = stream.write_all(&bytes).and_then(|_| stream.flush());
+    let sent = send_with_fds(&stream, &bytes, fds).and_then(|()| (&stream).flush());
 
     let mut raw = Vec::new();
-    let received = stream
-        .take(MAX_RESPONSE_SIZE as u64 + 1)
-        .read_to_end(&mut raw);
-    if raw.is_empty() {
-        // Nothing came back: the first failure is the one to report.
-        received.and(sent).map_err(io_error)?;
-    }
-    if raw.len() > MAX_RESPONSE_SIZE {
-        return Err(ClientError::InvalidResponse {
-            socket: socket.to_path_buf(),
-            reason: format!("larger than {MAX_RESPONSE_SIZE} bytes"),
-        });
-    }
-    parse_response(&raw).map_err(|reason| ClientError::InvalidResponse {
+    let mut chunk = [0u8; 16 * 1024];
+    let invalid = |reason: String| ClientError::InvalidResponse {
         socket: socket.to_path_buf(),
         reason,
-    })
+    };
+    loop {
+        match stream.read(&mut chunk) {
+            Ok(0) => break,
+            Ok(n) => {
+                raw.extend_from_slice(&chunk[..n]);
+                if raw.len() > MAX_RESPONSE_SIZE {
+                    return Err(invalid(format!("larger than {MAX_RESPONSE_SIZE} bytes")));
+                }
+                if let Some(response) = parse_response(&raw, false).map_err(invalid)? {
+                    return Ok(response);
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => {
+                if raw.is_empty() {
+                    // Nothing came back: the first failure is the one to report.
+                    sent.map_err(io_error)?;
+                    return Err(io_error(e));
+                }
+                break;
+            }
+        }
+    }
+    if raw.is_empty() {
+        sent.map_err(io_error)?;
+    }
+    parse_response(&raw, true)
+        .map_err(invalid)?
+        .ok_or_else(|| invalid("incomplete response".into()))
 }
 
-/// Parses a whole response (the connection was closed after it). Interim 1xx responses are
-/// skipped.
-fn parse_response(mut raw: &[u8]) -> Result<ClientResponse, String> {
+/// Writes all of `bytes`, the first part of it with `fds` attached.
+fn send_with_fds(stream: &UnixStream, bytes: &[u8], fds: &[RawFd]) -> io::Result<()> {
+    let mut rest = bytes;
+    if !fds.is_empty() {
+        let mut iov = libc::iovec {
+            iov_base: rest.as_ptr() as *mut libc::c_void,
+            iov_len: rest.len(),
+        };
+        // SAFETY: CMSG_SPACE only computes a size.
+        let space = unsafe { libc::CMSG_SPACE((fds.len() * 4) as u32) } as usize;
+        // u64 elements: the control buffer must be aligned for `cmsghdr`.
+        let mut control = vec![0u64; space.div_ceil(8)];
+        // SAFETY: an all-zero msghdr is valid; the fields are set below.
+        let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+        msg.msg_iov = &mut iov;
+        msg.msg_iovlen = 1;
+        msg.msg_control = control.as_mut_ptr().cast();
+        msg.msg_controllen = space;
+        // SAFETY: one SCM_RIGHTS message of `fds.len()` descriptors, inside `control`.
+        unsafe {
+            let cmsg = libc::CMSG_FIRSTHDR(&msg);
+            (*cmsg).cmsg_level = libc::SOL_SOCKET;
+            (*cmsg).cmsg_type = libc::SCM_RIGHTS;
+            (*cmsg).cmsg_len = libc::CMSG_LEN((fds.len() * 4) as u32) as usize;
+            let data = libc::CMSG_DATA(cmsg).cast::<libc::c_int>();
+            for (i, fd) in fds.iter().enumerate() {
+                std::ptr::write_unaligned(data.add(i), *fd);
+            }
+        }
+        // SAFETY: `msg` describes `rest` and `control`, both valid for the call.
+        let n = unsafe { libc::sendmsg(stream.as_raw_fd(), &msg, libc::MSG_NOSIGNAL) };
+        if n < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        rest = &rest[n as usize..];
+    }
+    let mut w = stream;
+    w.write_all(rest)
+}
+
+/// Parses a response from the bytes received so far: `None` if more are needed (and
+/// `closed` is false). Interim 1xx responses are skipped. Once the connection is closed, a
+/// body without a length runs to the end.
+fn parse_response(mut raw: &[u8], closed: bool) -> Result<Option<ClientResponse>, String> {
     loop {
-        let head_end = raw
-            .windows(4)
-            .position(|w| w == b"\r\n\r\n")
-            .ok_or_else(|| {
-                if raw.is_empty() {
-                    "the server closed the connection without answering".to_string()
-                } else {
-                    "incomplete response head".to_string()
-                }
-            })?;
+        let Some(head_end) = raw.windows(4).position(|w| w == b"\r\n\r\n") else {
+            if !closed {
+                return Ok(None);
+            }
+            return Err(if raw.is_empty() {
+                "the server closed the connection without answering".to_string()
+            } else {
+                "incomplete response head".to_string()
+            });
+        };
         let head = std::str::from_utf8(&raw[..head_end])
             .map_err(|_| "the response head is not valid UTF-8".to_string())?;
         let rest = &raw[head_end + 4..];
@@ -195,17 +271,25 @@ fn parse_response(mut raw: &[u8]) -> Result<ClientResponse, String> {
         let body = if status == 204 || status == 304 {
             Vec::new()
         } else if chunked {
-            decode_chunked(rest)?
+            match decode_chunked(rest) {
+                Ok(body) => body,
+                Err(_) if !closed => return Ok(None),
+                Err(e) => return Err(e.to_string()),
+            }
         } else if let Some(length) = length {
-            rest.get(..length)
-                .ok_or_else(|| "the response body is shorter than its Content-Length".to_string())?
-                .to_vec()
+            match rest.get(..length) {
+                Some(body) => body.to_vec(),
+                None if !closed => return Ok(None),
+                None => return Err("the response body is shorter than its Content-Length".into()),
+            }
+        } else if !closed {
+            return Ok(None);
         } else {
             rest.to_vec()
         };
         let body =
             String::from_utf8(body).map_err(|_| "the response body is not UTF-8".to_string())?;
-        return Ok(ClientResponse { status, body });
+        return Ok(Some(ClientResponse { status, body }));
     }
 }
 
@@ -235,21 +319,41 @@ mod tests {
 
     #[test]
     fn responses_parse() {
-        let r = parse_response(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}").unwrap();
+        let whole = |raw: &[u8]| parse_response(raw, true).map(Option::unwrap);
+        let r = whole(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}").unwrap();
         assert_eq!((r.status, r.body.as_str()), (200, "{}"));
-        let r = parse_response(b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 204 No Content\r\n\r\n")
-            .unwrap();
+        let r = whole(b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 204 No Content\r\n\r\n").unwrap();
         assert_eq!((r.status, r.body.as_str()), (204, ""));
-        let r = parse_response(
+        let r = whole(
             b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\n[1\r\n1;x\r\n]\r\n0\r\n\r\n",
         )
         .unwrap();
         assert_eq!(r.body, "[1]");
-        let r = parse_response(b"HTTP/1.0 500 Oops\r\n\r\nplain").unwrap();
+        let r = whole(b"HTTP/1.0 500 Oops\r\n\r\nplain").unwrap();
         assert_eq!(r.error_messages(), vec!["HTTP 500: plain"]);
-        assert!(parse_response(b"").is_err());
-        assert!(parse_response(b"HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\n{}").is_err());
-        assert!(parse_response(b"SMTP 200\r\n\r\n").is_err());
+        assert!(parse_response(b"", true).is_err());
+        assert!(parse_response(b"HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\n{}", true).is_err());
+        assert!(parse_response(b"SMTP 200\r\n\r\n", true).is_err());
+    }
+
+    #[test]
+    fn a_response_is_complete_without_the_connection_closing() {
+        // Cloud Hypervisor's answer, on a connection it keeps open.
+        let head = b"HTTP/1.1 200 \r\nServer: Cloud Hypervisor API\r\nContent-Length: 10\r\n\r\n";
+        let mut raw = head.to_vec();
+        assert_eq!(parse_response(&raw, false), Ok(None));
+        raw.extend_from_slice(b"{\"pid\":42}");
+        let r = parse_response(&raw, false).unwrap().unwrap();
+        assert_eq!((r.status, r.body.as_str()), (200, "{\"pid\":42}"));
+        assert_eq!(
+            parse_response(b"HTTP/1.1 204 \r\n\r\n", false)
+                .unwrap()
+                .unwrap()
+                .status,
+            204
+        );
+        let chunked = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\n[]\r\n";
+        assert_eq!(parse_response(chunked, false), Ok(None));
     }
 
     #[test]

@@ -32,6 +32,7 @@
 
 pub mod admission;
 pub mod client;
+mod fd_stream;
 pub mod routes;
 pub mod server;
 pub mod socket;

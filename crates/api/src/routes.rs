@@ -1,6 +1,9 @@
 //! The endpoints of the API (every one Cloud Hypervisor's API has), which of them Palisade
 //! serves, and the [`Request`] each served one becomes.
 
+use std::os::fd::OwnedFd;
+
+use config::{NetConfig, VmConfig};
 use serde_json::error::Category;
 use vmm::control::{ErrorKind, Request, RequestError};
 
@@ -73,14 +76,43 @@ pub fn find(path: &str) -> Option<&'static Endpoint> {
 }
 
 /// The request for the VMM that a call of the served endpoint `name` with `body` (empty when
-/// there is none) makes. Endpoints that take no body ignore it.
-pub fn request_for(name: &str, body: &[u8]) -> Result<Request, RequestError> {
+/// there is none) and the descriptors `fds` sent with it (`SCM_RIGHTS`) makes. Endpoints
+/// that take no body ignore it; only `vm.create` and `vm.add-net` take descriptors (taps).
+pub fn request_for(name: &str, body: &[u8], fds: Vec<OwnedFd>) -> Result<Request, RequestError> {
+    let takes_fds = matches!(name, "vm.create" | "vm.add-net");
+    if !takes_fds && !fds.is_empty() {
+        return Err(RequestError::new(
+            ErrorKind::BadRequest,
+            format!(
+                "{name}: takes no file descriptors, but {} came with the request",
+                fds.len()
+            ),
+        ));
+    }
     Ok(match name {
         "vmm.ping" => Request::Ping,
         "vmm.shutdown" => Request::ShutdownVmm,
-        "vm.create" => Request::Create(Box::new(json_body(name, "VM configuration", body)?)),
+        "vm.create" => {
+            let mut config: VmConfig = json_body(name, "VM configuration", body)?;
+            let nets = config.net.iter_mut().flatten();
+            attach_fds(name, nets.filter(|n| n.fds.is_some()), fds)?;
+            Request::Create(Box::new(config))
+        }
         "vm.add-disk" => Request::AddDisk(Box::new(json_body(name, "disk configuration", body)?)),
-        "vm.add-net" => Request::AddNet(Box::new(json_body(name, "network configuration", body)?)),
+        "vm.add-net" => {
+            let mut net: NetConfig = json_body(name, "network configuration", body)?;
+            // Descriptors sent without `fds` in the body are the device's taps all the same,
+            // as Cloud Hypervisor takes them.
+            if net.fds.is_none() && !fds.is_empty() {
+                net.fds = Some(Vec::new());
+            }
+            attach_fds(
+                name,
+                std::iter::once(&mut net).filter(|n| n.fds.is_some()),
+                fds,
+            )?;
+            Request::AddNet(Box::new(net))
+        }
         "vm.remove-device" => {
             let RemoveDevice { id } = json_body(name, "device to remove", body)?;
             Request::RemoveDevice(id)
@@ -100,6 +132,52 @@ pub fn request_for(name: &str, body: &[u8]) -> Result<Request, RequestError> {
             ))
         }
     })
+}
+
+/// Hands `fds`, in order, to the `nets` that name descriptors: each takes as many as its
+/// `fds` lists (or all, for one that lists none), and its numbers become those of the
+/// descriptors received, kept for the VMM to adopt ([`vmm::passed_fds`]). Numbers in a body
+/// without descriptors sent with it are refused: they would name descriptors of Palisade's
+/// own.
+fn attach_fds<'a>(
+    endpoint: &str,
+    nets: impl Iterator<Item = &'a mut NetConfig>,
+    fds: Vec<OwnedFd>,
+) -> Result<(), RequestError> {
+    let bad = |message: String| RequestError::new(ErrorKind::BadRequest, message);
+    let mut nets: Vec<&mut NetConfig> = nets.collect();
+    let wanted: usize = nets
+        .iter()
+        .map(|n| n.fds.as_ref().map_or(0, Vec::len))
+        .sum();
+    let open_ended = nets.len() == 1 && nets[0].fds.as_ref().is_some_and(Vec::is_empty);
+    if fds.is_empty() && wanted > 0 {
+        return Err(bad(format!(
+            "{endpoint}: the body names file descriptors ({wanted}), but none came with the \
+             request: send the taps with it as SCM_RIGHTS ancillary data"
+        )));
+    }
+    if !open_ended && wanted != fds.len() {
+        return Err(bad(format!(
+            "{endpoint}: the body names {wanted} file descriptor(s), but {} came with the \
+             request",
+            fds.len()
+        )));
+    }
+    let mut fds = fds.into_iter();
+    for net in &mut nets {
+        let count = match net.fds.as_ref().map_or(0, Vec::len) {
+            0 => fds.len(),
+            n => n,
+        };
+        net.fds = Some(
+            fds.by_ref()
+                .take(count)
+                .map(vmm::passed_fds::give)
+                .collect(),
+        );
+    }
+    Ok(())
 }
 
 /// The body of `vm.remove-device`.
@@ -149,7 +227,7 @@ mod tests {
                     "vm.remove-device" => &br#"{"id": "d"}"#[..],
                     _ => b"",
                 };
-                request_for(e.name, body).unwrap();
+                request_for(e.name, body, Vec::new()).unwrap();
             }
         }
         assert_eq!(find("/api/v1/vm.nope"), None);
@@ -160,7 +238,7 @@ mod tests {
     #[test]
     fn vm_create_bodies_are_checked() {
         let message = |body: &str| {
-            request_for("vm.create", body.as_bytes())
+            request_for("vm.create", body.as_bytes(), Vec::new())
                 .unwrap_err()
                 .messages[0]
                 .clone()
@@ -174,7 +252,7 @@ mod tests {
         );
         let wrong_type = message(r#"{"payload": {}, "memory": {"size": "big"}}"#);
         assert!(wrong_type.contains("invalid type"), "{wrong_type}");
-        match request_for("vm.create", br#"{"payload": {"kernel": "/k"}}"#).unwrap() {
+        match request_for("vm.create", br#"{"payload": {"kernel": "/k"}}"#, Vec::new()).unwrap() {
             Request::Create(config) => {
                 assert_eq!(
                     config.payload.kernel.as_deref(),

@@ -10,8 +10,9 @@
 //! Status codes: 200 with the VMM's JSON, or 204; errors carry a JSON array of messages,
 //! outermost first: 400 (bad request or VM configuration), 404 (no such endpoint, or no VM), 405
 //! (method not allowed, with `Allow`; or the VM's state forbids the action), 408 (request body
-//! not received in time), 409, 413 (body over [`crate::MAX_BODY_SIZE`]), 415 (body not JSON),
-//! 500, 501 (an endpoint Palisade does not serve yet), 503 (every connection busy). A request
+//! not received in time), 409, 413 (body over [`crate::MAX_BODY_SIZE`]), 500, 501 (an endpoint
+//! Palisade does not serve yet), 503 (every connection busy). Any Content-Type is accepted,
+//! as Cloud Hypervisor does; the body must be JSON whatever it says. A request
 //! that is not valid HTTP is answered by hyper itself, with an empty body: 400, or 431 for a
 //! request head over [`crate::MAX_HEAD_SIZE`].
 
@@ -42,6 +43,7 @@ use tokio::task::JoinSet;
 use vmm::control::{ErrorKind, Reply, RequestError, RequestSender};
 
 use crate::admission::{Place, Places};
+use crate::fd_stream::{FdStream, ReceivedFds};
 use crate::routes;
 use crate::{MAX_BODY_SIZE, MAX_HEAD_SIZE};
 
@@ -367,22 +369,26 @@ async fn serve_connection(
     let mut stop = context.stop.clone();
     // Whether a request of this connection has reached the handler (its head was received).
     let started = Arc::new(AtomicBool::new(false));
+    let received = Arc::new(std::sync::Mutex::new(ReceivedFds::default()));
     let service = {
         let started = started.clone();
         let place = place.clone();
+        let received = received.clone();
         service_fn(move |request| {
             started.store(true, Ordering::Relaxed);
             place.start();
             let context = context.clone();
             let place = place.clone();
+            let received = received.clone();
             async move {
-                let response = answer(request, &context).await;
+                let response = answer(request, &context, &received).await;
                 place.finish();
                 response
             }
         })
     };
-    let mut connection = pin!(http.serve_connection(TokioIo::new(stream), service));
+    let stream = TokioIo::new(FdStream::new(stream, received));
+    let mut connection = pin!(http.serve_connection(stream, service));
     match unless_stopped(until(connection.as_mut(), place.closing()), &mut stop).await {
         Some(Some(Ok(()))) => return,
         Some(Some(Err(e))) => {
@@ -522,6 +528,7 @@ fn classify_body_error(e: &(dyn StdError + 'static)) -> BodyError {
 async fn answer(
     request: hyper::Request<Incoming>,
     context: &Context,
+    received: &std::sync::Mutex<ReceivedFds>,
 ) -> Result<HttpResponse, NoAnswer> {
     let has_body = !request.body().is_end_stream();
     // An answer given without reading the body ends the connection: the next request's start
@@ -568,18 +575,8 @@ async fn answer(
             ),
         ));
     }
-    if has_body {
-        if let Some(content_type) = request.headers().get(CONTENT_TYPE) {
-            let text = String::from_utf8_lossy(content_type.as_bytes());
-            let media_type = text.split(';').next().unwrap_or_default().trim();
-            if !media_type.eq_ignore_ascii_case("application/json") {
-                return early(error(
-                    StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                    format!("{name}: the body is `{text}`; send it as application/json"),
-                ));
-            }
-        }
-    }
+    // Any Content-Type is taken, or none (`curl -d` sends a form type), as Cloud Hypervisor
+    // does: the body must be JSON all the same.
     // Reading the body is what makes hyper send `100 Continue` to a client that expects it.
     let body = if has_body {
         let limited = Limited::new(request.into_body(), MAX_BODY_SIZE);
@@ -622,13 +619,21 @@ async fn answer(
     } else {
         Bytes::new()
     };
+    // The descriptors sent with this request (dropped, so closed, unless it uses them).
+    let (fds, lost) = received.lock().unwrap_or_else(|e| e.into_inner()).take();
+    if lost {
+        return Ok(error(
+            StatusCode::BAD_REQUEST,
+            format!("{name}: too many file descriptors came with the request; none was used"),
+        ));
+    }
     if !endpoint.served {
         return Ok(error(
             StatusCode::NOT_IMPLEMENTED,
             format!("{name}: Palisade does not support this endpoint yet"),
         ));
     }
-    let vmm_request = match routes::request_for(name, &body) {
+    let vmm_request = match routes::request_for(name, &body, fds) {
         Ok(vmm_request) => vmm_request,
         Err(e) => return Ok(request_error(&e)),
     };

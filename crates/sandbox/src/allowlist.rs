@@ -204,8 +204,10 @@ pub fn rules(role: Role, ctx: &FilterContext) -> Rules {
                 Sysno::epoll_ctl,
                 Sysno::getsockopt,
             ]);
-            // recv() on its connections: no source address is asked for.
+            // recv() on its connections: no source address is asked for; and recvmsg(),
+            // which also takes the tap descriptors a client sends with a request.
             r.allow_if(Sysno::recvfrom, &[(Arg::Pointer(4), Eq, 0)]);
+            r.allow(&[Sysno::recvmsg]);
         }
         Role::Vcpu => {
             common(&mut r);

@@ -15,6 +15,7 @@ pub mod allowlist;
 pub mod capabilities;
 pub mod enforce;
 pub mod janitor;
+pub mod libc_warmup;
 pub mod lockdown;
 pub mod policy;
 pub mod rights;

@@ -10,6 +10,7 @@ pub mod control;
 pub mod device_manager;
 pub mod files;
 pub mod interrupts;
+pub mod passed_fds;
 pub mod pci_devices;
 pub mod signals;
 pub mod thread_policy;

@@ -7,7 +7,6 @@ use std::path::Path;
 use std::sync::{Arc, Mutex, RwLock};
 
 use std::net::Ipv4Addr;
-use std::os::fd::{FromRawFd, OwnedFd};
 
 use config::{DiskConfig, NetConfig};
 use devices::ioapic::MsiSink;
@@ -324,14 +323,21 @@ impl PciDevices {
     ) -> Result<(&PciEntry, String, String), PciDeviceError> {
         let pairs = (cfg.num_queues / 2).max(1) as usize;
         let taps = match &cfg.fds {
-            Some(fds) if !fds.is_empty() => fds
-                .iter()
-                .map(|&fd| {
-                    // SAFETY: the supervisor passed these descriptors to Palisade for this
-                    // device (fd=N); nothing else in the process owns them.
-                    Tap::from_fd(unsafe { OwnedFd::from_raw_fd(fd) })
-                })
-                .collect::<std::io::Result<Vec<Tap>>>()?,
+            Some(fds) if !fds.is_empty() => {
+                // Only descriptors handed to Palisade for a device (see `passed_fds`).
+                if let Some(n) = fds.iter().find(|&&n| !crate::passed_fds::holds(n)) {
+                    return Err(std::io::Error::other(format!(
+                        "fd {n} was not passed to Palisade: send tap descriptors with the \
+                         request as SCM_RIGHTS ancillary data, or give them with --net fd= \
+                         on the command line"
+                    ))
+                    .into());
+                }
+                fds.iter()
+                    .filter_map(|&n| crate::passed_fds::take(n))
+                    .map(Tap::from_fd)
+                    .collect::<std::io::Result<Vec<Tap>>>()?
+            }
             _ => {
                 let name = cfg.tap.as_deref().filter(|n| !n.is_empty());
                 let taps = Tap::open(name, pairs).map_err(|e| tap_error(e, TUN_DEVICE))?;

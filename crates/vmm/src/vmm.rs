@@ -467,6 +467,14 @@ impl Vmm {
     }
 
     fn add_net(&mut self, net: config::NetConfig) -> Response {
+        // Descriptors sent for this device and not adopted are closed, whatever happens.
+        let fds = net.fds.clone().unwrap_or_default();
+        let answer = self.add_net_inner(net);
+        crate::passed_fds::discard(&fds);
+        answer
+    }
+
+    fn add_net_inner(&mut self, net: config::NetConfig) -> Response {
         self.require_vm("vm.add-net")?;
         let Some(vm) = &mut self.vm else {
             return Err(RequestError::new(ErrorKind::NotFound, "vm.add-net: no VM"));
@@ -551,6 +559,19 @@ impl Vmm {
     }
 
     fn create_vm(&mut self, config: VmConfig) -> Response {
+        // Descriptors sent for the VM's devices and not adopted are closed, whatever happens.
+        let fds: Vec<i32> = config
+            .net
+            .iter()
+            .flatten()
+            .flat_map(|n| n.fds.iter().flatten().copied())
+            .collect();
+        let answer = self.create_vm_inner(config);
+        crate::passed_fds::discard(&fds);
+        answer
+    }
+
+    fn create_vm_inner(&mut self, config: VmConfig) -> Response {
         if let Some(vm) = &self.vm {
             return Err(RequestError::new(
                 ErrorKind::WrongState,

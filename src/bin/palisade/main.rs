@@ -166,6 +166,23 @@ fn run(cli: Cli, start: Instant) -> Result<ExitCode, Failure> {
         ))
     })?;
     sandbox::lockdown::set_seccomp_mode(seccomp);
+    // Parsed first, to claim the tap descriptors `--net fd=` names before Palisade opens
+    // anything that could take one of their numbers.
+    let parsed = if cli.describes_vm() {
+        let config = VmConfig::from_params(&cli.vm_params())?;
+        for n in config
+            .net
+            .iter()
+            .flatten()
+            .flat_map(|n| n.fds.iter().flatten())
+        {
+            vmm::passed_fds::claim_inherited(*n)
+                .map_err(|e| Failure(format!("--net fd={n}: {e}")))?;
+        }
+        Some(config)
+    } else {
+        None
+    };
     let log_file = match &cli.log_file {
         Some(path) => Some(
             vmm::files::open(
@@ -184,8 +201,7 @@ fn run(cli: Cli, start: Instant) -> Result<ExitCode, Failure> {
     }
     logger::init(cli.verbose, log_file, start);
 
-    let vm_config = if cli.describes_vm() {
-        let config = VmConfig::from_params(&cli.vm_params())?;
+    let vm_config = if let Some(config) = parsed {
         use vmm::files::Kind;
         check_readable("--kernel", config.payload.kernel.as_deref(), Kind::Regular)?;
         check_readable(
@@ -284,6 +300,7 @@ fn run(cli: Cli, start: Instant) -> Result<ExitCode, Failure> {
 
 fn main() -> ExitCode {
     let start = Instant::now();
+    sandbox::libc_warmup::prime();
     let cli = match parse_cli() {
         Ok(cli) => cli,
         Err(code) => return code,
