@@ -122,6 +122,23 @@ fn every_vcpu_comes_up_with_its_own_apic_id() {
     }
 }
 
+/// Two packages of three cores: core numbers take two bits, so the APIC ids skip 3; every
+/// vCPU is started by its id from the MP table and reports the same id through CPUID and
+/// its local APIC.
+#[test]
+fn a_topology_lays_out_the_apic_ids() {
+    let out = boot("smp", &["--cpus", "boot=6,topology=1:3:1:2"]);
+    assert_pass(&out, "PASS smp: 6 cpus");
+    let text = stdout(&out);
+    assert!(text.contains("APIC ids: 0 (boot) 1 2 4 5 6"), "{text}");
+    for id in [1, 2, 4, 5, 6] {
+        assert!(text.contains(&format!("cpu {id} up\n")), "{text}");
+    }
+    // A topology that does not hold max_vcpus is refused on one line.
+    let out = boot("smp", &["--cpus", "boot=4,topology=1:2:1:1"]);
+    assert_one_line_error(&out, "cpus.topology=1:2:1:1: holds 2 vCPUs");
+}
+
 #[test]
 fn max_vcpus_above_boot_vcpus_lists_only_booted_cpus() {
     let out = boot("smp", &["--cpus", "boot=2,max=4"]);

@@ -71,10 +71,12 @@ fn narrow<T: TryFrom<u64>>(key: &str, n: u64) -> Result<T, OptionError> {
 
 impl CpusConfig {
     /// Keys of `--cpus`.
-    pub const KEYS: &'static [&'static str] = &["boot", "max", "kvm_hyperv", "max_phys_bits"];
+    pub const KEYS: &'static [&'static str] =
+        &["boot", "max", "kvm_hyperv", "max_phys_bits", "topology"];
 
-    /// Parses `--cpus boot=N[,max=M][,kvm_hyperv=off][,max_phys_bits=B]`: `boot` defaults to 1,
-    /// `max` to `boot`; 1 ≤ boot ≤ max ≤ 254.
+    /// Parses `--cpus boot=N[,max=M][,kvm_hyperv=off][,max_phys_bits=B]
+    /// [,topology=THREADS:CORES:DIES:PACKAGES]`: `boot` defaults to 1, `max` to `boot`;
+    /// 1 ≤ boot ≤ max ≤ 254.
     pub fn parse(input: &str) -> Result<Self, OptionError> {
         let o = OptionParser::new(Self::KEYS).parse(input)?;
         let boot = checked_int(&o, "boot", check_boot_vcpus)?.unwrap_or(1);
@@ -82,8 +84,22 @@ impl CpusConfig {
         off_only(&o, "kvm_hyperv")?;
         let bits = checked_int(&o, "max_phys_bits", check_max_phys_bits)?
             .unwrap_or(u64::from(DEFAULT_MAX_PHYS_BITS));
+        let topology = o.convert("topology", |v| {
+            let parts: Vec<&str> = v.split(':').collect();
+            let numbers: Result<Vec<u8>, _> = parts.iter().map(|p| p.parse::<u8>()).collect();
+            match numbers.ok().filter(|n| n.len() == 4) {
+                Some(n) => Ok(CpuTopology {
+                    threads_per_core: n[0],
+                    cores_per_die: n[1],
+                    dies_per_package: n[2],
+                    packages: n[3],
+                }),
+                None => Err("expected THREADS:CORES:DIES:PACKAGES, four numbers"),
+            }
+        })?;
         Ok(CpusConfig {
             max_phys_bits: narrow("max_phys_bits", bits)?,
+            topology,
             ..CpusConfig::new(narrow("boot", boot)?, narrow("max", max)?)
         })
     }

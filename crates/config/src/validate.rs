@@ -352,7 +352,41 @@ impl CpusConfig {
         check_max_phys_bits(u64::from(self.max_phys_bits))
             .map_err(|r| invalid("cpus.max_phys_bits", self.max_phys_bits, r))?;
         must_be_false("cpus.kvm_hyperv".into(), self.kvm_hyperv)?;
-        must_be_empty_value("cpus.topology".into(), &self.topology)?;
+        if let Some(t) = &self.topology {
+            let parts = [
+                t.threads_per_core,
+                t.cores_per_die,
+                t.dies_per_package,
+                t.packages,
+            ];
+            let shown = format!(
+                "{}:{}:{}:{}",
+                t.threads_per_core, t.cores_per_die, t.dies_per_package, t.packages
+            );
+            if parts.contains(&0) {
+                return Err(invalid("cpus.topology", shown, "no part may be 0".into()));
+            }
+            if t.vcpus() != u32::from(self.max_vcpus) {
+                return Err(invalid(
+                    "cpus.topology",
+                    shown,
+                    format!(
+                        "holds {} vCPUs (threads × cores × dies × packages) but max_vcpus is {}",
+                        t.vcpus(),
+                        self.max_vcpus
+                    ),
+                ));
+            }
+            if topology_max_apic_id(t) >= 254 {
+                return Err(invalid(
+                    "cpus.topology",
+                    shown,
+                    "needs APIC ids above 253 (each level is rounded up to a power of two); \
+                     use fewer packages or dies"
+                        .into(),
+                ));
+            }
+        }
         must_be_true("cpus.nested".into(), self.nested)?;
         must_be_empty_list("cpus.affinity".into(), &self.affinity)?;
         must_be_false("cpus.features.amx".into(), self.features.amx)?;
@@ -364,6 +398,21 @@ impl CpusConfig {
         }
         Ok(())
     }
+}
+
+/// The largest APIC id `t` gives a vCPU: each level of the id is as many bits as its count
+/// needs.
+pub fn topology_max_apic_id(t: &CpuTopology) -> u32 {
+    let bits = |n: u8| u32::from(n.max(1)).next_power_of_two().trailing_zeros();
+    let (smt, core, die) = (
+        bits(t.threads_per_core),
+        bits(t.cores_per_die),
+        bits(t.dies_per_package),
+    );
+    ((u32::from(t.packages) - 1) << (smt + core + die))
+        | ((u32::from(t.dies_per_package) - 1) << (smt + core))
+        | ((u32::from(t.cores_per_die) - 1) << smt)
+        | (u32::from(t.threads_per_core) - 1)
 }
 
 impl MemoryConfig {

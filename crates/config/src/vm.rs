@@ -214,9 +214,10 @@ pub struct CpusConfig {
     /// Number of physical address bits advertised to the guest (clamped to the host's).
     #[serde(default = "CpusConfig::default_max_phys_bits")]
     pub max_phys_bits: u8,
-    /// Compatibility: CPU topology (must be absent or null).
+    /// How the vCPUs are laid out in threads, cores, dies and packages (their product is
+    /// `max_vcpus`); absent, one package of `max_vcpus` single-thread cores.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub topology: Option<Value>,
+    pub topology: Option<CpuTopology>,
     /// Compatibility: nested virtualization (must stay true, the default).
     #[serde(default = "default_true", skip_serializing_if = "is_true")]
     pub nested: bool,
@@ -229,6 +230,30 @@ pub struct CpusConfig {
     /// Compatibility: core scheduling (`Vm`, the default, or `Off`).
     #[serde(default, skip_serializing_if = "is_default")]
     pub core_scheduling: CoreScheduling,
+}
+
+/// A vCPU topology, as Cloud Hypervisor's `CpuTopology`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CpuTopology {
+    /// Threads of each core.
+    pub threads_per_core: u8,
+    /// Cores of each die.
+    pub cores_per_die: u8,
+    /// Dies of each package.
+    pub dies_per_package: u8,
+    /// Packages (sockets).
+    pub packages: u8,
+}
+
+impl CpuTopology {
+    /// vCPUs the topology holds.
+    pub fn vcpus(&self) -> u32 {
+        u32::from(self.threads_per_core)
+            * u32::from(self.cores_per_die)
+            * u32::from(self.dies_per_package)
+            * u32::from(self.packages)
+    }
 }
 
 impl CpusConfig {

@@ -28,6 +28,7 @@ use crate::vcpu::{self, FaultSink, VcpuContext, VcpuControl, VcpuThread};
 use crate::x86_64::boot::{self, BootError, DEFAULT_INITRD_ADDR_MAX};
 use crate::x86_64::layout::{self, KVM_IDENTITY_MAP_ADDRESS, KVM_TSS_ADDRESS};
 use crate::x86_64::regs::{self, EntryMode};
+use crate::x86_64::topology::Topology;
 use crate::x86_64::{acpi, cpuid, mptable};
 
 /// The lifecycle state of a VM, named as in the REST API.
@@ -232,7 +233,7 @@ impl Vm {
         let devices = DeviceManager::new(
             &config,
             events,
-            mptable::ioapic_id(config.cpus.max_vcpus.max(config.cpus.boot_vcpus)),
+            ioapic_id_of(&config.cpus),
             &memory,
             crate::thread_policy::device_thread_setup()
                 .map_err(|e| VmError::Thread(std::io::Error::other(e)))?,
@@ -490,15 +491,17 @@ impl Vm {
         self.devices.attach(Some(vm.clone()));
 
         let entry = self.load_payload()?;
-        let max_vcpus = self.config.cpus.max_vcpus.max(self.config.cpus.boot_vcpus);
+        let topology = Topology::of(&self.config.cpus);
         let boot_vcpus = self.config.cpus.boot_vcpus;
 
         let mut fds = Vec::with_capacity(boot_vcpus as usize);
-        for id in 0..boot_vcpus {
+        for index in 0..boot_vcpus {
+            // KVM gives a vCPU its id as APIC id.
+            let apic_id = topology.apic_id(index);
             let fd = vm
-                .create_vcpu(id as u64)
+                .create_vcpu(u64::from(apic_id))
                 .map_err(kvm_err("create a vCPU"))?;
-            configure_vcpu(&fd, id, max_vcpus, supported_cpuid, entry)?;
+            configure_vcpu(&fd, index, apic_id, &topology, supported_cpuid, entry)?;
             fds.push(fd);
         }
         let control = Arc::new(VcpuControl::default());
@@ -532,12 +535,19 @@ impl Vm {
     fn write_firmware_tables(&self) -> Result<u64, VmError> {
         let boot_vcpus = self.config.cpus.boot_vcpus;
         let max_vcpus = self.config.cpus.max_vcpus.max(boot_vcpus);
-        mptable::setup(&self.memory, boot_vcpus)?;
+        let apic_ids = Topology::of(&self.config.cpus).apic_ids(max_vcpus);
+        let ioapic_id = ioapic_id_of(&self.config.cpus);
+        mptable::setup(
+            &self.memory,
+            &apic_ids[..usize::from(boot_vcpus)],
+            ioapic_id,
+        )?;
         let layout = acpi::AcpiLayout {
             boot_vcpus,
             max_vcpus,
+            apic_ids,
             // The same id the MP table and the I/O APIC model use.
-            ioapic_id: mptable::ioapic_id(max_vcpus),
+            ioapic_id,
             ram_size: self.config.memory.size,
             serial: self.devices.serial.is_some(),
             hotplug_slots: acpi::HOTPLUG_SLOT_RANGE.collect(),
@@ -589,15 +599,23 @@ impl Drop for Vm {
     }
 }
 
-/// Sets a vCPU's CPUID, MSRs, FPU, local APIC and (for the boot vCPU) entry registers.
+/// The I/O APIC's id: the first after the APIC ids of every vCPU the guest may have.
+fn ioapic_id_of(cpus: &config::CpusConfig) -> u8 {
+    let max = cpus.max_vcpus.max(cpus.boot_vcpus);
+    mptable::ioapic_id(&Topology::of(cpus).apic_ids(max))
+}
+
+/// Sets a vCPU's CPUID, MSRs, FPU, local APIC and (for the boot vCPU, index 0) entry
+/// registers.
 fn configure_vcpu(
     fd: &VcpuFd,
     id: u8,
-    max_vcpus: u8,
+    apic_id: u8,
+    topology: &Topology,
     supported_cpuid: &CpuId,
     (mode, entry): (EntryMode, u64),
 ) -> Result<(), VmError> {
-    fd.set_cpuid2(&cpuid::for_vcpu(supported_cpuid, id, max_vcpus))
+    fd.set_cpuid2(&cpuid::for_vcpu(supported_cpuid, apic_id, topology))
         .map_err(kvm_err("set CPUID"))?;
     let msrs = regs::boot_msrs_fam().map_err(|_| VmError::Kvm {
         what: "build the MSR list",

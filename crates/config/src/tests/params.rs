@@ -98,9 +98,10 @@ fn cpus_bad_values() {
 #[test]
 fn cpus_syntax_errors() {
     assert_eq!(
-        err(CpusConfig::parse("boot=1,topology=1:1:1:1")),
-        "topology: unknown key (accepted keys: boot, max, kvm_hyperv, max_phys_bits)"
+        err(CpusConfig::parse("boot=1,affinity=[0@[1]]")),
+        "affinity: unknown key (accepted keys: boot, max, kvm_hyperv, max_phys_bits, topology)"
     );
+    assert!(err(CpusConfig::parse("topology=1:x:1:1")).starts_with("topology=1:x:1:1: expected"));
     assert_eq!(
         err(CpusConfig::parse("boot=1,boot=2")),
         "boot: given more than once (give each key once)"

@@ -63,7 +63,12 @@ fn round_trips() {
     let mut c = full();
     c.cpus.nested = false;
     c.cpus.core_scheduling = CoreScheduling::Vcpu;
-    c.cpus.topology = Some(json!({"threads_per_core": 2}));
+    c.cpus.topology = Some(CpuTopology {
+        threads_per_core: 2,
+        cores_per_die: 1,
+        dies_per_package: 1,
+        packages: 1,
+    });
     c.memory.thp = false;
     c.memory.hotplug_method = HotplugMethod::VirtioMem;
     c.watchdog = true;

@@ -602,8 +602,25 @@ fn cpus_and_memory_compat_fields() {
             "cpus.kvm_hyperv: not supported by Palisade",
         ),
         (
-            with(|c| c.cpus.topology = Some(json!({"threads_per_core": 2}))),
-            "cpus.topology: not supported by Palisade",
+            with(|c| {
+                c.cpus.max_vcpus = 4;
+                c.cpus.topology = Some(topo(1, 2, 1, 1));
+            }),
+            "cpus.topology=1:2:1:1: holds 2 vCPUs (threads × cores × dies × packages) but max_vcpus is 4",
+        ),
+        (
+            with(|c| {
+                c.cpus.max_vcpus = 2;
+                c.cpus.topology = Some(topo(0, 2, 1, 1));
+            }),
+            "cpus.topology=0:2:1:1: no part may be 0",
+        ),
+        (
+            with(|c| {
+                c.cpus.max_vcpus = 240;
+                c.cpus.topology = Some(topo(1, 5, 1, 48));
+            }),
+            "cpus.topology=1:5:1:48: needs APIC ids above 253",
         ),
         (
             with(|c| c.cpus.nested = false),
@@ -793,4 +810,28 @@ fn error_field_accessor() {
     .validate()
     .unwrap_err();
     assert_eq!(e.field(), "disks[1]");
+}
+
+fn topo(threads: u8, cores: u8, dies: u8, packages: u8) -> CpuTopology {
+    CpuTopology {
+        threads_per_core: threads,
+        cores_per_die: cores,
+        dies_per_package: dies,
+        packages,
+    }
+}
+
+#[test]
+fn a_topology_that_holds_max_vcpus_is_accepted() {
+    let mut c = VmConfig::default();
+    c.payload.kernel = Some("/k".into());
+    c.cpus = CpusConfig::new(2, 6);
+    c.cpus.topology = Some(topo(1, 3, 1, 2));
+    c.validate().unwrap();
+    // Packages of 3 cores take 2 bits each: APIC ids 0-2 and 4-6.
+    assert_eq!(topology_max_apic_id(&topo(1, 3, 1, 2)), 6);
+    assert_eq!(topology_max_apic_id(&topo(2, 2, 2, 1)), 7);
+    let p = CpusConfig::parse("boot=2,max=6,topology=1:3:1:2").unwrap();
+    assert_eq!(p.topology, Some(topo(1, 3, 1, 2)));
+    assert!(CpusConfig::parse("topology=1:2").is_err());
 }

@@ -134,10 +134,12 @@ const XSDT_ENTRIES: u64 = 3;
 /// What the ACPI tables describe.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct AcpiLayout {
-    /// vCPUs running at boot (APIC ids 0..boot_vcpus), at least 1.
+    /// vCPUs running at boot (the first ones), at least 1.
     pub boot_vcpus: u8,
-    /// vCPUs the guest may ever have (APIC ids 0..max_vcpus), at least `boot_vcpus`.
+    /// vCPUs the guest may ever have, at least `boot_vcpus`.
     pub max_vcpus: u8,
+    /// The APIC id of each of them, by index (missing ones: the index).
+    pub apic_ids: Vec<u8>,
     /// The I/O APIC's id (as in the MP table, see `mptable::ioapic_id`).
     pub ioapic_id: u8,
     /// Guest RAM size in bytes: places the 64-bit PCI window.
@@ -525,13 +527,18 @@ fn madt(layout: &AcpiLayout) -> Vec<u8> {
         OEM_REVISION,
         LocalInterruptController::Address(APIC_START as u32),
     );
-    for id in 0..layout.max_vcpus.max(layout.boot_vcpus) {
-        let status = if id < layout.boot_vcpus {
+    for index in 0..layout.max_vcpus.max(layout.boot_vcpus) {
+        let status = if index < layout.boot_vcpus {
             EnabledStatus::Enabled
         } else {
             EnabledStatus::DisabledOnlineCapable
         };
-        madt.add_structure(ProcessorLocalApic::new(id, id, status));
+        let apic_id = layout
+            .apic_ids
+            .get(usize::from(index))
+            .copied()
+            .unwrap_or(index);
+        madt.add_structure(ProcessorLocalApic::new(index, apic_id, status));
     }
     madt.add_structure(IoApic::new(layout.ioapic_id, IOAPIC_START as u32, 0));
     let mut bytes = to_bytes(&madt);
@@ -649,6 +656,7 @@ mod tests {
         AcpiLayout {
             boot_vcpus: boot,
             max_vcpus: max,
+            apic_ids: (0..max).collect(),
             ioapic_id: max,
             ram_size: 512 << 20,
             serial: true,

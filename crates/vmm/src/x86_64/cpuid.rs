@@ -1,9 +1,9 @@
-//! Per-vCPU CPUID: KVM's supported set, with the topology and APIC id of each vCPU filled in.
-//!
-//! Palisade presents one package with one thread per core and `max_vcpus` cores, the APIC id
-//! of vCPU `n` being `n` — the same ids the MP table (and later the MADT) list.
+//! Per-vCPU CPUID: KVM's supported set, with the topology and APIC id of each vCPU filled in
+//! (see [`super::topology`] for how the ids are laid out).
 
-use kvm_bindings::{kvm_cpuid_entry2, CpuId};
+use kvm_bindings::{kvm_cpuid_entry2, CpuId, KVM_CPUID_FLAG_SIGNIFCANT_INDEX};
+
+use super::topology::Topology;
 
 const LEAF_FEATURES: u32 = 0x1;
 const LEAF_CACHE: u32 = 0x4;
@@ -17,22 +17,18 @@ const ECX_HYPERVISOR: u32 = 1 << 31;
 
 const LEVEL_TYPE_SMT: u32 = 1;
 const LEVEL_TYPE_CORE: u32 = 2;
+const LEVEL_TYPE_DIE: u32 = 5;
 
-/// Bits of the APIC id that number the cores of a package of `count` cores.
-pub fn core_id_bits(count: u8) -> u32 {
-    (count.max(1) as u32).next_power_of_two().trailing_zeros()
-}
-
-/// Rewrites one entry for vCPU `apic_id` among `max_vcpus`.
-fn patch(entry: &mut kvm_cpuid_entry2, apic_id: u8, max_vcpus: u8) {
-    let count = max_vcpus.max(1) as u32;
+/// Rewrites one entry of leaf 0x1 or 0x4 for the vCPU with `apic_id`.
+fn patch(entry: &mut kvm_cpuid_entry2, apic_id: u8, topo: &Topology) {
     match entry.function {
         LEAF_FEATURES => {
             entry.ebx &= !(0xff << EBX_APIC_ID_SHIFT | 0xff << EBX_LOGICAL_COUNT_SHIFT);
-            entry.ebx |= (apic_id as u32) << EBX_APIC_ID_SHIFT;
-            let addressable = count.next_power_of_two().min(255);
+            entry.ebx |= u32::from(apic_id) << EBX_APIC_ID_SHIFT;
+            // Addressable ids per package.
+            let addressable = (1u32 << topo.package_shift()).min(255);
             entry.ebx |= addressable << EBX_LOGICAL_COUNT_SHIFT;
-            if count > 1 {
+            if topo.per_package() > 1 {
                 entry.edx |= EDX_HTT;
             } else {
                 entry.edx &= !EDX_HTT;
@@ -40,48 +36,84 @@ fn patch(entry: &mut kvm_cpuid_entry2, apic_id: u8, max_vcpus: u8) {
             entry.ecx |= ECX_HYPERVISOR;
         }
         LEAF_CACHE => {
-            // EAX[31:26]: addressable core ids per package minus one; EAX[25:14]: threads
-            // sharing this cache minus one (the last level is shared by all cores).
+            // EAX[31:26]: addressable core ids per package minus one; EAX[25:14]: ids sharing
+            // this cache minus one (levels 1 and 2 belong to a core, the last level to the
+            // package).
             let cache_type = entry.eax & 0x1f;
             if cache_type != 0 {
                 let level = (entry.eax >> 5) & 0x7;
-                let cores = count.next_power_of_two().min(64);
-                let sharing = if level >= 3 { cores - 1 } else { 0 };
+                let cores = (1u32 << (topo.core_bits() + topo.die_bits())).min(64);
+                let sharing_bits = if level >= 3 {
+                    topo.package_shift()
+                } else {
+                    topo.smt_bits()
+                };
+                let sharing = (1u32 << sharing_bits).min(4096) - 1;
                 entry.eax &= 0x3fff;
-                entry.eax |= ((cores - 1) << 26) | ((sharing & 0xfff) << 14);
-            }
-        }
-        LEAF_TOPOLOGY | LEAF_TOPOLOGY_V2 => {
-            entry.edx = apic_id as u32;
-            match entry.index {
-                0 => {
-                    entry.eax = 0;
-                    entry.ebx = 1;
-                    entry.ecx = LEVEL_TYPE_SMT << 8;
-                }
-                1 => {
-                    entry.eax = core_id_bits(max_vcpus);
-                    entry.ebx = count;
-                    entry.ecx = (LEVEL_TYPE_CORE << 8) | 1;
-                }
-                index => {
-                    entry.eax = 0;
-                    entry.ebx = 0;
-                    entry.ecx = index & 0xff;
-                }
+                entry.eax |= ((cores - 1) << 26) | (sharing << 14);
             }
         }
         _ => {}
     }
 }
 
-/// The CPUID of vCPU `apic_id` out of `max_vcpus`, from KVM's supported set.
-pub fn for_vcpu(supported: &CpuId, apic_id: u8, max_vcpus: u8) -> CpuId {
-    let mut cpuid = supported.clone();
-    for entry in cpuid.as_mut_slice() {
-        patch(entry, apic_id, max_vcpus);
+/// The levels of leaf 0xB (`v2`: 0x1F, which also has the die level when there are
+/// several dies): (level type, bits below the next level, vCPUs in it).
+fn levels(topo: &Topology, v2: bool) -> Vec<(u32, u32, u32)> {
+    let tpc = u32::from(topo.threads_per_core);
+    let mut l = vec![(LEVEL_TYPE_SMT, topo.smt_bits(), tpc)];
+    if v2 && topo.dies_per_package > 1 {
+        let cores = tpc * u32::from(topo.cores_per_die);
+        l.push((LEVEL_TYPE_CORE, topo.smt_bits() + topo.core_bits(), cores));
+        l.push((LEVEL_TYPE_DIE, topo.package_shift(), topo.per_package()));
+    } else {
+        l.push((LEVEL_TYPE_CORE, topo.package_shift(), topo.per_package()));
     }
-    cpuid
+    l
+}
+
+/// The entries of topology leaf `function` for `apic_id`, ending with an invalid level.
+fn topology_entries(function: u32, apic_id: u8, topo: &Topology) -> Vec<kvm_cpuid_entry2> {
+    let levels = levels(topo, function == LEAF_TOPOLOGY_V2);
+    let end = levels.len() as u32;
+    levels
+        .into_iter()
+        .chain(std::iter::once((0, 0, 0)))
+        .enumerate()
+        .map(|(index, (kind, shift, count))| {
+            let index = index as u32;
+            kvm_cpuid_entry2 {
+                function,
+                index,
+                flags: KVM_CPUID_FLAG_SIGNIFCANT_INDEX,
+                eax: shift,
+                ebx: count,
+                ecx: (kind << 8) | index.min(end),
+                edx: u32::from(apic_id),
+                ..Default::default()
+            }
+        })
+        .collect()
+}
+
+/// The CPUID of the vCPU with `apic_id` in `topo`, from KVM's supported set.
+pub fn for_vcpu(supported: &CpuId, apic_id: u8, topo: &Topology) -> CpuId {
+    let mut entries: Vec<kvm_cpuid_entry2> = Vec::new();
+    for mut entry in supported.as_slice().iter().copied() {
+        match entry.function {
+            // Rebuilt whole below: the supported set may list fewer levels than needed.
+            LEAF_TOPOLOGY | LEAF_TOPOLOGY_V2 => {
+                if entry.index == 0 {
+                    entries.extend(topology_entries(entry.function, apic_id, topo));
+                }
+            }
+            _ => {
+                patch(&mut entry, apic_id, topo);
+                entries.push(entry);
+            }
+        }
+    }
+    CpuId::from_entries(&entries).unwrap_or_else(|_| supported.clone())
 }
 
 #[cfg(test)]
@@ -102,7 +134,7 @@ mod tests {
         *c.as_slice()
             .iter()
             .find(|e| e.function == function && e.index == index)
-            .unwrap()
+            .unwrap_or_else(|| panic!("no leaf {function:#x}.{index}"))
     }
 
     fn sample() -> CpuId {
@@ -112,29 +144,43 @@ mod tests {
             entry(LEAF_CACHE, 3, 0x163), // L3 unified cache.
             entry(LEAF_TOPOLOGY, 0, 0),
             entry(LEAF_TOPOLOGY, 1, 0),
-            entry(LEAF_TOPOLOGY, 2, 0),
+            entry(LEAF_TOPOLOGY_V2, 0, 0),
         ])
         .unwrap()
     }
 
+    fn cores(n: u8) -> Topology {
+        Topology::of(&config::CpusConfig::new(n, n))
+    }
+
+    fn topo(t: u8, c: u8, d: u8, p: u8) -> Topology {
+        Topology {
+            threads_per_core: t,
+            cores_per_die: c,
+            dies_per_package: d,
+            packages: p,
+        }
+    }
+
     #[test]
     fn each_vcpu_reports_its_own_apic_id() {
+        let t = cores(4);
         for id in 0..4u8 {
-            let c = for_vcpu(&sample(), id, 4);
+            let c = for_vcpu(&sample(), id, &t);
             let leaf1 = find(&c, LEAF_FEATURES, 0);
-            assert_eq!(leaf1.ebx >> 24, id as u32);
+            assert_eq!(leaf1.ebx >> 24, u32::from(id));
             assert_eq!((leaf1.ebx >> 16) & 0xff, 4);
             assert_ne!(leaf1.edx & EDX_HTT, 0);
             assert_ne!(leaf1.ecx & ECX_HYPERVISOR, 0);
             for sub in 0..3 {
-                assert_eq!(find(&c, LEAF_TOPOLOGY, sub).edx, id as u32);
+                assert_eq!(find(&c, LEAF_TOPOLOGY, sub).edx, u32::from(id));
             }
         }
     }
 
     #[test]
     fn topology_leaf_describes_one_package_of_cores() {
-        let c = for_vcpu(&sample(), 2, 3);
+        let c = for_vcpu(&sample(), 2, &cores(3));
         let smt = find(&c, LEAF_TOPOLOGY, 0);
         assert_eq!(
             (smt.eax, smt.ebx, (smt.ecx >> 8) & 0xff),
@@ -150,8 +196,42 @@ mod tests {
     }
 
     #[test]
+    fn threads_dies_and_packages_are_described() {
+        // 2 threads × 3 cores × 2 dies × 2 packages: SMT 1 bit, cores 2, dies 1.
+        let t = topo(2, 3, 2, 2);
+        let c = for_vcpu(&sample(), t.apic_id(13), &t);
+        let leaf1 = find(&c, LEAF_FEATURES, 0);
+        assert_eq!((leaf1.ebx >> 16) & 0xff, 16, "ids per package");
+        let smt = find(&c, LEAF_TOPOLOGY, 0);
+        assert_eq!((smt.eax, smt.ebx), (1, 2));
+        let core = find(&c, LEAF_TOPOLOGY, 1);
+        assert_eq!(
+            (core.eax, core.ebx),
+            (4, 12),
+            "0xB: core level up to the package"
+        );
+        let core = find(&c, LEAF_TOPOLOGY_V2, 1);
+        assert_eq!(
+            (core.eax, core.ebx, (core.ecx >> 8) & 0xff),
+            (3, 6, LEVEL_TYPE_CORE)
+        );
+        let die = find(&c, LEAF_TOPOLOGY_V2, 2);
+        assert_eq!(
+            (die.eax, die.ebx, (die.ecx >> 8) & 0xff),
+            (4, 12, LEVEL_TYPE_DIE)
+        );
+        assert_eq!((find(&c, LEAF_TOPOLOGY_V2, 3).ecx >> 8) & 0xff, 0);
+        // vCPU 13: package 1, die 0, core 0, thread 1.
+        assert_eq!(find(&c, LEAF_TOPOLOGY_V2, 0).edx, (1 << 4) | 1);
+        let l1 = find(&c, LEAF_CACHE, 0);
+        assert_eq!((l1.eax >> 26, (l1.eax >> 14) & 0xfff), (7, 1));
+        let l3 = find(&c, LEAF_CACHE, 3);
+        assert_eq!((l3.eax >> 14) & 0xfff, 15);
+    }
+
+    #[test]
     fn cache_leaf_counts_cores_and_sharing() {
-        let c = for_vcpu(&sample(), 0, 4);
+        let c = for_vcpu(&sample(), 0, &cores(4));
         let l1 = find(&c, LEAF_CACHE, 0);
         assert_eq!((l1.eax >> 26, (l1.eax >> 14) & 0xfff), (3, 0));
         assert_eq!(l1.eax & 0x3fff, 0x121);
@@ -160,11 +240,8 @@ mod tests {
     }
 
     #[test]
-    fn single_vcpu_has_no_htt_and_zero_core_bits() {
-        let c = for_vcpu(&sample(), 0, 1);
+    fn single_vcpu_has_no_htt() {
+        let c = for_vcpu(&sample(), 0, &cores(1));
         assert_eq!(find(&c, LEAF_FEATURES, 0).edx & EDX_HTT, 0);
-        assert_eq!(core_id_bits(1), 0);
-        assert_eq!(core_id_bits(2), 1);
-        assert_eq!(core_id_bits(5), 3);
     }
 }

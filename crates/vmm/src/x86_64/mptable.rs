@@ -126,18 +126,20 @@ pub enum MptableError {
     Write(#[from] vm_memory::GuestMemoryError),
 }
 
-/// The I/O APIC's id: the first id after the vCPUs'.
-pub fn ioapic_id(num_cpus: u8) -> u8 {
-    num_cpus
+/// The I/O APIC's id: the first id after the vCPUs' (`apic_ids`, of every vCPU the guest
+/// may have).
+pub fn ioapic_id(apic_ids: &[u8]) -> u8 {
+    apic_ids.iter().max().map_or(0, |m| m.saturating_add(1))
 }
 
 fn checksum(bytes: &[u8]) -> u8 {
     0u8.wrapping_sub(bytes.iter().fold(0u8, |sum, b| sum.wrapping_add(*b)))
 }
 
-/// The table bytes for `num_cpus` vCPUs (APIC ids 0..num_cpus, vCPU 0 boots), to be placed
-/// at `base`.
-pub fn build(num_cpus: u8, base: u64) -> Result<Vec<u8>, MptableError> {
+/// The table bytes for the vCPUs with `apic_ids` (the first boots) and the I/O APIC with
+/// `ioapic`, to be placed at `base`.
+pub fn build(apic_ids: &[u8], ioapic: u8, base: u64) -> Result<Vec<u8>, MptableError> {
+    let num_cpus = u8::try_from(apic_ids.len()).unwrap_or(u8::MAX);
     if num_cpus == 0 || num_cpus > 254 {
         return Err(MptableError::TooManyCpus(num_cpus));
     }
@@ -147,8 +149,8 @@ pub fn build(num_cpus: u8, base: u64) -> Result<Vec<u8>, MptableError> {
         entries.extend_from_slice(bytes);
         count += 1;
     };
-    for id in 0..num_cpus {
-        let flags = CPU_ENABLED | if id == 0 { CPU_BOOT_PROCESSOR } else { 0 };
+    for (index, &id) in apic_ids.iter().enumerate() {
+        let flags = CPU_ENABLED | if index == 0 { CPU_BOOT_PROCESSOR } else { 0 };
         push(
             ProcessorEntry {
                 entry_type: ENTRY_PROCESSOR,
@@ -170,7 +172,6 @@ pub fn build(num_cpus: u8, base: u64) -> Result<Vec<u8>, MptableError> {
         }
         .as_slice(),
     );
-    let ioapic = ioapic_id(num_cpus);
     push(
         IoApicEntry {
             entry_type: ENTRY_IOAPIC,
@@ -242,8 +243,8 @@ pub fn build(num_cpus: u8, base: u64) -> Result<Vec<u8>, MptableError> {
 }
 
 /// Writes the MP tables for `num_cpus` vCPUs into guest memory.
-pub fn setup(mem: &GuestMemoryMmap, num_cpus: u8) -> Result<(), MptableError> {
-    let bytes = build(num_cpus, MPTABLE_START)?;
+pub fn setup(mem: &GuestMemoryMmap, apic_ids: &[u8], ioapic: u8) -> Result<(), MptableError> {
+    let bytes = build(apic_ids, ioapic, MPTABLE_START)?;
     mem.write_slice(&bytes, GuestAddress(MPTABLE_START))?;
     Ok(())
 }
@@ -256,10 +257,14 @@ mod tests {
         bytes.iter().fold(0u8, |s, b| s.wrapping_add(*b))
     }
 
+    fn ids(n: u8) -> Vec<u8> {
+        (0..n).collect()
+    }
+
     #[test]
     fn pointer_and_table_checksums_are_zero() {
         for cpus in [1u8, 2, 4, 64, 254] {
-            let bytes = build(cpus, MPTABLE_START).unwrap();
+            let bytes = build(&ids(cpus), cpus, MPTABLE_START).unwrap();
             assert_eq!(&bytes[0..4], b"_MP_");
             assert_eq!(sum(&bytes[0..16]), 0, "floating pointer, {cpus} cpus");
             let table = &bytes[16..];
@@ -273,7 +278,7 @@ mod tests {
     #[test]
     fn pointer_points_at_the_table_and_entries_are_counted() {
         let cpus = 3u8;
-        let bytes = build(cpus, MPTABLE_START).unwrap();
+        let bytes = build(&ids(cpus), cpus, MPTABLE_START).unwrap();
         let ptr = u32::from_le_bytes(bytes[4..8].try_into().unwrap()) as u64;
         assert_eq!(ptr, MPTABLE_START + 16);
         let table = &bytes[16..];
@@ -287,7 +292,7 @@ mod tests {
     #[test]
     fn processors_have_sequential_apic_ids_and_one_boot_cpu() {
         let cpus = 4u8;
-        let bytes = build(cpus, MPTABLE_START).unwrap();
+        let bytes = build(&ids(cpus), cpus, MPTABLE_START).unwrap();
         let entries = &bytes[16 + 44..];
         for id in 0..cpus as usize {
             let e = &entries[id * 20..id * 20 + 20];
@@ -308,7 +313,7 @@ mod tests {
 
     #[test]
     fn rejects_impossible_cpu_counts() {
-        assert!(build(0, MPTABLE_START).is_err());
-        assert!(build(255, MPTABLE_START).is_err());
+        assert!(build(&[], 0, MPTABLE_START).is_err());
+        assert!(build(&ids(255), 255, MPTABLE_START).is_err());
     }
 }
