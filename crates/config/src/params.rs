@@ -109,19 +109,23 @@ impl MemoryConfig {
     /// Keys of `--memory`.
     pub const KEYS: &'static [&'static str] = &["size", "shared", "hugepages", "mergeable"];
 
-    /// Parses `--memory size=SIZE[,shared=off][,hugepages=off][,mergeable=off]`: the size takes
-    /// a K/M/G/T suffix, defaults to 512M, and must be a multiple of 4 KiB between 1 MiB and
-    /// 1 TiB; `shared`, `hugepages` and `mergeable` are accepted at `off` only.
+    /// Parses `--memory size=SIZE[,shared=on|off][,hugepages=off][,mergeable=off]`: the size
+    /// takes a K/M/G/T suffix, defaults to 512M, and must be a multiple of 4 KiB between 1 MiB
+    /// and 1 TiB; `shared=on` backs guest RAM with a memfd other processes can map;
+    /// `hugepages` and `mergeable` are accepted at `off` only.
     pub fn parse(input: &str) -> Result<Self, OptionError> {
         let o = OptionParser::new(Self::KEYS).parse(input)?;
         let size = o.get_size("size")?.unwrap_or(DEFAULT_MEMORY_SIZE);
         if let Some(value) = o.get("size") {
             check_memory_size(size).map_err(|r| OptionError::invalid("size", value, r))?;
         }
-        for key in ["shared", "hugepages", "mergeable"] {
+        for key in ["hugepages", "mergeable"] {
             off_only(&o, key)?;
         }
-        Ok(MemoryConfig::with_size(size))
+        Ok(MemoryConfig {
+            shared: o.get_bool("shared")?.unwrap_or(false),
+            ..MemoryConfig::with_size(size)
+        })
     }
 }
 

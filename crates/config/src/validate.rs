@@ -429,7 +429,6 @@ impl MemoryConfig {
                 "remove it or set it to Acpi",
             ));
         }
-        must_be_false("memory.shared".into(), self.shared)?;
         must_be_false("memory.hugepages".into(), self.hugepages)?;
         must_be_none("memory.hugepage_size".into(), &self.hugepage_size)?;
         must_be_false("memory.prefault".into(), self.prefault)?;

@@ -9,6 +9,7 @@ pub mod console;
 pub mod control;
 pub mod device_manager;
 pub mod files;
+pub mod guest_ram;
 pub mod interrupts;
 pub mod passed_fds;
 pub mod pci_devices;

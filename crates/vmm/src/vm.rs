@@ -226,10 +226,17 @@ impl Vm {
             .into_iter()
             .map(|(start, len)| (GuestAddress(start), len as usize))
             .collect();
-        let memory = GuestMemoryMmap::from_ranges(&ranges).map_err(|e| VmError::Memory {
-            size,
-            detail: e.to_string(),
-        })?;
+        let memory = if config.memory.shared {
+            crate::guest_ram::map_shared(&ranges).map_err(|e| VmError::Memory {
+                size,
+                detail: format!("shared (memfd): {e}"),
+            })?
+        } else {
+            GuestMemoryMmap::from_ranges(&ranges).map_err(|e| VmError::Memory {
+                size,
+                detail: e.to_string(),
+            })?
+        };
         let devices = DeviceManager::new(
             &config,
             events,
@@ -595,6 +602,9 @@ impl Drop for Vm {
         // vCPU threads use the memory: stop them before it is unmapped.
         if let Some(machine) = self.machine.take() {
             machine.stop(&self.devices);
+        }
+        if self.config.memory.shared {
+            crate::guest_ram::release();
         }
     }
 }

@@ -150,6 +150,8 @@ impl Vmm {
         // Locked down before the first request or guest exit: it keeps what creating a VM
         // and hot-plug may need, until the VM is created and more is known.
         let channel = options.janitor.as_ref().map(|j| j.channel_fd());
+        // Made before the filter, which forbids making one (see `guest_ram`).
+        crate::guest_ram::reserve();
         let filters = crate::thread_policy::filters(sandbox::Role::Vmm, channel)?;
         let keep = crate::thread_policy::vmm_capabilities(control.is_some(), true);
         let lockdown = sandbox::lockdown::lock_down(

@@ -158,7 +158,9 @@ fn memory_bad_values() {
     );
     assert!(err(MemoryConfig::parse("size=lots")).starts_with("size=lots: not a size"));
     assert!(err(MemoryConfig::parse("size=")).starts_with("size=: empty value"));
-    for key in ["shared", "hugepages", "mergeable"] {
+    assert!(MemoryConfig::parse("size=1G,shared=on").unwrap().shared);
+    assert!(err(MemoryConfig::parse("shared=maybe")).starts_with("shared=maybe"));
+    for key in ["hugepages", "mergeable"] {
         assert_eq!(
             err(MemoryConfig::parse(&format!("size=1G,{key}=on"))),
             format!("{key}=on: not supported by Palisade (use off)")
@@ -584,7 +586,7 @@ fn from_params_names_the_flag() {
         (VmParams { cpus: Some("boot=0".into()), ..params() }, "--cpus: boot=0: must be at least 1"),
         (VmParams { cpus: Some("boot=abc".into()), ..params() }, "--cpus: boot=abc: not a number"),
         (VmParams { memory: Some("size=1000".into()), ..params() }, "--memory: size=1000: must be at least 1 MiB (e.g. 512M)"),
-        (VmParams { memory: Some("size=1G,shared=on".into()), ..params() }, "--memory: shared=on: not supported by Palisade (use off)"),
+        (VmParams { memory: Some("size=1G,hugepages=on".into()), ..params() }, "--memory: hugepages=on: not supported by Palisade (use off)"),
         (VmParams { serial: Some("bogus".into()), ..params() }, "--serial: bogus: unknown mode: use off, null, tty, pty, file=PATH or socket=PATH"),
         (VmParams { serial: Some("socket=/tmp/s".into()), ..params() }, "--serial: socket=/tmp/s: socket mode is not supported by Palisade (use off, null, tty, pty or file=PATH)"),
         (VmParams { console: Some("socket=/tmp/s".into()), ..params() }, "--console: socket=/tmp/s: socket mode is not supported by Palisade (use off, null, tty, pty or file=PATH)"),

@@ -655,10 +655,6 @@ fn cpus_and_memory_compat_fields() {
             "memory.hotplug_method=VirtioMem: not supported by Palisade",
         ),
         (
-            with(|c| c.memory.shared = true),
-            "memory.shared: not supported by Palisade",
-        ),
-        (
             with(|c| c.memory.hugepages = true),
             "memory.hugepages: not supported by Palisade",
         ),
