@@ -381,3 +381,39 @@ fn shared_guest_ram_lives_in_a_memfd() {
     ]);
     assert_pass(&out, "PASS virtio_blk");
 }
+
+/// What Kata Containers' Cloud Hypervisor driver sends at `vm.create` (without the devices
+/// still to come, vsock and virtio-fs): a topology, the platform with its identity, room for
+/// hot-plugged memory, shared memory. The VM is created and boots, and `vm.info` gives the
+/// configuration back, `memory.hotplug_size` included.
+#[test]
+fn a_kata_style_vm_create_is_taken() {
+    let dir = TempDir::new("kata-create");
+    let vmm = ApiVmm::spawn(palisade(), &dir, &["--no-shutdown"]);
+    let config = serde_json::json!({
+        "payload": {"kernel": guest("echo"), "cmdline": "console=hvc0 quiet"},
+        "cpus": {"boot_vcpus": 1, "max_vcpus": 4,
+                 "topology": {"threads_per_core": 1, "cores_per_die": 4,
+                              "dies_per_package": 1, "packages": 1}},
+        "memory": {"size": 128 << 20, "hotplug_size": 1u64 << 30, "shared": true},
+        "platform": {"num_pci_segments": 1, "serial_number": "kata-sandbox-1",
+                     "uuid": "7f2b1c9e-4d3a-4b5c-8e6f-0a1b2c3d4e5f",
+                     "oem_strings": ["io.katacontainers.sandbox=1"]},
+        "serial": {"mode": "File", "file": dir.path("serial.log")},
+        "console": {"mode": "Off"},
+        "rng": {"src": "/dev/urandom"},
+    });
+    let (code, body) = vmm.put("vm.create", &config);
+    assert_eq!(code, 204, "{body}");
+    assert_eq!(vmm.put("vm.boot", &serde_json::json!({})).0, 204);
+    vmm.wait_serial("echo: ready", 1);
+    let info = vmm.info();
+    let c = &info["config"];
+    assert_eq!(c["memory"]["hotplug_size"], 1u64 << 30, "{info}");
+    assert_eq!(c["cpus"]["topology"]["cores_per_die"], 4);
+    assert_eq!(c["platform"]["serial_number"], "kata-sandbox-1");
+    assert_eq!(
+        c["platform"]["oem_strings"][0],
+        "io.katacontainers.sandbox=1"
+    );
+}

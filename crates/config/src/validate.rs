@@ -155,6 +155,9 @@ pub(crate) fn check_memory_size(size: u64) -> Result<(), String> {
     }
 }
 
+/// Most guest RAM, hot-pluggable room included.
+const MAX_ADDRESS_SPACE: u64 = 1 << 40;
+
 /// Checks a block device queue count.
 pub(crate) fn check_disk_num_queues(n: u64) -> Result<(), String> {
     if n < 1 {
@@ -420,7 +423,22 @@ impl MemoryConfig {
     /// fields.
     pub fn validate(&self) -> Result<(), ValidationError> {
         check_memory_size(self.size).map_err(|r| invalid("memory.size", self.size, r))?;
-        must_be_none("memory.hotplug_size".into(), &self.hotplug_size)?;
+        if let Some(h) = self.hotplug_size {
+            if h % MEMORY_SIZE_ALIGNMENT != 0 {
+                return Err(invalid(
+                    "memory.hotplug_size",
+                    h,
+                    "must be a multiple of 4 KiB".into(),
+                ));
+            }
+            if self.size.saturating_add(h) > MAX_ADDRESS_SPACE {
+                return Err(invalid(
+                    "memory.hotplug_size",
+                    h,
+                    "with memory.size, must stay within 1 TiB".into(),
+                ));
+            }
+        }
         must_be_none("memory.hotplugged_size".into(), &self.hotplugged_size)?;
         must_be_false("memory.mergeable".into(), self.mergeable)?;
         if self.hotplug_method != HotplugMethod::Acpi {
@@ -758,7 +776,83 @@ impl VmConfig {
         must_be_empty_value("rtc".into(), &self.rtc)?;
         must_be_false("pvpanic".into(), self.pvpanic)?;
         must_be_empty_list("pci_segments".into(), &self.pci_segments)?;
-        must_be_empty_value("platform".into(), &self.platform)?;
+        if let Some(p) = &self.platform {
+            p.validate()?;
+        }
         must_be_empty_value("tpm".into(), &self.tpm)
+    }
+}
+
+impl PlatformConfig {
+    /// Checks what Palisade can build: one PCI segment, no IOMMU, no confidential guest,
+    /// SMBIOS strings without NUL bytes, and a UUID in its usual form.
+    pub fn validate(&self) -> Result<(), ValidationError> {
+        if let Some(n) = self.num_pci_segments {
+            if n == 0 {
+                return Err(invalid(
+                    "platform.num_pci_segments",
+                    n,
+                    "must be at least 1".into(),
+                ));
+            }
+            if n > 1 {
+                return Err(unsupported(
+                    "platform.num_pci_segments above 1",
+                    "remove it or set it to 1",
+                ));
+            }
+        }
+        if self.iommu_segments.as_ref().is_some_and(|s| !s.is_empty()) {
+            return Err(unsupported(
+                "platform.iommu_segments",
+                "remove it: Palisade has no virtual IOMMU",
+            ));
+        }
+        must_be_false("platform.tdx".into(), self.tdx)?;
+        must_be_false("platform.sev_snp".into(), self.sev_snp)?;
+        must_be_false("platform.iommufd".into(), self.iommufd)?;
+        for (name, uuid) in [
+            ("platform.system_uuid", &self.system_uuid),
+            ("platform.uuid", &self.uuid),
+        ] {
+            if let Some(u) = uuid {
+                if parse_uuid(u).is_none() {
+                    return Err(invalid(
+                        name,
+                        u,
+                        "not a UUID (xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx)".into(),
+                    ));
+                }
+            }
+        }
+        let strings = [
+            ("system_serial_number", &self.system_serial_number),
+            ("serial_number", &self.serial_number),
+            ("system_manufacturer", &self.system_manufacturer),
+            ("system_product_name", &self.system_product_name),
+            ("system_version", &self.system_version),
+            ("system_family", &self.system_family),
+            ("system_sku_number", &self.system_sku_number),
+            ("chassis_asset_tag", &self.chassis_asset_tag),
+        ];
+        let oem = self
+            .oem_strings
+            .iter()
+            .flatten()
+            .map(|s| ("oem_strings", s));
+        for (name, value) in strings
+            .into_iter()
+            .filter_map(|(n, v)| v.as_ref().map(|v| (n, v)))
+            .chain(oem)
+        {
+            if value.contains('\0') || value.len() > 255 {
+                return Err(invalid(
+                    format!("platform.{name}"),
+                    value.escape_default(),
+                    "an SMBIOS string has no NUL byte and at most 255 bytes".into(),
+                ));
+            }
+        }
+        Ok(())
     }
 }

@@ -134,9 +134,9 @@ pub struct VmConfig {
     /// Compatibility: extra PCI segments (must be absent or empty).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pci_segments: Option<Vec<Value>>,
-    /// Compatibility: platform settings (must be absent, null or `{}`).
+    /// Platform settings: the SMBIOS identity of the machine, PCI segments.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub platform: Option<Value>,
+    pub platform: Option<PlatformConfig>,
     /// Compatibility: a TPM (must be absent or null).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tpm: Option<Value>,
@@ -312,7 +312,8 @@ pub enum HotplugMethod {
 pub struct MemoryConfig {
     /// Guest RAM in bytes.
     pub size: u64,
-    /// Compatibility: hot-pluggable memory (must be absent or null).
+    /// Room for memory hot-plugged later: guest physical address space kept free above RAM
+    /// (the 64-bit PCI window starts past it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hotplug_size: Option<u64>,
     /// Compatibility: memory already hot-plugged (must be absent or null).
@@ -349,6 +350,12 @@ pub struct MemoryConfig {
 
 impl MemoryConfig {
     /// `size` bytes of RAM, everything else at its default.
+    /// RAM and the room kept for hot-plugged memory, in bytes.
+    pub fn address_space(&self) -> u64 {
+        self.size.saturating_add(self.hotplug_size.unwrap_or(0))
+    }
+
+    /// A configuration of `size` bytes, everything else at its default.
     pub fn with_size(size: u64) -> Self {
         MemoryConfig {
             size,
@@ -792,4 +799,94 @@ pub struct LandlockConfig {
     pub path: PathBuf,
     /// `r`, `w` or `rw`.
     pub access: String,
+}
+
+/// Platform settings, as Cloud Hypervisor's `PlatformConfig`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PlatformConfig {
+    /// PCI segments (only 1 is supported so far).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub num_pci_segments: Option<u16>,
+    /// Segments behind a virtual IOMMU (none supported).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub iommu_segments: Option<Vec<u16>>,
+    /// Address width of the virtual IOMMU (no IOMMU: ignored).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub iommu_address_width_bits: Option<u8>,
+    /// SMBIOS system serial number.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub system_serial_number: Option<String>,
+    /// The same, by its older name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub serial_number: Option<String>,
+    /// SMBIOS system UUID (`xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub system_uuid: Option<String>,
+    /// The same, by its older name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uuid: Option<String>,
+    /// SMBIOS OEM strings (type 11).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub oem_strings: Option<Vec<String>>,
+    /// SMBIOS system manufacturer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub system_manufacturer: Option<String>,
+    /// SMBIOS system product name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub system_product_name: Option<String>,
+    /// SMBIOS system version.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub system_version: Option<String>,
+    /// SMBIOS system family.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub system_family: Option<String>,
+    /// SMBIOS system SKU number.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub system_sku_number: Option<String>,
+    /// SMBIOS chassis asset tag (type 3).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chassis_asset_tag: Option<String>,
+    /// Intel TDX (not supported: must be false).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub tdx: bool,
+    /// AMD SEV-SNP (not supported: must be false).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub sev_snp: bool,
+    /// VFIO through iommufd (no VFIO: must be false).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub iommufd: bool,
+    /// Peer-to-peer DMA between VFIO devices (no VFIO: ignored).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vfio_p2p_dma: Option<bool>,
+}
+
+impl PlatformConfig {
+    /// The system serial number, by either name.
+    pub fn serial(&self) -> Option<&str> {
+        self.system_serial_number
+            .as_deref()
+            .or(self.serial_number.as_deref())
+    }
+
+    /// The system UUID, by either name.
+    pub fn uuid(&self) -> Option<&str> {
+        self.system_uuid.as_deref().or(self.uuid.as_deref())
+    }
+}
+
+/// Parses a UUID written `xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx` into its 16 bytes, in the
+/// order written.
+pub fn parse_uuid(text: &str) -> Option<[u8; 16]> {
+    let groups: Vec<&str> = text.split('-').collect();
+    let lengths = [8, 4, 4, 4, 12];
+    if groups.len() != 5 || groups.iter().zip(lengths).any(|(g, l)| g.len() != l) {
+        return None;
+    }
+    let hex: String = groups.concat();
+    let mut bytes = [0u8; 16];
+    for (i, b) in bytes.iter_mut().enumerate() {
+        *b = u8::from_str_radix(hex.get(2 * i..2 * i + 2)?, 16).ok()?;
+    }
+    Some(bytes)
 }

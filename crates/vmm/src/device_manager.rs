@@ -149,7 +149,7 @@ impl DeviceManager {
             &mmio,
             vm.clone(),
             mem.clone(),
-            cfg.memory.size,
+            cfg.memory.address_space(),
             worker_setup,
         )?;
         pio.insert(

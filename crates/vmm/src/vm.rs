@@ -29,7 +29,7 @@ use crate::x86_64::boot::{self, BootError, DEFAULT_INITRD_ADDR_MAX};
 use crate::x86_64::layout::{self, KVM_IDENTITY_MAP_ADDRESS, KVM_TSS_ADDRESS};
 use crate::x86_64::regs::{self, EntryMode};
 use crate::x86_64::topology::Topology;
-use crate::x86_64::{acpi, cpuid, mptable};
+use crate::x86_64::{acpi, cpuid, mptable, smbios};
 
 /// The lifecycle state of a VM, named as in the REST API.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -93,6 +93,9 @@ pub enum VmError {
     /// The MP table could not be built.
     #[error(transparent)]
     Mptable(#[from] mptable::MptableError),
+    /// The SMBIOS tables could not be written.
+    #[error(transparent)]
+    Smbios(#[from] smbios::SmbiosError),
     /// The ACPI tables could not be built.
     #[error(transparent)]
     Acpi(#[from] acpi::AcpiError),
@@ -555,7 +558,8 @@ impl Vm {
             apic_ids,
             // The same id the MP table and the I/O APIC model use.
             ioapic_id,
-            ram_size: self.config.memory.size,
+            // The 64-bit PCI window starts past the room for hot-plugged memory.
+            ram_size: self.config.memory.address_space(),
             serial: self.devices.serial.is_some(),
             hotplug_slots: acpi::HOTPLUG_SLOT_RANGE.collect(),
         };

@@ -312,7 +312,7 @@ fn ch_style_body_with_non_default_compat_field_is_refused_by_validate() {
         (
             "/platform",
             json!({"num_pci_segments": 2}),
-            "platform: not supported by Palisade",
+            "platform.num_pci_segments above 1: not supported by Palisade",
         ),
         (
             "/payload/firmware",

@@ -639,10 +639,6 @@ fn cpus_and_memory_compat_fields() {
             "cpus.core_scheduling=Vcpu: not supported by Palisade",
         ),
         (
-            with(|c| c.memory.hotplug_size = Some(1 << 30)),
-            "memory.hotplug_size: not supported by Palisade",
-        ),
-        (
             with(|c| c.memory.hotplugged_size = Some(0)),
             "memory.hotplugged_size: not supported by Palisade",
         ),
@@ -749,8 +745,22 @@ fn top_level_compat_fields() {
             "pci_segments",
         ),
         (
-            with(|c| c.platform = Some(json!({"num_pci_segments": 2}))),
-            "platform",
+            with(|c| {
+                c.platform = Some(PlatformConfig {
+                    num_pci_segments: Some(2),
+                    ..PlatformConfig::default()
+                })
+            }),
+            "platform.num_pci_segments above 1",
+        ),
+        (
+            with(|c| {
+                c.platform = Some(PlatformConfig {
+                    tdx: true,
+                    ..PlatformConfig::default()
+                })
+            }),
+            "platform.tdx",
         ),
         (with(|c| c.tpm = Some(json!({"socket": "/s"}))), "tpm"),
         (
@@ -774,7 +784,7 @@ fn top_level_compat_fields() {
     // Null, empty lists and empty objects count as not given.
     let ok = with(|c| {
         c.fs = Some(vec![]);
-        c.platform = Some(json!({}));
+        c.platform = Some(PlatformConfig::default());
         c.rtc = Some(serde_json::Value::Null);
         c.debug_console = Some(DebugConsoleConfig {
             file: None,
@@ -830,4 +840,57 @@ fn a_topology_that_holds_max_vcpus_is_accepted() {
     let p = CpusConfig::parse("boot=2,max=6,topology=1:3:1:2").unwrap();
     assert_eq!(p.topology, Some(topo(1, 3, 1, 2)));
     assert!(CpusConfig::parse("topology=1:2").is_err());
+}
+
+#[test]
+fn platform_identity_is_checked() {
+    let platform = |p: PlatformConfig| with(|c| c.platform = Some(p));
+    let ok = platform(PlatformConfig {
+        num_pci_segments: Some(1),
+        system_serial_number: Some("SN-1".into()),
+        uuid: Some("a1b2c3d4-0000-4000-8000-00000000abcd".into()),
+        oem_strings: Some(vec!["io.katacontainers=1".into()]),
+        ..PlatformConfig::default()
+    });
+    assert_eq!(ok.validate(), Ok(()));
+    let e = fails(&platform(PlatformConfig {
+        system_uuid: Some("not-a-uuid".into()),
+        ..PlatformConfig::default()
+    }));
+    assert!(
+        e.starts_with("platform.system_uuid=not-a-uuid: not a UUID"),
+        "{e}"
+    );
+    let e = fails(&platform(PlatformConfig {
+        oem_strings: Some(vec!["a\0b".into()]),
+        ..PlatformConfig::default()
+    }));
+    assert!(e.starts_with("platform.oem_strings="), "{e}");
+    assert_eq!(
+        parse_uuid("00112233-4455-6677-8899-aabbccddeeff").unwrap(),
+        [
+            0x00, 0x11, 0x22, 0x33, 0x44, 0x55, 0x66, 0x77, 0x88, 0x99, 0xaa, 0xbb, 0xcc, 0xdd,
+            0xee, 0xff
+        ]
+    );
+}
+
+#[test]
+fn hotplug_room_is_checked() {
+    assert_eq!(
+        with(|c| c.memory.hotplug_size = Some(1 << 30)).validate(),
+        Ok(())
+    );
+    let e = fails(&with(|c| c.memory.hotplug_size = Some(4097)));
+    assert!(
+        e.starts_with("memory.hotplug_size=4097: must be a multiple of 4 KiB"),
+        "{e}"
+    );
+    let e = fails(&with(|c| c.memory.hotplug_size = Some(1 << 40)));
+    assert!(e.contains("within 1 TiB"), "{e}");
+    let m = MemoryConfig {
+        hotplug_size: Some(1 << 30),
+        ..MemoryConfig::with_size(512 << 20)
+    };
+    assert_eq!(m.address_space(), (1 << 30) + (512 << 20));
 }

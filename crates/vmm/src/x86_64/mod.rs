@@ -6,4 +6,5 @@ pub mod cpuid;
 pub mod layout;
 pub mod mptable;
 pub mod regs;
+pub mod smbios;
 pub mod topology;
