@@ -168,6 +168,31 @@ fn serial_input_from_stdin_reaches_the_guest() {
     assert!(stdout(&out).contains("palisade echo "), "{}", stdout(&out));
 }
 
+/// `--serial tty` with the virtio console left at its default (tty too), as Cloud
+/// Hypervisor takes it: both write to the terminal, the serial port gets the input.
+#[test]
+fn serial_and_console_may_share_the_terminal() {
+    let kernel = guest("echo");
+    let mut child = palisade()
+        .args(["--kernel", path_str(&kernel), "--memory", "size=64M"])
+        .args(["--serial", "tty"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map(ChildGuard::new)
+        .unwrap();
+    child.stdin.take().unwrap().write_all(b"shared q").unwrap();
+    let out = wait_output(child, Duration::from_secs(60));
+    assert_pass(&out, "PASS echo");
+    assert!(stdout(&out).contains("shared "), "{}", stdout(&out));
+    assert!(
+        stderr(&out).contains("both use the terminal"),
+        "{}",
+        stderr(&out)
+    );
+}
+
 #[test]
 fn i8042_reset_reboots_and_reloads_the_kernel() {
     let out = boot("reboot", &[]);

@@ -64,10 +64,6 @@ fn bad_command_lines_fail_with_one_line_naming_the_flag() {
         (&["--kernel", k, "--memory", "sise=1G"], "sise"),
         (&["--kernel", k, "--serial", "loud"], "--serial"),
         (&["--kernel", k, "--serial", "file="], "--serial"),
-        (
-            &["--kernel", k, "--serial", "tty", "--console", "tty"],
-            "--console",
-        ),
         (&["--kernel", k, "--console", "socket=/x"], "--console"),
         (&["--kernel", k, "--cmdline", &long_cmdline], "--cmdline"),
         (

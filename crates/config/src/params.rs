@@ -539,12 +539,6 @@ impl VmConfig {
             "console",
             params.console.as_deref().unwrap_or(DEFAULT_CONSOLE_PARAM),
         )?;
-        if serial.mode == ConsoleOutputMode::Tty && console.mode == ConsoleOutputMode::Tty {
-            return Err(invalid(
-                "console",
-                "tty: the serial port already uses tty (the default of --serial): give --serial off, null, pty or file=PATH",
-            ));
-        }
 
         let disks = params
             .disks

@@ -700,14 +700,6 @@ impl VmConfig {
         self.memory.validate()?;
         self.serial.validate_as("serial")?;
         self.console.validate_as("console")?;
-        if self.serial.mode == ConsoleOutputMode::Tty && self.console.mode == ConsoleOutputMode::Tty
-        {
-            return Err(ValidationError::Conflict {
-                field: "console.mode".into(),
-                reason: "serial and console cannot both use Tty: set one of them to Off, Null, Pty or File"
-                    .into(),
-            });
-        }
         for (i, disk) in self.disks.iter().flatten().enumerate() {
             disk.validate_as(&format!("disks[{i}]"))?;
         }

@@ -203,7 +203,18 @@ impl DeviceManager {
             net_names: Vec::new(),
             _console_pty_slave: None,
         };
-        manager.add_console(&cfg.console)?;
+        if cfg.serial.mode == config::ConsoleOutputMode::Tty
+            && cfg.console.mode == config::ConsoleOutputMode::Tty
+        {
+            log::warn!(
+                "the serial port and the virtio console both use the terminal: both write to it, \
+                 and input goes to the serial port"
+            );
+        }
+        manager.add_console(
+            &cfg.console,
+            cfg.serial.mode == config::ConsoleOutputMode::Tty,
+        )?;
         for (index, disk) in cfg.disks.iter().flatten().enumerate() {
             let id = disk.id.clone().unwrap_or_else(|| format!("_disk{index}"));
             manager.pci.add_disk(&id, disk)?;
@@ -226,11 +237,18 @@ impl DeviceManager {
         Ok(manager)
     }
 
-    fn add_console(&mut self, cfg: &config::ConsoleConfig) -> Result<(), DeviceError> {
+    fn add_console(
+        &mut self,
+        cfg: &config::ConsoleConfig,
+        cfg_serial_tty: bool,
+    ) -> Result<(), DeviceError> {
         let Some(endpoint) = console::open(cfg).map_err(DeviceError::Console)? else {
             return Ok(());
         };
         let input: Option<OwnedFd> = match endpoint.input {
+            // With the serial port on the terminal too, both write to it and the serial port
+            // keeps its input (as Cloud Hypervisor does; one reader per terminal).
+            Some(ConsoleInput::Stdin) if cfg_serial_tty => None,
             Some(ConsoleInput::Stdin) => {
                 self.console_on_stdin = true;
                 Some(
