@@ -442,3 +442,26 @@ fn a_kata_style_vm_create_is_taken() {
         "io.katacontainers.sandbox=1"
     );
 }
+
+/// `vm.power-button` (and `palisade-remote power-button`): the generic event device
+/// interrupts the guest with the power button's event; before boot it is refused.
+#[test]
+fn the_power_button_reaches_the_guest() {
+    let dir = TempDir::new("power-button");
+    let vmm = ApiVmm::spawn(palisade(), &dir, &["--no-shutdown"]);
+    let config = serde_json::json!({
+        "payload": {"kernel": guest("power_button")},
+        "memory": {"size": 64 << 20},
+        "serial": {"mode": "File", "file": dir.path("serial.log")},
+        "console": {"mode": "Off"},
+    });
+    assert_eq!(vmm.put("vm.create", &config).0, 204);
+    let (code, body) = vmm.put("vm.power-button", &serde_json::json!({}));
+    assert_eq!(code, 405, "{body}");
+    assert_eq!(vmm.put("vm.boot", &serde_json::json!({})).0, 204);
+    vmm.wait_serial("power_button: waiting", 1);
+    let out = vmm.remote(&["power-button"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = vmm.wait_serial("PASS power_button", 1);
+    assert!(text.contains("power_button: pressed"), "{text}");
+}

@@ -44,6 +44,8 @@ pub enum Request {
     AddNet(Box<config::NetConfig>),
     /// Remove a device by id (`vm.remove-device`).
     RemoveDevice(String),
+    /// Press the power button (`vm.power-button`).
+    PowerButton,
 }
 
 /// A successful answer.

@@ -5,7 +5,9 @@ use std::collections::VecDeque;
 use std::os::fd::{AsFd, OwnedFd};
 use std::sync::{Arc, Mutex};
 
-use devices::hotplug::{GenericEventDevice, PciHotplugController, GED_EVENT_PCI_HOTPLUG};
+use devices::hotplug::{
+    GenericEventDevice, PciHotplugController, GED_EVENT_PCI_HOTPLUG, GED_EVENT_POWER_BUTTON,
+};
 use devices::ioapic::{IoApic, IoApicPin, IOAPIC_BASE, IOAPIC_SIZE};
 use devices::legacy::{AcpiPowerControl, ACPI_PM_BASE, ACPI_PM_LEN, I8042, I8042_BASE, I8042_LEN};
 use devices::serial::{SerialPort, COM1_BASE, COM1_IRQ, COM1_LEN};
@@ -290,6 +292,14 @@ impl DeviceManager {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .notify(GED_EVENT_PCI_HOTPLUG);
+    }
+
+    /// Presses the power button: the guest's ACPI notifies `\_SB.PWRB`.
+    pub fn press_power_button(&self) {
+        self.ged
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .notify(GED_EVENT_POWER_BUTTON);
     }
 
     /// Asks the guest to release `slot`.

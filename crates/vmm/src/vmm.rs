@@ -439,6 +439,18 @@ impl Vmm {
             Request::AddDisk(disk) => self.add_disk(*disk),
             Request::AddNet(net) => self.add_net(*net),
             Request::RemoveDevice(id) => self.remove_device(&id),
+            Request::PowerButton => {
+                // As Cloud Hypervisor: a paused guest gets the press when it resumes.
+                let state = self.require_vm("vm.power-button")?;
+                if !matches!(state, VmState::Running | VmState::Paused) {
+                    return Err(wrong_state("vm.power-button", state, "Running or Paused"));
+                }
+                if let Some(vm) = &self.vm {
+                    vm.devices().press_power_button();
+                }
+                info!("power button pressed");
+                Ok(Reply::Done)
+            }
             Request::Counters => {
                 self.require_vm("vm.counters")?;
                 let counters = self

@@ -132,6 +132,7 @@ fn name_of(request: &Request) -> &'static str {
         Request::AddDisk(_) => "add-disk",
         Request::AddNet(_) => "add-net",
         Request::RemoveDevice(_) => "remove-device",
+        Request::PowerButton => "power-button",
     }
 }
 
@@ -172,6 +173,7 @@ fn handle(vm: &mut Option<(VmConfig, State)>, request: Request) -> Result<Reply,
         Request::AddDisk(_) => "vm.add-disk",
         Request::AddNet(_) => "vm.add-net",
         Request::RemoveDevice(_) => "vm.remove-device",
+        Request::PowerButton => "vm.power-button",
     };
     let Some((config, state)) = vm else {
         return Err(RequestError::new(

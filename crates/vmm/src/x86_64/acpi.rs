@@ -24,7 +24,7 @@
 //!
 //! | offset | name | access | meaning |
 //! | --- | --- | --- | --- |
-//! | 0x0 | `GDAT` | read, clears | pending events; bit 0 ([`GED_EVENT_PCI_HOTPLUG`]) = look at the PCI hot-plug controller. Reading returns the pending bits and clears them all. Writes are ignored. |
+//! | 0x0 | `GDAT` | read, clears | pending events; bit 0 ([`GED_EVENT_PCI_HOTPLUG`]) = look at the PCI hot-plug controller; bit 1 ([`GED_EVENT_POWER_BUTTON`]) = the power button was pressed (`_EVT` notifies `\_SB.PWRB`, a `PNP0C0C` device, with 0x80). Reading returns the pending bits and clears them all. Writes are ignored. |
 //! | 0x4 - 0xF | | | reserved: read 0, writes ignored |
 //!
 //! To signal an event the VMM first updates the registers of the source (for example the hot-plug
@@ -91,7 +91,8 @@ pub const OEM_REVISION: u32 = 1;
 // The register contract of the GED and the hot-plug controller is the devices' own
 // (`devices::hotplug`); the AML below reads and writes exactly those registers.
 pub use devices::hotplug::{
-    GED_EVENT_OFFSET, GED_EVENT_PCI_HOTPLUG, HOTPLUG_DOWN_OFFSET as PCI_HOTPLUG_DOWN_OFFSET,
+    GED_EVENT_OFFSET, GED_EVENT_PCI_HOTPLUG, GED_EVENT_POWER_BUTTON,
+    HOTPLUG_DOWN_OFFSET as PCI_HOTPLUG_DOWN_OFFSET,
     HOTPLUG_EJECT_OFFSET as PCI_HOTPLUG_EJECT_OFFSET, HOTPLUG_UP_OFFSET as PCI_HOTPLUG_UP_OFFSET,
 };
 /// The PCI slots that can be hot-plugged: device 0 of bus 0 is the host bridge.
@@ -438,7 +439,12 @@ fn generic_event_device() -> Vec<u8> {
     let hotplug_set = aml::Equal::new(&hotplug_bit, &GED_EVENT_PCI_HOTPLUG);
     let scan = aml::MethodCall::new("\\_SB_.PHPR.PSCN".into(), vec![]);
     let on_hotplug = aml::If::new(&hotplug_set, vec![&scan]);
-    let evt = aml::Method::new("_EVT".into(), 1, true, vec![&read, &on_hotplug]);
+    let button_bit = aml::And::new(&aml::ZERO, &events, &GED_EVENT_POWER_BUTTON);
+    let button_set = aml::Equal::new(&button_bit, &GED_EVENT_POWER_BUTTON);
+    let pwrb = aml::Path::new("\\_SB_.PWRB");
+    let pressed = aml::Notify::new(&pwrb, &POWER_BUTTON_PRESSED);
+    let on_button = aml::If::new(&button_set, vec![&pressed]);
+    let evt = aml::Method::new("_EVT".into(), 1, true, vec![&read, &on_hotplug, &on_button]);
     to_bytes(&aml::Device::new(
         "GED_".into(),
         vec![
@@ -448,6 +454,20 @@ fn generic_event_device() -> Vec<u8> {
             &region,
             &fields,
             &evt,
+        ],
+    ))
+}
+
+/// Notify value of a power button press (ACPI 4.8.2.2.1.3).
+const POWER_BUTTON_PRESSED: u8 = 0x80;
+
+/// `\_SB.PWRB`: the power button, a control-method device the GED notifies.
+fn power_button() -> Vec<u8> {
+    to_bytes(&aml::Device::new(
+        "PWRB".into(),
+        vec![
+            &aml::Name::new("_HID".into(), &aml::EISAName::new("PNP0C0C")),
+            &aml::Name::new("_UID".into(), &aml::ZERO),
         ],
     ))
 }
@@ -495,6 +515,7 @@ fn dsdt_aml(layout: &AcpiLayout) -> Vec<u8> {
         RawAml(motherboard_resources()),
         RawAml(hotplug_controller(&slots)),
         RawAml(generic_event_device()),
+        RawAml(power_button()),
     ];
     if layout.serial {
         devices.push(RawAml(com1()));
@@ -982,7 +1003,8 @@ mod tests {
         // iasl prints names without their trailing `_` padding (GED_ as GED, _S5_ as _S5).
         for name in [
             "PCI0", "PHPR", "PSCN", "GED", "_EVT", "S01", "S1F", "_EJ0", "_S5", "B0EJ", "PCIU",
-            "PCID", "GDAT", "COM1", "MBRD", "ACPI0013", "PNP0A08", "PNP0A03", "PNP0C02",
+            "PCID", "GDAT", "COM1", "MBRD", "ACPI0013", "PNP0A08", "PNP0A03", "PNP0C02", "PWRB",
+            "PNP0C0C",
         ] {
             assert!(dsl.contains(name), "{name} missing from the DSDT:\n{dsl}");
         }
