@@ -465,3 +465,25 @@ fn the_power_button_reaches_the_guest() {
     let text = vmm.wait_serial("PASS power_button", 1);
     assert!(text.contains("power_button: pressed"), "{text}");
 }
+
+/// `vm.nmi` (and `palisade-remote nmi`): every vCPU gets a non-maskable interrupt, which
+/// wakes a guest halted with interrupts off.
+#[test]
+fn an_nmi_reaches_the_guest() {
+    let dir = TempDir::new("nmi");
+    let vmm = ApiVmm::spawn(palisade(), &dir, &["--no-shutdown"]);
+    let config = serde_json::json!({
+        "payload": {"kernel": guest("nmi")},
+        "memory": {"size": 64 << 20},
+        "serial": {"mode": "File", "file": dir.path("serial.log")},
+        "console": {"mode": "Off"},
+    });
+    assert_eq!(vmm.put("vm.create", &config).0, 204);
+    assert_eq!(vmm.put("vm.nmi", &serde_json::json!({})).0, 405);
+    assert_eq!(vmm.put("vm.boot", &serde_json::json!({})).0, 204);
+    vmm.wait_serial("nmi: waiting", 1);
+    let out = vmm.remote(&["nmi"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = vmm.wait_serial("PASS nmi", 1);
+    assert!(text.contains("nmi: received"), "{text}");
+}

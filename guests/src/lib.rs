@@ -20,6 +20,7 @@
 //! | `virtio_rng` | PVH | `PASS virtio_rng` | `expect=file` when the source is a file of bytes 0, 1, 2, … |
 //! | `virtio_console` | PVH | `PASS virtio_console` | input ending with `q` on the console, or `expect=noinput` |
 //! | `power_button` | PVH | `PASS power_button` | the power button pressed (`vm.power-button`) |
+//! | `nmi` | PVH | `PASS nmi` | an NMI (`vm.nmi`) |
 //!
 //! A failed check prints `FAIL <name>: <why>` and powers off.
 //!

@@ -46,6 +46,8 @@ pub enum Request {
     RemoveDevice(String),
     /// Press the power button (`vm.power-button`).
     PowerButton,
+    /// Send every vCPU a non-maskable interrupt (`vm.nmi`).
+    Nmi,
 }
 
 /// A successful answer.

@@ -60,6 +60,7 @@ mod requests {
     ioctl_iow_nr!(KVM_SET_CPUID2, KVMIO, 0x90, kvm_cpuid2);
     ioctl_ior_nr!(KVM_GET_MP_STATE, KVMIO, 0x98, kvm_mp_state);
     ioctl_iow_nr!(KVM_SET_MP_STATE, KVMIO, 0x99, kvm_mp_state);
+    ioctl_io_nr!(KVM_NMI, KVMIO, 0x9a);
     ioctl_ior_nr!(KVM_GET_VCPU_EVENTS, KVMIO, 0x9f, kvm_vcpu_events);
 }
 
@@ -75,6 +76,8 @@ fn vcpu_ioctls() -> Vec<u64> {
         KVM_IOEVENTFD(),
         KVM_IRQFD(),
         KVM_SET_GSI_ROUTING(),
+        // `vm.nmi`, injected by each vCPU into itself.
+        KVM_NMI(),
     ];
     let tap = [
         libc::TUNSETOFFLOAD,

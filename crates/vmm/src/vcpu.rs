@@ -32,6 +32,9 @@ pub struct VcpuControl {
     desired: AtomicU8,
     parked: Mutex<usize>,
     changed: Condvar,
+    /// Bumped for each `vm.nmi`: a vCPU that sees it change injects an NMI into itself
+    /// (`KVM_NMI` is a vCPU's own call, made between runs).
+    nmis: std::sync::atomic::AtomicU32,
 }
 
 impl Default for VcpuControl {
@@ -40,6 +43,7 @@ impl Default for VcpuControl {
             desired: AtomicU8::new(Desired::Run as u8),
             parked: Mutex::new(0),
             changed: Condvar::new(),
+            nmis: std::sync::atomic::AtomicU32::new(0),
         }
     }
 }
@@ -238,6 +242,12 @@ pub fn pause_all(control: &VcpuControl, threads: &[VcpuThread]) {
     control.wait_parked(threads.len());
 }
 
+/// Sends every vCPU a non-maskable interrupt (a paused one gets it when it resumes).
+pub fn nmi_all(control: &VcpuControl, threads: &[VcpuThread]) {
+    control.nmis.fetch_add(1, Ordering::AcqRel);
+    threads.iter().for_each(VcpuThread::kick);
+}
+
 /// Lets paused vCPUs run again.
 pub fn resume_all(control: &VcpuControl) {
     control.set(Desired::Run);
@@ -342,7 +352,15 @@ fn run(index: u8, mut vcpu: VcpuFd, ctx: VcpuContext) {
     };
     let run_page: *mut kvm_run = vcpu.get_kvm_run();
     KVM_RUN.with(|r| r.set(run_page));
+    let mut nmis_seen = ctx.control.nmis.load(Ordering::Acquire);
     while ctx.control.checkpoint() {
+        let nmis = ctx.control.nmis.load(Ordering::Acquire);
+        if nmis != nmis_seen {
+            nmis_seen = nmis;
+            if let Err(e) = vcpu.nmi() {
+                log::warn!("vCPU {index}: cannot inject an NMI: {e}");
+            }
+        }
         let outcome = match vcpu.run() {
             Ok(exit) => {
                 let internal = matches!(exit, VcpuExit::InternalError);

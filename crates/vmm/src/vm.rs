@@ -452,6 +452,13 @@ impl Vm {
         }
     }
 
+    /// Sends every vCPU a non-maskable interrupt.
+    pub fn nmi(&self) {
+        if let Some(m) = &self.machine {
+            vcpu::nmi_all(&m.control, &m.threads);
+        }
+    }
+
     /// Lets parked vCPUs run again.
     pub fn resume(&mut self) {
         if let Some(m) = &self.machine {

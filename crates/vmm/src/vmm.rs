@@ -451,6 +451,17 @@ impl Vmm {
                 info!("power button pressed");
                 Ok(Reply::Done)
             }
+            Request::Nmi => {
+                let state = self.require_vm("vm.nmi")?;
+                if !matches!(state, VmState::Running | VmState::Paused) {
+                    return Err(wrong_state("vm.nmi", state, "Running or Paused"));
+                }
+                if let Some(vm) = &self.vm {
+                    vm.nmi();
+                }
+                info!("NMI sent to every vCPU");
+                Ok(Reply::Done)
+            }
             Request::Counters => {
                 self.require_vm("vm.counters")?;
                 let counters = self

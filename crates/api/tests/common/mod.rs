@@ -133,6 +133,7 @@ fn name_of(request: &Request) -> &'static str {
         Request::AddNet(_) => "add-net",
         Request::RemoveDevice(_) => "remove-device",
         Request::PowerButton => "power-button",
+        Request::Nmi => "nmi",
     }
 }
 
@@ -174,6 +175,7 @@ fn handle(vm: &mut Option<(VmConfig, State)>, request: Request) -> Result<Reply,
         Request::AddNet(_) => "vm.add-net",
         Request::RemoveDevice(_) => "vm.remove-device",
         Request::PowerButton => "vm.power-button",
+        Request::Nmi => "vm.nmi",
     };
     let Some((config, state)) = vm else {
         return Err(RequestError::new(
