@@ -709,3 +709,63 @@ fn requests_go_through_io_uring_unless_it_is_disabled() {
         }
     }
 }
+
+/// `vm.resize-disk` (and `palisade-remote resize-disk`): the image takes the new size; a
+/// read-only disk, a size that is not whole sectors and an unknown id are refused, and
+/// nothing changes.
+#[test]
+fn a_disk_is_resized_through_the_api() {
+    let dir = TempDir::new("disk-resize");
+    let disk = make_disk(&dir, "disk.img");
+    let ro = make_disk(&dir, "ro.img");
+    let before = std::fs::metadata(&disk).unwrap().len();
+    let vmm = ApiVmm::spawn(palisade(), &dir, &["--no-shutdown"]);
+    let config = json!({
+        "payload": {"kernel": guest("echo")},
+        "memory": {"size": 64 << 20},
+        "serial": {"mode": "File", "file": dir.path("serial.log")},
+        "console": {"mode": "Off"},
+        "disks": [{"path": disk, "id": "d0"}, {"path": ro, "id": "ro", "readonly": true}],
+    });
+    assert_eq!(vmm.put("vm.create", &config).0, 204);
+    assert_eq!(vmm.put("vm.boot", &json!({})).0, 204);
+    vmm.wait_serial("echo: ready", 1);
+    let (code, body) = vmm.put(
+        "vm.resize-disk",
+        &json!({"id": "d0", "desired_size": 4 << 20}),
+    );
+    assert_eq!(code, 204, "{body}");
+    assert_eq!(std::fs::metadata(&disk).unwrap().len(), 4 << 20);
+    let out = vmm.remote(&["resize-disk", "--disk", "d0", "--size", "3M"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(std::fs::metadata(&disk).unwrap().len(), 3 << 20);
+    for (body, code, needle) in [
+        (
+            json!({"id": "d0", "desired_size": 1000}),
+            400,
+            "512-byte sectors",
+        ),
+        (
+            json!({"id": "ro", "desired_size": 4 << 20}),
+            400,
+            "read-only",
+        ),
+        (
+            json!({"id": "nope", "desired_size": 4 << 20}),
+            404,
+            "no device with id nope",
+        ),
+        (
+            json!({"id": "_rng0", "desired_size": 4 << 20}),
+            400,
+            "only disks",
+        ),
+    ] {
+        let (got, text) = vmm.put("vm.resize-disk", &body);
+        assert_eq!(got, code, "{body}: {text}");
+        assert!(text.contains(needle), "{body}: {text}");
+    }
+    assert_eq!(std::fs::metadata(&disk).unwrap().len(), 3 << 20);
+    assert_eq!(std::fs::metadata(&ro).unwrap().len(), before);
+    assert_eq!(vmm.state(), "Running");
+}

@@ -49,7 +49,7 @@ pub const ENDPOINTS: &[Endpoint] = &[
     served("vm.counters", "GET"),
     served("vm.power-button", "PUT"),
     not_yet("vm.resize"),
-    not_yet("vm.resize-disk"),
+    served("vm.resize-disk", "PUT"),
     not_yet("vm.resize-zone"),
     not_yet("vm.add-device"),
     served("vm.remove-device", "PUT"),
@@ -122,6 +122,10 @@ pub fn request_for(name: &str, body: &[u8], fds: Vec<OwnedFd>) -> Result<Request
         "vm.reboot" => Request::Reboot,
         "vm.power-button" => Request::PowerButton,
         "vm.nmi" => Request::Nmi,
+        "vm.resize-disk" => {
+            let ResizeDisk { id, desired_size } = json_body(name, "disk resize", body)?;
+            Request::ResizeDisk(id, desired_size)
+        }
         "vm.pause" => Request::Pause,
         "vm.resume" => Request::Resume,
         "vm.delete" => Request::Delete,
@@ -182,6 +186,14 @@ fn attach_fds<'a>(
     Ok(())
 }
 
+/// The body of `vm.resize-disk`.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ResizeDisk {
+    id: String,
+    desired_size: u64,
+}
+
 /// The body of `vm.remove-device`.
 #[derive(serde::Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -227,6 +239,7 @@ mod tests {
                     "vm.add-disk" => &br#"{"path": "/d"}"#[..],
                     "vm.add-net" => &br#"{"tap": "tap0"}"#[..],
                     "vm.remove-device" => &br#"{"id": "d"}"#[..],
+                    "vm.resize-disk" => &br#"{"id": "d", "desired_size": 512}"#[..],
                     _ => b"",
                 };
                 request_for(e.name, body, Vec::new()).unwrap();

@@ -158,10 +158,9 @@ pub fn rules(role: Role, ctx: &FilterContext) -> Rules {
             starts_threads(&mut r);
             ioctls(&mut r, ctx);
             messages_on(&mut r, ctx.message_fd);
-            // Sizing shared guest RAM, on its memfd only (not a disk image it holds).
-            if let Some(fd) = ctx.guest_ram_fd {
-                r.allow_if(Sysno::ftruncate, &[(Arg::Int(0), Eq, fd as u64)]);
-            }
+            // Sizing shared guest RAM (its memfd) and disk images (`vm.resize-disk`): only
+            // descriptors it holds, of files it may write anyway.
+            r.allow(&[Sysno::ftruncate]);
             // Disk image locks.
             r.allow_values(
                 Sysno::fcntl,
@@ -283,7 +282,6 @@ mod tests {
         let ctx = FilterContext {
             ioctls: vec![],
             message_fd: Some(5),
-            guest_ram_fd: Some(7),
         };
         for role in [
             Role::Vmm,

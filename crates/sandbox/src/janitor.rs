@@ -216,7 +216,6 @@ pub fn spawn(socket: Option<&Path>) -> io::Result<Janitor> {
         &crate::seccomp::FilterContext {
             ioctls: Vec::new(),
             message_fd: Some(janitor_end.as_raw_fd()),
-            guest_ram_fd: None,
         },
     )
     .map_err(io::Error::other)?;

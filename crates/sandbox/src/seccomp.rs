@@ -94,8 +94,6 @@ pub struct FilterContext {
     /// The only descriptor the thread may send or receive socket messages on (the
     /// janitor's channel), if any.
     pub message_fd: Option<i32>,
-    /// The memfd of shared guest RAM, the one descriptor the thread may resize, if any.
-    pub guest_ram_fd: Option<i32>,
 }
 
 /// Why a filter could not be built or installed.
@@ -415,7 +413,6 @@ mod tests {
         let ctx = FilterContext {
             ioctls: vec![0xae80],
             message_fd: Some(3),
-            guest_ram_fd: None,
         };
         for role in [
             Role::Vmm,

@@ -48,6 +48,8 @@ pub enum Request {
     PowerButton,
     /// Send every vCPU a non-maskable interrupt (`vm.nmi`).
     Nmi,
+    /// Resize a disk's image (`vm.resize-disk`): id and size in bytes.
+    ResizeDisk(String, u64),
 }
 
 /// A successful answer.

@@ -3,8 +3,7 @@
 //!
 //! The VMM thread's filter forbids `memfd_create` (a way to run code that was never on
 //! disk), so the memfd is made once, when the VMM starts, before any filter; a shared VM
-//! sizes it with `ftruncate`, which the filter allows on that one descriptor only, and
-//! shrinks it back to nothing when the VM goes. Without `memory.shared`, guest RAM stays
+//! sizes it with `ftruncate`, and shrinks it back to nothing when the VM goes. Without `memory.shared`, guest RAM stays
 //! private anonymous memory.
 
 use std::fs::File;
@@ -28,8 +27,8 @@ fn reserved() -> &'static io::Result<File> {
     })
 }
 
-/// Makes the memfd now (call before the VMM thread is filtered); its number, for the filter
-/// to allow `ftruncate` on, if it could be made.
+/// Makes the memfd now (call before the VMM thread is filtered); its number, if it could be
+/// made.
 pub fn reserve() -> Option<RawFd> {
     match reserved() {
         Ok(f) => Some(f.as_raw_fd()),

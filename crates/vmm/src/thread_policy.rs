@@ -177,11 +177,6 @@ pub fn filters(role: Role, message_fd: Option<i32>) -> Result<Filters, seccomp::
     let ctx = FilterContext {
         ioctls,
         message_fd: if role == Role::Vmm { message_fd } else { None },
-        guest_ram_fd: if role == Role::Vmm {
-            crate::guest_ram::reserve()
-        } else {
-            None
-        },
     };
     seccomp::build(role, lockdown::seccomp_mode(), &ctx)
 }

@@ -393,6 +393,19 @@ impl Vm {
         }
     }
 
+    /// Resizes the image of disk `id` to `bytes`; a running guest gets a configuration
+    /// interrupt with the new capacity.
+    pub fn resize_disk(&mut self, id: &str, bytes: u64) -> Result<(), HotplugError> {
+        let entry = self
+            .devices
+            .pci
+            .find(id)
+            .ok_or_else(|| HotplugError::NotFound(id.to_string()))?;
+        let device = entry.device.lock().unwrap_or_else(|e| e.into_inner());
+        let result = device.device().resize(bytes);
+        result.map_err(HotplugError::Invalid)
+    }
+
     /// Removes the device `id`: at once when the VM is not running, otherwise by asking the
     /// guest to eject it.
     pub fn remove_device(&mut self, id: &str) -> Result<Removal, HotplugError> {

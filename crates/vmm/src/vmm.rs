@@ -451,6 +451,15 @@ impl Vmm {
                 info!("power button pressed");
                 Ok(Reply::Done)
             }
+            Request::ResizeDisk(id, bytes) => {
+                self.require_vm("vm.resize-disk")?;
+                if let Some(vm) = &mut self.vm {
+                    vm.resize_disk(&id, bytes)
+                        .map_err(|e| hotplug_error("vm.resize-disk", e))?;
+                }
+                info!("disk {id} resized to {bytes} bytes");
+                Ok(Reply::Done)
+            }
             Request::Nmi => {
                 let state = self.require_vm("vm.nmi")?;
                 if !matches!(state, VmState::Running | VmState::Paused) {

@@ -134,6 +134,7 @@ fn name_of(request: &Request) -> &'static str {
         Request::RemoveDevice(_) => "remove-device",
         Request::PowerButton => "power-button",
         Request::Nmi => "nmi",
+        Request::ResizeDisk(..) => "resize-disk",
     }
 }
 
@@ -176,6 +177,7 @@ fn handle(vm: &mut Option<(VmConfig, State)>, request: Request) -> Result<Reply,
         Request::RemoveDevice(_) => "vm.remove-device",
         Request::PowerButton => "vm.power-button",
         Request::Nmi => "vm.nmi",
+        Request::ResizeDisk(..) => "vm.resize-disk",
     };
     let Some((config, state)) = vm else {
         return Err(RequestError::new(

@@ -173,4 +173,9 @@ pub trait VirtioDevice: Send {
     fn counters(&self) -> serde_json::Map<String, serde_json::Value> {
         serde_json::Map::new()
     }
+    /// Changes the size of what backs the device to `bytes` (`vm.resize-disk`), telling a
+    /// live driver; devices without a size refuse.
+    fn resize(&mut self, _bytes: u64) -> Result<(), String> {
+        Err("it is not a disk: only disks can be resized".into())
+    }
 }

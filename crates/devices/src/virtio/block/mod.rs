@@ -577,6 +577,23 @@ impl VirtioDevice for Block {
         }
     }
 
+    fn resize(&mut self, bytes: u64) -> Result<(), String> {
+        if self.disk.readonly {
+            return Err("the disk is read-only".into());
+        }
+        if bytes == 0 || !bytes.is_multiple_of(1 << SECTOR_SHIFT) {
+            return Err(format!(
+                "desired_size {bytes} is not a positive whole number of 512-byte sectors"
+            ));
+        }
+        self.disk
+            .file
+            .set_len(bytes)
+            .map_err(|e| format!("cannot resize the image to {bytes} bytes: {e}"))?;
+        self.refresh_capacity();
+        Ok(())
+    }
+
     fn counters(&self) -> serde_json::Map<String, serde_json::Value> {
         let c = &self.disk.counters;
         counters_map(&[

@@ -216,3 +216,17 @@ fn options_are_validated() {
     };
     assert_eq!(Block::new(file(), ok).unwrap().capacity_sectors(), 0);
 }
+
+#[test]
+fn resizing_changes_the_image_and_tells_the_driver() {
+    let mut h = Harness::new(rw_options(), &disk(16));
+    h.dev.resize(64 * 512).unwrap();
+    assert_eq!(h.dev.capacity_sectors(), 64);
+    assert_eq!(h.file_contents().len(), 64 * 512);
+    assert!(h.irq.causes().contains(&InterruptCause::Config));
+    // A request beyond the old end now reaches the disk.
+    assert_eq!(h.submit(VIRTIO_BLK_T_IN, 40, &[512], W).0, S_OK);
+    assert!(h.dev.resize(1000).unwrap_err().contains("512-byte sectors"));
+    assert!(h.dev.resize(0).is_err());
+    assert_eq!(h.dev.capacity_sectors(), 64);
+}
