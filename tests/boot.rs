@@ -487,3 +487,80 @@ fn an_nmi_reaches_the_guest() {
     let text = vmm.wait_serial("PASS nmi", 1);
     assert!(text.contains("nmi: received"), "{text}");
 }
+
+/// The first `PT_LOAD` segment of an ELF64 file: (physical address, file offset, size).
+fn first_load(elf: &[u8]) -> (u64, usize, usize) {
+    let u16_at = |o: usize| u16::from_le_bytes(elf[o..o + 2].try_into().unwrap()) as usize;
+    let u64_at = |o: usize| u64::from_le_bytes(elf[o..o + 8].try_into().unwrap());
+    let (phoff, phentsize, phnum) = (u64_at(32) as usize, u16_at(54), u16_at(56));
+    (0..phnum)
+        .map(|i| phoff + i * phentsize)
+        .find(|&p| u32::from_le_bytes(elf[p..p + 4].try_into().unwrap()) == 1)
+        .map(|p| {
+            (
+                u64_at(p + 24),
+                u64_at(p + 8) as usize,
+                u64_at(p + 32) as usize,
+            )
+        })
+        .expect("a PT_LOAD segment")
+}
+
+/// `vm.coredump` of a paused guest: an ELF core whose memory holds the guest's kernel where
+/// it was loaded, that `readelf` reads; refused while running, and under Landlock outside
+/// the rules (with the rule to give), then allowed by one.
+#[test]
+fn a_paused_guest_dumps_its_core() {
+    let dir = TempDir::new("coredump");
+    let dumps = dir.path("dumps");
+    std::fs::create_dir(&dumps).unwrap();
+    let kernel = guest("echo");
+    let vmm = ApiVmm::spawn(palisade(), &dir, &["--no-shutdown"]);
+    let config = serde_json::json!({
+        "payload": {"kernel": kernel},
+        "memory": {"size": 64 << 20},
+        "serial": {"mode": "File", "file": dir.path("serial.log")},
+        "console": {"mode": "Off"},
+        "landlock_enable": true,
+        "landlock_rules": [{"path": dumps, "access": "rw"}],
+    });
+    assert_eq!(vmm.put("vm.create", &config).0, 204);
+    assert_eq!(vmm.put("vm.boot", &serde_json::json!({})).0, 204);
+    vmm.wait_serial("echo: ready", 1);
+    let core = dumps.join("guest.core");
+    let url = format!("file://{}", core.display());
+    let dump = |url: &str| vmm.put("vm.coredump", &serde_json::json!({"destination_url": url}));
+    assert_eq!(dump(&url).0, 405, "only a paused VM");
+    assert_eq!(vmm.put("vm.pause", &serde_json::json!({})).0, 204);
+    let outside = format!("file://{}", dir.path("outside.core").display());
+    let (code, body) = dump(&outside);
+    assert_eq!(code, 403, "{body}");
+    assert!(body.contains("--landlock-rules"), "{body}");
+    assert_eq!(dump("/not/a/url").0, 400);
+    // Landlock rules let files be written, not created: the file must exist.
+    let (code, body) = dump(&url);
+    assert_eq!(code, 403, "{body}");
+    assert!(body.contains("create the file first"), "{body}");
+    std::fs::write(&core, b"").unwrap();
+    let out = vmm.remote(&["coredump", &url]);
+    assert!(out.status.success(), "{}", stderr(&out));
+
+    let bytes = std::fs::read(&core).unwrap();
+    let (paddr, offset, size) = first_load(&std::fs::read(&kernel).unwrap());
+    let kernel_bytes = &std::fs::read(&kernel).unwrap()[offset..offset + size.min(64)];
+    // In the core: the load segment whose range holds `paddr`.
+    let (base, at, _) = first_load(&bytes);
+    assert_eq!(base, 0, "RAM from address 0");
+    let start = at + paddr as usize;
+    assert_eq!(&bytes[start..start + kernel_bytes.len()], kernel_bytes);
+    let readelf = std::process::Command::new("readelf")
+        .args(["-h", "-l", "-n"])
+        .arg(&core)
+        .output()
+        .expect("readelf (binutils)");
+    let text = String::from_utf8_lossy(&readelf.stdout);
+    assert!(readelf.status.success(), "{text}");
+    assert!(text.contains("CORE (Core file)"), "{text}");
+    assert!(text.contains("NT_PRSTATUS"), "{text}");
+    assert_eq!(vmm.put("vm.resume", &serde_json::json!({})).0, 204);
+}

@@ -62,7 +62,7 @@ pub const ENDPOINTS: &[Endpoint] = &[
     not_yet("vm.add-vdpa"),
     not_yet("vm.add-user-device"),
     not_yet("vm.snapshot"),
-    not_yet("vm.coredump"),
+    served("vm.coredump", "PUT"),
     served("vm.nmi", "PUT"),
     not_yet("vm.restore"),
     not_yet("vm.receive-migration"),
@@ -122,6 +122,10 @@ pub fn request_for(name: &str, body: &[u8], fds: Vec<OwnedFd>) -> Result<Request
         "vm.reboot" => Request::Reboot,
         "vm.power-button" => Request::PowerButton,
         "vm.nmi" => Request::Nmi,
+        "vm.coredump" => {
+            let Destination { destination_url } = json_body(name, "destination", body)?;
+            Request::Coredump(destination_url)
+        }
         "vm.resize-disk" => {
             let ResizeDisk { id, desired_size } = json_body(name, "disk resize", body)?;
             Request::ResizeDisk(id, desired_size)
@@ -186,6 +190,13 @@ fn attach_fds<'a>(
     Ok(())
 }
 
+/// The body of `vm.coredump` (and `vm.snapshot`).
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Destination {
+    destination_url: String,
+}
+
 /// The body of `vm.resize-disk`.
 #[derive(serde::Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -240,6 +251,7 @@ mod tests {
                     "vm.add-net" => &br#"{"tap": "tap0"}"#[..],
                     "vm.remove-device" => &br#"{"id": "d"}"#[..],
                     "vm.resize-disk" => &br#"{"id": "d", "desired_size": 512}"#[..],
+                    "vm.coredump" => &br#"{"destination_url": "file:///c"}"#[..],
                     _ => b"",
                 };
                 request_for(e.name, body, Vec::new()).unwrap();

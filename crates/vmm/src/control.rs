@@ -50,6 +50,8 @@ pub enum Request {
     Nmi,
     /// Resize a disk's image (`vm.resize-disk`): id and size in bytes.
     ResizeDisk(String, u64),
+    /// Write the paused guest as an ELF core (`vm.coredump`) to this `file://` URL.
+    Coredump(String),
 }
 
 /// A successful answer.

@@ -7,6 +7,7 @@
 
 pub mod console;
 pub mod control;
+pub mod coredump;
 pub mod device_manager;
 pub mod files;
 pub mod guest_ram;

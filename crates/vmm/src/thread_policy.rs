@@ -78,6 +78,8 @@ fn vcpu_ioctls() -> Vec<u64> {
         KVM_SET_GSI_ROUTING(),
         // `vm.nmi`, injected by each vCPU into itself.
         KVM_NMI(),
+        // Its segments, kept as it parks (for `vm.coredump`).
+        KVM_GET_SREGS(),
     ];
     let tap = [
         libc::TUNSETOFFLOAD,

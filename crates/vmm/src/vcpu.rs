@@ -35,6 +35,8 @@ pub struct VcpuControl {
     /// Bumped for each `vm.nmi`: a vCPU that sees it change injects an NMI into itself
     /// (`KVM_NMI` is a vCPU's own call, made between runs).
     nmis: std::sync::atomic::AtomicU32,
+    /// The registers each vCPU had when it last parked (for `vm.coredump`).
+    parked_registers: Mutex<std::collections::BTreeMap<u8, crate::coredump::VcpuRegisters>>,
 }
 
 impl Default for VcpuControl {
@@ -44,6 +46,7 @@ impl Default for VcpuControl {
             parked: Mutex::new(0),
             changed: Condvar::new(),
             nmis: std::sync::atomic::AtomicU32::new(0),
+            parked_registers: Mutex::default(),
         }
     }
 }
@@ -61,6 +64,26 @@ impl VcpuControl {
         let _guard = self.parked.lock().unwrap_or_else(|e| e.into_inner());
         self.desired.store(d as u8, Ordering::Release);
         self.changed.notify_all();
+    }
+
+    /// The registers of every parked vCPU, by index.
+    pub fn parked_registers(&self) -> Vec<crate::coredump::VcpuRegisters> {
+        let r = self
+            .parked_registers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        r.values().copied().collect()
+    }
+
+    /// Records what vCPU `index` has in its registers as it parks.
+    fn record(&self, index: u8, vcpu: &VcpuFd) {
+        let (Ok(regs), Ok(sregs)) = (vcpu.get_regs(), vcpu.get_sregs()) else {
+            return;
+        };
+        self.parked_registers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(index, crate::coredump::VcpuRegisters { regs, sregs });
     }
 
     /// Called by a vCPU thread between runs; returns false when the thread must end.
@@ -353,7 +376,13 @@ fn run(index: u8, mut vcpu: VcpuFd, ctx: VcpuContext) {
     let run_page: *mut kvm_run = vcpu.get_kvm_run();
     KVM_RUN.with(|r| r.set(run_page));
     let mut nmis_seen = ctx.control.nmis.load(Ordering::Acquire);
-    while ctx.control.checkpoint() {
+    loop {
+        if ctx.control.desired() == Desired::Pause {
+            ctx.control.record(index, &vcpu);
+        }
+        if !ctx.control.checkpoint() {
+            break;
+        }
         let nmis = ctx.control.nmis.load(Ordering::Acquire);
         if nmis != nmis_seen {
             nmis_seen = nmis;

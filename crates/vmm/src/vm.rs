@@ -393,6 +393,36 @@ impl Vm {
         }
     }
 
+    /// Writes the paused guest's memory and vCPU registers to `path` as an ELF core.
+    pub fn coredump(&self, path: &std::path::Path) -> Result<(), HotplugError> {
+        let Some(machine) = &self.machine else {
+            return Err(HotplugError::Invalid("the VM is not running".into()));
+        };
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(path)
+            .map_err(|e| {
+                let denied = e.kind() == std::io::ErrorKind::PermissionDenied;
+                match sandbox::explain_denial(path, sandbox::Access::Write).filter(|_| denied) {
+                    Some(why) => HotplugError::Denied(why),
+                    // Landlock rules let files be written, never created.
+                    None if denied && sandbox::enforce::current().is_some() && !path.exists() => {
+                        HotplugError::Denied(format!(
+                            "{}: the sandbox lets Palisade write files it may reach, not \
+                             create them; create the file first (empty is fine)",
+                            path.display()
+                        ))
+                    }
+                    None => HotplugError::Failed(format!("{}: {e}", path.display())),
+                }
+            })?;
+        let registers = machine.control.parked_registers();
+        crate::coredump::write(&mut file, &self.memory, &registers)
+            .map_err(|e| HotplugError::Failed(format!("{}: {e}", path.display())))
+    }
+
     /// Resizes the image of disk `id` to `bytes`; a running guest gets a configuration
     /// interrupt with the new capacity.
     pub fn resize_disk(&mut self, id: &str, bytes: u64) -> Result<(), HotplugError> {

@@ -451,6 +451,24 @@ impl Vmm {
                 info!("power button pressed");
                 Ok(Reply::Done)
             }
+            Request::Coredump(url) => {
+                let state = self.require_vm("vm.coredump")?;
+                if state != VmState::Paused {
+                    return Err(wrong_state("vm.coredump", state, "Paused"));
+                }
+                let Some(path) = url.strip_prefix("file://").filter(|p| p.starts_with('/')) else {
+                    return Err(RequestError::new(
+                        ErrorKind::BadRequest,
+                        format!("vm.coredump: destination_url {url:?} is not file:///PATH"),
+                    ));
+                };
+                if let Some(vm) = &self.vm {
+                    vm.coredump(std::path::Path::new(path))
+                        .map_err(|e| hotplug_error("vm.coredump", e))?;
+                }
+                info!("core of the guest written to {path}");
+                Ok(Reply::Done)
+            }
             Request::ResizeDisk(id, bytes) => {
                 self.require_vm("vm.resize-disk")?;
                 if let Some(vm) = &mut self.vm {

@@ -135,6 +135,7 @@ fn name_of(request: &Request) -> &'static str {
         Request::PowerButton => "power-button",
         Request::Nmi => "nmi",
         Request::ResizeDisk(..) => "resize-disk",
+        Request::Coredump(_) => "coredump",
     }
 }
 
@@ -178,6 +179,7 @@ fn handle(vm: &mut Option<(VmConfig, State)>, request: Request) -> Result<Reply,
         Request::PowerButton => "vm.power-button",
         Request::Nmi => "vm.nmi",
         Request::ResizeDisk(..) => "vm.resize-disk",
+        Request::Coredump(_) => "vm.coredump",
     };
     let Some((config, state)) = vm else {
         return Err(RequestError::new(
