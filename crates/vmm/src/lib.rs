@@ -9,6 +9,7 @@ pub mod console;
 pub mod control;
 pub mod coredump;
 pub mod device_manager;
+pub mod events;
 pub mod files;
 pub mod guest_ram;
 pub mod interrupts;

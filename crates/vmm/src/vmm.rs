@@ -258,6 +258,7 @@ impl Vmm {
             return;
         }
         info!("guest powered off");
+        crate::events::emit("vm", "shutdown");
         if self.options.no_shutdown {
             if let Some(vm) = &mut self.vm {
                 vm.shutdown();
@@ -384,8 +385,12 @@ impl Vmm {
                 if !matches!(state, VmState::Created | VmState::Shutdown) {
                     return Err(wrong_state("vm.boot", state, "Created or Shutdown"));
                 }
+                crate::events::emit("vm", "booting");
                 self.boot_vm()
-                    .map(|_| Reply::Done)
+                    .map(|_| {
+                        crate::events::emit("vm", "booted");
+                        Reply::Done
+                    })
                     .map_err(|e| RequestError::from_error(ErrorKind::Internal, "vm.boot", &e))
             }
             Request::Shutdown => {
@@ -396,6 +401,7 @@ impl Vmm {
                 if let Some(vm) = &mut self.vm {
                     vm.shutdown();
                 }
+                crate::events::emit("vm", "shutdown");
                 Ok(Reply::Done)
             }
             Request::Reboot => {
@@ -412,9 +418,11 @@ impl Vmm {
                 if state != VmState::Running {
                     return Err(wrong_state("vm.pause", state, "Running"));
                 }
+                crate::events::emit("vm", "pausing");
                 if let Some(vm) = &mut self.vm {
                     vm.pause();
                 }
+                crate::events::emit("vm", "paused");
                 Ok(Reply::Done)
             }
             Request::Resume => {
@@ -422,9 +430,11 @@ impl Vmm {
                 if state != VmState::Paused {
                     return Err(wrong_state("vm.resume", state, "Paused"));
                 }
+                crate::events::emit("vm", "resuming");
                 if let Some(vm) = &mut self.vm {
                     vm.resume();
                 }
+                crate::events::emit("vm", "resumed");
                 Ok(Reply::Done)
             }
             Request::Delete => {
@@ -736,7 +746,10 @@ impl Vmm {
     }
 
     fn reboot_vm(&mut self) -> Result<(), VmError> {
-        self.start_vm(true)
+        crate::events::emit("vm", "rebooting");
+        self.start_vm(true)?;
+        crate::events::emit("vm", "rebooted");
+        Ok(())
     }
 
     /// Boots the VM, or reboots it; either way devices removed while the guest ran are gone
@@ -755,6 +768,7 @@ impl Vmm {
     /// Destroys the VM; with `release`, waits until its kernel side is gone too.
     fn delete_vm(&mut self, release: bool) {
         if let Some(vm) = self.vm.take() {
+            crate::events::emit("vm", "deleted");
             if let Some(serial) = &vm.devices().serial {
                 self.unwatch(serial.input_drained.as_raw_fd());
                 if let Some(input) = &serial.input {

@@ -85,6 +85,11 @@ struct Cli {
     #[arg(long, value_name = "PATH")]
     log_file: Option<String>,
 
+    /// File to report events to, as Cloud Hypervisor's event monitor: "path=<path>" or
+    /// "fd=<fd>" (a descriptor Palisade inherits).
+    #[arg(long, value_name = "monitor_config")]
+    event_monitor: Option<String>,
+
     /// More log output (repeat for more).
     #[arg(short = 'v', action = ArgAction::Count)]
     verbose: u8,
@@ -183,6 +188,11 @@ fn run(cli: Cli, start: Instant) -> Result<ExitCode, Failure> {
     } else {
         None
     };
+    if let Some(spec) = &cli.event_monitor {
+        let out = open_event_monitor(spec)
+            .map_err(|e| Failure(format!("--event-monitor {spec}: {e}")))?;
+        vmm::events::init(out, start);
+    }
     let log_file = match &cli.log_file {
         Some(path) => Some(
             vmm::files::open(
@@ -281,8 +291,10 @@ fn run(cli: Cli, start: Instant) -> Result<ExitCode, Failure> {
         })?;
     }
 
+    vmm::events::emit("vmm", "starting");
     let reason = vmm.run();
     log::info!("exiting: {reason:?}");
+    vmm::events::emit("vmm", "shutdown");
     if let Some(server) = server.as_mut() {
         server.stop();
     }
@@ -296,6 +308,30 @@ fn run(cli: Cli, start: Instant) -> Result<ExitCode, Failure> {
         eprintln!("palisade: {message}");
     }
     Ok(ExitCode::from(reason.exit_code() as u8))
+}
+
+/// The event monitor's file: `path=PATH` (created, or emptied) or `fd=N` (inherited).
+fn open_event_monitor(spec: &str) -> Result<std::fs::File, String> {
+    let o = config::option_parser::OptionParser::new(&["path", "fd"])
+        .parse(spec)
+        .map_err(|e| e.to_string())?;
+    match (o.get("path"), o.get("fd")) {
+        (Some(path), None) => vmm::files::open(
+            Path::new(path),
+            OpenOptions::new().write(true).create(true).truncate(true),
+            0,
+            vmm::files::Kind::Regular,
+        )
+        .map_err(|e| e.to_string()),
+        (None, Some(fd)) => {
+            let n: i32 = fd.parse().map_err(|_| format!("fd={fd}: not a number"))?;
+            let n = vmm::passed_fds::claim_inherited(n).map_err(|e| e.to_string())?;
+            vmm::passed_fds::take(n)
+                .map(std::fs::File::from)
+                .ok_or_else(|| format!("fd={fd}: not open"))
+        }
+        _ => Err("give one of path=PATH or fd=N".into()),
+    }
 }
 
 fn main() -> ExitCode {
