@@ -325,6 +325,32 @@ fn pty_serial_passes_input_and_output() {
     assert_eq!(out.status.code(), Some(0));
 }
 
+/// A VMM with an API (`--no-shutdown`) and a VM created from guest `name`, 64 MiB, the
+/// serial port in `dir`'s `serial.log`, no virtio console, and the fields of `extra` (an
+/// object, merged one level deep); not booted.
+fn created_vm(dir: &TempDir, name: &str, extra: serde_json::Value) -> ApiVmm {
+    let vmm = ApiVmm::spawn(palisade(), dir, &["--no-shutdown"]);
+    let mut config = serde_json::json!({
+        "payload": {"kernel": guest(name)},
+        "memory": {"size": 64 << 20},
+        "serial": {"mode": "File", "file": dir.path("serial.log")},
+        "console": {"mode": "Off"},
+    });
+    for (key, value) in extra.as_object().cloned().unwrap_or_default() {
+        match (config.get_mut(&key), value) {
+            (Some(serde_json::Value::Object(base)), serde_json::Value::Object(more)) => {
+                base.extend(more);
+            }
+            (_, value) => {
+                config[key.as_str()] = value;
+            }
+        }
+    }
+    let (code, body) = vmm.put("vm.create", &config);
+    assert_eq!(code, 204, "{body}");
+    vmm
+}
+
 /// A guest that powers off and is booted again (`--no-shutdown`, then `vm.boot`) finds its
 /// virtio device as after power-on: MSI-X off and status 0 (the guest driver fails
 /// otherwise), so no queue or interrupt state of one boot reaches the next; and its
@@ -332,15 +358,7 @@ fn pty_serial_passes_input_and_output() {
 #[test]
 fn devices_are_reset_between_boots() {
     let dir = TempDir::new("boot-reset");
-    let vmm = ApiVmm::spawn(palisade(), &dir, &["--no-shutdown"]);
-    let config = serde_json::json!({
-        "payload": {"kernel": guest("virtio_rng")},
-        "memory": {"size": 64 << 20},
-        "serial": {"mode": "File", "file": dir.path("serial.log")},
-        "console": {"mode": "Off"},
-    });
-    let (code, body) = vmm.put("vm.create", &config);
-    assert_eq!(code, 204, "{body}");
+    let vmm = created_vm(&dir, "virtio_rng", serde_json::json!({}));
     for boot in 1..=3 {
         assert_eq!(vmm.put("vm.boot", &serde_json::json!({})).0, 204);
         let text = vmm.wait_serial("PASS virtio_rng", boot);
@@ -373,16 +391,8 @@ fn guest_ram_memfd_size(pid: u32) -> Option<u64> {
 #[test]
 fn shared_guest_ram_lives_in_a_memfd() {
     let dir = TempDir::new("shared-ram");
-    let vmm = ApiVmm::spawn(palisade(), &dir, &["--no-shutdown"]);
-    let config = serde_json::json!({
-        "payload": {"kernel": guest("echo")},
-        "memory": {"size": 64 << 20, "shared": true},
-        "serial": {"mode": "File", "file": dir.path("serial.log")},
-        "console": {"mode": "Off"},
-        "landlock_enable": true,
-    });
-    let (code, body) = vmm.put("vm.create", &config);
-    assert_eq!(code, 204, "{body}");
+    let extra = serde_json::json!({"memory": {"shared": true}, "landlock_enable": true});
+    let vmm = created_vm(&dir, "echo", extra);
     assert_eq!(vmm.put("vm.boot", &serde_json::json!({})).0, 204);
     vmm.wait_serial("echo: ready", 1);
     assert_eq!(guest_ram_memfd_size(vmm.pid()), Some(64 << 20));
@@ -414,9 +424,8 @@ fn shared_guest_ram_lives_in_a_memfd() {
 #[test]
 fn a_kata_style_vm_create_is_taken() {
     let dir = TempDir::new("kata-create");
-    let vmm = ApiVmm::spawn(palisade(), &dir, &["--no-shutdown"]);
-    let config = serde_json::json!({
-        "payload": {"kernel": guest("echo"), "cmdline": "console=hvc0 quiet"},
+    let kata = serde_json::json!({
+        "payload": {"cmdline": "console=hvc0 quiet"},
         "cpus": {"boot_vcpus": 1, "max_vcpus": 4,
                  "topology": {"threads_per_core": 1, "cores_per_die": 4,
                               "dies_per_package": 1, "packages": 1}},
@@ -424,12 +433,9 @@ fn a_kata_style_vm_create_is_taken() {
         "platform": {"num_pci_segments": 1, "serial_number": "kata-sandbox-1",
                      "uuid": "7f2b1c9e-4d3a-4b5c-8e6f-0a1b2c3d4e5f",
                      "oem_strings": ["io.katacontainers.sandbox=1"]},
-        "serial": {"mode": "File", "file": dir.path("serial.log")},
-        "console": {"mode": "Off"},
         "rng": {"src": "/dev/urandom"},
     });
-    let (code, body) = vmm.put("vm.create", &config);
-    assert_eq!(code, 204, "{body}");
+    let vmm = created_vm(&dir, "echo", kata);
     assert_eq!(vmm.put("vm.boot", &serde_json::json!({})).0, 204);
     vmm.wait_serial("echo: ready", 1);
     let info = vmm.info();
@@ -448,14 +454,7 @@ fn a_kata_style_vm_create_is_taken() {
 #[test]
 fn the_power_button_reaches_the_guest() {
     let dir = TempDir::new("power-button");
-    let vmm = ApiVmm::spawn(palisade(), &dir, &["--no-shutdown"]);
-    let config = serde_json::json!({
-        "payload": {"kernel": guest("power_button")},
-        "memory": {"size": 64 << 20},
-        "serial": {"mode": "File", "file": dir.path("serial.log")},
-        "console": {"mode": "Off"},
-    });
-    assert_eq!(vmm.put("vm.create", &config).0, 204);
+    let vmm = created_vm(&dir, "power_button", serde_json::json!({}));
     let (code, body) = vmm.put("vm.power-button", &serde_json::json!({}));
     assert_eq!(code, 405, "{body}");
     assert_eq!(vmm.put("vm.boot", &serde_json::json!({})).0, 204);
@@ -471,14 +470,7 @@ fn the_power_button_reaches_the_guest() {
 #[test]
 fn an_nmi_reaches_the_guest() {
     let dir = TempDir::new("nmi");
-    let vmm = ApiVmm::spawn(palisade(), &dir, &["--no-shutdown"]);
-    let config = serde_json::json!({
-        "payload": {"kernel": guest("nmi")},
-        "memory": {"size": 64 << 20},
-        "serial": {"mode": "File", "file": dir.path("serial.log")},
-        "console": {"mode": "Off"},
-    });
-    assert_eq!(vmm.put("vm.create", &config).0, 204);
+    let vmm = created_vm(&dir, "nmi", serde_json::json!({}));
     assert_eq!(vmm.put("vm.nmi", &serde_json::json!({})).0, 405);
     assert_eq!(vmm.put("vm.boot", &serde_json::json!({})).0, 204);
     vmm.wait_serial("nmi: waiting", 1);
@@ -515,16 +507,11 @@ fn a_paused_guest_dumps_its_core() {
     let dumps = dir.path("dumps");
     std::fs::create_dir(&dumps).unwrap();
     let kernel = guest("echo");
-    let vmm = ApiVmm::spawn(palisade(), &dir, &["--no-shutdown"]);
-    let config = serde_json::json!({
-        "payload": {"kernel": kernel},
-        "memory": {"size": 64 << 20},
-        "serial": {"mode": "File", "file": dir.path("serial.log")},
-        "console": {"mode": "Off"},
+    let sandbox = serde_json::json!({
         "landlock_enable": true,
         "landlock_rules": [{"path": dumps, "access": "rw"}],
     });
-    assert_eq!(vmm.put("vm.create", &config).0, 204);
+    let vmm = created_vm(&dir, "echo", sandbox);
     assert_eq!(vmm.put("vm.boot", &serde_json::json!({})).0, 204);
     vmm.wait_serial("echo: ready", 1);
     let core = dumps.join("guest.core");

@@ -6,32 +6,13 @@
 
 mod common;
 
-use std::path::PathBuf;
 use std::process::Command;
 
 use common::*;
 
-fn ch_remote() -> Option<PathBuf> {
-    let path = std::env::var_os("CH_REMOTE")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/tools/ch-remote")
-        });
-    if path.exists() {
-        return Some(path);
-    }
-    assert!(
-        std::env::var_os("CI").is_none(),
-        "ch-remote is missing at {} (set CH_REMOTE)",
-        path.display()
-    );
-    println!("skipping: ch-remote is missing at {}", path.display());
-    None
-}
-
 #[test]
 fn ch_remote_pings_creates_inspects_boots_and_deletes() {
-    let Some(ch) = ch_remote() else {
+    let Some(ch) = reference_tool("CH_REMOTE", "ch-remote") else {
         return;
     };
     let dir = TempDir::new("ch-remote");

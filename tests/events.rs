@@ -7,33 +7,12 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::*;
 use serde_json::Value;
-
-fn cloud_hypervisor() -> Option<PathBuf> {
-    let path = std::env::var_os("CLOUD_HYPERVISOR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/tools/cloud-hypervisor")
-        });
-    if path.exists() {
-        return Some(path);
-    }
-    assert!(
-        std::env::var_os("CI").is_none(),
-        "cloud-hypervisor is missing at {} (set CLOUD_HYPERVISOR)",
-        path.display()
-    );
-    println!(
-        "skipping: cloud-hypervisor is missing at {}",
-        path.display()
-    );
-    None
-}
 
 /// Drives the VMM listening at `socket` through a VM's life with palisade-remote.
 fn life(socket: &Path, dir: &TempDir) {
@@ -108,7 +87,7 @@ fn start(mut cmd: Command, socket: &Path, events: &Path) -> ChildGuard {
 
 #[test]
 fn palisade_reports_the_events_cloud_hypervisor_reports() {
-    let Some(ch) = cloud_hypervisor() else {
+    let Some(ch) = reference_tool("CLOUD_HYPERVISOR", "cloud-hypervisor") else {
         return;
     };
     let dir = TempDir::new("events");

@@ -10,31 +10,13 @@ mod common;
 
 use std::io::{Read, Write};
 use std::os::unix::net::UnixListener;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use common::*;
 use serde_json::Value;
-
-fn tool(var: &str, name: &str) -> Option<PathBuf> {
-    let path = std::env::var_os(var).map(PathBuf::from).unwrap_or_else(|| {
-        PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-            .join("../shared/tools")
-            .join(name)
-    });
-    if path.exists() {
-        return Some(path);
-    }
-    assert!(
-        std::env::var_os("CI").is_none(),
-        "{name} is missing at {} (set {var})",
-        path.display()
-    );
-    println!("skipping: {name} is missing at {}", path.display());
-    None
-}
 
 /// One recorded call: request line and body.
 type Recorded = (String, String);
@@ -125,7 +107,7 @@ fn normal(body: &str) -> Value {
 
 #[test]
 fn every_subcommand_makes_the_call_ch_remote_makes() {
-    let Some(ch) = tool("CH_REMOTE", "ch-remote") else {
+    let Some(ch) = reference_tool("CH_REMOTE", "ch-remote") else {
         return;
     };
     let dir = TempDir::new("remote-compat");
@@ -215,7 +197,7 @@ fn every_subcommand_makes_the_call_ch_remote_makes() {
 
 #[test]
 fn palisade_remote_drives_cloud_hypervisor_without_waiting_for_it_to_close() {
-    let Some(ch) = tool("CLOUD_HYPERVISOR", "cloud-hypervisor") else {
+    let Some(ch) = reference_tool("CLOUD_HYPERVISOR", "cloud-hypervisor") else {
         return;
     };
     let dir = TempDir::new("remote-ch");

@@ -9,11 +9,9 @@
 
 mod common;
 
-use std::io::Read;
 use std::os::fd::{AsRawFd, RawFd};
-use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
 use common::*;
@@ -37,68 +35,13 @@ fn ready(test: &str) -> bool {
     false
 }
 
-/// Sends `request` on a new connection to `socket` with `fds` as `SCM_RIGHTS` data, then
-/// reads the whole answer (the write side is shut, so the server closes after it).
-fn send_with_fds(socket: &Path, request: &[u8], fds: &[RawFd]) -> (u16, String) {
-    let mut stream = UnixStream::connect(socket).expect("connect");
-    let mut iov = libc::iovec {
-        iov_base: request.as_ptr() as *mut libc::c_void,
-        iov_len: request.len(),
-    };
-    // SAFETY: CMSG_SPACE only computes a size.
-    let space = unsafe { libc::CMSG_SPACE((fds.len() * 4) as u32) } as usize;
-    let mut control = vec![0u64; space.div_ceil(8).max(1)];
-    // SAFETY: an all-zero msghdr is valid; the fields are set below.
-    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-    msg.msg_iov = &mut iov;
-    msg.msg_iovlen = 1;
-    if !fds.is_empty() {
-        msg.msg_control = control.as_mut_ptr().cast();
-        msg.msg_controllen = space;
-        // SAFETY: one control message of `fds.len()` descriptors inside `control`.
-        unsafe {
-            let cmsg = libc::CMSG_FIRSTHDR(&msg);
-            (*cmsg).cmsg_level = libc::SOL_SOCKET;
-            (*cmsg).cmsg_type = libc::SCM_RIGHTS;
-            (*cmsg).cmsg_len = libc::CMSG_LEN((fds.len() * 4) as u32) as usize;
-            let data = libc::CMSG_DATA(cmsg).cast::<libc::c_int>();
-            for (i, fd) in fds.iter().enumerate() {
-                std::ptr::write_unaligned(data.add(i), *fd);
-            }
-        }
-    }
-    // SAFETY: `msg` describes the request and the control buffer, valid for the call.
-    let n = unsafe { libc::sendmsg(stream.as_raw_fd(), &msg, 0) };
-    assert_eq!(
-        n as usize,
-        request.len(),
-        "sendmsg: {}",
-        std::io::Error::last_os_error()
-    );
-    stream.shutdown(std::net::Shutdown::Write).unwrap();
-    let mut answer = String::new();
-    stream.read_to_string(&mut answer).unwrap();
-    let status = answer
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.trim().parse().ok())
-        .unwrap_or(0);
-    let body = answer
-        .split("\r\n\r\n")
-        .nth(1)
-        .unwrap_or_default()
-        .to_string();
-    (status, body)
-}
-
-fn put_request(endpoint: &str, body: &Value) -> Vec<u8> {
+/// `PUT /api/v1/endpoint` with `body`, and `fds` sent with it as `SCM_RIGHTS` data.
+fn send_with_fds(socket: &Path, endpoint: &str, body: &Value, fds: &[RawFd]) -> (u16, String) {
+    let path = format!("/api/v1/{endpoint}");
     let body = body.to_string();
-    format!(
-        "PUT /api/v1/{endpoint} HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n\
-         Content-Length: {}\r\n\r\n{body}",
-        body.len()
-    )
-    .into_bytes()
+    let r = api::client::request_with_fds(socket, "PUT", &path, Some(&body), fds, None)
+        .expect("the API answers");
+    (r.status, r.body)
 }
 
 /// A tap named `name` in `ns`, with `host`/24, up; the test holds its descriptor.
@@ -169,7 +112,8 @@ fn a_tap_sent_with_add_net_is_used_and_numbers_without_descriptors_are_refused()
     let own = *open_fds(vmm.pid()).iter().max().unwrap();
     let (code, body) = send_with_fds(
         &vmm.socket,
-        &put_request("vm.add-net", &json!({"id": "stolen", "fds": [own]})),
+        "vm.add-net",
+        &json!({"id": "stolen", "fds": [own]}),
         &[],
     );
     assert_eq!(code, 400, "{body}");
@@ -179,7 +123,8 @@ fn a_tap_sent_with_add_net_is_used_and_numbers_without_descriptors_are_refused()
     // Descriptors sent to an endpoint that takes none are refused (and closed).
     let (code, body) = send_with_fds(
         &vmm.socket,
-        &put_request("vm.add-disk", &json!({"path": "/nonexistent"})),
+        "vm.add-disk",
+        &json!({"path": "/nonexistent"}),
         &[tap.as_raw_fd()],
     );
     assert_eq!(code, 400, "{body}");
@@ -189,7 +134,8 @@ fn a_tap_sent_with_add_net_is_used_and_numbers_without_descriptors_are_refused()
     let before = open_fds(vmm.pid()).len();
     let (code, body) = send_with_fds(
         &vmm.socket,
-        &put_request("vm.add-net", &json!({"id": "katanet", "fds": [3]})),
+        "vm.add-net",
+        &json!({"id": "katanet", "fds": [3]}),
         &[tap.as_raw_fd()],
     );
     assert_eq!(code, 200, "{body}\n{}", vmm.log_text());
@@ -210,24 +156,6 @@ fn a_tap_sent_with_add_net_is_used_and_numbers_without_descriptors_are_refused()
     assert_eq!(net["fds"].as_array().unwrap().len(), 1, "{net}");
     drop(vmm);
     ns.remove();
-}
-
-fn ch_remote() -> Option<PathBuf> {
-    let path = std::env::var_os("CH_REMOTE")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/tools/ch-remote")
-        });
-    if path.exists() {
-        return Some(path);
-    }
-    assert!(
-        std::env::var_os("CI").is_none(),
-        "ch-remote is missing at {} (set CH_REMOTE)",
-        path.display()
-    );
-    println!("skipping: ch-remote is missing at {}", path.display());
-    None
 }
 
 /// `client add-net fd=3,id=ID` with the test's tap as the client's descriptor 3: the client
@@ -270,7 +198,7 @@ fn ch_remote_add_net_fd_hands_its_tap_over() {
     if !ready("ch_remote_add_net_fd_hands_its_tap_over") {
         return;
     }
-    let Some(ch) = ch_remote() else {
+    let Some(ch) = reference_tool("CH_REMOTE", "ch-remote") else {
         return;
     };
     client_hands_its_tap_over(Command::new(ch), "chtap", 232);
@@ -305,7 +233,7 @@ fn a_tap_sent_with_vm_create_is_the_boot_network_device() {
         "net": [{"id": "boot0", "fds": [-1]}],
     });
     // Without the descriptor: refused, and nothing is created.
-    let (code, body) = send_with_fds(&vmm.socket, &put_request("vm.create", &config), &[]);
+    let (code, body) = send_with_fds(&vmm.socket, "vm.create", &config, &[]);
     assert_eq!(code, 400, "{body}");
     assert_eq!(
         api::client::request(&vmm.socket, "GET", "/api/v1/vm.info", None)
@@ -313,11 +241,7 @@ fn a_tap_sent_with_vm_create_is_the_boot_network_device() {
             .status,
         404
     );
-    let (code, body) = send_with_fds(
-        &vmm.socket,
-        &put_request("vm.create", &config),
-        &[tap.as_raw_fd()],
-    );
+    let (code, body) = send_with_fds(&vmm.socket, "vm.create", &config, &[tap.as_raw_fd()]);
     assert_eq!(code, 204, "{body}\n{}", vmm.log_text());
     drop(tap);
     assert_eq!(vmm.put("vm.boot", &json!({})).0, 204);

@@ -417,3 +417,24 @@ pub fn compile_probe(name: &str) -> PathBuf {
     assert!(status.success(), "building the probe {name} failed");
     lib
 }
+
+/// One of Cloud Hypervisor's own binaries (`ch-remote`, `cloud-hypervisor`), from the
+/// environment variable `var` or `../shared/tools/` beside the repository; `None` (said on
+/// one line) when missing, which under `CI=true` is a failure instead.
+pub fn reference_tool(var: &str, name: &str) -> Option<PathBuf> {
+    let path = std::env::var_os(var).map(PathBuf::from).unwrap_or_else(|| {
+        PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("../shared/tools")
+            .join(name)
+    });
+    if path.exists() {
+        return Some(path);
+    }
+    assert!(
+        std::env::var_os("CI").is_none(),
+        "{name} is missing at {} (set {var})",
+        path.display()
+    );
+    println!("skipping: {name} is missing at {}", path.display());
+    None
+}

@@ -2,12 +2,13 @@
 //! carry file descriptors (`SCM_RIGHTS`).
 
 use std::io::{self, Read, Write};
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::RawFd;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use thiserror::Error;
+use vmm_sys_util::sock_ctrl_msg::ScmSocket;
 
 /// Largest response accepted from the server.
 const MAX_RESPONSE_SIZE: usize = 64 << 20;
@@ -182,41 +183,15 @@ pub fn request_with_fds(
         .ok_or_else(|| invalid("incomplete response".into()))
 }
 
-/// Writes all of `bytes`, the first part of it with `fds` attached.
+/// Writes all of `bytes`, the first part of it with `fds` attached (rust-vmm's
+/// `ScmSocket`).
 fn send_with_fds(stream: &UnixStream, bytes: &[u8], fds: &[RawFd]) -> io::Result<()> {
     let mut rest = bytes;
     if !fds.is_empty() {
-        let mut iov = libc::iovec {
-            iov_base: rest.as_ptr() as *mut libc::c_void,
-            iov_len: rest.len(),
-        };
-        // SAFETY: CMSG_SPACE only computes a size.
-        let space = unsafe { libc::CMSG_SPACE((fds.len() * 4) as u32) } as usize;
-        // u64 elements: the control buffer must be aligned for `cmsghdr`.
-        let mut control = vec![0u64; space.div_ceil(8)];
-        // SAFETY: an all-zero msghdr is valid; the fields are set below.
-        let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-        msg.msg_iov = &mut iov;
-        msg.msg_iovlen = 1;
-        msg.msg_control = control.as_mut_ptr().cast();
-        msg.msg_controllen = space;
-        // SAFETY: one SCM_RIGHTS message of `fds.len()` descriptors, inside `control`.
-        unsafe {
-            let cmsg = libc::CMSG_FIRSTHDR(&msg);
-            (*cmsg).cmsg_level = libc::SOL_SOCKET;
-            (*cmsg).cmsg_type = libc::SCM_RIGHTS;
-            (*cmsg).cmsg_len = libc::CMSG_LEN((fds.len() * 4) as u32) as usize;
-            let data = libc::CMSG_DATA(cmsg).cast::<libc::c_int>();
-            for (i, fd) in fds.iter().enumerate() {
-                std::ptr::write_unaligned(data.add(i), *fd);
-            }
-        }
-        // SAFETY: `msg` describes `rest` and `control`, both valid for the call.
-        let n = unsafe { libc::sendmsg(stream.as_raw_fd(), &msg, libc::MSG_NOSIGNAL) };
-        if n < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        rest = &rest[n as usize..];
+        let n = stream
+            .send_with_fds(&[rest], fds)
+            .map_err(|e| io::Error::from_raw_os_error(e.errno()))?;
+        rest = &rest[n..];
     }
     let mut w = stream;
     w.write_all(rest)

@@ -2,7 +2,9 @@
 //! with `recvmsg(2)`, and descriptors sent alongside them as `SCM_RIGHTS` ancillary data
 //! (how Kata Containers and ch-remote hand over tap devices) are kept for the request they
 //! came with. The standard library and tokio read without ancillary data, which the kernel
-//! would discard — closing the descriptors — so the read is done here.
+//! would discard — closing the descriptors — so the read is done here. (vmm-sys-util's
+//! `ScmSocket`, which sends them, receives without `MSG_CMSG_CLOEXEC` and does not say when
+//! the kernel had to drop some, both of which this reader needs.)
 
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
