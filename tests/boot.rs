@@ -551,3 +551,50 @@ fn a_paused_guest_dumps_its_core() {
     assert!(text.contains("NT_PRSTATUS"), "{text}");
     assert_eq!(vmm.put("vm.resume", &serde_json::json!({})).0, 204);
 }
+
+/// The CPUs the thread named `name` of `pid` may run on, as `/proc` lists them.
+fn cpus_allowed(pid: u32, name: &str) -> Option<String> {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .ok()?
+        .flatten()
+        .find(|t| std::fs::read_to_string(t.path().join("comm")).is_ok_and(|c| c.trim() == name))
+        .and_then(|t| std::fs::read_to_string(t.path().join("status")).ok())
+        .and_then(|s| {
+            s.lines().find_map(|l| {
+                l.strip_prefix("Cpus_allowed_list:")
+                    .map(|v| v.trim().to_string())
+            })
+        })
+}
+
+/// `cpus.affinity`: each vCPU thread runs only on the host CPUs given for it; a host CPU that
+/// does not exist fails the boot with the vCPU and CPUs named.
+#[test]
+fn vcpu_threads_are_pinned_as_asked() {
+    let dir = TempDir::new("affinity");
+    let pinned = serde_json::json!({"cpus": {
+        "boot_vcpus": 2, "max_vcpus": 2,
+        "affinity": [{"vcpu": 0, "host_cpus": [1]}, {"vcpu": 1, "host_cpus": [0]}],
+    }});
+    let vmm = created_vm(&dir, "echo", pinned);
+    assert_eq!(vmm.put("vm.boot", &serde_json::json!({})).0, 204);
+    vmm.wait_serial("echo: ready", 1);
+    assert_eq!(cpus_allowed(vmm.pid(), "vcpu0").as_deref(), Some("1"));
+    assert_eq!(cpus_allowed(vmm.pid(), "vcpu1").as_deref(), Some("0"));
+    assert_eq!(
+        vmm.info()["config"]["cpus"]["affinity"][0]["host_cpus"],
+        serde_json::json!([1])
+    );
+
+    let dir = TempDir::new("affinity-bad");
+    let absent = serde_json::json!({"cpus": {
+        "boot_vcpus": 1, "max_vcpus": 1, "affinity": [{"vcpu": 0, "host_cpus": [1000]}],
+    }});
+    let vmm = created_vm(&dir, "echo", absent);
+    let (code, body) = vmm.put("vm.boot", &serde_json::json!({}));
+    assert_eq!(code, 500, "{body}");
+    assert!(
+        body.contains("cannot pin vCPU 0 to host CPUs [1000]"),
+        "{body}"
+    );
+}

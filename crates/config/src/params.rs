@@ -71,12 +71,18 @@ fn narrow<T: TryFrom<u64>>(key: &str, n: u64) -> Result<T, OptionError> {
 
 impl CpusConfig {
     /// Keys of `--cpus`.
-    pub const KEYS: &'static [&'static str] =
-        &["boot", "max", "kvm_hyperv", "max_phys_bits", "topology"];
+    pub const KEYS: &'static [&'static str] = &[
+        "boot",
+        "max",
+        "kvm_hyperv",
+        "max_phys_bits",
+        "topology",
+        "affinity",
+    ];
 
     /// Parses `--cpus boot=N[,max=M][,kvm_hyperv=off][,max_phys_bits=B]
-    /// [,topology=THREADS:CORES:DIES:PACKAGES]`: `boot` defaults to 1, `max` to `boot`;
-    /// 1 ≤ boot ≤ max ≤ 254.
+    /// [,topology=THREADS:CORES:DIES:PACKAGES][,affinity=[VCPU@[CPU,…],…]]`: `boot`
+    /// defaults to 1, `max` to `boot`; 1 ≤ boot ≤ max ≤ 254.
     pub fn parse(input: &str) -> Result<Self, OptionError> {
         let o = OptionParser::new(Self::KEYS).parse(input)?;
         let boot = checked_int(&o, "boot", check_boot_vcpus)?.unwrap_or(1);
@@ -97,12 +103,53 @@ impl CpusConfig {
                 None => Err("expected THREADS:CORES:DIES:PACKAGES, four numbers"),
             }
         })?;
+        let affinity = o.convert("affinity", parse_affinity)?;
         Ok(CpusConfig {
             max_phys_bits: narrow("max_phys_bits", bits)?,
             topology,
+            affinity,
             ..CpusConfig::new(narrow("boot", boot)?, narrow("max", max)?)
         })
     }
+}
+
+/// `[0@[1,2],1@[3]]`: each vCPU with the host CPUs it may run on.
+fn parse_affinity(value: &str) -> Result<Vec<CpuAffinity>, String> {
+    let inner = value
+        .strip_prefix('[')
+        .and_then(|v| v.strip_suffix(']'))
+        .ok_or("expected [VCPU@[CPU,…],…]")?;
+    let mut out = Vec::new();
+    let mut rest = inner.trim();
+    while !rest.is_empty() {
+        let (vcpu, after) = rest.split_once('@').ok_or("expected VCPU@[CPU,…]")?;
+        let after = after.trim_start();
+        let close = after.find(']').ok_or("unterminated host CPU list")?;
+        let cpus = after
+            .get(1..close)
+            .filter(|_| after.starts_with('['))
+            .ok_or("expected [CPU,…] after @")?;
+        let host_cpus = cpus
+            .split(',')
+            .map(|c| {
+                c.trim()
+                    .parse::<usize>()
+                    .map_err(|_| format!("{c:?} is not a CPU"))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let vcpu = vcpu
+            .trim()
+            .trim_start_matches(',')
+            .trim()
+            .parse::<u8>()
+            .map_err(|_| format!("{vcpu:?} is not a vCPU"))?;
+        out.push(CpuAffinity { vcpu, host_cpus });
+        rest = after[close + 1..]
+            .trim_start()
+            .trim_start_matches(',')
+            .trim_start();
+    }
+    Ok(out)
 }
 
 impl MemoryConfig {

@@ -391,7 +391,36 @@ impl CpusConfig {
             }
         }
         must_be_true("cpus.nested".into(), self.nested)?;
-        must_be_empty_list("cpus.affinity".into(), &self.affinity)?;
+        for (i, a) in self.affinity.iter().flatten().enumerate() {
+            let name = format!("cpus.affinity[{i}]");
+            if a.vcpu >= self.max_vcpus.max(self.boot_vcpus) {
+                return Err(invalid(
+                    format!("{name}.vcpu"),
+                    a.vcpu,
+                    format!("there are {} vCPUs", self.max_vcpus.max(self.boot_vcpus)),
+                ));
+            }
+            if a.host_cpus.is_empty() || a.host_cpus.iter().any(|&c| c >= 1024) {
+                return Err(invalid(
+                    format!("{name}.host_cpus"),
+                    format!("{:?}", a.host_cpus),
+                    "give host CPU numbers, at least one, each below 1024".into(),
+                ));
+            }
+            if self
+                .affinity
+                .iter()
+                .flatten()
+                .take(i)
+                .any(|o| o.vcpu == a.vcpu)
+            {
+                return Err(invalid(
+                    format!("{name}.vcpu"),
+                    a.vcpu,
+                    "is given twice".into(),
+                ));
+            }
+        }
         must_be_false("cpus.features.amx".into(), self.features.amx)?;
         if self.core_scheduling == CoreScheduling::Vcpu {
             return Err(unsupported(

@@ -221,15 +221,25 @@ pub struct CpusConfig {
     /// Compatibility: nested virtualization (must stay true, the default).
     #[serde(default = "default_true", skip_serializing_if = "is_true")]
     pub nested: bool,
-    /// Compatibility: vCPU to host CPU affinity (must be absent or empty).
+    /// Host CPUs each vCPU thread may run on (vCPUs not listed run anywhere).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub affinity: Option<Vec<Value>>,
+    pub affinity: Option<Vec<CpuAffinity>>,
     /// Compatibility: extra CPU features (none may be enabled).
     #[serde(default, skip_serializing_if = "is_default")]
     pub features: CpuFeatures,
     /// Compatibility: core scheduling (`Vm`, the default, or `Off`).
     #[serde(default, skip_serializing_if = "is_default")]
     pub core_scheduling: CoreScheduling,
+}
+
+/// The host CPUs of one vCPU, as Cloud Hypervisor's `CpuAffinity`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CpuAffinity {
+    /// The vCPU's index.
+    pub vcpu: u8,
+    /// Host CPU numbers it may run on.
+    pub host_cpus: Vec<usize>,
 }
 
 /// A vCPU topology, as Cloud Hypervisor's `CpuTopology`.

@@ -158,6 +158,8 @@ pub fn rules(role: Role, ctx: &FilterContext) -> Rules {
             starts_threads(&mut r);
             ioctls(&mut r, ctx);
             messages_on(&mut r, ctx.message_fd);
+            // Pinning vCPU threads to host CPUs (`cpus.affinity`).
+            r.allow(&[Sysno::sched_setaffinity]);
             // Sizing shared guest RAM (its memfd) and disk images (`vm.resize-disk`): only
             // descriptors it holds, of files it may write anyway.
             r.allow(&[Sysno::ftruncate]);

@@ -240,6 +240,31 @@ impl VcpuThread {
         Ok(VcpuThread { handle })
     }
 
+    /// Restricts the thread to the host CPUs `cpus` (`cpus.affinity`).
+    pub fn pin(&self, cpus: &[usize]) -> std::io::Result<()> {
+        use std::os::unix::thread::JoinHandleExt;
+        // SAFETY: an all-zero cpu_set_t is the empty set; CPU_SET writes within it for
+        // numbers below CPU_SETSIZE, which validation ensures.
+        let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+        for &cpu in cpus {
+            // SAFETY: as above.
+            unsafe { libc::CPU_SET(cpu, &mut set) };
+        }
+        // SAFETY: the thread is alive (its handle is held) and `set` is a valid cpu_set_t.
+        let r = unsafe {
+            libc::pthread_setaffinity_np(
+                self.handle.as_pthread_t(),
+                std::mem::size_of::<libc::cpu_set_t>(),
+                &set,
+            )
+        };
+        if r == 0 {
+            Ok(())
+        } else {
+            Err(std::io::Error::from_raw_os_error(r))
+        }
+    }
+
     /// Interrupts `KVM_RUN` so the thread looks at its control.
     pub fn kick(&self) {
         if self.handle.is_finished() {

@@ -576,7 +576,23 @@ impl Vm {
         };
         let mut threads = Vec::with_capacity(fds.len());
         for (id, fd) in fds.into_iter().enumerate() {
-            match VcpuThread::spawn(id as u8, fd, ctx.clone()) {
+            let pinned = VcpuThread::spawn(id as u8, fd, ctx.clone()).and_then(|t| {
+                let cpus = self.config.cpus.affinity.iter().flatten();
+                match cpus.clone().find(|a| usize::from(a.vcpu) == id) {
+                    Some(a) => match t.pin(&a.host_cpus) {
+                        Ok(()) => Ok(t),
+                        Err(e) => {
+                            threads.push(t);
+                            Err(std::io::Error::other(format!(
+                                "cannot pin vCPU {id} to host CPUs {:?}: {e}",
+                                a.host_cpus
+                            )))
+                        }
+                    },
+                    None => Ok(t),
+                }
+            });
+            match pinned {
                 Ok(t) => threads.push(t),
                 Err(e) => {
                     vcpu::stop_all(&control, threads);

@@ -98,8 +98,8 @@ fn cpus_bad_values() {
 #[test]
 fn cpus_syntax_errors() {
     assert_eq!(
-        err(CpusConfig::parse("boot=1,affinity=[0@[1]]")),
-        "affinity: unknown key (accepted keys: boot, max, kvm_hyperv, max_phys_bits, topology)"
+        err(CpusConfig::parse("boot=1,features=amx")),
+        "features: unknown key (accepted keys: boot, max, kvm_hyperv, max_phys_bits, topology, affinity)"
     );
     assert!(err(CpusConfig::parse("topology=1:x:1:1")).starts_with("topology=1:x:1:1: expected"));
     assert_eq!(

@@ -625,8 +625,22 @@ fn cpus_and_memory_compat_fields() {
             "cpus.nested: not supported by Palisade: remove it or set it to true",
         ),
         (
-            with(|c| c.cpus.affinity = Some(vec![json!({"vcpu": 0, "host_cpus": [0]})])),
-            "cpus.affinity: not supported by Palisade",
+            with(|c| {
+                c.cpus.affinity = Some(vec![CpuAffinity {
+                    vcpu: 3,
+                    host_cpus: vec![0],
+                }])
+            }),
+            "cpus.affinity[0].vcpu=3: there are 1 vCPUs",
+        ),
+        (
+            with(|c| {
+                c.cpus.affinity = Some(vec![CpuAffinity {
+                    vcpu: 0,
+                    host_cpus: vec![],
+                }])
+            }),
+            "cpus.affinity[0].host_cpus=[]: give host CPU numbers",
         ),
         (
             with(|c| c.cpus.features.amx = true),
@@ -891,4 +905,31 @@ fn hotplug_room_is_checked() {
         ..MemoryConfig::with_size(512 << 20)
     };
     assert_eq!(m.address_space(), (1 << 30) + (512 << 20));
+}
+
+#[test]
+fn vcpu_affinity_parses_and_is_checked() {
+    let p = CpusConfig::parse("boot=2,affinity=[0@[1],1@[0,1]]").unwrap();
+    assert_eq!(
+        p.affinity,
+        Some(vec![
+            CpuAffinity {
+                vcpu: 0,
+                host_cpus: vec![1]
+            },
+            CpuAffinity {
+                vcpu: 1,
+                host_cpus: vec![0, 1]
+            },
+        ])
+    );
+    assert!(p.validate().is_ok());
+    assert!(CpusConfig::parse("boot=2,affinity=[0@1]").is_err());
+    assert!(CpusConfig::parse("boot=2,affinity=[x@[1]]").is_err());
+    let twice = CpusConfig::parse("boot=2,affinity=[0@[1],0@[0]]").unwrap();
+    assert!(twice
+        .validate()
+        .unwrap_err()
+        .to_string()
+        .contains("given twice"));
 }
