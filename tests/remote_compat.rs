@@ -254,3 +254,53 @@ fn palisade_remote_drives_cloud_hypervisor_without_waiting_for_it_to_close() {
     let (code, _, err) = run(&["shutdown-vmm"]);
     assert_eq!(code, Some(0), "{err}");
 }
+
+/// What Cloud Hypervisor itself reports as a VM's configuration (`vm.info`'s `config`, with
+/// every default it fills in: `cpus.profile`, the disks' `disable_io_uring`, …) creates the
+/// same VM in Palisade, which boots it.
+#[test]
+fn cloud_hypervisor_s_own_configuration_creates_a_palisade_vm() {
+    let Some(ch) = reference_tool("CLOUD_HYPERVISOR", "cloud-hypervisor") else {
+        return;
+    };
+    let dir = TempDir::new("ch-config");
+    let disk = dir.path("disk.img");
+    std::fs::write(&disk, vec![0u8; 1 << 20]).unwrap();
+    let socket = dir.path("ch.sock");
+    let child = Command::new(&ch)
+        .arg("--api-socket")
+        .arg(&socket)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let _ch = ChildGuard::new(child);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !socket.exists() {
+        assert!(Instant::now() < deadline, "cloud-hypervisor never listened");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let body = serde_json::json!({
+        "payload": {"kernel": guest("echo")},
+        "memory": {"size": 64 << 20},
+        "serial": {"mode": "File", "file": dir.path("serial.log")},
+        "console": {"mode": "Off"},
+        "disks": [{"path": disk, "id": "d0"}],
+    });
+    let created =
+        api::client::request(&socket, "PUT", "/api/v1/vm.create", Some(&body.to_string())).unwrap();
+    assert!(created.is_success(), "{}", created.body);
+    let info = api::client::request(&socket, "GET", "/api/v1/vm.info", None).unwrap();
+    let info: Value = serde_json::from_str(&info.body).unwrap();
+    let config = info["config"].clone();
+    assert_eq!(config["cpus"]["profile"], "Host", "{config}");
+    assert_eq!(config["disks"][0]["disable_io_uring"], false, "{config}");
+    drop(_ch);
+
+    let vmm = ApiVmm::spawn(palisade(), &dir, &["--no-shutdown"]);
+    let (code, answer) = vmm.put("vm.create", &config);
+    assert_eq!(code, 204, "{answer}\n{config}");
+    assert_eq!(vmm.put("vm.boot", &serde_json::json!({})).0, 204);
+    vmm.wait_serial("echo: ready", 1);
+}

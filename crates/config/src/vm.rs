@@ -200,6 +200,14 @@ pub enum CoreScheduling {
     Off,
 }
 
+/// Which CPU model the guest sees (Cloud Hypervisor's `cpus.profile`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum CpuProfile {
+    /// The host's CPUID as KVM supports it.
+    #[default]
+    Host,
+}
+
 /// vCPU configuration.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -230,6 +238,9 @@ pub struct CpusConfig {
     /// Compatibility: core scheduling (`Vm`, the default, or `Off`).
     #[serde(default, skip_serializing_if = "is_default")]
     pub core_scheduling: CoreScheduling,
+    /// The CPU model shown to the guest: the host's, filtered by KVM (the only one).
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub profile: CpuProfile,
 }
 
 /// The host CPUs of one vCPU, as Cloud Hypervisor's `CpuAffinity`.
@@ -293,6 +304,7 @@ impl Default for CpusConfig {
             affinity: None,
             features: CpuFeatures::default(),
             core_scheduling: CoreScheduling::default(),
+            profile: CpuProfile::default(),
         }
     }
 }

@@ -424,3 +424,22 @@ fn device_bodies_for_hotplug() {
     let n: NetConfig = serde_json::from_value(json!({"tap": "tap3"})).unwrap();
     assert_eq!(n.validate(), Ok(()));
 }
+
+#[test]
+fn the_cpu_profile_is_the_host_s() {
+    let c: VmConfig = serde_json::from_value(json!({
+        "payload": {"kernel": "/k"},
+        "cpus": {"boot_vcpus": 1, "max_vcpus": 1, "profile": "Host"},
+    }))
+    .unwrap();
+    assert_eq!(c.cpus.profile, CpuProfile::Host);
+    let e = serde_json::from_value::<VmConfig>(json!({
+        "payload": {"kernel": "/k"},
+        "cpus": {"boot_vcpus": 1, "max_vcpus": 1, "profile": "SapphireRapids"},
+    }))
+    .unwrap_err();
+    assert!(
+        e.to_string().contains("unknown variant `SapphireRapids`"),
+        "{e}"
+    );
+}
