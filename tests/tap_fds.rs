@@ -171,10 +171,16 @@ fn client_hands_its_tap_over(mut client: Command, tag: &str, subnet: u8) {
         .arg("--api-socket")
         .arg(&vmm.socket)
         .args(["add-net", "fd=3,id=handed"]);
-    // SAFETY: dup2 in the child between fork and exec, on a descriptor the parent holds.
+    // SAFETY: dup2/fcntl in the child between fork and exec, on a descriptor the parent
+    // holds; when the tap already is descriptor 3, dup2 would leave it close-on-exec.
     unsafe {
         client.pre_exec(move || {
-            if libc::dup2(fd, 3) < 0 {
+            let r = if fd == 3 {
+                libc::fcntl(3, libc::F_SETFD, 0)
+            } else {
+                libc::dup2(fd, 3)
+            };
+            if r < 0 {
                 return Err(std::io::Error::last_os_error());
             }
             Ok(())
