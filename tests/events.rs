@@ -8,7 +8,7 @@
 mod common;
 
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -64,25 +64,11 @@ fn events(path: &Path) -> Vec<(String, String)> {
         .collect()
 }
 
-/// Starts `cmd --api-socket socket --event-monitor path=events` and waits for its socket.
+/// Starts `cmd --event-monitor path=events --api-socket socket` and waits for its socket.
 fn start(mut cmd: Command, socket: &Path, events: &Path) -> ChildGuard {
-    let child = cmd
-        .arg("--api-socket")
-        .arg(socket)
-        .arg("--event-monitor")
-        .arg(format!("path={}", events.display()))
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let guard = ChildGuard::new(child);
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !socket.exists() {
-        assert!(Instant::now() < deadline, "{cmd:?} never listened");
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    guard
+    cmd.arg("--event-monitor")
+        .arg(format!("path={}", events.display()));
+    spawn_listening(cmd, socket)
 }
 
 #[test]

@@ -13,7 +13,7 @@ use std::os::unix::net::UnixListener;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::mpsc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::*;
 use serde_json::Value;
@@ -195,25 +195,6 @@ fn every_subcommand_makes_the_call_ch_remote_makes() {
     }
 }
 
-/// Cloud Hypervisor serving its API at `socket`, once it listens.
-fn start_cloud_hypervisor(ch: &Path, socket: &Path) -> ChildGuard {
-    let child = Command::new(ch)
-        .arg("--api-socket")
-        .arg(socket)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let guard = ChildGuard::new(child);
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !socket.exists() {
-        assert!(Instant::now() < deadline, "cloud-hypervisor never listened");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    guard
-}
-
 #[test]
 fn palisade_remote_drives_cloud_hypervisor_without_waiting_for_it_to_close() {
     let Some(ch) = reference_tool("CLOUD_HYPERVISOR", "cloud-hypervisor") else {
@@ -221,7 +202,7 @@ fn palisade_remote_drives_cloud_hypervisor_without_waiting_for_it_to_close() {
     };
     let dir = TempDir::new("remote-ch");
     let socket = dir.path("ch.sock");
-    let _guard = start_cloud_hypervisor(&ch, &socket);
+    let _guard = spawn_listening(Command::new(&ch), &socket);
     let run = |args: &[&str]| {
         let out = run_with_timeout(
             remote().arg("--api-socket").arg(&socket).args(args),
@@ -273,7 +254,7 @@ fn cloud_hypervisor_s_own_configuration_creates_a_palisade_vm() {
     let disk = dir.path("disk.img");
     std::fs::write(&disk, vec![0u8; 1 << 20]).unwrap();
     let socket = dir.path("ch.sock");
-    let _ch = start_cloud_hypervisor(&ch, &socket);
+    let _ch = spawn_listening(Command::new(&ch), &socket);
     let body = serde_json::json!({
         "payload": {"kernel": guest("echo")},
         "memory": {"size": 64 << 20},

@@ -438,3 +438,23 @@ pub fn reference_tool(var: &str, name: &str) -> Option<PathBuf> {
     println!("skipping: {name} is missing at {}", path.display());
     None
 }
+
+/// Runs `cmd --api-socket socket` (any other arguments already given) and waits until the
+/// socket exists.
+pub fn spawn_listening(mut cmd: Command, socket: &Path) -> ChildGuard {
+    let child = cmd
+        .arg("--api-socket")
+        .arg(socket)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let guard = ChildGuard::new(child);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !socket.exists() {
+        assert!(Instant::now() < deadline, "{cmd:?} never listened");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    guard
+}
