@@ -30,6 +30,8 @@ pub const F_WRITE: u16 = 2;
 const DESC: u64 = 0x0;
 const AVAIL: u64 = 0x4000;
 const USED: u64 = 0x8000;
+/// Where the rings of the extra queues of [`BenchQueue::beside`] go (one 64 KiB slot each).
+pub const EXTRA_RINGS: u64 = 0x80_0000;
 
 /// All of `mem`, as one bounds-checked slice.
 fn area(mem: &GuestMemoryMmap) -> VolatileSlice<'_> {
@@ -55,6 +57,8 @@ pub struct BenchQueue {
     used_idx: u16,
     /// Interrupts the device raised so far.
     pub interrupts: u64,
+    /// Where this queue's descriptor table, available and used rings start.
+    rings: u64,
 }
 
 impl Default for BenchQueue {
@@ -75,6 +79,21 @@ impl BenchQueue {
             avail_idx: 0,
             used_idx: 0,
             interrupts: 0,
+            rings: 0,
+        }
+    }
+
+    /// Another queue of the same device, in the same guest memory, with its rings in slot
+    /// `n` (from 1) above [`EXTRA_RINGS`].
+    pub fn beside(other: &BenchQueue, n: u64) -> BenchQueue {
+        BenchQueue {
+            mem: other.mem.clone(),
+            notify: Arc::new(EventFd::new(EFD_NONBLOCK).expect("eventfd")),
+            irq: other.irq.clone(),
+            avail_idx: 0,
+            used_idx: 0,
+            interrupts: 0,
+            rings: EXTRA_RINGS + (n - 1) * 0x1_0000,
         }
     }
 
@@ -83,12 +102,14 @@ impl BenchQueue {
         let mut queue = Queue::new(QUEUE_SIZE).expect("queue");
         queue.set_size(QUEUE_SIZE);
         queue
-            .try_set_desc_table_address(GuestAddress(DESC))
+            .try_set_desc_table_address(GuestAddress(self.rings + DESC))
             .unwrap();
         queue
-            .try_set_avail_ring_address(GuestAddress(AVAIL))
+            .try_set_avail_ring_address(GuestAddress(self.rings + AVAIL))
             .unwrap();
-        queue.try_set_used_ring_address(GuestAddress(USED)).unwrap();
+        queue
+            .try_set_used_ring_address(GuestAddress(self.rings + USED))
+            .unwrap();
         queue.set_ready(true);
         ActiveQueue {
             index,
@@ -113,7 +134,7 @@ impl BenchQueue {
         let area = self.area();
         for (j, &(addr, len, flags)) in descs.iter().enumerate() {
             let idx = head + j as u16;
-            let at = (DESC + 16 * u64::from(idx)) as usize;
+            let at = (self.rings + DESC + 16 * u64::from(idx)) as usize;
             area.write_obj(addr.to_le(), at).unwrap();
             area.write_obj(len.to_le(), at + 8).unwrap();
             area.write_obj(flags.to_le(), at + 12).unwrap();
@@ -132,13 +153,14 @@ impl BenchQueue {
     pub fn publish(&mut self, heads: impl IntoIterator<Item = u16>) {
         let area = area(&self.mem);
         for head in heads {
-            let slot = AVAIL as usize + 4 + 2 * usize::from(self.avail_idx % QUEUE_SIZE);
+            let slot =
+                (self.rings + AVAIL) as usize + 4 + 2 * usize::from(self.avail_idx % QUEUE_SIZE);
             area.write_obj(head.to_le(), slot).unwrap();
             self.avail_idx = self.avail_idx.wrapping_add(1);
         }
         area.store(
             self.avail_idx.to_le(),
-            AVAIL as usize + 2,
+            (self.rings + AVAIL) as usize + 2,
             Ordering::Release,
         )
         .unwrap();
@@ -148,9 +170,12 @@ impl BenchQueue {
     /// Appends to `out` the heads the device returned since the last call, in order.
     pub fn take_used(&mut self, out: &mut Vec<u16>) {
         let area = area(&self.mem);
-        let used = u16::from_le(area.load(USED as usize + 2, Ordering::Acquire).unwrap());
+        let used = u16::from_le(
+            area.load((self.rings + USED) as usize + 2, Ordering::Acquire)
+                .unwrap(),
+        );
         while self.used_idx != used {
-            let at = USED as usize + 4 + 8 * usize::from(self.used_idx % QUEUE_SIZE);
+            let at = (self.rings + USED) as usize + 4 + 8 * usize::from(self.used_idx % QUEUE_SIZE);
             let id: u32 = area.read_obj(at).unwrap();
             out.push(u32::from_le(id) as u16);
             self.used_idx = self.used_idx.wrapping_add(1);
@@ -167,17 +192,18 @@ impl BenchQueue {
         let area = area(&self.mem);
         let first = self.avail_idx;
         for head in heads {
-            let slot = AVAIL as usize + 4 + 2 * usize::from(self.avail_idx % QUEUE_SIZE);
+            let slot =
+                (self.rings + AVAIL) as usize + 4 + 2 * usize::from(self.avail_idx % QUEUE_SIZE);
             area.write_obj(head.to_le(), slot).unwrap();
             self.avail_idx = self.avail_idx.wrapping_add(1);
         }
         let published = self.avail_idx.wrapping_sub(first);
-        let used_event = AVAIL as usize + 4 + 2 * usize::from(QUEUE_SIZE);
+        let used_event = (self.rings + AVAIL) as usize + 4 + 2 * usize::from(QUEUE_SIZE);
         area.write_obj(self.avail_idx.wrapping_sub(1).to_le(), used_event)
             .unwrap();
         area.store(
             self.avail_idx.to_le(),
-            AVAIL as usize + 2,
+            (self.rings + AVAIL) as usize + 2,
             Ordering::Release,
         )
         .unwrap();
@@ -190,7 +216,10 @@ impl BenchQueue {
             self.interrupts += 1;
         }
 
-        let used = u16::from_le(area.load(USED as usize + 2, Ordering::Acquire).unwrap());
+        let used = u16::from_le(
+            area.load((self.rings + USED) as usize + 2, Ordering::Acquire)
+                .unwrap(),
+        );
         assert_eq!(
             used.wrapping_sub(self.used_idx),
             published,

@@ -7,7 +7,8 @@
 //! written just before, so it sits in the page cache. Figures:
 //!
 //! 1. 4 KiB random reads at queue depth 32 vs `pread` of 4 KiB at the same offsets;
-//! 2. sequential 64 KiB writes at queue depth 32 vs `pwrite` of 64 KiB.
+//! 2. sequential 64 KiB writes at queue depth 32 vs `pwrite` of 64 KiB;
+//! 3. scaling: 4 KiB random reads over 1, 2 and 4 queues, 32 in flight on each.
 //!
 //! Each runs twice: with the disk's io_uring (as Palisade runs disks where the kernel has
 //! it; the batch is timed until its last completion is back in the used ring) and with
@@ -21,7 +22,7 @@
 //! counts this program's simulated driver (ring writes, the kick, reading the interrupt).
 //! The two sides run in paired rounds ([`bench::paired`]).
 //!
-//! `blk read` or `blk write` runs one of the two.
+//! `blk read`, `blk write` or `blk scaling` runs one of them.
 
 use std::fs::{File, OpenOptions};
 use std::io::Write;
@@ -31,6 +32,7 @@ use std::time::{Duration, Instant};
 use bench::paired::{self, ROUNDS};
 use bench::virtq::{BenchQueue, BUFFERS, F_NEXT, F_WRITE, QUEUE_SIZE};
 use devices::virtio::block::{Block, BlockOptions};
+use devices::virtio::ActiveQueue;
 use devices::virtio::VirtioDevice;
 use vm_memory::Bytes;
 use vmm_sys_util::tempfile::TempFile;
@@ -270,6 +272,9 @@ fn main() {
             sequential_writes(&tmp, engine);
         }
     }
+    if run("read") || run("scaling") {
+        scaling(&tmp);
+    }
     if run("read") {
         fio(&tmp, "randread", "4k");
     }
@@ -398,4 +403,139 @@ fn sequential_writes(tmp: &TempFile, engine: Engine) {
     println!("(2) 64 KiB sequential writes, queue depth 32");
     paired::print(&c, "req", "pwrite 64 KiB", 0.97);
     assert_eq!(blk.counters()["errors"], 0);
+}
+
+/// Chains per queue in the scaling runs: `DEPTH` requests in flight on each queue.
+const PER_QUEUE: usize = DEPTH as usize;
+
+/// 4 KiB random reads with 1, 2 and 4 queues, each with `DEPTH` requests in flight, against
+/// `pread` of as many requests: how the disk's single device thread and its engines keep
+/// up as a driver spreads requests over queues (as Linux does, one queue per vCPU).
+fn scaling(tmp: &TempFile) {
+    const TOTAL: usize = 32 * 1024;
+    let offsets = random_offsets(TOTAL, 4096);
+    let sectors: Vec<u64> = offsets.iter().map(|o| o / 512).collect();
+    println!(
+        "(3) scaling: 4 KiB random reads, {DEPTH} in flight per queue, io_uring and one I/O thread"
+    );
+    let mut first = None;
+    for queues in [1u16, 2, 4] {
+        let options = BlockOptions {
+            queue_size: QUEUE_SIZE,
+            num_queues: queues,
+            ..BlockOptions::default()
+        };
+        let mut blk = Block::new(open_rw(tmp.as_path()), options).expect("block device");
+        blk.use_io_uring(open_rw(tmp.as_path()), None)
+            .expect("io_uring");
+        blk.use_thread_pool(open_rw(tmp.as_path()), 1, "bench-io", None)
+            .expect("thread pool");
+        let features = blk.features();
+        blk.ack_features(features);
+        let q0 = BenchQueue::new();
+        let mut drivers: Vec<BenchQueue> = vec![q0];
+        for n in 1..u64::from(queues) {
+            let q = BenchQueue::beside(&drivers[0], n);
+            drivers.push(q);
+        }
+        let active: Vec<ActiveQueue> = drivers
+            .iter()
+            .enumerate()
+            .map(|(i, q)| q.active_queue(i as u16))
+            .collect();
+        blk.activate(drivers[0].mem.clone(), drivers[0].interrupt(), active)
+            .expect("activate");
+        for (qi, q) in drivers.iter().enumerate() {
+            for i in 0..PER_QUEUE as u16 {
+                let slot = u64::from(i) + (qi * PER_QUEUE) as u64;
+                q.write_chain(
+                    3 * i,
+                    &[
+                        (HEADERS + 16 * slot, 16, F_NEXT),
+                        (DATA + slot * 4096, 4096, F_NEXT | F_WRITE),
+                        (STATUS + slot, 1, F_WRITE),
+                    ],
+                );
+            }
+        }
+        let file = tmp.as_file();
+        let mut bufs = vec![0u8; 4096 * PER_QUEUE * usize::from(queues)];
+        let c = paired::compare(
+            TOTAL,
+            |_| spread(&mut drivers, &mut blk, &sectors),
+            |_| {
+                for (i, &off) in offsets.iter().enumerate() {
+                    let at = (i % (bufs.len() / 4096)) * 4096;
+                    file.read_exact_at(&mut bufs[at..at + 4096], off)
+                        .expect("pread");
+                }
+            },
+        );
+        let (_, wall, sys) = c.rates();
+        let base = *first.get_or_insert(wall);
+        println!(
+            "  {queues} queue(s): device, with driver {wall:>9.0} req/s   ratio {:.2}x of pread   {:.2}x of 1 queue",
+            wall / sys,
+            wall / base
+        );
+        assert_eq!(blk.counters()["errors"], 0);
+    }
+}
+
+/// Runs a read of each of `sectors` over the queues of `drivers`, `PER_QUEUE` in flight on
+/// each, refilling every queue as its requests come back. Returns the time spent in the
+/// device.
+fn spread(drivers: &mut [BenchQueue], blk: &mut Block, sectors: &[u64]) -> Duration {
+    let n = drivers.len();
+    let mut vmm = Duration::ZERO;
+    let mut next = 0usize;
+    let mut done = 0usize;
+    let mut used = Vec::new();
+    let mut fresh: Vec<Vec<u16>> = vec![Vec::new(); n];
+    let arm = |q: &BenchQueue, slot: usize, sector: u64| {
+        let area = q.area();
+        let hdr = HEADERS as usize + 16 * slot;
+        area.write_obj(VIRTIO_BLK_T_IN.to_le(), hdr).unwrap();
+        area.write_obj(sector.to_le(), hdr + 8).unwrap();
+        area.write_obj(0xffu8, STATUS as usize + slot).unwrap();
+    };
+    for (qi, q) in drivers.iter().enumerate() {
+        for i in 0..PER_QUEUE {
+            if next < sectors.len() {
+                arm(q, qi * PER_QUEUE + i, sectors[next]);
+                fresh[qi].push(3 * i as u16);
+                next += 1;
+            }
+        }
+    }
+    while done < sectors.len() {
+        for (qi, q) in drivers.iter_mut().enumerate() {
+            if !fresh[qi].is_empty() {
+                q.publish(fresh[qi].drain(..));
+                let t = Instant::now();
+                blk.process_queue(qi as u16);
+                vmm += t.elapsed();
+            }
+        }
+        let mut progress = false;
+        for (qi, q) in drivers.iter_mut().enumerate() {
+            q.take_used(&mut used);
+            for head in used.drain(..) {
+                progress = true;
+                let slot = qi * PER_QUEUE + usize::from(head / 3);
+                let status: u8 = q.area().read_obj(STATUS as usize + slot).unwrap();
+                assert_eq!(status, 0, "request failed with status {status}");
+                done += 1;
+                if next < sectors.len() {
+                    arm(q, slot, sectors[next]);
+                    fresh[qi].push(head);
+                    next += 1;
+                }
+            }
+        }
+        if !progress && blk.io_in_flight() > 0 {
+            vmm += complete(blk);
+        }
+    }
+    vmm
 }
