@@ -232,12 +232,28 @@ pub struct VcpuThread {
 }
 
 impl VcpuThread {
-    /// Starts a thread running `vcpu`.
+    /// Starts a thread running `vcpu`; returns once the thread is locked down, so that no
+    /// vCPU thread of a started VM is ever seen unconfined.
     pub fn spawn(index: u8, vcpu: VcpuFd, ctx: VcpuContext) -> std::io::Result<Self> {
+        let (ready_tx, ready) = std::sync::mpsc::sync_channel(1);
         let handle = std::thread::Builder::new()
             .name(format!("vcpu{index}"))
-            .spawn(move || run(index, vcpu, ctx))?;
-        Ok(VcpuThread { handle })
+            .spawn(move || run(index, vcpu, ctx, ready_tx))?;
+        match ready.recv() {
+            Ok(Ok(())) => Ok(VcpuThread { handle }),
+            Ok(Err(e)) => {
+                let _ = handle.join();
+                Err(std::io::Error::other(format!(
+                    "cannot lock vCPU thread {index} down: {e}"
+                )))
+            }
+            Err(_) => {
+                let _ = handle.join();
+                Err(std::io::Error::other(format!(
+                    "vCPU thread {index} ended before starting"
+                )))
+            }
+        }
     }
 
     /// Restricts the thread to the host CPUs `cpus` (`cpus.affinity`).
@@ -384,20 +400,22 @@ fn internal_error_detail(vcpu: &mut VcpuFd) -> String {
     }
 }
 
-fn run(index: u8, mut vcpu: VcpuFd, ctx: VcpuContext) {
+fn run(
+    index: u8,
+    mut vcpu: VcpuFd,
+    ctx: VcpuContext,
+    ready: std::sync::mpsc::SyncSender<Result<(), String>>,
+) {
     // Locked down before the guest runs: nothing the guest makes this thread do may reach
     // a file, a socket or a capability.
     let _lockdown = match crate::thread_policy::lock_down_vcpu(&ctx.filters) {
         Ok(registration) => registration,
         Err(e) => {
-            ctx.faults.report(VcpuFault {
-                vcpu: index,
-                reason: format!("cannot lock the vCPU thread down: {e}"),
-                rip: None,
-            });
+            let _ = ready.send(Err(e.to_string()));
             return;
         }
     };
+    let _ = ready.send(Ok(()));
     let run_page: *mut kvm_run = vcpu.get_kvm_run();
     KVM_RUN.with(|r| r.set(run_page));
     let mut nmis_seen = ctx.control.nmis.load(Ordering::Acquire);

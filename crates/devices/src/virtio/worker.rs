@@ -150,6 +150,7 @@ impl DeviceWorker {
         }));
         manager.add_subscriber(events.clone());
         let (done_tx, done) = mpsc::channel();
+        let (ready_tx, ready) = mpsc::sync_channel::<Result<(), String>>(1);
         let thread_name = name.to_string();
         let thread = std::thread::Builder::new()
             .name(thread_name.clone())
@@ -157,10 +158,11 @@ impl DeviceWorker {
                 let _confinement = match setup(&thread_name) {
                     Ok(kept) => kept,
                     Err(e) => {
-                        log::error!("{thread_name}: cannot confine the device thread: {e}");
+                        let _ = ready_tx.send(Err(e));
                         return;
                     }
                 };
+                let _ = ready_tx.send(Ok(()));
                 loop {
                     if let Err(e) = manager.run() {
                         log::error!("{thread_name}: event loop failed: {e:?}");
@@ -176,6 +178,17 @@ impl DeviceWorker {
                 drop(events);
                 let _ = done_tx.send(());
             })?;
+        // The device is handed over only once its thread is confined: a thread that cannot
+        // confine itself fails the start instead of leaving a device that never answers.
+        let confined = match ready.recv() {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(format!("{name}: cannot confine the device thread: {e}")),
+            Err(_) => Err(format!("{name}: the device thread ended before starting")),
+        };
+        if let Err(e) = confined {
+            let _ = thread.join();
+            return Err(std::io::Error::other(e));
+        }
         Ok(DeviceWorker {
             stop,
             done,
@@ -299,7 +312,7 @@ mod tests {
     }
 
     #[test]
-    fn notifications_before_activation_are_consumed_and_a_failed_setup_serves_nothing() {
+    fn notifications_before_activation_are_consumed_and_a_failed_setup_fails_the_start() {
         let (handle, served) = live_device(None);
         handle.set_live(false);
         let w = DeviceWorker::start("idle", handle.clone(), no_confinement()).unwrap();
@@ -313,9 +326,13 @@ mod tests {
         let (handle, served) = live_device(None);
         handle.notify_eventfds()[0].write(1).unwrap();
         let refuse: ThreadSetup = Arc::new(|_| Err("no".to_string()));
-        let w = DeviceWorker::start("refused", handle.clone(), refuse).unwrap();
-        // Dropping the worker waits until its thread has ended.
-        drop(w);
+        let e = DeviceWorker::start("refused", handle.clone(), refuse)
+            .err()
+            .expect("a worker that cannot confine itself does not start");
+        assert_eq!(
+            e.to_string(),
+            "refused: cannot confine the device thread: no"
+        );
         assert_eq!(
             served.load(Ordering::SeqCst),
             0,
