@@ -325,32 +325,6 @@ fn pty_serial_passes_input_and_output() {
     assert_eq!(out.status.code(), Some(0));
 }
 
-/// A VMM with an API (`--no-shutdown`) and a VM created from guest `name`, 64 MiB, the
-/// serial port in `dir`'s `serial.log`, no virtio console, and the fields of `extra` (an
-/// object, merged one level deep); not booted.
-fn created_vm(dir: &TempDir, name: &str, extra: serde_json::Value) -> ApiVmm {
-    let vmm = ApiVmm::spawn(palisade(), dir, &["--no-shutdown"]);
-    let mut config = serde_json::json!({
-        "payload": {"kernel": guest(name)},
-        "memory": {"size": 64 << 20},
-        "serial": {"mode": "File", "file": dir.path("serial.log")},
-        "console": {"mode": "Off"},
-    });
-    for (key, value) in extra.as_object().cloned().unwrap_or_default() {
-        match (config.get_mut(&key), value) {
-            (Some(serde_json::Value::Object(base)), serde_json::Value::Object(more)) => {
-                base.extend(more);
-            }
-            (_, value) => {
-                config[key.as_str()] = value;
-            }
-        }
-    }
-    let (code, body) = vmm.put("vm.create", &config);
-    assert_eq!(code, 204, "{body}");
-    vmm
-}
-
 /// A guest that powers off and is booted again (`--no-shutdown`, then `vm.boot`) finds its
 /// virtio device as after power-on: MSI-X off and status 0 (the guest driver fails
 /// otherwise), so no queue or interrupt state of one boot reaches the next; and its

@@ -293,6 +293,41 @@ fn every_thread_is_refused_outside_the_ruleset_while_the_guest_works() {
     assert_eq!(out.status.code(), Some(0));
 }
 
+/// A vCPU added to the running VM (`vm.resize`) gets a thread confined as the boot vCPUs':
+/// refused every file, even those the rules grant the VMM thread.
+#[test]
+fn a_hot_added_vcpu_thread_is_confined_like_the_others() {
+    let dir = TempDir::new("ll-vcpu-add");
+    let allowed = dir.path("allowed");
+    std::fs::create_dir(&allowed).unwrap();
+    std::fs::write(allowed.join("file"), "ok").unwrap();
+    let rule = format!("path={},access=r", allowed.display());
+    let inside = allowed.join("file");
+    let probes = vec![
+        probe("etc", "read", "/etc/hostname", ""),
+        probe("inside", "read", path_str(&inside), ""),
+    ];
+    let extra = ["--landlock-rules", &rule, "--cpus", "boot=1,max=2"];
+    let (p, _) = start_echo_vm(&dir, true, &extra);
+    let sock = dir.path("api.sock");
+    let body = r#"{"desired_vcpus": 2}"#;
+    let reply = api::client::request(&sock, "PUT", "/api/v1/vm.resize", Some(body)).unwrap();
+    assert_eq!(reply.status, 204, "{reply:?}");
+    p.wait_for_thread("vcpu1");
+    let results = p.run(&probes);
+    let added: Vec<_> = results
+        .iter()
+        .filter(|(t, _)| t.starts_with("vcpu1/"))
+        .collect();
+    assert_eq!(added.len(), 1, "{:?}", results.keys());
+    for (thread, r) in results {
+        let expected = is_vmm(&thread);
+        assert_eq!(r["inside"].ok(), expected, "{thread}: {r:?}");
+        assert!(!r["etc"].ok(), "{thread}: {r:?}");
+    }
+    p.stop();
+}
+
 #[test]
 fn escape_attempts_all_fail() {
     let dir = TempDir::new("ll-escape");

@@ -21,12 +21,13 @@
 //! | `virtio_console` | PVH | `PASS virtio_console` | input ending with `q` on the console, or `expect=noinput` |
 //! | `power_button` | PVH | `PASS power_button` | the power button pressed (`vm.power-button`) |
 //! | `nmi` | PVH | `PASS nmi` | an NMI (`vm.nmi`) |
+//! | `cpu_hotplug` | PVH | `PASS cpu_hotplug` | a vCPU added, removed and added again (`vm.resize`) |
 //!
 //! A failed check prints `FAIL <name>: <why>` and powers off.
 //!
 //! The shared assembler headers: `guest.h` (console, numbers, command line, power off,
 //! verdicts), `pvh.h` and `pvh_note.h` (the PVH start info and entry note), `mptable.h` (CPUs
-//! from the MP table), `irq.h` (GDT, IDT, local and I/O APIC, a timer watchdog) and `pci.h`
+//! from the MP table), `ap.h` (starting application processors), `irq.h` (GDT, IDT, local and I/O APIC, a timer watchdog) and `pci.h`
 //! (configuration space, ECAM from ACPI's MCFG, BAR moves, virtio PCI capabilities).
 
 use std::path::PathBuf;

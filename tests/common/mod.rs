@@ -458,3 +458,29 @@ pub fn spawn_listening(mut cmd: Command, socket: &Path) -> ChildGuard {
     }
     guard
 }
+
+/// A VMM with an API (`--no-shutdown`) and a VM created from guest `name`, 64 MiB, the
+/// serial port in `dir`'s `serial.log`, no virtio console, and the fields of `extra` (an
+/// object, merged one level deep); not booted.
+pub fn created_vm(dir: &TempDir, name: &str, extra: serde_json::Value) -> ApiVmm {
+    let vmm = ApiVmm::spawn(palisade(), dir, &["--no-shutdown"]);
+    let mut config = serde_json::json!({
+        "payload": {"kernel": guest(name)},
+        "memory": {"size": 64 << 20},
+        "serial": {"mode": "File", "file": dir.path("serial.log")},
+        "console": {"mode": "Off"},
+    });
+    for (key, value) in extra.as_object().cloned().unwrap_or_default() {
+        match (config.get_mut(&key), value) {
+            (Some(serde_json::Value::Object(base)), serde_json::Value::Object(more)) => {
+                base.extend(more);
+            }
+            (_, value) => {
+                config[key.as_str()] = value;
+            }
+        }
+    }
+    let (code, body) = vmm.put("vm.create", &config);
+    assert_eq!(code, 204, "{body}");
+    vmm
+}

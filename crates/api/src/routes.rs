@@ -48,7 +48,7 @@ pub const ENDPOINTS: &[Endpoint] = &[
     served("vm.info", "GET"),
     served("vm.counters", "GET"),
     served("vm.power-button", "PUT"),
-    not_yet("vm.resize"),
+    served("vm.resize", "PUT"),
     served("vm.resize-disk", "PUT"),
     not_yet("vm.resize-zone"),
     not_yet("vm.add-device"),
@@ -129,6 +129,16 @@ pub fn request_for(name: &str, body: &[u8], fds: Vec<OwnedFd>) -> Result<Request
         "vm.resize-disk" => {
             let ResizeDisk { id, desired_size } = json_body(name, "disk resize", body)?;
             Request::ResizeDisk(id, desired_size)
+        }
+        "vm.resize" => {
+            let resize: vmm::control::Resize = json_body(name, "resize", body)?;
+            if resize == vmm::control::Resize::default() {
+                return Err(RequestError::new(
+                    ErrorKind::BadRequest,
+                    format!("{name}: nothing to resize: give desired_vcpus, desired_ram or desired_balloon"),
+                ));
+            }
+            Request::Resize(resize)
         }
         "vm.pause" => Request::Pause,
         "vm.resume" => Request::Resume,
@@ -252,6 +262,7 @@ mod tests {
                     "vm.remove-device" => &br#"{"id": "d"}"#[..],
                     "vm.resize-disk" => &br#"{"id": "d", "desired_size": 512}"#[..],
                     "vm.coredump" => &br#"{"destination_url": "file:///c"}"#[..],
+                    "vm.resize" => &br#"{"desired_vcpus": 2}"#[..],
                     _ => b"",
                 };
                 request_for(e.name, body, Vec::new()).unwrap();

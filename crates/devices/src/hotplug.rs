@@ -6,7 +6,7 @@
 //!
 //! | device | offset | access | meaning |
 //! | --- | --- | --- | --- |
-//! | GED | 0x0 | read, clears | pending events; bit 0: PCI hot-plug; bit 1: power button |
+//! | GED | 0x0 | read, clears | pending events; bit 0: PCI hot-plug; bit 1: power button; bit 2: vCPU hot-plug; bit 3: memory hot-plug |
 //! | hot-plug | 0x0 | read, clears | bitmap of slots just plugged in |
 //! | hot-plug | 0x4 | read, clears | bitmap of slots the guest should eject |
 //! | hot-plug | 0x8 | write | the slot number the guest has released (eject it now) |
@@ -29,6 +29,10 @@ pub const GED_EVENT_OFFSET: u64 = 0;
 pub const GED_EVENT_PCI_HOTPLUG: u32 = 1 << 0;
 /// GED event bit: the power button was pressed.
 pub const GED_EVENT_POWER_BUTTON: u32 = 1 << 1;
+/// GED event bit: look at the vCPU hot-plug controller.
+pub const GED_EVENT_CPU_HOTPLUG: u32 = 1 << 2;
+/// GED event bit: look at the memory hot-plug controller.
+pub const GED_EVENT_MEMORY_HOTPLUG: u32 = 1 << 3;
 /// Hot-plug controller: slots just plugged in.
 pub const HOTPLUG_UP_OFFSET: u64 = 0;
 /// Hot-plug controller: slots to eject.

@@ -5,6 +5,7 @@
 //! [`vmm_sys_util::eventfd::EventFd`] for each request they raise — so each one can be driven by a unit test without a VM.
 
 pub mod bus;
+pub mod cpu_hotplug;
 pub mod hotplug;
 pub mod ioapic;
 pub mod legacy;

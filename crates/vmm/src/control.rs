@@ -52,6 +52,20 @@ pub enum Request {
     ResizeDisk(String, u64),
     /// Write the paused guest as an ELF core (`vm.coredump`) to this `file://` URL.
     Coredump(String),
+    /// Change the vCPU count, RAM size or balloon (`vm.resize`).
+    Resize(Resize),
+}
+
+/// The body of `vm.resize`: what to change, each optional.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Resize {
+    /// vCPUs the guest should have.
+    pub desired_vcpus: Option<u32>,
+    /// Bytes of RAM the guest should have.
+    pub desired_ram: Option<u64>,
+    /// Bytes the balloon should hold.
+    pub desired_balloon: Option<u64>,
 }
 
 /// A successful answer.

@@ -5,8 +5,10 @@ use std::collections::VecDeque;
 use std::os::fd::{AsFd, OwnedFd};
 use std::sync::{Arc, Mutex};
 
+use devices::cpu_hotplug::CpuHotplugController;
 use devices::hotplug::{
-    GenericEventDevice, PciHotplugController, GED_EVENT_PCI_HOTPLUG, GED_EVENT_POWER_BUTTON,
+    GenericEventDevice, PciHotplugController, GED_EVENT_CPU_HOTPLUG, GED_EVENT_PCI_HOTPLUG,
+    GED_EVENT_POWER_BUTTON,
 };
 use devices::ioapic::{IoApic, IoApicPin, IOAPIC_BASE, IOAPIC_SIZE};
 use devices::legacy::{AcpiPowerControl, ACPI_PM_BASE, ACPI_PM_LEN, I8042, I8042_BASE, I8042_LEN};
@@ -101,7 +103,9 @@ pub struct DeviceManager {
     pub pci: PciDevices,
     ged: Arc<Mutex<GenericEventDevice>>,
     hotplug: Arc<Mutex<PciHotplugController>>,
-    /// Signalled when the guest ejected a hot-plugged device.
+    cpu_hotplug: Arc<Mutex<CpuHotplugController>>,
+    ejected_vcpus: Arc<Mutex<VecDeque<u8>>>,
+    /// Signalled when the guest ejected a hot-plugged device or vCPU.
     pub eject_evt: EventFd,
     ejected: Arc<Mutex<VecDeque<u8>>>,
     /// COM1, unless the serial port is off.
@@ -145,6 +149,16 @@ impl DeviceManager {
             hotplug.clone(),
             layout::PCI_HOTPLUG_START,
             layout::PCI_HOTPLUG_SIZE,
+        )?;
+        let max_vcpus = cfg.cpus.max_vcpus.max(cfg.cpus.boot_vcpus);
+        let cpu_hotplug =
+            CpuHotplugController::new(max_vcpus, cfg.cpus.boot_vcpus, clone_evt(&eject_evt)?);
+        let ejected_vcpus = cpu_hotplug.ejected();
+        let cpu_hotplug = Arc::new(Mutex::new(cpu_hotplug));
+        mmio.insert(
+            cpu_hotplug.clone(),
+            layout::CPU_HOTPLUG_START,
+            layout::CPU_HOTPLUG_SIZE,
         )?;
         let pci = PciDevices::new(
             &pio,
@@ -196,6 +210,8 @@ impl DeviceManager {
             pci,
             ged,
             hotplug,
+            cpu_hotplug,
+            ejected_vcpus,
             eject_evt,
             ejected,
             serial,
@@ -314,6 +330,39 @@ impl DeviceManager {
             .notify(GED_EVENT_PCI_HOTPLUG);
     }
 
+    /// Tells the guest that vCPU `index` was added.
+    pub fn announce_vcpu(&self, index: u8) {
+        self.cpu_hotplug
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .plugged(index);
+        self.ged
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .notify(GED_EVENT_CPU_HOTPLUG);
+    }
+
+    /// Asks the guest to give up vCPU `index`.
+    pub fn request_vcpu_removal(&self, index: u8) {
+        self.cpu_hotplug
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .request_removal(index);
+        self.ged
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .notify(GED_EVENT_CPU_HOTPLUG);
+    }
+
+    /// The vCPUs the guest has ejected since the last call.
+    pub fn take_ejected_vcpus(&self) -> Vec<u8> {
+        self.ejected_vcpus
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .drain(..)
+            .collect()
+    }
+
     /// The slots the guest has ejected since the last call.
     pub fn take_ejected(&self) -> Vec<u8> {
         let _ = self.eject_evt.read();
@@ -322,6 +371,14 @@ impl DeviceManager {
             .unwrap_or_else(|e| e.into_inner())
             .drain(..)
             .collect()
+    }
+
+    /// Tells the vCPU hot-plug controller that the machine starts with `boot_vcpus`.
+    pub fn power_on_vcpus(&self, boot_vcpus: u8) {
+        self.cpu_hotplug
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .reset(boot_vcpus);
     }
 
     /// Returns every device to its power-on state (on reboot).

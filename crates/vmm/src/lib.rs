@@ -13,6 +13,7 @@ pub mod events;
 pub mod files;
 pub mod guest_ram;
 pub mod interrupts;
+pub mod machine;
 pub mod passed_fds;
 pub mod pci_devices;
 pub mod signals;

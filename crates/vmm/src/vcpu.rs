@@ -6,7 +6,7 @@
 //! before the thread enters the kernel is not lost.
 
 use std::cell::Cell;
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 
@@ -37,6 +37,9 @@ pub struct VcpuControl {
     nmis: std::sync::atomic::AtomicU32,
     /// The registers each vCPU had when it last parked (for `vm.coredump`).
     parked_registers: Mutex<std::collections::BTreeMap<u8, crate::coredump::VcpuRegisters>>,
+    /// One bit per vCPU index: that vCPU's thread must end (it was unplugged), whatever the
+    /// others do.
+    retiring: [AtomicU64; 4],
 }
 
 impl Default for VcpuControl {
@@ -47,6 +50,7 @@ impl Default for VcpuControl {
             changed: Condvar::new(),
             nmis: std::sync::atomic::AtomicU32::new(0),
             parked_registers: Mutex::default(),
+            retiring: Default::default(),
         }
     }
 }
@@ -63,6 +67,23 @@ impl VcpuControl {
     fn set(&self, d: Desired) {
         let _guard = self.parked.lock().unwrap_or_else(|e| e.into_inner());
         self.desired.store(d as u8, Ordering::Release);
+        self.changed.notify_all();
+    }
+
+    fn is_retiring(&self, index: u8) -> bool {
+        let (word, bit) = (usize::from(index / 64), index % 64);
+        self.retiring[word].load(Ordering::Acquire) & (1 << bit) != 0
+    }
+
+    /// Marks vCPU `index` as one whose thread must end (`on`), or no longer (`!on`).
+    fn set_retiring(&self, index: u8, on: bool) {
+        let _guard = self.parked.lock().unwrap_or_else(|e| e.into_inner());
+        let (word, bit) = (usize::from(index / 64), index % 64);
+        if on {
+            self.retiring[word].fetch_or(1 << bit, Ordering::AcqRel);
+        } else {
+            self.retiring[word].fetch_and(!(1 << bit), Ordering::AcqRel);
+        }
         self.changed.notify_all();
     }
 
@@ -86,13 +107,19 @@ impl VcpuControl {
             .insert(index, crate::coredump::VcpuRegisters { regs, sregs });
     }
 
-    /// Called by a vCPU thread between runs; returns false when the thread must end.
-    fn checkpoint(&self) -> bool {
+    /// Called by vCPU thread `index` between runs; returns false when the thread must end.
+    fn checkpoint(&self, index: u8) -> bool {
+        if self.is_retiring(index) {
+            return false;
+        }
         if self.desired() == Desired::Run {
             return true;
         }
         let mut parked = self.parked.lock().unwrap_or_else(|e| e.into_inner());
         loop {
+            if self.is_retiring(index) {
+                return false;
+            }
             match self.desired() {
                 Desired::Run => return true,
                 Desired::Stop => return false,
@@ -101,7 +128,9 @@ impl VcpuControl {
                     self.changed.notify_all();
                     parked = self
                         .changed
-                        .wait_while(parked, |_| self.desired() == Desired::Pause)
+                        .wait_while(parked, |_| {
+                            self.desired() == Desired::Pause && !self.is_retiring(index)
+                        })
                         .unwrap_or_else(|e| e.into_inner());
                     *parked -= 1;
                 }
@@ -109,12 +138,14 @@ impl VcpuControl {
         }
     }
 
-    /// Blocks a vCPU thread that has nothing more to run until the machine stops.
-    fn wait_for_stop(&self) {
+    /// Blocks vCPU thread `index`, which has nothing more to run, until it must end.
+    fn wait_for_stop(&self, index: u8) {
         let parked = self.parked.lock().unwrap_or_else(|e| e.into_inner());
         let _unused = self
             .changed
-            .wait_while(parked, |_| self.desired() != Desired::Stop)
+            .wait_while(parked, |_| {
+                self.desired() != Desired::Stop && !self.is_retiring(index)
+            })
             .unwrap_or_else(|e| e.into_inner());
     }
 
@@ -226,9 +257,10 @@ pub fn install_kick_handler() -> std::io::Result<()> {
         .map_err(|e| std::io::Error::from_raw_os_error(e.errno()))
 }
 
-/// A running vCPU thread.
+/// A running vCPU thread; it hands its vCPU back when it ends.
 pub struct VcpuThread {
-    handle: JoinHandle<()>,
+    index: u8,
+    handle: JoinHandle<VcpuFd>,
 }
 
 impl VcpuThread {
@@ -240,7 +272,7 @@ impl VcpuThread {
             .name(format!("vcpu{index}"))
             .spawn(move || run(index, vcpu, ctx, ready_tx))?;
         match ready.recv() {
-            Ok(Ok(())) => Ok(VcpuThread { handle }),
+            Ok(Ok(())) => Ok(VcpuThread { index, handle }),
             Ok(Err(e)) => {
                 let _ = handle.join();
                 Err(std::io::Error::other(format!(
@@ -291,12 +323,32 @@ impl VcpuThread {
         }
     }
 
-    /// Waits for the thread to end.
-    pub fn join(self) {
-        if self.handle.join().is_err() {
-            log::error!("a vCPU thread panicked");
+    /// The vCPU's index.
+    pub fn index(&self) -> u8 {
+        self.index
+    }
+
+    /// Waits for the thread to end; returns its vCPU (none if the thread panicked).
+    pub fn join(self) -> Option<VcpuFd> {
+        match self.handle.join() {
+            Ok(vcpu) => Some(vcpu),
+            Err(_) => {
+                log::error!("vCPU thread {} panicked", self.index);
+                None
+            }
         }
     }
+}
+
+/// Ends the thread of one vCPU while the others go on (the guest ejected it); returns the
+/// vCPU, which KVM cannot destroy, for a later hot-plug to run again.
+pub fn retire(control: &VcpuControl, thread: VcpuThread) -> Option<VcpuFd> {
+    let index = thread.index;
+    control.set_retiring(index, true);
+    thread.kick();
+    let vcpu = thread.join();
+    control.set_retiring(index, false);
+    vcpu
 }
 
 /// Pauses every vCPU and waits until all are parked.
@@ -321,7 +373,9 @@ pub fn resume_all(control: &VcpuControl) {
 pub fn stop_all(control: &VcpuControl, threads: Vec<VcpuThread>) {
     control.set(Desired::Stop);
     threads.iter().for_each(VcpuThread::kick);
-    threads.into_iter().for_each(VcpuThread::join);
+    for thread in threads {
+        thread.join();
+    }
 }
 
 /// How one exit was handled.
@@ -405,17 +459,20 @@ fn run(
     mut vcpu: VcpuFd,
     ctx: VcpuContext,
     ready: std::sync::mpsc::SyncSender<Result<(), String>>,
-) {
+) -> VcpuFd {
     // Locked down before the guest runs: nothing the guest makes this thread do may reach
     // a file, a socket or a capability.
     let _lockdown = match crate::thread_policy::lock_down_vcpu(&ctx.filters) {
         Ok(registration) => registration,
         Err(e) => {
             let _ = ready.send(Err(e.to_string()));
-            return;
+            return vcpu;
         }
     };
     let _ = ready.send(Ok(()));
+    // A vCPU run again after a hot-unplug may still carry the kick that ended its last
+    // thread.
+    vcpu.set_kvm_immediate_exit(0);
     let run_page: *mut kvm_run = vcpu.get_kvm_run();
     KVM_RUN.with(|r| r.set(run_page));
     let mut nmis_seen = ctx.control.nmis.load(Ordering::Acquire);
@@ -423,7 +480,7 @@ fn run(
         if ctx.control.desired() == Desired::Pause {
             ctx.control.record(index, &vcpu);
         }
-        if !ctx.control.checkpoint() {
+        if !ctx.control.checkpoint(index) {
             break;
         }
         let nmis = ctx.control.nmis.load(Ordering::Acquire);
@@ -444,7 +501,7 @@ fn run(
                             format!("triple fault, and the reset request failed: {e}")
                         } else {
                             // Nothing more to run until the VMM rebuilds the machine.
-                            ctx.control.wait_for_stop();
+                            ctx.control.wait_for_stop(index);
                             break;
                         }
                     }
@@ -469,6 +526,7 @@ fn run(
         break;
     }
     KVM_RUN.with(|r| r.set(std::ptr::null_mut()));
+    vcpu
 }
 
 #[cfg(test)]
@@ -484,7 +542,7 @@ mod tests {
             let c = control.clone();
             threads.push(std::thread::spawn(move || {
                 let mut laps = 0u64;
-                while c.checkpoint() {
+                while c.checkpoint(0) {
                     laps += 1;
                     std::thread::sleep(Duration::from_micros(50));
                 }
@@ -500,6 +558,30 @@ mod tests {
         for t in threads {
             assert!(t.join().unwrap() > 0);
         }
+    }
+
+    #[test]
+    fn a_retiring_vcpu_ends_alone_even_when_parked() {
+        let control = Arc::new(VcpuControl::default());
+        let spawn = |index: u8| {
+            let c = control.clone();
+            std::thread::spawn(move || {
+                while c.checkpoint(index) {
+                    std::thread::sleep(Duration::from_micros(50));
+                }
+                index
+            })
+        };
+        let (first, second) = (spawn(1), spawn(2));
+        control.set_retiring(2, true);
+        assert_eq!(second.join().unwrap(), 2);
+        control.set_retiring(2, false);
+        assert!(!first.is_finished(), "the other vCPU keeps running");
+        control.set(Desired::Pause);
+        control.wait_parked(1);
+        control.set_retiring(1, true);
+        assert_eq!(first.join().unwrap(), 1, "a parked vCPU can be retired too");
+        assert!(!control.is_retiring(2));
     }
 
     #[test]

@@ -11,11 +11,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use config::VmConfig;
-use kvm_bindings::{
-    kvm_enable_cap, kvm_mp_state, kvm_userspace_memory_region, CpuId, KVM_CAP_SPLIT_IRQCHIP,
-    KVM_MP_STATE_RUNNABLE, KVM_MP_STATE_UNINITIALIZED,
-};
-use kvm_ioctls::{Kvm, VcpuFd, VmFd};
+use kvm_bindings::{kvm_enable_cap, kvm_userspace_memory_region, CpuId, KVM_CAP_SPLIT_IRQCHIP};
+use kvm_ioctls::Kvm;
 use serde::Serialize;
 use vm_memory::{Address, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 
@@ -24,12 +21,15 @@ use std::os::fd::AsRawFd;
 use sandbox::janitor::Janitor;
 
 use crate::device_manager::{DeviceError, DeviceManager, MachineEvents};
-use crate::vcpu::{self, FaultSink, VcpuContext, VcpuControl, VcpuThread};
+use crate::machine::{Machine, VcpuSetup};
+use crate::vcpu::{self, FaultSink, VcpuContext, VcpuControl};
 use crate::x86_64::boot::{self, BootError, DEFAULT_INITRD_ADDR_MAX};
 use crate::x86_64::layout::{self, KVM_IDENTITY_MAP_ADDRESS, KVM_TSS_ADDRESS};
 use crate::x86_64::regs::{self, EntryMode};
 use crate::x86_64::topology::Topology;
-use crate::x86_64::{acpi, cpuid, mptable, smbios};
+use crate::x86_64::{acpi, mptable, smbios};
+
+mod resize;
 
 /// The lifecycle state of a VM, named as in the REST API.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -107,7 +107,7 @@ pub enum VmError {
     Thread(std::io::Error),
 }
 
-fn kvm_err(what: &'static str) -> impl Fn(kvm_ioctls::Error) -> VmError {
+pub(crate) fn kvm_err(what: &'static str) -> impl Fn(kvm_ioctls::Error) -> VmError {
     move |source| VmError::Kvm { what, source }
 }
 
@@ -156,21 +156,6 @@ pub enum HotplugError {
     /// Plugging failed.
     #[error("{0}")]
     Failed(String),
-}
-
-/// A running KVM incarnation of the VM.
-struct Machine {
-    // Dropped after the vCPU threads are joined (see `stop`).
-    _vm_fd: Arc<VmFd>,
-    control: Arc<VcpuControl>,
-    threads: Vec<VcpuThread>,
-}
-
-impl Machine {
-    fn stop(self, devices: &DeviceManager) {
-        vcpu::stop_all(&self.control, self.threads);
-        devices.attach(None);
-    }
 }
 
 /// A VM.
@@ -307,6 +292,7 @@ impl Vm {
         for id in std::mem::take(&mut self.unplugging) {
             self.devices.pci.remove(&id);
         }
+        self.devices.power_on_vcpus(self.config.cpus.boot_vcpus);
         let machine = self.build_machine(kvm, supported_cpuid)?;
         self.machine = Some(machine);
         self.state = VmState::Running;
@@ -418,7 +404,7 @@ impl Vm {
                     None => HotplugError::Failed(format!("{}: {e}", path.display())),
                 }
             })?;
-        let registers = machine.control.parked_registers();
+        let registers = machine.control().parked_registers();
         crate::coredump::write(&mut file, &self.memory, &registers)
             .map_err(|e| HotplugError::Failed(format!("{}: {e}", path.display())))
     }
@@ -459,8 +445,9 @@ impl Vm {
         Ok(Removal::Done)
     }
 
-    /// Takes away the devices the guest ejected; returns their ids.
+    /// Takes away the devices and vCPUs the guest ejected; returns the devices' ids.
     pub fn finish_ejects(&mut self) -> Vec<String> {
+        self.finish_vcpu_ejects();
         let mut gone = Vec::new();
         for slot in self.devices.take_ejected() {
             if let Some(id) = self.devices.pci.in_slot(slot).map(|e| e.id.clone()) {
@@ -490,7 +477,7 @@ impl Vm {
     /// Parks every vCPU.
     pub fn pause(&mut self) {
         if let Some(m) = &self.machine {
-            vcpu::pause_all(&m.control, &m.threads);
+            vcpu::pause_all(m.control(), m.threads());
             self.state = VmState::Paused;
         }
     }
@@ -498,14 +485,14 @@ impl Vm {
     /// Sends every vCPU a non-maskable interrupt.
     pub fn nmi(&self) {
         if let Some(m) = &self.machine {
-            vcpu::nmi_all(&m.control, &m.threads);
+            vcpu::nmi_all(m.control(), m.threads());
         }
     }
 
     /// Lets parked vCPUs run again.
     pub fn resume(&mut self) {
         if let Some(m) = &self.machine {
-            vcpu::resume_all(&m.control);
+            vcpu::resume_all(m.control());
             self.state = VmState::Running;
         }
     }
@@ -551,60 +538,21 @@ impl Vm {
         self.devices.attach(Some(vm.clone()));
 
         let entry = self.load_payload()?;
-        let topology = Topology::of(&self.config.cpus);
-        let boot_vcpus = self.config.cpus.boot_vcpus;
-
-        let mut fds = Vec::with_capacity(boot_vcpus as usize);
-        for index in 0..boot_vcpus {
-            // KVM gives a vCPU its id as APIC id.
-            let apic_id = topology.apic_id(index);
-            let fd = vm
-                .create_vcpu(u64::from(apic_id))
-                .map_err(kvm_err("create a vCPU"))?;
-            configure_vcpu(&fd, index, apic_id, &topology, supported_cpuid, entry)?;
-            fds.push(fd);
-        }
-        let control = Arc::new(VcpuControl::default());
         let ctx = VcpuContext {
             pio: self.devices.pio.clone(),
             mmio: self.devices.mmio.clone(),
             ioapic: self.devices.ioapic.clone(),
-            control: control.clone(),
+            control: Arc::new(VcpuControl::default()),
             faults: self.faults.clone(),
             reset: self.reset_evt.clone(),
             filters: self.vcpu_filters.clone(),
         };
-        let mut threads = Vec::with_capacity(fds.len());
-        for (id, fd) in fds.into_iter().enumerate() {
-            let pinned = VcpuThread::spawn(id as u8, fd, ctx.clone()).and_then(|t| {
-                let cpus = self.config.cpus.affinity.iter().flatten();
-                match cpus.clone().find(|a| usize::from(a.vcpu) == id) {
-                    Some(a) => match t.pin(&a.host_cpus) {
-                        Ok(()) => Ok(t),
-                        Err(e) => {
-                            threads.push(t);
-                            Err(std::io::Error::other(format!(
-                                "cannot pin vCPU {id} to host CPUs {:?}: {e}",
-                                a.host_cpus
-                            )))
-                        }
-                    },
-                    None => Ok(t),
-                }
-            });
-            match pinned {
-                Ok(t) => threads.push(t),
-                Err(e) => {
-                    vcpu::stop_all(&control, threads);
-                    return Err(VmError::Thread(e));
-                }
-            }
-        }
-        Ok(Machine {
-            _vm_fd: vm,
-            control,
-            threads,
-        })
+        let setup = VcpuSetup {
+            topology: Topology::of(&self.config.cpus),
+            supported_cpuid: supported_cpuid.clone(),
+            affinity: self.config.cpus.affinity.clone().unwrap_or_default(),
+        };
+        Machine::start(vm, ctx, setup, self.config.cpus.boot_vcpus, entry)
     }
 
     /// Writes the MP and ACPI tables; returns the RSDP's address.
@@ -683,49 +631,6 @@ impl Drop for Vm {
 fn ioapic_id_of(cpus: &config::CpusConfig) -> u8 {
     let max = cpus.max_vcpus.max(cpus.boot_vcpus);
     mptable::ioapic_id(&Topology::of(cpus).apic_ids(max))
-}
-
-/// Sets a vCPU's CPUID, MSRs, FPU, local APIC and (for the boot vCPU, index 0) entry
-/// registers.
-fn configure_vcpu(
-    fd: &VcpuFd,
-    id: u8,
-    apic_id: u8,
-    topology: &Topology,
-    supported_cpuid: &CpuId,
-    (mode, entry): (EntryMode, u64),
-) -> Result<(), VmError> {
-    fd.set_cpuid2(&cpuid::for_vcpu(supported_cpuid, apic_id, topology))
-        .map_err(kvm_err("set CPUID"))?;
-    let msrs = regs::boot_msrs_fam().map_err(|_| VmError::Kvm {
-        what: "build the MSR list",
-        source: kvm_ioctls::Error::new(libc::EINVAL),
-    })?;
-    fd.set_msrs(&msrs).map_err(kvm_err("set MSRs"))?;
-    fd.set_fpu(&regs::boot_fpu())
-        .map_err(kvm_err("set the FPU"))?;
-    let mut lapic = fd.get_lapic().map_err(kvm_err("read the local APIC"))?;
-    regs::set_lint(&mut lapic);
-    fd.set_lapic(&lapic)
-        .map_err(kvm_err("set the local APIC"))?;
-    if id == 0 {
-        let sregs = fd.get_sregs().map_err(kvm_err("read special registers"))?;
-        fd.set_sregs(&regs::boot_sregs(sregs, mode))
-            .map_err(kvm_err("set special registers"))?;
-        fd.set_regs(&regs::boot_regs(mode, entry))
-            .map_err(kvm_err("set registers"))?;
-        fd.set_mp_state(kvm_mp_state {
-            mp_state: KVM_MP_STATE_RUNNABLE,
-        })
-        .map_err(kvm_err("make the boot vCPU runnable"))?;
-    } else {
-        // Application processors wait for INIT and SIPI from the boot processor.
-        fd.set_mp_state(kvm_mp_state {
-            mp_state: KVM_MP_STATE_UNINITIALIZED,
-        })
-        .map_err(kvm_err("park an application processor"))?;
-    }
-    Ok(())
 }
 
 /// Opens `/dev/kvm` and reads the CPUID it supports.

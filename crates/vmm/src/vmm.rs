@@ -479,6 +479,14 @@ impl Vmm {
                 info!("core of the guest written to {path}");
                 Ok(Reply::Done)
             }
+            Request::Resize(resize) => {
+                self.require_vm("vm.resize")?;
+                if let Some(vm) = &mut self.vm {
+                    vm.resize(&resize)
+                        .map_err(|e| hotplug_error("vm.resize", e))?;
+                }
+                Ok(Reply::Done)
+            }
             Request::ResizeDisk(id, bytes) => {
                 self.require_vm("vm.resize-disk")?;
                 if let Some(vm) = &mut self.vm {

@@ -136,6 +136,7 @@ fn name_of(request: &Request) -> &'static str {
         Request::Nmi => "nmi",
         Request::ResizeDisk(..) => "resize-disk",
         Request::Coredump(_) => "coredump",
+        Request::Resize(_) => "resize",
     }
 }
 
@@ -180,6 +181,7 @@ fn handle(vm: &mut Option<(VmConfig, State)>, request: Request) -> Result<Reply,
         Request::Nmi => "vm.nmi",
         Request::ResizeDisk(..) => "vm.resize-disk",
         Request::Coredump(_) => "vm.coredump",
+        Request::Resize(_) => "vm.resize",
     };
     let Some((config, state)) = vm else {
         return Err(RequestError::new(

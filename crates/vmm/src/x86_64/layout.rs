@@ -63,6 +63,10 @@ pub const ACPI_GED_SIZE: u64 = 0x10;
 pub const PCI_HOTPLUG_START: u64 = 0xfe00_1000;
 /// Size of the PCI hot-plug controller's registers.
 pub const PCI_HOTPLUG_SIZE: u64 = 0x10;
+/// The vCPU hot-plug controller's registers (selection, status).
+pub const CPU_HOTPLUG_START: u64 = 0xfe00_2000;
+/// Size of the vCPU hot-plug controller's registers.
+pub const CPU_HOTPLUG_SIZE: u64 = devices::cpu_hotplug::CPU_HOTPLUG_SIZE;
 /// The I/O APIC pin of the generic event device's interrupt (edge, active high).
 pub const ACPI_GED_IRQ: u32 = 5;
 /// Where ACPI tables live: the RSDP at the start, where a guest scanning for it looks.

@@ -1,0 +1,115 @@
+//! `vm.resize`: vCPUs added to and taken from a running guest through ACPI hot-plug (the
+//! guest brings each new one up with INIT-SIPI-SIPI and ejects the ones asked back), each new
+//! vCPU thread confined and filtered like the others; bad requests refused and nothing changed.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+use serde_json::json;
+
+/// The threads of `pid` named `name`.
+fn threads_named(pid: u32, name: &str) -> Vec<u32> {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return Vec::new();
+    };
+    tasks
+        .flatten()
+        .filter(|t| std::fs::read_to_string(t.path().join("comm")).is_ok_and(|c| c.trim() == name))
+        .filter_map(|t| t.file_name().to_str()?.parse().ok())
+        .collect()
+}
+
+/// A field of `/proc/PID/task/TID/status`.
+fn status_field(pid: u32, tid: u32, field: &str) -> String {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("{field}:")))
+        .unwrap_or_else(|| panic!("no {field} in {status}"))
+        .trim()
+        .to_string()
+}
+
+fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting until {what}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+#[test]
+fn vcpus_are_added_removed_and_added_again_under_the_sandbox() {
+    let dir = TempDir::new("resize-vcpus");
+    let extra = json!({"cpus": {"boot_vcpus": 1, "max_vcpus": 2}, "landlock_enable": true});
+    let vmm = created_vm(&dir, "cpu_hotplug", extra);
+    let boot_vcpus = || vmm.info()["config"]["cpus"]["boot_vcpus"].clone();
+
+    // Out of range: refused on one line, nothing changed.
+    for (body, message) in [
+        (
+            json!({"desired_vcpus": 3}),
+            "desired_vcpus 3: must be between 1 and max_vcpus (2)",
+        ),
+        (
+            json!({"desired_vcpus": 0}),
+            "desired_vcpus 0: must be between 1 and max_vcpus (2)",
+        ),
+        (json!({}), "nothing to resize"),
+        (json!({"desired_cpus": 2}), "unknown field"),
+    ] {
+        let (code, text) = vmm.put("vm.resize", &body);
+        assert_eq!(code, 400, "{body}: {text}");
+        assert!(text.contains(message), "{body}: {text}");
+    }
+    assert_eq!(boot_vcpus(), 1);
+
+    assert_eq!(vmm.put("vm.boot", &json!({})).0, 204);
+    vmm.wait_serial("cpu_hotplug: ready", 1);
+    assert!(threads_named(vmm.pid(), "vcpu1").is_empty());
+
+    let (code, text) = vmm.put("vm.resize", &json!({"desired_vcpus": 2}));
+    assert_eq!(code, 204, "{text}");
+    vmm.wait_serial("cpu 1 up", 1);
+    assert_eq!(boot_vcpus(), 2);
+    let added = threads_named(vmm.pid(), "vcpu1");
+    assert_eq!(added.len(), 1, "one thread for vCPU 1");
+    // Confined before it ran: the vCPU filter, no new privileges, no capabilities.
+    assert_eq!(status_field(vmm.pid(), added[0], "Seccomp"), "2");
+    assert_eq!(status_field(vmm.pid(), added[0], "NoNewPrivs"), "1");
+    assert_eq!(
+        status_field(vmm.pid(), added[0], "CapEff"),
+        "0000000000000000"
+    );
+
+    // ch-remote's syntax, through palisade-remote: the guest is asked, ejects, the thread ends.
+    let out = vmm.remote(&["resize", "--cpus", "1"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    vmm.wait_serial("cpu 1 ejected", 1);
+    wait_until("vCPU 1's thread has ended", || {
+        threads_named(vmm.pid(), "vcpu1").is_empty()
+    });
+    assert_eq!(boot_vcpus(), 1);
+
+    // The same vCPU again, on a new thread.
+    assert_eq!(vmm.put("vm.resize", &json!({"desired_vcpus": 2})).0, 204);
+    let text = vmm.wait_serial("PASS cpu_hotplug", 1);
+    assert_eq!(text.matches("cpu 1 up").count(), 2, "{text}");
+}
+
+/// Resizing a VM that is not running changes what its next boot starts.
+#[test]
+fn resizing_before_boot_sets_the_vcpus_the_guest_starts_with() {
+    let dir = TempDir::new("resize-cold");
+    let vmm = created_vm(
+        &dir,
+        "smp",
+        json!({"cpus": {"boot_vcpus": 1, "max_vcpus": 4}}),
+    );
+    assert_eq!(vmm.put("vm.resize", &json!({"desired_vcpus": 3})).0, 204);
+    assert_eq!(vmm.info()["config"]["cpus"]["boot_vcpus"], 3);
+    assert_eq!(vmm.put("vm.boot", &json!({})).0, 204);
+    vmm.wait_serial("PASS smp: 3 cpus", 1);
+}
