@@ -113,3 +113,107 @@ fn resizing_before_boot_sets_the_vcpus_the_guest_starts_with() {
     assert_eq!(vmm.put("vm.boot", &json!({})).0, 204);
     vmm.wait_serial("PASS smp: 3 cpus", 1);
 }
+
+/// `desired_ram`: memory added to a running guest in the room `hotplug_size` keeps, under
+/// the sandbox and with shared (memfd) RAM; the guest finds each block through the ACPI
+/// memory hot-plug controller and reads back what it writes at both ends. What cannot be
+/// done is refused on one line and changes nothing.
+#[test]
+fn memory_is_added_to_a_running_guest() {
+    let dir = TempDir::new("resize-memory");
+    let extra = json!({
+        "memory": {"size": 64 << 20, "hotplug_size": 512 << 20, "shared": true},
+        "landlock_enable": true,
+    });
+    let vmm = created_vm(&dir, "memory_hotplug", extra);
+    assert_eq!(vmm.put("vm.boot", &json!({})).0, 204);
+    vmm.wait_serial("memory_hotplug: ready", 1);
+    let size = || vmm.info()["config"]["memory"]["size"].as_u64().unwrap();
+    let mib = |n: u64| n << 20;
+    for (desired, message) in [
+        (mib(32), "below the 67108864 bytes the guest has"),
+        (mib(64) + mib(100), "blocks of 128 MiB"),
+        (
+            mib(64) + mib(640),
+            "exceed the 536870912 left of memory.hotplug_size",
+        ),
+    ] {
+        let (code, text) = vmm.put("vm.resize", &json!({"desired_ram": desired}));
+        assert_eq!(code, 400, "{desired}: {text}");
+        assert!(text.contains(message), "{desired}: {text}");
+    }
+    assert_eq!(size(), mib(64));
+
+    let (code, text) = vmm.put("vm.resize", &json!({"desired_ram": mib(64 + 128)}));
+    assert_eq!(code, 204, "{text}");
+    let text = vmm.wait_serial("memory_hotplug: block usable", 1);
+    assert!(
+        text.contains("memory slot 0: base 0x1 00000000, 128 MiB"),
+        "{text}"
+    );
+    assert_eq!(size(), mib(64 + 128));
+    // The memfd holds the added memory after the boot RAM, for a vhost-user backend.
+    let memfd = memfd_size(vmm.pid());
+    assert_eq!(memfd, Some(mib(64 + 128)));
+
+    // ch-remote's syntax through palisade-remote: 256 MiB more, right after the first block.
+    let out = vmm.remote(&["resize", "--memory", "448M"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = vmm.wait_serial("PASS memory_hotplug", 1);
+    assert!(
+        text.contains("memory slot 1: base 0x1 08000000, 256 MiB"),
+        "{text}"
+    );
+    assert_eq!(size(), mib(448));
+    // The room is used up: 128 MiB more would not fit.
+    let (code, text) = vmm.put("vm.resize", &json!({"desired_ram": mib(448 + 256)}));
+    assert_eq!(code, 400, "{text}");
+}
+
+/// The size of the VMM's shared guest-RAM memfd, if it has one open.
+fn memfd_size(pid: u32) -> Option<u64> {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .ok()?
+        .flatten()
+        .find(|e| {
+            std::fs::read_link(e.path())
+                .is_ok_and(|t| t.to_string_lossy().contains("memfd:palisade-guest-ram"))
+        })
+        .map(|e| std::fs::metadata(e.path()).unwrap().len())
+}
+
+/// The same from the command line, with private (anonymous) memory: `--memory
+/// hotplug_size=` keeps the room, two resizes fill it.
+#[test]
+fn memory_is_added_from_the_command_line_room() {
+    let dir = TempDir::new("resize-memory-cli");
+    let kernel = guest("memory_hotplug");
+    let serial = ApiVmm::serial_arg(&dir);
+    let vmm = ApiVmm::spawn(
+        palisade(),
+        &dir,
+        &[
+            "--kernel",
+            path_str(&kernel),
+            "--memory",
+            "size=64M,hotplug_size=256M",
+            "--serial",
+            &serial,
+            "--console",
+            "off",
+            "--landlock",
+            "--no-shutdown",
+        ],
+    );
+    vmm.wait_serial("memory_hotplug: ready", 1);
+    assert_eq!(vmm.info()["config"]["memory"]["hotplug_size"], 256u64 << 20);
+    for total in [192u64, 320] {
+        let (code, text) = vmm.put("vm.resize", &json!({"desired_ram": total << 20}));
+        assert_eq!(code, 204, "{text}");
+    }
+    let text = vmm.wait_serial("PASS memory_hotplug", 1);
+    assert!(
+        text.contains("memory slot 1: base 0x1 08000000, 128 MiB"),
+        "{text}"
+    );
+}

@@ -154,12 +154,20 @@ fn parse_affinity(value: &str) -> Result<Vec<CpuAffinity>, String> {
 
 impl MemoryConfig {
     /// Keys of `--memory`.
-    pub const KEYS: &'static [&'static str] = &["size", "shared", "hugepages", "mergeable"];
+    pub const KEYS: &'static [&'static str] = &[
+        "size",
+        "shared",
+        "hugepages",
+        "mergeable",
+        "hotplug_size",
+        "hotplug_method",
+    ];
 
-    /// Parses `--memory size=SIZE[,shared=on|off][,hugepages=off][,mergeable=off]`: the size
-    /// takes a K/M/G/T suffix, defaults to 512M, and must be a multiple of 4 KiB between 1 MiB
-    /// and 1 TiB; `shared=on` backs guest RAM with a memfd other processes can map;
-    /// `hugepages` and `mergeable` are accepted at `off` only.
+    /// Parses `--memory size=SIZE[,shared=on|off][,hotplug_size=SIZE][,hotplug_method=acpi]
+    /// [,hugepages=off][,mergeable=off]`: the size takes a K/M/G/T suffix, defaults to 512M,
+    /// and must be a multiple of 4 KiB between 1 MiB and 1 TiB; `shared=on` backs guest RAM
+    /// with a memfd other processes can map; `hotplug_size` keeps room for memory added later
+    /// (`vm.resize`); `hugepages` and `mergeable` are accepted at `off` only.
     pub fn parse(input: &str) -> Result<Self, OptionError> {
         let o = OptionParser::new(Self::KEYS).parse(input)?;
         let size = o.get_size("size")?.unwrap_or(DEFAULT_MEMORY_SIZE);
@@ -169,8 +177,21 @@ impl MemoryConfig {
         for key in ["hugepages", "mergeable"] {
             off_only(&o, key)?;
         }
+        let hotplug_method = match o.get("hotplug_method") {
+            None | Some("acpi") => HotplugMethod::Acpi,
+            Some("virtio-mem") => HotplugMethod::VirtioMem,
+            Some(other) => {
+                return Err(OptionError::invalid(
+                    "hotplug_method",
+                    other,
+                    "use acpi or virtio-mem",
+                ))
+            }
+        };
         Ok(MemoryConfig {
             shared: o.get_bool("shared")?.unwrap_or(false),
+            hotplug_size: o.get_size("hotplug_size")?,
+            hotplug_method,
             ..MemoryConfig::with_size(size)
         })
     }

@@ -9,6 +9,7 @@ pub mod cpu_hotplug;
 pub mod hotplug;
 pub mod ioapic;
 pub mod legacy;
+pub mod memory_hotplug;
 #[cfg(any(test, feature = "test-util"))]
 pub mod netns;
 pub mod pci;

@@ -7,11 +7,12 @@ use std::sync::{Arc, Mutex};
 
 use devices::cpu_hotplug::CpuHotplugController;
 use devices::hotplug::{
-    GenericEventDevice, PciHotplugController, GED_EVENT_CPU_HOTPLUG, GED_EVENT_PCI_HOTPLUG,
-    GED_EVENT_POWER_BUTTON,
+    GenericEventDevice, PciHotplugController, GED_EVENT_CPU_HOTPLUG, GED_EVENT_MEMORY_HOTPLUG,
+    GED_EVENT_PCI_HOTPLUG, GED_EVENT_POWER_BUTTON,
 };
 use devices::ioapic::{IoApic, IoApicPin, IOAPIC_BASE, IOAPIC_SIZE};
 use devices::legacy::{AcpiPowerControl, ACPI_PM_BASE, ACPI_PM_LEN, I8042, I8042_BASE, I8042_LEN};
+use devices::memory_hotplug::MemoryHotplugController;
 use devices::serial::{SerialPort, COM1_BASE, COM1_IRQ, COM1_LEN};
 use devices::{Bus, BusError};
 use kvm_ioctls::VmFd;
@@ -105,6 +106,7 @@ pub struct DeviceManager {
     hotplug: Arc<Mutex<PciHotplugController>>,
     cpu_hotplug: Arc<Mutex<CpuHotplugController>>,
     ejected_vcpus: Arc<Mutex<VecDeque<u8>>>,
+    memory_hotplug: Arc<Mutex<MemoryHotplugController>>,
     /// Signalled when the guest ejected a hot-plugged device or vCPU.
     pub eject_evt: EventFd,
     ejected: Arc<Mutex<VecDeque<u8>>>,
@@ -160,12 +162,18 @@ impl DeviceManager {
             layout::CPU_HOTPLUG_START,
             layout::CPU_HOTPLUG_SIZE,
         )?;
+        let memory_hotplug = Arc::new(Mutex::new(MemoryHotplugController::new()));
+        mmio.insert(
+            memory_hotplug.clone(),
+            layout::MEMORY_HOTPLUG_START,
+            layout::MEMORY_HOTPLUG_SIZE,
+        )?;
         let pci = PciDevices::new(
             &pio,
             &mmio,
             vm.clone(),
             mem.clone(),
-            cfg.memory.address_space(),
+            layout::pci_mmio64_start(cfg.memory.size, cfg.memory.hotplug_size.unwrap_or(0)),
             worker_setup,
         )?;
         pio.insert(
@@ -212,6 +220,7 @@ impl DeviceManager {
             hotplug,
             cpu_hotplug,
             ejected_vcpus,
+            memory_hotplug,
             eject_evt,
             ejected,
             serial,
@@ -354,6 +363,37 @@ impl DeviceManager {
             .notify(GED_EVENT_CPU_HOTPLUG);
     }
 
+    /// Memory hot-plug slots still free.
+    pub fn free_memory_slots(&self) -> usize {
+        self.memory_hotplug
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .free_slots()
+    }
+
+    /// Describes `length` bytes of hot-plugged memory at `base` to the guest; tells a
+    /// running one (`notify`) at once. False when no slot is free.
+    pub fn announce_memory(&self, base: u64, length: u64, notify: bool) -> bool {
+        let plugged = self
+            .memory_hotplug
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .plug(base, length)
+            .is_some();
+        if plugged && notify {
+            self.ged
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .notify(GED_EVENT_MEMORY_HOTPLUG);
+        }
+        plugged
+    }
+
+    /// Guest memory grew: every device reaches the guest through `mem` from now on.
+    pub fn set_memory(&mut self, mem: &GuestMemoryMmap) {
+        self.pci.set_memory(mem);
+    }
+
     /// The vCPUs the guest has ejected since the last call.
     pub fn take_ejected_vcpus(&self) -> Vec<u8> {
         self.ejected_vcpus
@@ -383,6 +423,10 @@ impl DeviceManager {
 
     /// Returns every device to its power-on state (on reboot).
     pub fn reset(&self) {
+        self.memory_hotplug
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .reset();
         self.ioapic
             .lock()
             .unwrap_or_else(|e| e.into_inner())

@@ -11,7 +11,7 @@ use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::OnceLock;
 
-use vm_memory::{FileOffset, GuestAddress, GuestMemoryMmap};
+use vm_memory::{FileOffset, GuestAddress, GuestMemoryMmap, GuestRegionMmap};
 
 static RESERVED: OnceLock<io::Result<File>> = OnceLock::new();
 
@@ -69,6 +69,51 @@ pub fn map_shared(ranges: &[(GuestAddress, usize)]) -> io::Result<GuestMemoryMma
         offset += len as u64;
     }
     GuestMemoryMmap::from_ranges_with_files(regions).map_err(|e| io::Error::other(e.to_string()))
+}
+
+/// `len` bytes of guest memory at `start` (memory hot-plug of a shared VM), backed by the
+/// memfd from `offset`, which the memfd grows to hold; on failure it is left as it was.
+pub fn map_shared_region(
+    start: GuestAddress,
+    len: usize,
+    offset: u64,
+) -> io::Result<GuestRegionMmap> {
+    let file = reserved()
+        .as_ref()
+        .map_err(|e| io::Error::new(e.kind(), format!("no memfd for shared guest RAM: {e}")))?;
+    let end = offset
+        .checked_add(len as u64)
+        .and_then(|end| libc::off_t::try_from(end).ok())
+        .ok_or_else(|| io::Error::other("guest RAM too large"))?;
+    let shrink_back = || {
+        // SAFETY: ftruncate on the memfd this module owns.
+        unsafe { libc::ftruncate(file.as_raw_fd(), offset as libc::off_t) };
+    };
+    // SAFETY: ftruncate on the memfd this module owns.
+    if unsafe { libc::ftruncate(file.as_raw_fd(), end) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: dup of a descriptor this module owns; the copy is owned below.
+    let copy = unsafe { libc::dup(file.as_raw_fd()) };
+    if copy < 0 {
+        let e = io::Error::last_os_error();
+        shrink_back();
+        return Err(e);
+    }
+    // SAFETY: `copy` is a fresh descriptor owned by nobody else.
+    let copy = File::from(unsafe { OwnedFd::from_raw_fd(copy) });
+    GuestRegionMmap::from_range(start, len, Some(FileOffset::new(copy, offset))).map_err(|e| {
+        shrink_back();
+        io::Error::other(e.to_string())
+    })
+}
+
+/// Cuts the memfd back to `size` bytes (a hot-plug that failed after growing it).
+pub fn shrink(size: u64) {
+    if let Ok(file) = reserved() {
+        // SAFETY: ftruncate on the memfd this module owns.
+        unsafe { libc::ftruncate(file.as_raw_fd(), size as libc::off_t) };
+    }
 }
 
 /// Gives the shared RAM's pages back (the VM is gone).

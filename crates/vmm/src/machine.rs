@@ -7,8 +7,12 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use kvm_bindings::{kvm_mp_state, CpuId, KVM_MP_STATE_RUNNABLE, KVM_MP_STATE_UNINITIALIZED};
+use kvm_bindings::{
+    kvm_mp_state, kvm_userspace_memory_region, CpuId, KVM_MP_STATE_RUNNABLE,
+    KVM_MP_STATE_UNINITIALIZED,
+};
 use kvm_ioctls::{VcpuFd, VmFd};
+use vm_memory::{Address, GuestMemoryRegion, GuestRegionMmap};
 
 use crate::device_manager::DeviceManager;
 use crate::vcpu::{self, VcpuContext, VcpuControl, VcpuThread};
@@ -128,6 +132,11 @@ impl Machine {
         true
     }
 
+    /// Makes `region` guest memory in KVM slot `slot` (memory hot-plug).
+    pub fn map_memory(&self, slot: u32, region: &GuestRegionMmap) -> Result<(), VmError> {
+        map_region(&self.vm_fd, slot, region)
+    }
+
     /// The indices of the running vCPUs, in order.
     pub fn vcpus(&self) -> Vec<u8> {
         let mut v: Vec<u8> = self.threads.iter().map(VcpuThread::index).collect();
@@ -152,6 +161,21 @@ impl Machine {
         drop(self.idle);
         drop(self.vm_fd);
     }
+}
+
+/// Maps `region` into `vm` as KVM memory slot `slot`.
+pub fn map_region(vm: &VmFd, slot: u32, region: &GuestRegionMmap) -> Result<(), VmError> {
+    let mapping = kvm_userspace_memory_region {
+        slot,
+        guest_phys_addr: region.start_addr().raw_value(),
+        memory_size: region.len(),
+        userspace_addr: region.as_ptr() as u64,
+        flags: 0,
+    };
+    // SAFETY: the region is a live mapping of `memory_size` bytes held by the VM's guest
+    // memory, which outlives the KVM VM (the machine is stopped and dropped before the
+    // memory, see `Drop for Vm`).
+    unsafe { vm.set_user_memory_region(mapping) }.map_err(kvm_err("map guest memory"))
 }
 
 /// Creates vCPU `index` and sets it up; `entry` is given for the boot vCPU.

@@ -208,7 +208,7 @@ impl PciDevices {
         mmio: &Arc<Bus>,
         vm: Arc<CurrentVm>,
         mem: GuestMemoryMmap,
-        ram_size: u64,
+        mmio64_start: u64,
         worker_setup: ThreadSetup,
     ) -> Result<Self, PciDeviceError> {
         let mapper = Arc::new(KvmBarMapper {
@@ -226,9 +226,8 @@ impl PciDevices {
             layout::PCI_ECAM_START,
             layout::PCI_ECAM_SIZE,
         )?;
-        let mmio64 =
-            AddressAllocator::new(layout::pci_mmio64_start(ram_size), layout::PCI_MMIO64_SIZE)
-                .map_err(|e| std::io::Error::other(e.to_string()))?;
+        let mmio64 = AddressAllocator::new(mmio64_start, layout::PCI_MMIO64_SIZE)
+            .map_err(|e| std::io::Error::other(e.to_string()))?;
         Ok(PciDevices {
             root,
             mmio: mmio.clone(),
@@ -244,6 +243,17 @@ impl PciDevices {
     /// The plugged devices.
     pub fn entries(&self) -> &[PciEntry] {
         &self.entries
+    }
+
+    /// Guest memory grew: devices plugged from now on, and every device there is, use `mem`.
+    pub fn set_memory(&mut self, mem: &GuestMemoryMmap) {
+        self.mem = mem.clone();
+        for e in &self.entries {
+            e.device
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .set_memory(mem.clone());
+        }
     }
 
     /// The entry with `id`.

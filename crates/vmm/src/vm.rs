@@ -11,10 +11,10 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use config::VmConfig;
-use kvm_bindings::{kvm_enable_cap, kvm_userspace_memory_region, CpuId, KVM_CAP_SPLIT_IRQCHIP};
+use kvm_bindings::{kvm_enable_cap, CpuId, KVM_CAP_SPLIT_IRQCHIP};
 use kvm_ioctls::Kvm;
 use serde::Serialize;
-use vm_memory::{Address, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
+use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 
 use std::os::fd::AsRawFd;
 
@@ -162,6 +162,10 @@ pub enum HotplugError {
 pub struct Vm {
     config: VmConfig,
     memory: GuestMemoryMmap,
+    // RAM at creation, which the boot tables describe; hot-plugged memory lies above it
+    // (`layout::hotplug_memory_start`) and reaches the guest through ACPI memory devices,
+    // while `config.memory.size` counts both.
+    boot_ram: u64,
     kernel: File,
     initramfs: Option<(File, u64)>,
     devices: DeviceManager,
@@ -251,6 +255,7 @@ impl Vm {
         let vcpu_filters = crate::thread_policy::filters(sandbox::Role::Vcpu, None)
             .map_err(|e| VmError::Thread(std::io::Error::other(e)))?;
         Ok(Vm {
+            boot_ram: config.memory.size,
             config,
             memory,
             kernel,
@@ -522,17 +527,7 @@ impl Vm {
         vm.enable_cap(&split)
             .map_err(kvm_err("create the local APICs (split irqchip)"))?;
         for (slot, region) in self.memory.iter().enumerate() {
-            let mapping = kvm_userspace_memory_region {
-                slot: slot as u32,
-                guest_phys_addr: region.start_addr().raw_value(),
-                memory_size: region.len(),
-                userspace_addr: region.as_ptr() as u64,
-                flags: 0,
-            };
-            // SAFETY: the region is a live mapping of `memory_size` bytes owned by
-            // `self.memory`, which outlives this KVM VM (the machine is stopped and dropped
-            // before the memory, see `Drop for Vm`).
-            unsafe { vm.set_user_memory_region(mapping) }.map_err(kvm_err("map guest memory"))?;
+            crate::machine::map_region(&vm, slot as u32, region)?;
         }
         let vm = Arc::new(vm);
         self.devices.attach(Some(vm.clone()));
@@ -572,8 +567,9 @@ impl Vm {
             apic_ids,
             // The same id the MP table and the I/O APIC model use.
             ioapic_id,
+            ram_size: self.boot_ram,
             // The 64-bit PCI window starts past the room for hot-plugged memory.
-            ram_size: self.config.memory.address_space(),
+            hotplug_size: self.config.memory.hotplug_size.unwrap_or(0),
             serial: self.devices.serial.is_some(),
             hotplug_slots: acpi::HOTPLUG_SLOT_RANGE.collect(),
         };
@@ -584,7 +580,7 @@ impl Vm {
     fn load_payload(&mut self) -> Result<(EntryMode, u64), VmError> {
         let rsdp = self.write_firmware_tables()?;
         let kernel = boot::load_kernel(&self.memory, &mut self.kernel)?;
-        let ram = self.config.memory.size;
+        let ram = self.boot_ram;
         let initramfs = match &mut self.initramfs {
             Some((file, size)) => {
                 let addr_max = kernel

@@ -166,7 +166,11 @@ fn memory_bad_values() {
             format!("{key}=on: not supported by Palisade (use off)")
         );
     }
-    assert!(err(MemoryConfig::parse("hotplug_size=1G")).starts_with("hotplug_size: unknown key"));
+    let room = MemoryConfig::parse("size=1G,hotplug_size=2G,hotplug_method=acpi").unwrap();
+    assert_eq!(room.hotplug_size, Some(2 << 30));
+    assert!(err(MemoryConfig::parse("hotplug_size=lots")).starts_with("hotplug_size=lots"));
+    assert!(err(MemoryConfig::parse("hotplug_method=dimm")).contains("use acpi or virtio-mem"));
+    assert!(err(MemoryConfig::parse("prefault=on")).starts_with("prefault: unknown key"));
     assert!(err(MemoryConfig::parse("size=1G,size=2G")).starts_with("size: given more than once"));
 }
 

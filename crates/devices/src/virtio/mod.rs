@@ -156,6 +156,10 @@ pub trait VirtioDevice: Send {
         interrupt: Arc<dyn VirtioInterrupt>,
         queues: Vec<ActiveQueue>,
     ) -> Result<(), ActivateError>;
+    /// Guest memory grew (memory hot-plug): an active device reaches the driver's buffers
+    /// through `mem` from then on. Required, so that no device keeps a view of guest memory
+    /// without the hot-plugged part.
+    fn set_memory(&mut self, mem: GuestMemoryMmap);
     /// Stops the device and forgets its queues (driver reset). Host resources stay open.
     fn reset(&mut self);
     /// Handles the driver's notification of queue `index` (called on the device's worker thread).

@@ -250,6 +250,12 @@ impl VirtioPci {
         })
     }
 
+    /// Guest memory grew: the next activation, and the device if active, use `mem`.
+    pub fn set_memory(&mut self, mem: GuestMemoryMmap) {
+        self.mem = mem.clone();
+        self.device().set_memory(mem);
+    }
+
     /// The queue notification eventfds, one per queue, in queue order.
     pub fn notify_eventfds(&self) -> &[Arc<EventFd>] {
         self.device.notify_eventfds()
@@ -637,7 +643,7 @@ pub type SharedVirtioPci = Arc<Mutex<VirtioPci>>;
 mod tests {
     use super::*;
     use std::sync::atomic::{AtomicUsize, Ordering};
-    use vm_memory::GuestAddress;
+    use vm_memory::{GuestAddress, GuestMemoryBackend as _};
 
     use crate::test_util::RouteRecorder as Recorder;
 
@@ -648,6 +654,7 @@ mod tests {
         processed: Arc<AtomicUsize>,
         interrupt: Option<Arc<dyn VirtioInterrupt>>,
         common: super::super::VirtioCommon,
+        memory_regions: Arc<AtomicUsize>,
     }
 
     impl VirtioDevice for Probe {
@@ -664,6 +671,10 @@ mod tests {
             le_bytes(0x1122_3344_5566_7788u64 >> (offset * 8), data)
         }
         fn write_config(&mut self, _offset: u64, _data: &[u8]) {}
+        fn set_memory(&mut self, mem: GuestMemoryMmap) {
+            self.memory_regions
+                .store(mem.num_regions(), Ordering::SeqCst);
+        }
         fn activate(
             &mut self,
             _mem: GuestMemoryMmap,
@@ -692,6 +703,7 @@ mod tests {
         acked: Arc<Mutex<u64>>,
         activated: Arc<AtomicUsize>,
         processed: Arc<AtomicUsize>,
+        memory_regions: Arc<AtomicUsize>,
     }
 
     fn fixture() -> Fixture {
@@ -700,10 +712,12 @@ mod tests {
         let acked = Arc::new(Mutex::new(0));
         let activated = Arc::new(AtomicUsize::new(0));
         let processed = Arc::new(AtomicUsize::new(0));
+        let memory_regions = Arc::new(AtomicUsize::new(0));
         let probe = Probe {
             acked: acked.clone(),
             activated: activated.clone(),
             processed: processed.clone(),
+            memory_regions: memory_regions.clone(),
             interrupt: None,
             common: super::super::VirtioCommon::new(
                 super::super::TYPE_BLOCK,
@@ -721,7 +735,24 @@ mod tests {
             acked,
             activated,
             processed,
+            memory_regions,
         }
+    }
+
+    #[test]
+    fn grown_memory_reaches_the_device() {
+        let mut f = fixture();
+        let grown = f
+            .dev
+            .mem
+            .insert_region(Arc::new(
+                vm_memory::GuestRegionMmap::from_range(GuestAddress(1 << 32), 1 << 20, None)
+                    .unwrap(),
+            ))
+            .unwrap();
+        f.dev.set_memory(grown);
+        assert_eq!(f.memory_regions.load(Ordering::SeqCst), 2);
+        assert_eq!(f.dev.mem.num_regions(), 2, "and the next activation");
     }
 
     fn w(dev: &mut VirtioPci, offset: u64, value: u64, len: usize) {

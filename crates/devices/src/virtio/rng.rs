@@ -127,6 +127,12 @@ impl VirtioDevice for Rng {
         &mut self.common
     }
 
+    fn set_memory(&mut self, mem: GuestMemoryMmap) {
+        if let Some(active) = &mut self.active {
+            active.mem = mem;
+        }
+    }
+
     fn activate(
         &mut self,
         mem: GuestMemoryMmap,

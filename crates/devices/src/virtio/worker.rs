@@ -238,6 +238,7 @@ mod tests {
         fn common_mut(&mut self) -> &mut VirtioCommon {
             &mut self.common
         }
+        fn set_memory(&mut self, _: GuestMemoryMmap) {}
         fn activate(
             &mut self,
             _: GuestMemoryMmap,

@@ -1,8 +1,13 @@
-//! `vm.resize`: vCPU hot-plug and unplug (and, on a VM that is not running, the sizes the
-//! next boot uses).
+//! `vm.resize`: vCPU hot-plug and unplug, and memory hot-plug (ACPI memory devices in the
+//! room `memory.hotplug_size` keeps above RAM).
+
+use std::sync::Arc;
+
+use vm_memory::{GuestAddress, GuestMemoryBackend, GuestRegionMmap};
 
 use super::{HotplugError, Vm, VmState};
 use crate::control::Resize;
+use crate::x86_64::layout::{hotplug_memory_start, MEMORY_HOTPLUG_ALIGN};
 
 impl Vm {
     /// Applies `resize`. Each part is checked before anything changes; a part that fails
@@ -12,21 +17,110 @@ impl Vm {
             Some(n) => Some(self.check_vcpu_count(n)?),
             None => None,
         };
-        if let Some(ram) = resize.desired_ram {
-            if ram != self.config.memory.size {
-                return Err(HotplugError::Invalid(format!(
-                    "desired_ram {ram}: memory hot-plug is not available on this VM"
-                )));
-            }
-        }
+        let memory = match resize.desired_ram {
+            Some(bytes) => self.check_memory_growth(bytes)?,
+            None => 0,
+        };
         if resize.desired_balloon.is_some() {
             return Err(HotplugError::Invalid(
                 "desired_balloon: the VM has no balloon device (add one with --balloon)".into(),
             ));
         }
+        if memory > 0 {
+            self.add_memory(memory)?;
+        }
         if let Some(n) = vcpus {
             self.resize_vcpus(n)?;
         }
+        Ok(())
+    }
+
+    /// How many bytes `desired` RAM adds; refuses what hot-plug cannot do.
+    fn check_memory_growth(&self, desired: u64) -> Result<u64, HotplugError> {
+        let current = self.memory_size();
+        let invalid = |why: String| {
+            Err(HotplugError::Invalid(format!(
+                "desired_ram {desired}: {why}"
+            )))
+        };
+        if desired == current {
+            return Ok(0);
+        }
+        if desired < current {
+            return invalid(format!(
+                "below the {current} bytes the guest has: memory added through ACPI hot-plug \
+                 is never taken back"
+            ));
+        }
+        let room = self.config.memory.hotplug_size.unwrap_or(0);
+        if room == 0 {
+            return invalid(
+                "the VM has no room for more memory: create it with --memory hotplug_size=SIZE"
+                    .into(),
+            );
+        }
+        let more = desired - current;
+        if !more.is_multiple_of(MEMORY_HOTPLUG_ALIGN) {
+            return invalid(format!(
+                "memory is added in blocks of {} MiB, and {more} more bytes is not a whole \
+                 number of them",
+                MEMORY_HOTPLUG_ALIGN >> 20
+            ));
+        }
+        let left = room - (current - self.boot_ram);
+        if more > left {
+            return invalid(format!(
+                "{more} more bytes exceed the {left} left of memory.hotplug_size"
+            ));
+        }
+        if self.devices.free_memory_slots() == 0 {
+            return invalid("every memory hot-plug slot is taken".into());
+        }
+        Ok(more)
+    }
+
+    /// Adds `bytes` of guest memory after what was hot-plugged before: mapped into the
+    /// running machine, seen by every device, described to the guest (told at once when it
+    /// runs; found at boot otherwise). Nothing changes if a step fails.
+    fn add_memory(&mut self, bytes: u64) -> Result<(), HotplugError> {
+        let current = self.memory_size();
+        let start = hotplug_memory_start(self.boot_ram) + (current - self.boot_ram);
+        let len = usize::try_from(bytes)
+            .map_err(|_| HotplugError::Invalid(format!("desired_ram: {bytes} bytes too many")))?;
+        let failed = |e: String| {
+            HotplugError::Failed(format!("cannot add {bytes} bytes of guest memory: {e}"))
+        };
+        let region = if self.config.memory.shared {
+            crate::guest_ram::map_shared_region(GuestAddress(start), len, current)
+                .map_err(|e| failed(e.to_string()))?
+        } else {
+            GuestRegionMmap::from_range(GuestAddress(start), len, None)
+                .map_err(|e| failed(e.to_string()))?
+        };
+        let region = Arc::new(region);
+        let undo = |e: HotplugError| {
+            if self.config.memory.shared {
+                crate::guest_ram::shrink(current);
+            }
+            e
+        };
+        let memory = self
+            .memory
+            .insert_region(region.clone())
+            .map_err(|e| undo(failed(e.to_string())))?;
+        // Regions are kept in address order, and this one is the highest.
+        let slot = (memory.num_regions() - 1) as u32;
+        let running = matches!(self.state, VmState::Running | VmState::Paused);
+        if let Some(machine) = &self.machine {
+            machine
+                .map_memory(slot, &region)
+                .map_err(|e| undo(failed(e.to_string())))?;
+        }
+        self.memory = memory;
+        self.devices.set_memory(&self.memory);
+        self.devices.announce_memory(start, bytes, running);
+        self.config.memory.size = current + bytes;
+        log::info!("{bytes} bytes of guest memory added at {start:#x}");
         Ok(())
     }
 

@@ -67,6 +67,10 @@ pub const PCI_HOTPLUG_SIZE: u64 = 0x10;
 pub const CPU_HOTPLUG_START: u64 = 0xfe00_2000;
 /// Size of the vCPU hot-plug controller's registers.
 pub const CPU_HOTPLUG_SIZE: u64 = devices::cpu_hotplug::CPU_HOTPLUG_SIZE;
+/// The memory hot-plug controller's registers (selection, status, base, length).
+pub const MEMORY_HOTPLUG_START: u64 = 0xfe00_3000;
+/// Size of the memory hot-plug controller's registers.
+pub const MEMORY_HOTPLUG_SIZE: u64 = devices::memory_hotplug::MEMORY_HOTPLUG_SIZE;
 /// The I/O APIC pin of the generic event device's interrupt (edge, active high).
 pub const ACPI_GED_IRQ: u32 = 5;
 /// Where ACPI tables live: the RSDP at the start, where a guest scanning for it looks.
@@ -158,15 +162,34 @@ pub fn memory_map(ram_size: u64) -> Vec<MemoryRange> {
     map
 }
 
-/// The 64-bit PCI BAR window for a guest with `ram_size` bytes of RAM: the first aligned
-/// address above both 4 GiB and the end of RAM.
-pub fn pci_mmio64_start(ram_size: u64) -> u64 {
-    let ram_end = ram_regions(ram_size)
+/// Granule of memory hot-plug: Linux adds memory in blocks of this size (a memory section on
+/// x86_64), so hot-plugged regions start and end on it.
+pub const MEMORY_HOTPLUG_ALIGN: u64 = 128 << 20;
+
+fn ram_end(ram_size: u64) -> u64 {
+    ram_regions(ram_size)
         .last()
-        .map_or(RAM_64BIT_START, |(start, len)| start + len);
-    ram_end
+        .map_or(0, |(start, len)| start + len)
+}
+
+/// Where hot-plugged memory begins for a guest booted with `ram_size` bytes of RAM: the
+/// first block boundary above both 4 GiB and the end of RAM. It runs for
+/// `memory.hotplug_size` bytes.
+pub fn hotplug_memory_start(ram_size: u64) -> u64 {
+    ram_end(ram_size)
         .max(RAM_64BIT_START)
-        .next_multiple_of(PCI_MMIO64_ALIGN)
+        .next_multiple_of(MEMORY_HOTPLUG_ALIGN)
+}
+
+/// The 64-bit PCI BAR window for a guest with `ram_size` bytes of RAM and room for
+/// `hotplug_size` more: the first aligned address above 4 GiB, the end of RAM and the end of
+/// the hot-plug area.
+pub fn pci_mmio64_start(ram_size: u64, hotplug_size: u64) -> u64 {
+    let end = match hotplug_size {
+        0 => ram_end(ram_size),
+        n => hotplug_memory_start(ram_size) + n,
+    };
+    end.max(RAM_64BIT_START).next_multiple_of(PCI_MMIO64_ALIGN)
 }
 
 /// The highest guest address (exclusive) of RAM below the 32-bit hole.
@@ -194,9 +217,21 @@ mod tests {
 
     #[test]
     fn the_64bit_pci_window_sits_above_ram() {
-        assert_eq!(pci_mmio64_start(128 << 20), RAM_64BIT_START);
-        assert_eq!(pci_mmio64_start(4 << 30), 5 << 30);
-        assert_eq!(pci_mmio64_start((3 << 30) + (1 << 20)), 5 << 30);
+        assert_eq!(pci_mmio64_start(128 << 20, 0), RAM_64BIT_START);
+        assert_eq!(pci_mmio64_start(4 << 30, 0), 5 << 30);
+        assert_eq!(pci_mmio64_start((3 << 30) + (1 << 20), 0), 5 << 30);
+    }
+
+    #[test]
+    fn hot_plugged_memory_goes_above_4_gib_and_ram_and_below_the_pci_window() {
+        assert_eq!(hotplug_memory_start(64 << 20), RAM_64BIT_START);
+        assert_eq!(pci_mmio64_start(64 << 20, 1 << 30), 5 << 30);
+        // 4 GiB of RAM + 64 MiB ends at 5 GiB + 64 MiB: the next 128 MiB boundary.
+        let ram = (4 << 30) + (64 << 20);
+        assert_eq!(hotplug_memory_start(ram), (5 << 30) + (128 << 20));
+        assert_eq!(hotplug_memory_start(ram) % MEMORY_HOTPLUG_ALIGN, 0);
+        assert_eq!(pci_mmio64_start(ram, 512 << 20), 6 << 30);
+        assert_eq!(pci_mmio64_start(ram, 1 << 30), 7 << 30);
     }
 
     #[test]

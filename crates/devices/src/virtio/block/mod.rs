@@ -462,6 +462,12 @@ impl VirtioDevice for Block {
     // The configuration space takes no write: `writeback` is writable only with
     // VIRTIO_BLK_F_CONFIG_WCE, which is not offered.
 
+    fn set_memory(&mut self, mem: GuestMemoryMmap) {
+        if let Some(active) = &mut self.active {
+            active.mem = mem;
+        }
+    }
+
     fn activate(
         &mut self,
         mem: GuestMemoryMmap,

@@ -587,6 +587,12 @@ impl VirtioDevice for Console {
         self.host.flush_output();
     }
 
+    fn set_memory(&mut self, mem: GuestMemoryMmap) {
+        if let Some(active) = &mut self.active {
+            active.mem = mem;
+        }
+    }
+
     fn activate(
         &mut self,
         mem: GuestMemoryMmap,

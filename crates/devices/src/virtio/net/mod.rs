@@ -699,6 +699,12 @@ impl VirtioDevice for Net {
 
     // The configuration space takes no write: the MAC is writable only by legacy drivers.
 
+    fn set_memory(&mut self, mem: GuestMemoryMmap) {
+        if let Some(active) = &mut self.active {
+            active.mem = mem;
+        }
+    }
+
     fn activate(
         &mut self,
         mem: GuestMemoryMmap,

@@ -10,7 +10,7 @@ fn slot_name(slot: u8) -> String {
 
 /// `\_SB.PCI0`: the host bridge, with one child per hot-plug slot.
 fn pci_host_bridge(layout: &AcpiLayout, slots: &BTreeSet<u8>) -> Vec<u8> {
-    let mmio64_start = pci_mmio64_start(layout.ram_size);
+    let mmio64_start = pci_mmio64_start(layout.ram_size, layout.hotplug_size);
     let bus = aml::AddressSpace::new_bus_number(0u16, 0u16);
     let config_ports = aml::IO::new(0xcf8, 0xcf8, 1, 8);
     let io_low = aml::AddressSpace::new_io(0u16, 0xcf7u16, None);
@@ -130,7 +130,7 @@ fn hotplug_controller(slots: &BTreeSet<u8>) -> Vec<u8> {
 }
 
 /// `\_SB.GED_`: the generic event device; its interrupt runs `_EVT`.
-fn generic_event_device() -> Vec<u8> {
+fn generic_event_device(memory_hotplug: bool) -> Vec<u8> {
     let irq = aml::Interrupt::new(true, true, false, false, ACPI_GED_IRQ);
     let crs = aml::ResourceTemplate::new(vec![&irq]);
     let region = aml::OpRegion::new(
@@ -162,12 +162,15 @@ fn generic_event_device() -> Vec<u8> {
     let cpu_set = aml::Equal::new(&cpu_bit, &GED_EVENT_CPU_HOTPLUG);
     let cpu_scan = aml::MethodCall::new("\\_SB_.CPUS.CSCN".into(), vec![]);
     let on_cpu = aml::If::new(&cpu_set, vec![&cpu_scan]);
-    let evt = aml::Method::new(
-        "_EVT".into(),
-        1,
-        true,
-        vec![&read, &on_hotplug, &on_button, &on_cpu],
-    );
+    let memory_bit = aml::And::new(&aml::ZERO, &events, &GED_EVENT_MEMORY_HOTPLUG);
+    let memory_set = aml::Equal::new(&memory_bit, &GED_EVENT_MEMORY_HOTPLUG);
+    let memory_scan = aml::MethodCall::new("\\_SB_.MHPC.MSCN".into(), vec![]);
+    let on_memory = aml::If::new(&memory_set, vec![&memory_scan]);
+    let mut events_handled: Vec<&dyn Aml> = vec![&read, &on_hotplug, &on_button, &on_cpu];
+    if memory_hotplug {
+        events_handled.push(&on_memory);
+    }
+    let evt = aml::Method::new("_EVT".into(), 1, true, events_handled);
     to_bytes(&aml::Device::new(
         "GED_".into(),
         vec![
@@ -237,10 +240,13 @@ pub(super) fn dsdt_aml(layout: &AcpiLayout) -> Vec<u8> {
         RawAml(pci_host_bridge(layout, &slots)),
         RawAml(motherboard_resources()),
         RawAml(hotplug_controller(&slots)),
-        RawAml(generic_event_device()),
+        RawAml(generic_event_device(layout.hotplug_size > 0)),
         RawAml(power_button()),
         RawAml(super::cpus::processor_container(layout)),
     ];
+    if layout.hotplug_size > 0 {
+        devices.push(RawAml(super::memory::memory_container()));
+    }
     if layout.serial {
         devices.push(RawAml(com1()));
     }

@@ -91,8 +91,8 @@ pub const OEM_REVISION: u32 = 1;
 // The register contract of the GED and the hot-plug controller is the devices' own
 // (`devices::hotplug`); the AML below reads and writes exactly those registers.
 pub use devices::hotplug::{
-    GED_EVENT_CPU_HOTPLUG, GED_EVENT_OFFSET, GED_EVENT_PCI_HOTPLUG, GED_EVENT_POWER_BUTTON,
-    HOTPLUG_DOWN_OFFSET as PCI_HOTPLUG_DOWN_OFFSET,
+    GED_EVENT_CPU_HOTPLUG, GED_EVENT_MEMORY_HOTPLUG, GED_EVENT_OFFSET, GED_EVENT_PCI_HOTPLUG,
+    GED_EVENT_POWER_BUTTON, HOTPLUG_DOWN_OFFSET as PCI_HOTPLUG_DOWN_OFFSET,
     HOTPLUG_EJECT_OFFSET as PCI_HOTPLUG_EJECT_OFFSET, HOTPLUG_UP_OFFSET as PCI_HOTPLUG_UP_OFFSET,
 };
 /// The PCI slots that can be hot-plugged: device 0 of bus 0 is the host bridge.
@@ -143,8 +143,11 @@ pub struct AcpiLayout {
     pub apic_ids: Vec<u8>,
     /// The I/O APIC's id (as in the MP table, see `mptable::ioapic_id`).
     pub ioapic_id: u8,
-    /// Guest RAM size in bytes: places the 64-bit PCI window.
+    /// Guest RAM at boot, in bytes: places the hot-plug area and the 64-bit PCI window.
     pub ram_size: u64,
+    /// Room for hot-plugged memory (`memory.hotplug_size`); with none, there are no memory
+    /// devices.
+    pub hotplug_size: u64,
     /// Whether COM1 (0x3F8, IRQ 4) is present.
     pub serial: bool,
     /// PCI slots (device numbers) of bus 0 that may be hot-plugged, each in
@@ -291,6 +294,7 @@ fn fix_checksum(table: &mut [u8]) {
 
 mod cpus;
 mod dsdt;
+mod memory;
 use dsdt::dsdt_aml;
 
 fn dsdt(layout: &AcpiLayout) -> Vec<u8> {

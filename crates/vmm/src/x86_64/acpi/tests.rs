@@ -9,6 +9,7 @@ fn layout(boot: u8, max: u8, slots: std::ops::RangeInclusive<u8>) -> AcpiLayout 
         apic_ids: (0..max).collect(),
         ioapic_id: max,
         ram_size: 512 << 20,
+        hotplug_size: 0,
         serial: true,
         hotplug_slots: slots.collect(),
     }
@@ -283,7 +284,9 @@ fn iasl_accepts_every_table() {
     let dir = vmm_sys_util::tempdir::TempDir::new_with_prefix("/tmp/palisade-acpi-")
         .expect("temporary directory");
     let dir = dir.as_path();
-    let tables = build(&layout(2, 4, 1..=31), ACPI_START);
+    let mut with_memory_hotplug = layout(2, 4, 1..=31);
+    with_memory_hotplug.hotplug_size = 1 << 30;
+    let tables = build(&with_memory_hotplug, ACPI_START);
 
     let rsdp = &tables.get(b"RSDP").unwrap().bytes;
     let source = format!(
@@ -361,10 +364,26 @@ fn iasl_accepts_every_table() {
         "C000",
         "C003",
         "\\_SB.CPUS.CSCN ()",
+        "MHPC",
+        "PNP0C80",
+        "M000",
+        "M01F",
+        "MSCN",
+        "MCRS",
+        "MSTA",
+        "\\_SB.MHPC.MSCN ()", // iasl names the fields the offsets fall on: the base, end and length.
+        "CreateQWordField (MR64, \\_SB.MHPC.MCRS._Y00._MIN, MINL)",
+        "CreateQWordField (MR64, \\_SB.MHPC.MCRS._Y00._MAX, MAXL)",
+        "CreateQWordField (MR64, \\_SB.MHPC.MCRS._Y00._LEN, LENL)",
     ] {
         assert!(dsl.contains(name), "{name} missing from the DSDT:\n{dsl}");
     }
     // One processor per possible vCPU, each with its MADT entry; all but vCPU 0 ejectable.
+    assert_eq!(
+        dsl.matches("Device (M0").count(),
+        32,
+        "one device per memory slot"
+    );
     let processors = dsl.matches("Device (C0").count();
     assert_eq!(processors, 4, "{dsl}");
     let cpu0 = &dsl[dsl.find("Device (C000)").unwrap()..dsl.find("Device (C001)").unwrap()];
