@@ -500,3 +500,45 @@ fn under_landlock_a_boot_net_device_and_an_api_let_add_net_through() {
     drop(vmm);
     ns.remove();
 }
+
+/// A network device with `rate_limiter_config` (`bw_*`/`ops_*` on `--net`): the guest's
+/// exchange gets through its limiters, with the filters on and under Landlock, and the
+/// device reports what they held back.
+#[test]
+fn a_rate_limited_net_device_still_carries_the_guests_traffic() {
+    if !net_ready("a_rate_limited_net_device_still_carries_the_guests_traffic") {
+        return;
+    }
+    let ns = NetNs::new();
+    let (host, me) = addresses(&ns, 201);
+    let dir = TempDir::new("net-limited");
+    let net = format!(
+        "tap=,ip={host},mask=255.255.255.0,id=net0,bw_size=1048576,bw_refill_time=100,\
+         ops_size=20,ops_refill_time=100"
+    );
+    let cmdline = format!("host={host} me={me}");
+    let vmm = start_in(
+        &ns,
+        &dir,
+        &[
+            "--kernel",
+            path_str(&guest("virtio_net")),
+            "--net",
+            &net,
+            "--cmdline",
+            &cmdline,
+            "--landlock",
+            "--no-shutdown",
+        ],
+    );
+    let text = vmm.wait_serial("PASS virtio_net\n", 1);
+    assert_net_pass(&text, "rate-limited");
+    let info = vmm.info();
+    let limits = &info["config"]["net"][0]["rate_limiter_config"];
+    assert_eq!(limits["ops"], json!({"size": 20, "refill_time": 100}), "{info}");
+    let counters = vmm.get("vm.counters");
+    assert!(counters["net0"]["tx_rate_limited"].is_u64(), "{counters}");
+    assert!(counters["net0"]["rx_rate_limited"].is_u64(), "{counters}");
+    drop(vmm);
+    ns.remove();
+}

@@ -8,6 +8,7 @@
 //! - [`vm`]: the types;
 //! - [`option_parser`]: the `key=value,…` syntax and value helpers;
 //! - [`params`]: each flag's option string to its config type, and [`VmConfig::from_params`];
+//! - [`rate_limit`]: rate limiters and their groups;
 //! - [`validate`]: [`VmConfig::validate`] and the per-device checks.
 //!
 //! ```
@@ -36,11 +37,13 @@
 
 pub mod option_parser;
 pub mod params;
+pub mod rate_limit;
 pub mod validate;
 pub mod vm;
 
 pub use option_parser::{OptionError, ValueError};
 pub use params::*;
+pub use rate_limit::*;
 pub use validate::*;
 pub use vm::*;
 

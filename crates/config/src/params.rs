@@ -10,6 +10,7 @@ use std::path::PathBuf;
 use thiserror::Error;
 
 use crate::option_parser::{parse_int, OptionError, OptionParser, Options, ValueError};
+use crate::rate_limit::{RateLimitGroupConfig, RateLimiterConfig};
 use crate::validate::*;
 use crate::vm::*;
 
@@ -246,11 +247,20 @@ impl DiskConfig {
         "num_queues",
         "queue_size",
         "serial",
+        "rate_limit_group",
+        "bw_size",
+        "bw_one_time_burst",
+        "bw_refill_time",
+        "ops_size",
+        "ops_one_time_burst",
+        "ops_refill_time",
     ];
 
     /// Parses one `--disk path=P[,readonly=on|off][,direct=on|off][,id=ID][,num_queues=N]
-    /// [,queue_size=N][,serial=S]` (also `add-disk`): `path` is required, `num_queues` ≥ 1,
-    /// `queue_size` a power of two up to 32768.
+    /// [,queue_size=N][,serial=S][,bw_size=B,bw_refill_time=MS[,bw_one_time_burst=B]]
+    /// [,ops_size=N,ops_refill_time=MS[,ops_one_time_burst=N]][,rate_limit_group=G]` (also
+    /// `add-disk`): `path` is required, `num_queues` ≥ 1, `queue_size` a power of two up to
+    /// 32768.
     pub fn parse(input: &str) -> Result<Self, OptionError> {
         let o = OptionParser::new(Self::KEYS).parse(input)?;
         let path = o.require("path")?;
@@ -265,6 +275,8 @@ impl DiskConfig {
             queue_size: narrow("queue_size", queue_size)?,
             id: o.get_nonempty("id")?.map(str::to_string),
             serial: o.get_nonempty("serial")?.map(str::to_string),
+            rate_limiter_config: RateLimiterConfig::from_options(&o)?,
+            rate_limit_group: o.get_nonempty("rate_limit_group")?.map(str::to_string),
             ..DiskConfig::with_path(path)
         })
     }
@@ -284,6 +296,12 @@ impl NetConfig {
         "offload_tso",
         "offload_ufo",
         "offload_csum",
+        "bw_size",
+        "bw_one_time_burst",
+        "bw_refill_time",
+        "ops_size",
+        "ops_one_time_burst",
+        "ops_refill_time",
     ];
 
     /// Parses one `--net tap=NAME,mac=MAC,ip=IP,mask=MASK[,id=ID][,num_queues=N]
@@ -369,6 +387,7 @@ impl NetConfig {
             offload_tso: o.get_bool("offload_tso")?.unwrap_or(true),
             offload_ufo: o.get_bool("offload_ufo")?.unwrap_or(true),
             offload_csum: o.get_bool("offload_csum")?.unwrap_or(true),
+            rate_limiter_config: RateLimiterConfig::from_options(&o)?,
             ..NetConfig::default()
         })
     }
@@ -478,6 +497,8 @@ pub struct VmParams {
     pub landlock: bool,
     /// Each `--landlock-rules` value (one rule each).
     pub landlock_rules: Vec<String>,
+    /// Each `--rate-limit-group` value.
+    pub rate_limit_groups: Vec<String>,
 }
 
 /// A command-line error: one line naming the flag.
@@ -637,6 +658,11 @@ impl VmConfig {
 
         let rng = RngConfig::parse(params.rng.as_deref().unwrap_or(DEFAULT_RNG_PARAM))
             .map_err(option_err("rng"))?;
+        let rate_limit_groups = params
+            .rate_limit_groups
+            .iter()
+            .map(|g| RateLimitGroupConfig::parse(g).map_err(option_err("rate-limit-group")))
+            .collect::<Result<Vec<_>, _>>()?;
 
         if !params.landlock_rules.is_empty() && !params.landlock {
             return Err(invalid(
@@ -663,6 +689,7 @@ impl VmConfig {
             rng,
             landlock_enable: params.landlock,
             landlock_rules: (!rules.is_empty()).then_some(rules),
+            rate_limit_groups: (!rate_limit_groups.is_empty()).then_some(rate_limit_groups),
             ..VmConfig::default()
         };
         config.validate().map_err(|error| ParamsError::Validation {

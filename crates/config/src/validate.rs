@@ -583,13 +583,29 @@ impl DiskConfig {
         must_be_false(format!("{name}.iommu"), self.iommu)?;
         must_be_false(format!("{name}.vhost_user"), self.vhost_user)?;
         must_be_none(format!("{name}.vhost_socket"), &self.vhost_socket)?;
-        must_be_empty_value(
-            format!("{name}.rate_limiter_config"),
-            &self.rate_limiter_config,
-        )?;
+        if let Some(limiter) = &self.rate_limiter_config {
+            limiter
+                .check(&format!("{name}.rate_limiter_config"))
+                .map_err(|reason| ValidationError::Conflict {
+                    field: format!("{name}.rate_limiter_config"),
+                    reason,
+                })?;
+            if self.rate_limit_group.is_some() {
+                return Err(ValidationError::Conflict {
+                    field: format!("{name}.rate_limit_group"),
+                    reason: "a disk has its own rate_limiter_config or a rate_limit_group, not both: give one of them".into(),
+                });
+            }
+        }
+        if self.rate_limit_group.as_deref() == Some("") {
+            return Err(invalid(
+                format!("{name}.rate_limit_group"),
+                "",
+                "empty name: give a group of rate_limit_groups or leave it out".into(),
+            ));
+        }
         must_be_zero(format!("{name}.pci_segment"), self.pci_segment)?;
         must_be_none(format!("{name}.pci_device_id"), &self.pci_device_id)?;
-        must_be_none(format!("{name}.rate_limit_group"), &self.rate_limit_group)?;
         must_be_empty_list(format!("{name}.queue_affinity"), &self.queue_affinity)?;
         must_be_false(format!("{name}.backing_files"), self.backing_files)?;
         must_be_true(format!("{name}.sparse"), self.sparse)?;
@@ -683,10 +699,15 @@ impl NetConfig {
         }
         must_be_zero(format!("{name}.pci_segment"), self.pci_segment)?;
         must_be_none(format!("{name}.pci_device_id"), &self.pci_device_id)?;
-        must_be_empty_value(
-            format!("{name}.rate_limiter_config"),
-            &self.rate_limiter_config,
-        )
+        match &self.rate_limiter_config {
+            Some(limiter) => limiter
+                .check(&format!("{name}.rate_limiter_config"))
+                .map_err(|reason| ValidationError::Conflict {
+                    field: format!("{name}.rate_limiter_config"),
+                    reason,
+                }),
+            None => Ok(()),
+        }
     }
 }
 
@@ -752,6 +773,47 @@ impl VmConfig {
         self.validate_compat()
     }
 
+    /// Each group named once, with valid limits; each disk's group one of them.
+    fn check_rate_limit_groups(&self) -> Result<(), ValidationError> {
+        let groups = self.rate_limit_groups.as_deref().unwrap_or_default();
+        for (i, g) in groups.iter().enumerate() {
+            let name = format!("rate_limit_groups[{i}]");
+            if g.id.is_empty() {
+                return Err(invalid(
+                    format!("{name}.id"),
+                    "",
+                    "empty name: name the group".into(),
+                ));
+            }
+            if groups[..i].iter().any(|o| o.id == g.id) {
+                return Err(invalid(
+                    format!("{name}.id"),
+                    &g.id,
+                    "is given twice".into(),
+                ));
+            }
+            g.rate_limiter_config
+                .check(&format!("{name}.rate_limiter_config"))
+                .map_err(|reason| ValidationError::Conflict {
+                    field: format!("{name}.rate_limiter_config"),
+                    reason,
+                })?;
+        }
+        for (i, disk) in self.disks.iter().flatten().enumerate() {
+            if let Some(group) = disk.rate_limit_group.as_deref() {
+                if !groups.iter().any(|g| g.id == group) {
+                    return Err(ValidationError::Conflict {
+                        field: format!("disks[{i}].rate_limit_group"),
+                        reason: format!(
+                            "no rate limit group {group:?}: define it in rate_limit_groups (--rate-limit-group id={group},...)"
+                        ),
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Rejects two disk or network devices with the same id.
     fn check_device_ids(&self) -> Result<(), ValidationError> {
         let mut seen: HashMap<&str, String> = HashMap::new();
@@ -774,7 +836,7 @@ impl VmConfig {
 
     /// Rejects top-level Cloud Hypervisor fields that are not at their default.
     fn validate_compat(&self) -> Result<(), ValidationError> {
-        must_be_empty_list("rate_limit_groups".into(), &self.rate_limit_groups)?;
+        self.check_rate_limit_groups()?;
         must_be_empty_value("balloon".into(), &self.balloon)?;
         must_be_empty_list("fs".into(), &self.fs)?;
         must_be_empty_list("generic_vhost_user".into(), &self.generic_vhost_user)?;

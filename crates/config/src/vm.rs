@@ -86,9 +86,9 @@ pub struct VmConfig {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub landlock_rules: Option<Vec<LandlockConfig>>,
 
-    /// Compatibility: rate-limit groups (must be absent or empty).
+    /// Rate limiters that disks share (`rate_limit_group`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub rate_limit_groups: Option<Vec<Value>>,
+    pub rate_limit_groups: Option<Vec<crate::RateLimitGroupConfig>>,
     /// Compatibility: memory balloon (must be absent or null).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub balloon: Option<Value>,
@@ -578,16 +578,16 @@ pub struct DiskConfig {
     /// Compatibility: vhost-user socket (must be absent or null).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub vhost_socket: Option<String>,
-    /// Compatibility: I/O rate limiter (must be absent or null).
+    /// The device's own rate limiter.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub rate_limiter_config: Option<Value>,
+    pub rate_limiter_config: Option<crate::RateLimiterConfig>,
     /// Compatibility: PCI segment (must be 0).
     #[serde(default, skip_serializing_if = "is_zero")]
     pub pci_segment: u16,
     /// Compatibility: PCI slot (must be absent or null).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pci_device_id: Option<u8>,
-    /// Compatibility: rate-limit group (must be absent or null).
+    /// The `rate_limit_groups` entry whose limiter the disk shares.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rate_limit_group: Option<String>,
     /// Compatibility: queue to host CPU affinity (must be absent or empty).
@@ -723,9 +723,9 @@ pub struct NetConfig {
     /// Compatibility: PCI slot (must be absent or null).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pci_device_id: Option<u8>,
-    /// Compatibility: I/O rate limiter (must be absent or null).
+    /// The device's own rate limiter.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub rate_limiter_config: Option<Value>,
+    pub rate_limiter_config: Option<crate::RateLimiterConfig>,
     /// Offer TCP segmentation offloads, both ways (only with `offload_csum`).
     #[serde(default = "default_true", skip_serializing_if = "is_true")]
     pub offload_tso: bool,

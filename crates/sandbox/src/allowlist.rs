@@ -194,6 +194,10 @@ pub fn rules(role: Role, ctx: &FilterContext) -> Rules {
                 // requests a ring runs are checked by Landlock with this thread's domain.
                 Sysno::io_uring_setup,
                 Sysno::io_uring_register,
+                // The timer of a disk's or network device's rate limiter, made as the
+                // device is; its device threads (which carry this filter too) arm it.
+                Sysno::timerfd_create,
+                Sysno::timerfd_settime,
             ]);
             disk_io(&mut r);
         }
@@ -229,6 +233,8 @@ pub fn rules(role: Role, ctx: &FilterContext) -> Rules {
             // console's ends, eventfds); a console's input is polled with no timeout before
             // it is read.
             r.allow(&[Sysno::epoll_wait, Sysno::epoll_pwait, Sysno::poll]);
+            // Arming and disarming its rate limiter's timer.
+            r.allow(&[Sysno::timerfd_settime]);
             // A worker started just before `vm.create` may be asked (by signal) to take the
             // VM's ruleset as well: confining itself further is all these allow.
             r.allow(&[Sysno::landlock_restrict_self]);

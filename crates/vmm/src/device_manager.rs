@@ -175,6 +175,7 @@ impl DeviceManager {
             mem.clone(),
             layout::pci_mmio64_start(cfg.memory.size, cfg.memory.hotplug_size.unwrap_or(0)),
             worker_setup,
+            crate::rate_limits::RateLimits::new(cfg),
         )?;
         pio.insert(
             Arc::new(Mutex::new(I8042::new(clone_evt(&events.reset)?))),

@@ -198,6 +198,7 @@ pub struct PciDevices {
     routes: Arc<GsiRoutes>,
     worker_setup: ThreadSetup,
     mem: GuestMemoryMmap,
+    limits: crate::rate_limits::RateLimits,
 }
 
 impl PciDevices {
@@ -210,6 +211,7 @@ impl PciDevices {
         mem: GuestMemoryMmap,
         mmio64_start: u64,
         worker_setup: ThreadSetup,
+        limits: crate::rate_limits::RateLimits,
     ) -> Result<Self, PciDeviceError> {
         let mapper = Arc::new(KvmBarMapper {
             mmio: Arc::downgrade(mmio),
@@ -237,6 +239,7 @@ impl PciDevices {
             routes: Arc::new(GsiRoutes::new(vm)),
             worker_setup,
             mem,
+            limits,
         })
     }
 
@@ -285,6 +288,13 @@ impl PciDevices {
             write_zeroes: true,
         };
         let mut block = Block::new(file, options)?;
+        let limiter = self.limits.for_disk(
+            cfg.rate_limiter_config.as_ref(),
+            cfg.rate_limit_group.as_deref(),
+        )?;
+        if let Some(limiter) = limiter {
+            block.set_rate_limiter(limiter);
+        }
         // Asynchronous I/O: through io_uring where the kernel offers it (set up here, on
         // the VMM thread: the device's own thread may only use the ring), and on a pool of
         // I/O threads for what the ring does badly: writes a file system must block for,
@@ -377,7 +387,14 @@ impl PciDevices {
             tso: cfg.offload_tso,
             ufo: cfg.offload_ufo,
         };
-        let net = Net::new(taps, mac, options)?;
+        let mut net = Net::new(taps, mac, options)?;
+        // Each direction has buckets of its own, as with Cloud Hypervisor.
+        let limits = cfg.rate_limiter_config.as_ref();
+        let rx = crate::rate_limits::own_limiter(limits)?;
+        let tx = crate::rate_limits::own_limiter(limits)?;
+        if let (Some(rx), Some(tx)) = (rx, tx) {
+            net.set_rate_limiters(rx, tx);
+        }
         let entry = self.add_virtio(id, Box::new(net))?;
         Ok((entry, tap_name, format_mac(&mac)))
     }

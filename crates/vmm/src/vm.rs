@@ -326,6 +326,15 @@ impl Vm {
     pub fn add_disk(&mut self, mut disk: config::DiskConfig) -> Result<(String, u8), HotplugError> {
         disk.validate()
             .map_err(|e| HotplugError::Invalid(e.to_string()))?;
+        if let Some(group) = disk.rate_limit_group.as_deref() {
+            let groups = self.config.rate_limit_groups.as_deref().unwrap_or_default();
+            if !groups.iter().any(|g| g.id == group) {
+                return Err(HotplugError::Invalid(format!(
+                    "disk.rate_limit_group: no rate limit group {group:?}: the VM's groups are \
+                     given at creation (rate_limit_groups, --rate-limit-group)"
+                )));
+            }
+        }
         let id = self.new_device_id(disk.id.as_deref(), "_disk")?;
         let slot = match self.devices.pci.add_disk(&id, &disk) {
             Ok(entry) => entry.slot,

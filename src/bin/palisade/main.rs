@@ -72,6 +72,12 @@ struct Cli {
     #[arg(long, value_name = "RULE", num_args = 1.., action = ArgAction::Append)]
     landlock_rules: Vec<String>,
 
+    /// A rate limiter disks share: "bw_size=<bytes>,bw_one_time_burst=<bytes>,
+    /// bw_refill_time=<ms>,ops_size=<io_ops>,ops_one_time_burst=<io_ops>,
+    /// ops_refill_time=<ms>,id=<group_id>".
+    #[arg(long, value_name = "rate-limit-group", num_args = 1.., action = ArgAction::Append)]
+    rate_limit_group: Vec<String>,
+
     /// System-call filters of every thread: "true" (a forbidden call stops the VMM),
     /// "false" (no filter) or "log" (forbidden calls are logged by the kernel).
     #[arg(long, value_name = "true|false|log", default_value = "true")]
@@ -111,6 +117,7 @@ impl Cli {
             rng: self.rng.clone(),
             landlock: self.landlock,
             landlock_rules: self.landlock_rules.clone(),
+            rate_limit_groups: self.rate_limit_group.clone(),
         }
     }
 

@@ -249,10 +249,25 @@ fn disk_compat_fields() {
         ),
         (
             DiskConfig {
-                rate_limiter_config: Some(json!({"bandwidth": {"size": 1, "refill_time": 1}})),
+                rate_limiter_config: Some(RateLimiterConfig {
+                    ops: Some(TokenBucketConfig {
+                        size: 1,
+                        one_time_burst: None,
+                        refill_time: 0,
+                    }),
+                    bandwidth: None,
+                }),
                 ..DiskConfig::with_path("/a")
             },
-            "disk.rate_limiter_config: not supported by Palisade",
+            "disk.rate_limiter_config: disk.rate_limiter_config.ops.refill_time=0",
+        ),
+        (
+            DiskConfig {
+                rate_limiter_config: Some(RateLimiterConfig::default()),
+                rate_limit_group: Some("g".into()),
+                ..DiskConfig::with_path("/a")
+            },
+            "disk.rate_limit_group: a disk has its own rate_limiter_config or a rate_limit_group",
         ),
         (
             DiskConfig {
@@ -267,13 +282,6 @@ fn disk_compat_fields() {
                 ..DiskConfig::with_path("/a")
             },
             "disk.pci_device_id: not supported by Palisade",
-        ),
-        (
-            DiskConfig {
-                rate_limit_group: Some("g".into()),
-                ..DiskConfig::with_path("/a")
-            },
-            "disk.rate_limit_group: not supported by Palisade",
         ),
         (
             DiskConfig {
@@ -318,7 +326,8 @@ fn disk_compat_fields() {
     let ok = DiskConfig {
         image_type: Some(ImageType::Raw),
         lock_granularity: Some(LockGranularity::ByteRange),
-        rate_limiter_config: Some(serde_json::Value::Null),
+        rate_limiter_config: Some(RateLimiterConfig::default()),
+        rate_limit_group: None,
         queue_affinity: Some(vec![]),
         ..DiskConfig::with_path("/a")
     };
@@ -491,10 +500,17 @@ fn net_compat_fields() {
         ),
         (
             NetConfig {
-                rate_limiter_config: Some(json!({"ops": {"size": 1, "refill_time": 1}})),
+                rate_limiter_config: Some(RateLimiterConfig {
+                    bandwidth: Some(TokenBucketConfig {
+                        size: 1,
+                        one_time_burst: None,
+                        refill_time: 100_000_000,
+                    }),
+                    ops: None,
+                }),
                 ..NetConfig::default()
             },
-            "net.rate_limiter_config: not supported by Palisade",
+            "net.rate_limiter_config: net.rate_limiter_config.bandwidth.refill_time=100000000: must be at most",
         ),
     ];
     for (n, want) in cases {
@@ -717,10 +733,6 @@ fn cpus_and_memory_compat_fields() {
 #[test]
 fn top_level_compat_fields() {
     let cases: Vec<(VmConfig, &str)> = vec![
-        (
-            with(|c| c.rate_limit_groups = Some(vec![json!({"id": "g"})])),
-            "rate_limit_groups",
-        ),
         (with(|c| c.balloon = Some(json!({"size": 1}))), "balloon"),
         (with(|c| c.fs = Some(vec![json!({"tag": "t"})])), "fs"),
         (
@@ -932,4 +944,35 @@ fn vcpu_affinity_parses_and_is_checked() {
         .unwrap_err()
         .to_string()
         .contains("given twice"));
+}
+
+#[test]
+fn rate_limit_groups_are_named_once_and_disks_name_one() {
+    let cases: Vec<(VmConfig, &str)> = vec![
+        (
+            with(|c| {
+                c.rate_limit_groups = Some(vec![
+                    RateLimitGroupConfig {
+                        id: "g".into(),
+                        ..RateLimitGroupConfig::default()
+                    };
+                    2
+                ])
+            }),
+            "rate_limit_groups[1].id",
+        ),
+        (
+            with(|c| {
+                c.disks = Some(vec![DiskConfig {
+                    rate_limit_group: Some("g".into()),
+                    ..DiskConfig::with_path("/a")
+                }])
+            }),
+            "disks[0].rate_limit_group: no rate limit group \"g\"",
+        ),
+    ];
+    for (c, want) in cases {
+        let e = fails(&c);
+        assert!(e.starts_with(want), "{e} / {want}");
+    }
 }

@@ -188,6 +188,18 @@ impl Budget {
     };
 }
 
+/// What became of one chain [`drain`] handed to the device.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Served {
+    /// Done: back to the used ring with this used length.
+    Used(u32),
+    /// Kept by the device, which returns it itself once its asynchronous I/O completes.
+    Kept,
+    /// Not now (the device's rate limiter said wait): the chain goes back on the ring,
+    /// untouched, and the queue is served again when the device's timer fires.
+    Wait,
+}
+
 /// What a call of [`drain`] did.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Drained {
@@ -202,9 +214,8 @@ pub(crate) struct Drained {
 /// `budget` runs out, returning each chain to the used ring after every pass over it.
 ///
 /// `serve` is called with each chain, the bytes left in the budget, and the driver-error
-/// flag `warned`; it returns the chain's used length (or `None` when the device keeps the
-/// chain, to return it itself once its asynchronous I/O completes) and the bytes to charge to
-/// the budget.
+/// flag `warned`; it returns what became of the chain ([`Served`]) and the bytes to charge
+/// to the budget.
 /// `completions` is scratch space, reused from call to call. Messages name the queue
 /// `name` (e.g. `virtio-blk queue 0`).
 ///
@@ -219,10 +230,11 @@ pub(crate) fn drain<'m>(
     warned: &mut bool,
     completions: &mut Vec<(u16, u32)>,
     mut budget: Budget,
-    mut serve: impl FnMut(DescriptorChain<&'m GuestMemoryMmap>, u64, &mut bool) -> (Option<u32>, u64),
+    mut serve: impl FnMut(DescriptorChain<&'m GuestMemoryMmap>, u64, &mut bool) -> (Served, u64),
 ) -> Drained {
     let mut completed = false;
     let mut out_of_budget = false;
+    let mut waiting = false;
     let mut idle_passes = 0;
     'outer: loop {
         // Ask the driver not to notify while the ring is drained (a no-op with EVENT_IDX,
@@ -242,13 +254,18 @@ pub(crate) fn drain<'m>(
                             break;
                         };
                         let head = chain.head_index();
-                        let (len, charged) = serve(chain, budget.bytes, warned);
+                        let (outcome, charged) = serve(chain, budget.bytes, warned);
                         budget.bytes = budget.bytes.saturating_sub(charged);
+                        match outcome {
+                            Served::Used(len) => completions.push((head, len)),
+                            Served::Kept => {}
+                            Served::Wait => {
+                                waiting = true;
+                                break;
+                            }
+                        }
                         budget.chains -= 1;
                         served += 1;
-                        if let Some(len) = len {
-                            completions.push((head, len));
-                        }
                     }
                 }
                 Err(e) => {
@@ -257,6 +274,12 @@ pub(crate) fn drain<'m>(
                     guest_error(warned, format_args!("{name}: {e}"));
                     break 'outer;
                 }
+            }
+            if waiting {
+                // The chain goes back where it was, for the next pass.
+                queue.go_to_previous_position();
+                completed |= return_chains(queue, mem, completions, name, warned);
+                break 'outer;
             }
             completed |= return_chains(queue, mem, completions, name, warned);
             if budget.bytes == 0 || budget.chains == 0 {

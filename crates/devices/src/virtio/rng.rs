@@ -32,6 +32,7 @@ use vm_memory::{
 
 use super::queue::{
     clear_notification, drain, interrupt_if_needed, log_limited, rearm, walk_chain, Budget, Seg,
+    Served,
 };
 use super::{
     counters_map, ActivateError, ActiveQueue, VirtioCommon, VirtioDevice, VirtioInterrupt,
@@ -196,7 +197,7 @@ impl VirtioDevice for Rng {
             |chain, bytes_left, _| {
                 let cap = bytes_left.min(u64::from(MAX_CHAIN_BYTES)) as u32;
                 let len = source.serve(mem, chain, cap);
-                (Some(len), u64::from(len))
+                (Served::Used(len), u64::from(len))
             },
         );
         if drained.out_of_budget {

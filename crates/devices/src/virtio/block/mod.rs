@@ -51,7 +51,7 @@ use self::pool::IoPool;
 use self::uring::{Completion, Op, Submission, Uring};
 use super::iov::{iovec_of, IoVecs, IOV_MAX};
 use super::queue::{
-    clear_notification, drain, interrupt_if_needed, return_chain, walk_chain, Budget, Seg,
+    clear_notification, drain, interrupt_if_needed, return_chain, walk_chain, Budget, Seg, Served,
 };
 use super::worker::ThreadSetup;
 use super::{
@@ -59,6 +59,7 @@ use super::{
     VirtioDevice, VirtioInterrupt, F_RING_EVENT_IDX, F_RING_INDIRECT_DESC, F_VERSION_1,
     MAX_QUEUE_SIZE, TYPE_BLOCK,
 };
+use crate::rate_limiter::RateLimiter;
 
 /// The sector size of the virtio-blk protocol, in bytes.
 pub const SECTOR_SIZE: u64 = 512;
@@ -133,6 +134,9 @@ struct Counters {
     nowait_ops: u64,
 }
 
+/// Token of the rate limiter's timer among the device's host descriptors.
+const LIMIT_TOKEN: u32 = 2;
+
 /// What one pass over a chain learned about its shape.
 #[derive(Clone, Copy, Debug, Default)]
 struct Layout {
@@ -199,6 +203,8 @@ struct Disk {
     /// Asynchronous I/O ([`Block::use_io_uring`], [`Block::use_thread_pool`]); without
     /// it requests run on the device's thread.
     engines: Engines<Pending>,
+    /// Requests wait for its tokens (`rate_limiter_config`, `rate_limit_group`).
+    limiter: Option<RateLimiter>,
     /// Set by `execute` when it leaves the request to an engine: where, and what to submit.
     deferred: Option<(Lane, Op, u64, u64)>,
     /// Empty iovec arrays back from completed requests, reused for the next ones.
@@ -307,6 +313,7 @@ impl Block {
                 counters: Counters::default(),
                 nowait: [!direct; 2],
                 engines: Engines::default(),
+                limiter: None,
                 deferred: None,
                 spare_iovecs: Vec::new(),
             },
@@ -323,6 +330,11 @@ impl Block {
             active: None,
             touched: Vec::new(),
         })
+    }
+
+    /// Makes requests wait for `limiter`'s tokens: bytes moved, and one operation each.
+    pub fn set_rate_limiter(&mut self, limiter: RateLimiter) {
+        self.disk.limiter = Some(limiter);
     }
 
     /// Runs reads, writes and flushes asynchronously through a restricted io_uring over
@@ -488,6 +500,9 @@ impl VirtioDevice for Block {
         // Nothing the kernel still holds may write guest memory once the driver sees the
         // device reset.
         self.disk.engines.drain();
+        if let Some(limiter) = &mut self.disk.limiter {
+            limiter.reset();
+        }
         self.active = None;
         self.common.reset();
     }
@@ -537,10 +552,29 @@ impl VirtioDevice for Block {
     }
 
     fn host_fds(&self) -> Vec<(std::os::fd::RawFd, u32)> {
-        self.disk.engines.eventfds()
+        let mut fds = self.disk.engines.eventfds();
+        if let Some(limiter) = &self.disk.limiter {
+            fds.push((limiter.timer_fd(), LIMIT_TOKEN));
+        }
+        fds
     }
 
     fn process_host(&mut self, token: u32) {
+        if token == LIMIT_TOKEN {
+            // Tokens are back: serve what waited on every queue.
+            if let Some(limiter) = &mut self.disk.limiter {
+                limiter.timer_fired();
+            }
+            let queues: Vec<u16> = self
+                .active
+                .iter()
+                .flat_map(|a| a.queues.iter().map(|q| q.index))
+                .collect();
+            for index in queues {
+                self.process_queue(index);
+            }
+            return;
+        }
         if token != RING_TOKEN && token != POOL_TOKEN {
             return;
         }
@@ -612,6 +646,10 @@ impl VirtioDevice for Block {
             ("io_uring_ops", c.io_uring_ops),
             ("thread_pool_ops", c.thread_pool_ops),
             ("nowait_ops", c.nowait_ops),
+            (
+                "rate_limited",
+                self.disk.limiter.as_ref().map_or(0, RateLimiter::throttled),
+            ),
         ])
     }
 }

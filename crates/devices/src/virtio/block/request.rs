@@ -6,14 +6,15 @@ use super::*;
 impl Disk {
     /// Executes one request of queue `queue` and writes its status. Returns the used length:
     /// the bytes written into guest memory (data and status), or 0 when not even the status
-    /// byte could be written; `None` when the request went to the ring, and is returned to
-    /// the used ring when it completes ([`Disk::complete`]).
+    /// byte could be written; [`Served::Kept`] when the request went to an engine, and is
+    /// returned to the used ring when it completes ([`Disk::complete`]); [`Served::Wait`]
+    /// when the rate limiter holds it back (untouched).
     pub(super) fn process_chain(
         &mut self,
         mem: &GuestMemoryMmap,
         chain: DescriptorChain<&GuestMemoryMmap>,
         queue: u16,
-    ) -> Option<u32> {
+    ) -> Served {
         let head = chain.head_index();
         // Keep the reused buffers small after a pathological chain.
         walk_chain(chain, &mut self.descs, 4 * IOV_MAX);
@@ -31,8 +32,16 @@ impl Disk {
             // A request that cannot report its outcome is not executed.
             debug!("virtio-blk: request without a writable status byte in guest memory");
             self.counters.errors += 1;
-            return Some(0);
+            return Served::Used(0);
         };
+        if let Some(limiter) = &mut self.limiter {
+            // The data: what follows the header, and what precedes the status byte.
+            let bytes =
+                layout.readable.saturating_sub(HEADER_SIZE) + layout.writable.saturating_sub(1);
+            if !limiter.admit(bytes) {
+                return Served::Wait;
+            }
+        }
 
         let (mut status, mut written) = self.execute(mem, &layout);
         if let Some((lane, op, offset, len)) = self.deferred.take() {
@@ -56,7 +65,7 @@ impl Disk {
                         Lane::Ring => self.counters.io_uring_ops += 1,
                         Lane::Pool => self.counters.thread_pool_ops += 1,
                     }
-                    return None;
+                    return Served::Kept;
                 }
                 Err(back) => {
                     // No room after all: run it here.
@@ -75,7 +84,7 @@ impl Disk {
         // Cannot fail: the slice is one byte long. (The used index is published later with
         // release ordering, which orders this store before it.)
         let _ = status_slice.store(status, 0, Ordering::Relaxed);
-        Some(written.saturating_add(1))
+        Served::Used(written.saturating_add(1))
     }
 
     /// Leaves the request `self.iovecs` describes to the ring, if the disk has one with room

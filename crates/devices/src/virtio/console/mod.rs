@@ -43,7 +43,7 @@ use vm_memory::{Address, Bytes, GuestMemoryMmap};
 
 use super::queue::{
     clear_notification, drain, guest_error, interrupt_if_needed, log_limited, rearm, return_chains,
-    walk_chain, Budget, Seg,
+    walk_chain, Budget, Seg, Served,
 };
 use super::{
     counters_map, ActivateError, ActiveQueue, VirtioCommon, VirtioDevice, VirtioInterrupt,
@@ -317,7 +317,7 @@ impl Console {
             completions,
             budget,
             // Transmit buffers are only read: the used length is 0.
-            |chain, _, _| (Some(0), host.transmit(mem, chain)),
+            |chain, _, _| (Served::Used(0), host.transmit(mem, chain)),
         );
         host.flush_output();
         if drained.out_of_budget {

@@ -62,6 +62,7 @@ use vmm_sys_util::eventfd::EventFd;
 use super::iov::{iovec_of, IoVecs, IOV_MAX};
 use super::queue::{
     self, clear_notification, drain, guest_error, interrupt_if_needed, log_limited, rearm, Budget,
+    Served,
 };
 use super::{
     counters_map, queue_size_is_valid, ActivateError, ActiveQueue, VirtioCommon, VirtioDevice,
@@ -271,6 +272,8 @@ pub struct Net {
     done: Vec<(u16, u32)>,
     /// A tap error was logged at warning level.
     host_warned: bool,
+    /// `rate_limiter_config`, if any.
+    limiters: Option<Limiters>,
 }
 
 impl std::fmt::Debug for Net {
@@ -400,6 +403,7 @@ impl Net {
             iovecs: IoVecs(Vec::new()),
             done: Vec::new(),
             host_warned: false,
+            limiters: None,
         })
     }
 
@@ -471,6 +475,7 @@ impl Net {
             counters,
             iovecs,
             host_warned,
+            limiters,
             ..
         } = self;
         let Some(active) = active.as_mut() else {
@@ -504,6 +509,7 @@ impl Net {
             host_warned,
             mrg: *mrg,
             want: *rx_want,
+            limiter: limiters.as_mut().map(|l| &mut l.rx),
         };
         let completed = rx.run(&mut cx);
         iovecs.0.clear();
@@ -520,8 +526,10 @@ impl Net {
             iovecs,
             done,
             host_warned,
+            limiters,
             ..
         } = self;
+        let mut limiter = limiters.as_mut().map(|l| &mut l.tx);
         let Some(active) = active.as_mut() else {
             return;
         };
@@ -557,8 +565,14 @@ impl Net {
             done,
             TX_BUDGET,
             |chain, _, warned| {
+                if let Some(l) = limiter.as_deref_mut() {
+                    let bytes: u64 = chain.clone().map(|d| u64::from(d.len())).sum();
+                    if !l.admit(bytes) {
+                        return (Served::Wait, 0);
+                    }
+                }
                 cx.transmit(chain, warned);
-                (Some(0), 0)
+                (Served::Used(0), 0)
             },
         );
         cx.iov.clear();
@@ -568,109 +582,6 @@ impl Net {
             rearm(&tx.notify, "virtio-net", index);
         }
         interrupt_if_needed(drained.completed, queue, mem, interrupt.as_ref(), index);
-    }
-
-    /// Answers the commands published on the control queue.
-    fn process_ctrl(&mut self) {
-        let mut completed = false;
-        let mut idle_passes = 0;
-        loop {
-            match self.ctrl_pass() {
-                Some(0) => {}
-                Some(_) => {
-                    completed = true;
-                    idle_passes = 0;
-                    continue;
-                }
-                None => break,
-            }
-            // Ask to be notified of the next command (with EVENT_IDX this writes
-            // avail_event, without which the driver would stop notifying), and look again
-            // in case one arrived meanwhile.
-            let Some(active) = self.active.as_mut() else {
-                return;
-            };
-            let Some(ctrl) = active.ctrl.as_mut() else {
-                return;
-            };
-            match ctrl.queue.enable_notification(&active.mem) {
-                Ok(true) if idle_passes < 2 => idle_passes += 1,
-                Ok(_) => break,
-                Err(e) => {
-                    let index = ctrl.index;
-                    guest_error(
-                        &mut active.warned,
-                        format_args!("virtio-net queue {index}: cannot enable notifications: {e}"),
-                    );
-                    break;
-                }
-            }
-        }
-        if let Some(active) = self.active.as_mut() {
-            if let Some(ctrl) = active.ctrl.as_mut() {
-                let (queue, index) = (&mut ctrl.queue, ctrl.index);
-                interrupt_if_needed(completed, queue, &active.mem, &*active.interrupt, index);
-            }
-        }
-    }
-
-    /// Answers the commands published so far; returns how many chains went back to the used
-    /// ring, or `None` if the ring cannot be read.
-    fn ctrl_pass(&mut self) -> Option<usize> {
-        let mq = self.common.acked(F_MQ);
-        let max_pairs = self.taps.len();
-        let Net {
-            active,
-            counters,
-            done,
-            ..
-        } = self;
-        let active = active.as_mut()?;
-        let Active {
-            mem, ctrl, warned, ..
-        } = active;
-        let ctrl = ctrl.as_mut()?;
-        let index = ctrl.index;
-        let mem: &GuestMemoryMmap = mem;
-        let mut new_pairs = None;
-        done.clear();
-        match ctrl.queue.iter(mem) {
-            Ok(chains) => {
-                for chain in chains {
-                    let head = chain.head_index();
-                    let (len, pairs) = control_command(mem, chain, mq, max_pairs, warned);
-                    if len == 0 {
-                        counters.errors += 1;
-                    }
-                    new_pairs = pairs.or(new_pairs);
-                    done.push((head, len));
-                }
-            }
-            Err(e) => {
-                guest_error(warned, format_args!("virtio-net queue {index}: {e}"));
-                return None;
-            }
-        }
-        let done = std::mem::take(&mut self.done);
-        // The new number of pairs applies before the driver sees the acknowledgement.
-        if let Some(n) = new_pairs {
-            self.set_active_pairs(n);
-        }
-        let mut returned = 0;
-        if let Some(active) = self.active.as_mut() {
-            let Active {
-                mem, ctrl, warned, ..
-            } = active;
-            if let Some(ctrl) = ctrl.as_mut() {
-                for &(head, len) in &done {
-                    if return_chain(&mut ctrl.queue, mem, index, head, len, warned) {
-                        returned += 1;
-                    }
-                }
-            }
-        }
-        self.done = done;
-        Some(returned)
     }
 
     #[cfg(test)]
@@ -764,6 +675,10 @@ impl VirtioDevice for Net {
     fn reset(&mut self) {
         self.active = None;
         self.common.reset();
+        if let Some(l) = &mut self.limiters {
+            l.rx.reset();
+            l.tx.reset();
+        }
         for (tap, attached) in self.taps.iter().zip(self.attached.iter_mut()) {
             if !*attached {
                 match tap.set_queue_enabled(true) {
@@ -804,14 +719,16 @@ impl VirtioDevice for Net {
     }
 
     fn host_fds(&self) -> Vec<(RawFd, u32)> {
-        self.taps
-            .iter()
-            .enumerate()
-            .map(|(i, t)| (t.as_raw_fd(), i as u32))
-            .collect()
+        let taps = self.taps.iter().enumerate();
+        let mut fds: Vec<(RawFd, u32)> = taps.map(|(i, t)| (t.as_raw_fd(), i as u32)).collect();
+        fds.extend(self.limiter_fds());
+        fds
     }
 
     fn process_host(&mut self, token: u32) {
+        if self.limiter_timer(token) {
+            return;
+        }
         if let Ok(pair) = usize::try_from(token) {
             self.process_rx(pair);
         }
@@ -827,18 +744,21 @@ impl VirtioDevice for Net {
             ("tx_frames", c.tx_frames),
             ("tx_dropped", c.tx_dropped),
             ("errors", c.errors),
+            ("rx_rate_limited", self.limited().0),
+            ("tx_rate_limited", self.limited().1),
         ])
     }
 }
 
 mod control;
+mod limits;
 mod mac;
 mod rx;
 #[cfg(test)]
 mod tests;
 mod tx;
 
-use control::*;
+use limits::*;
 pub use mac::{format_mac, parse_mac, random_mac};
 use rx::*;
 use tx::*;

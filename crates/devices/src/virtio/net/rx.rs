@@ -119,6 +119,8 @@ pub(super) struct RxCtx<'a> {
     pub(super) host_warned: &'a mut bool,
     pub(super) mrg: bool,
     pub(super) want: usize,
+    /// Each frame takes an operation before it is read, and its bytes after.
+    pub(super) limiter: Option<&'a mut crate::rate_limiter::RateLimiter>,
 }
 
 /// Outcome of one read.
@@ -186,7 +188,18 @@ impl RxQueue {
                 }
                 return completed;
             }
-            match self.read_frame(cx) {
+            if let Some(l) = cx.limiter.as_deref_mut() {
+                if !l.admit(0) {
+                    // The frames stay in the tap; the limiter's timer brings us back.
+                    return completed;
+                }
+            }
+            let before = cx.counters.rx_bytes;
+            let step = self.read_frame(cx);
+            if let Some(l) = cx.limiter.as_deref_mut() {
+                l.charge(cx.counters.rx_bytes - before);
+            }
+            match step {
                 Step::Delivered => completed = true,
                 Step::Again => {}
                 Step::Stop => break,

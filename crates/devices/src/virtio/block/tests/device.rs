@@ -182,7 +182,8 @@ fn counters_are_reported() {
     for engine in ["io_uring_ops", "thread_pool_ops", "nowait_ops"] {
         assert_eq!(get(engine), 0, "no engine: every request ran on the thread");
     }
-    assert_eq!(c.len(), 9);
+    assert_eq!(get("rate_limited"), 0, "no limiter");
+    assert_eq!(c.len(), 10);
 }
 
 #[test]

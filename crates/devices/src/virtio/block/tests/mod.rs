@@ -223,4 +223,5 @@ impl Harness {
 
 mod chains;
 mod device;
+mod rate_limit;
 mod requests;

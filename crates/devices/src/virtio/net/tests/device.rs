@@ -403,8 +403,10 @@ fn counters_are_reported() {
         "tx_frames",
         "tx_dropped",
         "errors",
+        "rx_rate_limited",
+        "tx_rate_limited",
     ] {
         assert_eq!(c[name], 0, "{name}");
     }
-    assert_eq!(c.len(), 7);
+    assert_eq!(c.len(), 9);
 }

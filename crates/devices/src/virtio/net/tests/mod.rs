@@ -34,6 +34,8 @@ struct Setup {
     ip: bool,
     /// Queues the driver enables (all when `None`).
     ready: Option<Vec<u16>>,
+    /// Rate limiters, each direction this many frames per 500 ms.
+    frames_per_500ms: Option<u64>,
 }
 
 impl Default for Setup {
@@ -47,6 +49,7 @@ impl Default for Setup {
             features: |f| f,
             ip: false,
             ready: None,
+            frames_per_500ms: None,
         }
     }
 }
@@ -150,7 +153,22 @@ impl Harness {
             let mac = taps[0].host_mac().unwrap();
             (taps, sock, mac)
         });
-        let net = Net::new(taps, GUEST_MAC, setup.options).unwrap();
+        let mut net = Net::new(taps, GUEST_MAC, setup.options).unwrap();
+        if let Some(frames) = setup.frames_per_500ms {
+            let limiter = || {
+                let ops = crate::rate_limiter::BucketParams {
+                    size: frames,
+                    one_time_burst: 0,
+                    refill_time_ms: 500,
+                };
+                let buckets = crate::rate_limiter::Buckets::new(None, Some(ops));
+                crate::rate_limiter::RateLimiter::new(std::sync::Arc::new(std::sync::Mutex::new(
+                    buckets,
+                )))
+                .unwrap()
+            };
+            net.set_rate_limiters(limiter(), limiter());
+        }
         let host = HostSide {
             sock,
             mac,
@@ -312,5 +330,6 @@ fn arp(op: u16, dst: [u8; 6], sha: [u8; 6], spa: [u8; 4], tha: [u8; 6], tpa: [u8
 }
 
 mod device;
+mod limits;
 mod receive;
 mod transmit;
