@@ -535,7 +535,11 @@ fn a_rate_limited_net_device_still_carries_the_guests_traffic() {
     assert_net_pass(&text, "rate-limited");
     let info = vmm.info();
     let limits = &info["config"]["net"][0]["rate_limiter_config"];
-    assert_eq!(limits["ops"], json!({"size": 20, "refill_time": 100}), "{info}");
+    assert_eq!(
+        limits["ops"],
+        json!({"size": 20, "refill_time": 100}),
+        "{info}"
+    );
     let counters = vmm.get("vm.counters");
     assert!(counters["net0"]["tx_rate_limited"].is_u64(), "{counters}");
     assert!(counters["net0"]["rx_rate_limited"].is_u64(), "{counters}");
