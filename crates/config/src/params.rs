@@ -162,22 +162,22 @@ impl MemoryConfig {
         "mergeable",
         "hotplug_size",
         "hotplug_method",
+        "hugepage_size",
     ];
 
     /// Parses `--memory size=SIZE[,shared=on|off][,hotplug_size=SIZE][,hotplug_method=acpi]
     /// [,hugepages=off][,mergeable=off]`: the size takes a K/M/G/T suffix, defaults to 512M,
     /// and must be a multiple of 4 KiB between 1 MiB and 1 TiB; `shared=on` backs guest RAM
     /// with a memfd other processes can map; `hotplug_size` keeps room for memory added later
-    /// (`vm.resize`); `hugepages` and `mergeable` are accepted at `off` only.
+    /// (`vm.resize`); `hugepages=on` backs it with huge pages of `hugepage_size` (2M, the
+    /// default, or 1G); `mergeable` is accepted at `off` only.
     pub fn parse(input: &str) -> Result<Self, OptionError> {
         let o = OptionParser::new(Self::KEYS).parse(input)?;
         let size = o.get_size("size")?.unwrap_or(DEFAULT_MEMORY_SIZE);
         if let Some(value) = o.get("size") {
             check_memory_size(size).map_err(|r| OptionError::invalid("size", value, r))?;
         }
-        for key in ["hugepages", "mergeable"] {
-            off_only(&o, key)?;
-        }
+        off_only(&o, "mergeable")?;
         let hotplug_method = match o.get("hotplug_method") {
             None | Some("acpi") => HotplugMethod::Acpi,
             Some("virtio-mem") => HotplugMethod::VirtioMem,
@@ -193,6 +193,8 @@ impl MemoryConfig {
             shared: o.get_bool("shared")?.unwrap_or(false),
             hotplug_size: o.get_size("hotplug_size")?,
             hotplug_method,
+            hugepages: o.get_bool("hugepages")?.unwrap_or(false),
+            hugepage_size: o.get_size("hugepage_size")?,
             ..MemoryConfig::with_size(size)
         })
     }

@@ -476,12 +476,43 @@ impl MemoryConfig {
                 "remove it or set it to Acpi",
             ));
         }
-        must_be_false("memory.hugepages".into(), self.hugepages)?;
-        must_be_none("memory.hugepage_size".into(), &self.hugepage_size)?;
+        self.check_hugepages()?;
         must_be_false("memory.prefault".into(), self.prefault)?;
         must_be_false("memory.reserve".into(), self.reserve)?;
         must_be_true("memory.thp".into(), self.thp)?;
         must_be_empty_list("memory.zones".into(), &self.zones)
+    }
+}
+
+impl MemoryConfig {
+    /// `hugepage_size` only with `hugepages`, 2 MiB or 1 GiB, and RAM made of whole pages.
+    fn check_hugepages(&self) -> Result<(), ValidationError> {
+        const SIZES: [u64; 2] = [2 << 20, 1 << 30];
+        match (self.hugepages, self.hugepage_size) {
+            (false, Some(_)) => Err(ValidationError::Conflict {
+                field: "memory.hugepage_size".into(),
+                reason:
+                    "given without memory.hugepages: set hugepages to true, or leave the size out"
+                        .into(),
+            }),
+            (true, Some(size)) if !SIZES.contains(&size) => Err(invalid(
+                "memory.hugepage_size",
+                size,
+                "use 2 MiB (2097152) or 1 GiB (1073741824)".into(),
+            )),
+            (true, size) => {
+                let page = size.unwrap_or(SIZES[0]);
+                if self.size % page != 0 {
+                    return Err(invalid(
+                        "memory.size",
+                        self.size,
+                        format!("must be a whole number of {} MiB huge pages", page >> 20),
+                    ));
+                }
+                Ok(())
+            }
+            (false, None) => Ok(()),
+        }
     }
 }
 

@@ -218,17 +218,11 @@ impl Vm {
             .into_iter()
             .map(|(start, len)| (GuestAddress(start), len as usize))
             .collect();
-        let memory = if config.memory.shared {
-            crate::guest_ram::map_shared(&ranges).map_err(|e| VmError::Memory {
-                size,
-                detail: format!("shared (memfd): {e}"),
-            })?
-        } else {
-            GuestMemoryMmap::from_ranges(&ranges).map_err(|e| VmError::Memory {
-                size,
-                detail: e.to_string(),
-            })?
-        };
+        let backing = crate::guest_ram::Backing::of(&config.memory);
+        let memory = crate::guest_ram::map_all(&ranges, backing).map_err(|e| VmError::Memory {
+            size,
+            detail: e.to_string(),
+        })?;
         let devices = DeviceManager::new(
             &config,
             events,
@@ -627,7 +621,7 @@ impl Drop for Vm {
             machine.stop(&self.devices);
         }
         if self.config.memory.shared {
-            crate::guest_ram::release();
+            crate::guest_ram::release(crate::guest_ram::Backing::of(&self.config.memory));
         }
     }
 }

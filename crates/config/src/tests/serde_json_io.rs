@@ -285,9 +285,9 @@ fn ch_style_body_with_non_default_compat_field_is_refused_by_validate() {
             "cpus.nested: not supported by Palisade",
         ),
         (
-            "/memory/hugepages",
+            "/memory/mergeable",
             json!(true),
-            "memory.hugepages: not supported by Palisade",
+            "memory.mergeable: not supported by Palisade",
         ),
         (
             "/disks/0/vhost_user",

@@ -679,14 +679,6 @@ fn cpus_and_memory_compat_fields() {
             "memory.hotplug_method=VirtioMem: not supported by Palisade",
         ),
         (
-            with(|c| c.memory.hugepages = true),
-            "memory.hugepages: not supported by Palisade",
-        ),
-        (
-            with(|c| c.memory.hugepage_size = Some(2 << 20)),
-            "memory.hugepage_size: not supported by Palisade",
-        ),
-        (
             with(|c| c.memory.prefault = true),
             "memory.prefault: not supported by Palisade",
         ),
@@ -975,4 +967,21 @@ fn rate_limit_groups_are_named_once_and_disks_name_one() {
         let e = fails(&c);
         assert!(e.starts_with(want), "{e} / {want}");
     }
+}
+
+#[test]
+fn huge_pages_are_checked() {
+    let huge = |size: u64, page: Option<u64>| {
+        with(|c| {
+            c.memory.size = size;
+            c.memory.hugepages = page.is_some();
+            c.memory.hugepage_size = page.filter(|&p| p != 0);
+        })
+    };
+    assert_eq!(huge(64 << 20, Some(0)).validate(), Ok(()));
+    assert_eq!(huge(2 << 30, Some(1 << 30)).validate(), Ok(()));
+    assert!(fails(&huge(64 << 20, Some(1 << 30))).contains("whole number of 1024 MiB huge pages"));
+    assert!(fails(&huge(64 << 20, Some(4 << 20))).contains("use 2 MiB (2097152) or 1 GiB"));
+    let orphan = with(|c| c.memory.hugepage_size = Some(2 << 20));
+    assert!(fails(&orphan).starts_with("memory.hugepage_size: given without memory.hugepages"));
 }

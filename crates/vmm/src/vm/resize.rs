@@ -3,10 +3,11 @@
 
 use std::sync::Arc;
 
-use vm_memory::{GuestAddress, GuestMemoryBackend, GuestRegionMmap};
+use vm_memory::{GuestAddress, GuestMemoryBackend};
 
 use super::{HotplugError, Vm, VmState};
 use crate::control::Resize;
+use crate::guest_ram::Backing;
 use crate::x86_64::layout::{hotplug_memory_start, MEMORY_HOTPLUG_ALIGN};
 
 impl Vm {
@@ -60,11 +61,14 @@ impl Vm {
             );
         }
         let more = desired - current;
-        if !more.is_multiple_of(MEMORY_HOTPLUG_ALIGN) {
+        // Blocks of 128 MiB, or of the huge page size when larger (1 GiB).
+        let block =
+            MEMORY_HOTPLUG_ALIGN.max(Backing::of(&self.config.memory).hugepage_size.unwrap_or(0));
+        if !more.is_multiple_of(block) {
             return invalid(format!(
                 "memory is added in blocks of {} MiB, and {more} more bytes is not a whole \
                  number of them",
-                MEMORY_HOTPLUG_ALIGN >> 20
+                block >> 20
             ));
         }
         let left = room - (current - self.boot_ram);
@@ -90,17 +94,13 @@ impl Vm {
         let failed = |e: String| {
             HotplugError::Failed(format!("cannot add {bytes} bytes of guest memory: {e}"))
         };
-        let region = if self.config.memory.shared {
-            crate::guest_ram::map_shared_region(GuestAddress(start), len, current)
-                .map_err(|e| failed(e.to_string()))?
-        } else {
-            GuestRegionMmap::from_range(GuestAddress(start), len, None)
-                .map_err(|e| failed(e.to_string()))?
-        };
+        let backing = Backing::of(&self.config.memory);
+        let region = crate::guest_ram::map_region(GuestAddress(start), len, current, backing)
+            .map_err(|e| failed(e.to_string()))?;
         let region = Arc::new(region);
         let undo = |e: HotplugError| {
-            if self.config.memory.shared {
-                crate::guest_ram::shrink(current);
+            if backing.shared {
+                crate::guest_ram::shrink(backing, current);
             }
             e
         };
