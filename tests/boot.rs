@@ -572,3 +572,32 @@ fn vcpu_threads_are_pinned_as_asked() {
         "{body}"
     );
 }
+
+/// `--cpus features=amx`: where KVM gives guests AMX (asked for as Palisade asks, from this
+/// process) the VM boots with it; where it does not, the VM is refused on one line saying
+/// so. A VM without the feature boots either way.
+#[test]
+fn amx_is_given_where_kvm_has_it_and_refused_on_one_line_otherwise() {
+    let (kvm, _) = vmm::vm::open_kvm().expect("/dev/kvm");
+    let offered = vmm::x86_64::amx::enable(&kvm);
+    let out = boot("hello", &["--cpus", "boot=1,features=amx"]);
+    match offered {
+        Ok(_) => {
+            assert_pass(&out, "Hello from the Palisade test guest");
+        }
+        Err(why) => {
+            assert!(
+                why.contains("KVM on this host offers guests no AMX"),
+                "{why}"
+            );
+            assert_one_line_error(
+                &out,
+                "cpus.features.amx: KVM on this host offers guests no AMX",
+            );
+        }
+    }
+    let out = boot("hello", &["--cpus", "boot=1"]);
+    assert_pass(&out, "Hello from the Palisade test guest");
+    let out = boot("hello", &["--cpus", "boot=1,features=avx9"]);
+    assert_one_line_error(&out, "features=avx9: unknown CPU feature");
+}

@@ -79,10 +79,11 @@ impl CpusConfig {
         "max_phys_bits",
         "topology",
         "affinity",
+        "features",
     ];
 
     /// Parses `--cpus boot=N[,max=M][,kvm_hyperv=off][,max_phys_bits=B]
-    /// [,topology=THREADS:CORES:DIES:PACKAGES][,affinity=[VCPU@[CPU,…],…]]`: `boot`
+    /// [,topology=THREADS:CORES:DIES:PACKAGES][,affinity=[VCPU@[CPU,…],…]][,features=amx]`: `boot`
     /// defaults to 1, `max` to `boot`; 1 ≤ boot ≤ max ≤ 254.
     pub fn parse(input: &str) -> Result<Self, OptionError> {
         let o = OptionParser::new(Self::KEYS).parse(input)?;
@@ -105,10 +106,25 @@ impl CpusConfig {
             }
         })?;
         let affinity = o.convert("affinity", parse_affinity)?;
+        let mut features = CpuFeatures::default();
+        for feature in o.get("features").unwrap_or_default().split(',') {
+            match feature.trim() {
+                "" => {}
+                "amx" => features.amx = true,
+                other => {
+                    return Err(OptionError::invalid(
+                        "features",
+                        other,
+                        "unknown CPU feature: Palisade knows amx",
+                    ))
+                }
+            }
+        }
         Ok(CpusConfig {
             max_phys_bits: narrow("max_phys_bits", bits)?,
             topology,
             affinity,
+            features,
             ..CpusConfig::new(narrow("boot", boot)?, narrow("max", max)?)
         })
     }

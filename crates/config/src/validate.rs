@@ -421,7 +421,6 @@ impl CpusConfig {
                 ));
             }
         }
-        must_be_false("cpus.features.amx".into(), self.features.amx)?;
         if self.core_scheduling == CoreScheduling::Vcpu {
             return Err(unsupported(
                 "cpus.core_scheduling=Vcpu",

@@ -313,7 +313,8 @@ impl Default for CpusConfig {
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CpuFeatures {
-    /// Intel AMX (must be false).
+    /// Intel AMX: tile state and the AMX CPUID leaves (refused at creation where KVM has
+    /// none).
     #[serde(default, skip_serializing_if = "is_false")]
     pub amx: bool,
 }

@@ -11,6 +11,10 @@ use syscalls::Sysno;
 use crate::seccomp::{Arg, FilterContext, Role, Rules};
 
 const PROT_EXEC: u64 = libc::PROT_EXEC as u64;
+
+/// `arch_prctl` code asking for an extended state component (AMX tiles) in guests.
+const ARCH_REQ_XCOMP_GUEST_PERM: u64 = 0x1025;
+
 /// The bit that turns `O_DIRECTORY` into `O_TMPFILE` (an unnamed file a later `linkat` could
 /// give a name without the make-file right being checked at open time).
 const O_TMPFILE_BIT: u64 = 0o20_000_000;
@@ -160,6 +164,9 @@ pub fn rules(role: Role, ctx: &FilterContext) -> Rules {
             messages_on(&mut r, ctx.message_fd);
             // Pinning vCPU threads to host CPUs (`cpus.affinity`).
             r.allow(&[Sysno::sched_setaffinity]);
+            // Asking for AMX tile state in guests (`cpus.features.amx`), and nothing else
+            // arch_prctl does.
+            r.allow_values(Sysno::arch_prctl, 0, &[ARCH_REQ_XCOMP_GUEST_PERM]);
             // Sizing shared guest RAM (its memfd) and disk images (`vm.resize-disk`): only
             // descriptors it holds, of files it may write anyway.
             r.allow(&[Sysno::ftruncate]);

@@ -547,7 +547,11 @@ impl Vm {
         };
         let setup = VcpuSetup {
             topology: Topology::of(&self.config.cpus),
-            supported_cpuid: supported_cpuid.clone(),
+            supported_cpuid: if self.config.cpus.features.amx {
+                supported_cpuid.clone()
+            } else {
+                crate::x86_64::amx::without_amx(supported_cpuid)
+            },
             affinity: self.config.cpus.affinity.clone().unwrap_or_default(),
         };
         Machine::start(vm, ctx, setup, self.config.cpus.boot_vcpus, entry)

@@ -654,6 +654,10 @@ impl Vmm {
         config
             .validate()
             .map_err(|e| RequestError::new(ErrorKind::BadRequest, format!("vm.create: {e}")))?;
+        if config.cpus.features.amx {
+            self.cpuid = crate::x86_64::amx::enable(&self.kvm)
+                .map_err(|e| RequestError::new(ErrorKind::BadRequest, format!("vm.create: {e}")))?;
+        }
         let landlock = config.landlock_enable;
         let api = self.control.is_some();
         let vm = Vm::create(

@@ -97,9 +97,19 @@ fn cpus_bad_values() {
 
 #[test]
 fn cpus_syntax_errors() {
+    assert!(
+        CpusConfig::parse("boot=1,features=amx")
+            .unwrap()
+            .features
+            .amx
+    );
     assert_eq!(
-        err(CpusConfig::parse("boot=1,features=amx")),
-        "features: unknown key (accepted keys: boot, max, kvm_hyperv, max_phys_bits, topology, affinity)"
+        err(CpusConfig::parse("boot=1,features=sgx")),
+        "features=sgx: unknown CPU feature: Palisade knows amx"
+    );
+    assert_eq!(
+        err(CpusConfig::parse("boot=1,nested=on")),
+        "nested: unknown key (accepted keys: boot, max, kvm_hyperv, max_phys_bits, topology, affinity, features)"
     );
     assert!(err(CpusConfig::parse("topology=1:x:1:1")).starts_with("topology=1:x:1:1: expected"));
     assert_eq!(

@@ -659,10 +659,6 @@ fn cpus_and_memory_compat_fields() {
             "cpus.affinity[0].host_cpus=[]: give host CPU numbers",
         ),
         (
-            with(|c| c.cpus.features.amx = true),
-            "cpus.features.amx: not supported by Palisade",
-        ),
-        (
             with(|c| c.cpus.core_scheduling = CoreScheduling::Vcpu),
             "cpus.core_scheduling=Vcpu: not supported by Palisade",
         ),

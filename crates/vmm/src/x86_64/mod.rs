@@ -1,6 +1,7 @@
 //! The x86_64 machine: memory layout, boot protocols, CPU state and firmware tables.
 
 pub mod acpi;
+pub mod amx;
 pub mod boot;
 pub mod cpuid;
 pub mod layout;
