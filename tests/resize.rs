@@ -131,7 +131,7 @@ fn memory_is_added_to_a_running_guest() {
     let size = || vmm.info()["config"]["memory"]["size"].as_u64().unwrap();
     let mib = |n: u64| n << 20;
     for (desired, message) in [
-        (mib(32), "below the 67108864 bytes the guest has"),
+        (mib(32), "below the 67108864 bytes it has"),
         (mib(64) + mib(100), "blocks of 128 MiB"),
         (
             mib(64) + mib(640),
@@ -215,5 +215,133 @@ fn memory_is_added_from_the_command_line_room() {
     assert!(
         text.contains("memory slot 1: base 0x1 08000000, 128 MiB"),
         "{text}"
+    );
+}
+
+/// `memory.zones`: RAM made of zones with their own backing — here private pages and a
+/// shared file — and memory added to a zone with `vm.resize-zone` (and `palisade-remote
+/// resize-zone`) in its own room. What the guest writes into the memory added to the file's
+/// zone is in the file, where the zone's boot memory ends; a request naming no zone, or
+/// asking for the whole VM's RAM, is refused and changes nothing.
+#[test]
+fn memory_zones_make_up_ram_and_grow_one_by_one() {
+    let dir = TempDir::new("resize-zones");
+    let backing = dir.path("zone1.mem");
+    std::fs::write(&backing, b"").unwrap();
+    let extra = json!({
+        "memory": {"size": 0, "zones": [
+            {"id": "z0", "size": 32 << 20},
+            {"id": "z1", "size": 32 << 20, "file": backing, "shared": true,
+             "hotplug_size": 256 << 20},
+        ]},
+        "landlock_enable": true,
+    });
+    let vmm = created_vm(&dir, "memory_hotplug", extra);
+    // The file was made long enough for the zone and its room.
+    assert_eq!(std::fs::metadata(&backing).unwrap().len(), 288 << 20);
+    assert_eq!(vmm.put("vm.boot", &json!({})).0, 204);
+    vmm.wait_serial("memory_hotplug: ready", 1);
+    assert_eq!(vmm.info()["memory_actual_size"], 64u64 << 20);
+
+    for (endpoint, body, message) in [
+        (
+            "vm.resize-zone",
+            json!({"id": "nope", "desired_ram": 1 << 30}),
+            "no memory zone",
+        ),
+        (
+            "vm.resize-zone",
+            json!({"id": "z0", "desired_ram": 160 << 20}),
+            "zone z0 has no room",
+        ),
+        (
+            "vm.resize",
+            json!({"desired_ram": 192 << 20}),
+            "resize one with vm.resize-zone",
+        ),
+    ] {
+        let (code, text) = vmm.put(endpoint, &body);
+        assert!(code == 400 || code == 404, "{body}: {code} {text}");
+        assert!(text.contains(message), "{body}: {text}");
+    }
+    let (code, text) = vmm.put(
+        "vm.resize-zone",
+        &json!({"id": "z1", "desired_ram": 160 << 20}),
+    );
+    assert_eq!(code, 204, "{text}");
+    let out = vmm.remote(&["resize-zone", "--id", "z1", "--size", "288M"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = vmm.wait_serial("PASS memory_hotplug", 1);
+    // The rooms start at 4 GiB, z1's first (z0 has none).
+    assert!(
+        text.contains("memory slot 0: base 0x1 00000000, 128 MiB"),
+        "{text}"
+    );
+    assert!(
+        text.contains("memory slot 1: base 0x1 08000000, 128 MiB"),
+        "{text}"
+    );
+    let info = vmm.info();
+    assert_eq!(
+        info["config"]["memory"]["zones"][1]["hotplugged_size"],
+        256u64 << 20,
+        "{info}"
+    );
+    assert_eq!(info["memory_actual_size"], 320u64 << 20);
+    let word = |offset: u64| {
+        let mut b = [0u8; 4];
+        std::os::unix::fs::FileExt::read_exact_at(
+            &std::fs::File::open(&backing).unwrap(),
+            &mut b,
+            offset,
+        )
+        .unwrap();
+        u32::from_le_bytes(b)
+    };
+    assert_eq!(
+        word(32 << 20),
+        0x5a5a_0000,
+        "slot 0's first word, in the file"
+    );
+    assert_eq!(
+        word(160 << 20),
+        0x5a5a_0001,
+        "slot 1's first word, in the file"
+    );
+}
+
+/// The zones' RAM is what the guest's memory map holds: 32 MiB + 16 MiB of huge pages.
+#[test]
+fn the_guest_sees_the_zones_as_its_ram() {
+    let dir = TempDir::new("zones-boot");
+    let kernel = guest("pvh_info");
+    let serial = ApiVmm::serial_arg(&dir);
+    let vmm = ApiVmm::spawn(
+        palisade(),
+        &dir,
+        &[
+            "--kernel",
+            path_str(&kernel),
+            "--memory",
+            "size=0",
+            "--memory-zone",
+            "id=a,size=32M",
+            "--memory-zone",
+            "id=b,size=16M,shared=on",
+            "--serial",
+            &serial,
+            "--console",
+            "off",
+            "--no-shutdown",
+        ],
+    );
+    // 48 MiB less the BIOS area between the EBDA and 1 MiB.
+    vmm.wait_serial("memmap: 3 entries, 48767 KiB RAM", 1);
+    let zones = vmm.info()["config"]["memory"]["zones"].clone();
+    assert_eq!(zones[1]["id"], "b", "{zones}");
+    assert_eq!(
+        memfd_size(vmm.pid()),
+        Some(16 << 20),
+        "zone b is the shared memfd"
     );
 }

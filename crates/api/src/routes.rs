@@ -50,7 +50,7 @@ pub const ENDPOINTS: &[Endpoint] = &[
     served("vm.power-button", "PUT"),
     served("vm.resize", "PUT"),
     served("vm.resize-disk", "PUT"),
-    not_yet("vm.resize-zone"),
+    served("vm.resize-zone", "PUT"),
     not_yet("vm.add-device"),
     served("vm.remove-device", "PUT"),
     served("vm.add-disk", "PUT"),
@@ -140,6 +140,10 @@ pub fn request_for(name: &str, body: &[u8], fds: Vec<OwnedFd>) -> Result<Request
             }
             Request::Resize(resize)
         }
+        "vm.resize-zone" => {
+            let ResizeZone { id, desired_ram } = json_body(name, "zone resize", body)?;
+            Request::ResizeZone(id, desired_ram)
+        }
         "vm.pause" => Request::Pause,
         "vm.resume" => Request::Resume,
         "vm.delete" => Request::Delete,
@@ -215,6 +219,14 @@ struct ResizeDisk {
     desired_size: u64,
 }
 
+/// The body of `vm.resize-zone`.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ResizeZone {
+    id: String,
+    desired_ram: u64,
+}
+
 /// The body of `vm.remove-device`.
 #[derive(serde::Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -263,6 +275,7 @@ mod tests {
                     "vm.resize-disk" => &br#"{"id": "d", "desired_size": 512}"#[..],
                     "vm.coredump" => &br#"{"destination_url": "file:///c"}"#[..],
                     "vm.resize" => &br#"{"desired_vcpus": 2}"#[..],
+                    "vm.resize-zone" => &br#"{"id": "z", "desired_ram": 1}"#[..],
                     _ => b"",
                 };
                 request_for(e.name, body, Vec::new()).unwrap();

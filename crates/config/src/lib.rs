@@ -8,6 +8,7 @@
 //! - [`vm`]: the types;
 //! - [`option_parser`]: the `key=value,…` syntax and value helpers;
 //! - [`params`]: each flag's option string to its config type, and [`VmConfig::from_params`];
+//! - [`memory_zone`]: memory zones;
 //! - [`rate_limit`]: rate limiters and their groups;
 //! - [`validate`]: [`VmConfig::validate`] and the per-device checks.
 //!
@@ -35,12 +36,14 @@
 //! assert!(!vm.has_device_id("data"));
 //! ```
 
+pub mod memory_zone;
 pub mod option_parser;
 pub mod params;
 pub mod rate_limit;
 pub mod validate;
 pub mod vm;
 
+pub use memory_zone::*;
 pub use option_parser::{OptionError, ValueError};
 pub use params::*;
 pub use rate_limit::*;

@@ -9,6 +9,7 @@ use std::path::PathBuf;
 
 use thiserror::Error;
 
+use crate::memory_zone::MemoryZoneConfig;
 use crate::option_parser::{parse_int, OptionError, OptionParser, Options, ValueError};
 use crate::rate_limit::{RateLimitGroupConfig, RateLimiterConfig};
 use crate::validate::*;
@@ -190,7 +191,8 @@ impl MemoryConfig {
     pub fn parse(input: &str) -> Result<Self, OptionError> {
         let o = OptionParser::new(Self::KEYS).parse(input)?;
         let size = o.get_size("size")?.unwrap_or(DEFAULT_MEMORY_SIZE);
-        if let Some(value) = o.get("size") {
+        // 0 goes with `--memory-zone`s, which make up RAM (checked with them).
+        if let Some(value) = o.get("size").filter(|_| size != 0) {
             check_memory_size(size).map_err(|r| OptionError::invalid("size", value, r))?;
         }
         off_only(&o, "mergeable")?;
@@ -517,6 +519,8 @@ pub struct VmParams {
     pub landlock_rules: Vec<String>,
     /// Each `--rate-limit-group` value.
     pub rate_limit_groups: Vec<String>,
+    /// Each `--memory-zone` value.
+    pub memory_zones: Vec<String>,
 }
 
 /// A command-line error: one line naming the flag.
@@ -636,8 +640,15 @@ impl VmConfig {
 
         let cpus = CpusConfig::parse(params.cpus.as_deref().unwrap_or(DEFAULT_CPUS_PARAM))
             .map_err(option_err("cpus"))?;
-        let memory = MemoryConfig::parse(params.memory.as_deref().unwrap_or(DEFAULT_MEMORY_PARAM))
-            .map_err(option_err("memory"))?;
+        let mut memory =
+            MemoryConfig::parse(params.memory.as_deref().unwrap_or(DEFAULT_MEMORY_PARAM))
+                .map_err(option_err("memory"))?;
+        let zones = params
+            .memory_zones
+            .iter()
+            .map(|z| MemoryZoneConfig::parse(z).map_err(option_err("memory-zone")))
+            .collect::<Result<Vec<_>, _>>()?;
+        memory.zones = (!zones.is_empty()).then_some(zones);
         let serial = parse_console(
             "serial",
             params.serial.as_deref().unwrap_or(DEFAULT_SERIAL_PARAM),

@@ -450,6 +450,31 @@ impl MemoryConfig {
     /// Checks the size (multiple of 4 KiB, between 1 MiB and 1 TiB) and the compatibility
     /// fields.
     pub fn validate(&self) -> Result<(), ValidationError> {
+        let zones = self.zones.as_deref().unwrap_or_default();
+        if zones.is_empty() {
+            self.check_size_and_room()?;
+            self.check_hugepages()?;
+        } else {
+            // The zones carry RAM, room and backing; the top-level backing flags are theirs.
+            crate::memory_zone::check_zones(zones, self.size, self.hotplug_size)?;
+        }
+        must_be_none("memory.hotplugged_size".into(), &self.hotplugged_size)?;
+        must_be_false("memory.mergeable".into(), self.mergeable)?;
+        if self.hotplug_method != HotplugMethod::Acpi {
+            return Err(unsupported(
+                "memory.hotplug_method=VirtioMem",
+                "remove it or set it to Acpi",
+            ));
+        }
+        must_be_false("memory.prefault".into(), self.prefault)?;
+        must_be_false("memory.reserve".into(), self.reserve)?;
+        must_be_true("memory.thp".into(), self.thp)
+    }
+}
+
+impl MemoryConfig {
+    /// RAM between 1 MiB and 1 TiB, room within 1 TiB with it, both whole pages.
+    fn check_size_and_room(&self) -> Result<(), ValidationError> {
         check_memory_size(self.size).map_err(|r| invalid("memory.size", self.size, r))?;
         if let Some(h) = self.hotplug_size {
             if h % MEMORY_SIZE_ALIGNMENT != 0 {
@@ -467,23 +492,9 @@ impl MemoryConfig {
                 ));
             }
         }
-        must_be_none("memory.hotplugged_size".into(), &self.hotplugged_size)?;
-        must_be_false("memory.mergeable".into(), self.mergeable)?;
-        if self.hotplug_method != HotplugMethod::Acpi {
-            return Err(unsupported(
-                "memory.hotplug_method=VirtioMem",
-                "remove it or set it to Acpi",
-            ));
-        }
-        self.check_hugepages()?;
-        must_be_false("memory.prefault".into(), self.prefault)?;
-        must_be_false("memory.reserve".into(), self.reserve)?;
-        must_be_true("memory.thp".into(), self.thp)?;
-        must_be_empty_list("memory.zones".into(), &self.zones)
+        Ok(())
     }
-}
 
-impl MemoryConfig {
     /// `hugepage_size` only with `hugepages`, 2 MiB or 1 GiB, and RAM made of whole pages.
     fn check_hugepages(&self) -> Result<(), ValidationError> {
         const SIZES: [u64; 2] = [2 << 20, 1 << 30];

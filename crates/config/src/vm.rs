@@ -366,9 +366,9 @@ pub struct MemoryConfig {
     /// Compatibility: transparent huge pages (must stay true, the default).
     #[serde(default = "default_true", skip_serializing_if = "is_true")]
     pub thp: bool,
-    /// Compatibility: memory zones (must be absent or empty).
+    /// Memory zones: with them `size` is 0 and they make up RAM.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub zones: Option<Vec<Value>>,
+    pub zones: Option<Vec<crate::MemoryZoneConfig>>,
 }
 
 impl MemoryConfig {

@@ -54,6 +54,8 @@ pub enum Request {
     Coredump(String),
     /// Change the vCPU count, RAM size or balloon (`vm.resize`).
     Resize(Resize),
+    /// Grow a memory zone (`vm.resize-zone`): its id and its new size in bytes.
+    ResizeZone(String, u64),
 }
 
 /// The body of `vm.resize`: what to change, each optional.

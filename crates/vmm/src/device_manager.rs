@@ -132,6 +132,7 @@ impl DeviceManager {
         events: &MachineEvents,
         ioapic_id: u8,
         mem: &GuestMemoryMmap,
+        mmio64_start: u64,
         worker_setup: devices::virtio::worker::ThreadSetup,
     ) -> Result<Self, DeviceError> {
         let pio = Arc::new(Bus::new());
@@ -173,7 +174,7 @@ impl DeviceManager {
             &mmio,
             vm.clone(),
             mem.clone(),
-            layout::pci_mmio64_start(cfg.memory.size, cfg.memory.hotplug_size.unwrap_or(0)),
+            mmio64_start,
             worker_setup,
             crate::rate_limits::RateLimits::new(cfg),
         )?;

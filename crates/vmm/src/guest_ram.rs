@@ -17,7 +17,7 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::OnceLock;
 
 use vm_memory::mmap::MmapRegion;
-use vm_memory::{FileOffset, GuestAddress, GuestMemoryMmap, GuestRegionMmap};
+use vm_memory::{FileOffset, GuestAddress, GuestRegionMmap};
 
 /// 2 MiB, the default huge page size.
 pub const HUGE_2M: u64 = 2 << 20;
@@ -60,19 +60,6 @@ impl Backing {
             Some(size) => {
                 libc::MAP_HUGETLB | ((size.trailing_zeros() as i32) << libc::MAP_HUGE_SHIFT)
             }
-        }
-    }
-
-    fn describe(self) -> String {
-        let pages = match self.hugepage_size {
-            None => "ordinary pages".to_string(),
-            Some(HUGE_1G) => "1 GiB huge pages".to_string(),
-            Some(size) => format!("{} MiB huge pages", size >> 20),
-        };
-        if self.shared {
-            format!("shared memfd of {pages}")
-        } else {
-            pages
         }
     }
 }
@@ -208,25 +195,25 @@ pub fn map_region(
     })
 }
 
-/// Guest memory of `ranges` (address and length, in order), backed as `backing` says (a
-/// shared memfd emptied first, so that nothing of a previous VM's RAM shows through, and
-/// holding the ranges one after the other).
-pub fn map_all(ranges: &[(GuestAddress, usize)], backing: Backing) -> io::Result<GuestMemoryMmap> {
-    if backing.shared {
-        resize_memfd(memfd_of(backing)?, 0)?;
-    }
-    let mut offset = 0u64;
-    let mut regions = Vec::with_capacity(ranges.len());
-    for &(start, len) in ranges {
-        regions.push(map_region(start, len, offset, backing).map_err(|e| {
-            io::Error::new(
-                e.kind(),
-                format!("{} at {:#x}: {e}", backing.describe(), start.0),
-            )
-        })?);
-        offset += len as u64;
-    }
-    GuestMemoryMmap::from_regions(regions).map_err(|e| io::Error::other(e.to_string()))
+/// `len` bytes of guest memory at `start` in `file` from `offset` on (a memory zone's
+/// file): shared with the file when `shared`, else copied on write.
+pub fn map_file_region(
+    start: GuestAddress,
+    len: usize,
+    file: &File,
+    offset: u64,
+    shared: bool,
+) -> io::Result<GuestRegionMmap> {
+    let flags = if shared {
+        libc::MAP_SHARED
+    } else {
+        libc::MAP_PRIVATE | libc::MAP_NORESERVE
+    };
+    let fo = FileOffset::new(file.try_clone()?, offset);
+    let region = MmapRegion::build(Some(fo), len, libc::PROT_READ | libc::PROT_WRITE, flags)
+        .map_err(|e| io::Error::other(e.to_string()))?;
+    GuestRegionMmap::new(region, start)
+        .ok_or_else(|| io::Error::other("guest memory region wraps around the address space"))
 }
 
 /// Cuts the shared memfd back to `size` bytes (a hot-plug that failed after growing it).
@@ -244,7 +231,7 @@ pub fn release(backing: Backing) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use vm_memory::{Bytes, GuestMemoryBackend};
+    use vm_memory::{Bytes, GuestMemoryBackend, GuestMemoryMmap};
 
     #[test]
     fn shared_ram_is_the_memfd_and_is_emptied_again() {
@@ -253,8 +240,10 @@ mod tests {
             shared: true,
             hugepage_size: None,
         };
-        let ranges = [(GuestAddress(0), 1 << 20), (GuestAddress(1 << 32), 1 << 20)];
-        let mem = map_all(&ranges, shared).unwrap();
+        release(shared);
+        let low = map_region(GuestAddress(0), 1 << 20, 0, shared).unwrap();
+        let high = map_region(GuestAddress(1 << 32), 1 << 20, 1 << 20, shared).unwrap();
+        let mem = GuestMemoryMmap::from_regions(vec![low, high]).unwrap();
         mem.write_obj(0xabcd_u32, GuestAddress((1 << 32) + 8))
             .unwrap();
         // The second region is at offset 1 MiB of the memfd.

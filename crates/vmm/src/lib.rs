@@ -16,6 +16,7 @@ pub mod interrupts;
 pub mod machine;
 pub mod passed_fds;
 pub mod pci_devices;
+pub mod ram;
 pub mod rate_limits;
 pub mod signals;
 pub mod thread_policy;

@@ -14,7 +14,7 @@ use config::VmConfig;
 use kvm_bindings::{kvm_enable_cap, CpuId, KVM_CAP_SPLIT_IRQCHIP};
 use kvm_ioctls::Kvm;
 use serde::Serialize;
-use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
+use vm_memory::{GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 
 use std::os::fd::AsRawFd;
 
@@ -147,6 +147,9 @@ pub enum HotplugError {
     /// No device has that id.
     #[error("no device with id {0}; vm.info lists the devices")]
     NotFound(String),
+    /// No memory zone has that id.
+    #[error("no memory zone {0}; vm.info lists the VM's memory.zones")]
+    NoZone(String),
     /// The file is outside the Landlock ruleset.
     #[error("{0}")]
     Denied(String),
@@ -162,9 +165,10 @@ pub enum HotplugError {
 pub struct Vm {
     config: VmConfig,
     memory: GuestMemoryMmap,
-    // RAM at creation, which the boot tables describe; hot-plugged memory lies above it
-    // (`layout::hotplug_memory_start`) and reaches the guest through ACPI memory devices,
-    // while `config.memory.size` counts both.
+    // RAM at creation (its zones), which the boot tables describe; hot-plugged memory lies
+    // above it (`layout::hotplug_memory_start`) and reaches the guest through ACPI memory
+    // devices, while `config.memory.size` counts both.
+    ram: crate::ram::Ram,
     boot_ram: u64,
     kernel: File,
     initramfs: Option<(File, u64)>,
@@ -213,21 +217,22 @@ impl Vm {
         for (index, net) in config.net.iter_mut().flatten().enumerate() {
             net.id.get_or_insert_with(|| format!("_net{index}"));
         }
-        let size = config.memory.size;
-        let ranges: Vec<(GuestAddress, usize)> = layout::ram_regions(size)
-            .into_iter()
-            .map(|(start, len)| (GuestAddress(start), len as usize))
-            .collect();
-        let backing = crate::guest_ram::Backing::of(&config.memory);
-        let memory = crate::guest_ram::map_all(&ranges, backing).map_err(|e| VmError::Memory {
-            size,
-            detail: e.to_string(),
-        })?;
+        let memory_error = |size: u64| {
+            move |e: std::io::Error| VmError::Memory {
+                size,
+                detail: e.to_string(),
+            }
+        };
+        let mut ram =
+            crate::ram::Ram::plan(&config.memory).map_err(memory_error(config.memory.size))?;
+        let boot_ram = ram.boot_size();
+        let memory = ram.map_boot().map_err(memory_error(boot_ram))?;
         let devices = DeviceManager::new(
             &config,
             events,
             ioapic_id_of(&config.cpus),
             &memory,
+            layout::pci_mmio64_start(boot_ram, ram.room()),
             crate::thread_policy::device_thread_setup()
                 .map_err(|e| VmError::Thread(std::io::Error::other(e)))?,
         )?;
@@ -248,8 +253,9 @@ impl Vm {
         let reset_evt = Arc::new(events.reset.try_clone().map_err(VmError::EventFd)?);
         let vcpu_filters = crate::thread_policy::filters(sandbox::Role::Vcpu, None)
             .map_err(|e| VmError::Thread(std::io::Error::other(e)))?;
-        Ok(Vm {
-            boot_ram: config.memory.size,
+        let mut vm = Vm {
+            ram,
+            boot_ram,
             config,
             memory,
             kernel,
@@ -262,7 +268,24 @@ impl Vm {
             state: VmState::Created,
             unplugging: Vec::new(),
             vcpu_filters: Arc::new(vcpu_filters),
-        })
+        };
+        // Memory a zone had hot-plugged (a configuration from `vm.info`) is added again.
+        let added: Vec<(usize, u64)> = vm
+            .config
+            .memory
+            .zones
+            .iter()
+            .flatten()
+            .enumerate()
+            .filter_map(|(i, z)| Some((i, z.hotplugged_size.filter(|&n| n > 0)?)))
+            .collect();
+        for (index, bytes) in added {
+            vm.add_memory(index, bytes).map_err(|e| VmError::Memory {
+                size: bytes,
+                detail: e.to_string(),
+            })?;
+        }
+        Ok(vm)
     }
 
     /// The configuration (with pty paths filled in).
@@ -576,7 +599,7 @@ impl Vm {
             ioapic_id,
             ram_size: self.boot_ram,
             // The 64-bit PCI window starts past the room for hot-plugged memory.
-            hotplug_size: self.config.memory.hotplug_size.unwrap_or(0),
+            hotplug_size: self.ram.room(),
             serial: self.devices.serial.is_some(),
             hotplug_slots: acpi::HOTPLUG_SLOT_RANGE.collect(),
         };
@@ -624,9 +647,7 @@ impl Drop for Vm {
         if let Some(machine) = self.machine.take() {
             machine.stop(&self.devices);
         }
-        if self.config.memory.shared {
-            crate::guest_ram::release(crate::guest_ram::Backing::of(&self.config.memory));
-        }
+        self.ram.release();
     }
 }
 

@@ -479,6 +479,14 @@ impl Vmm {
                 info!("core of the guest written to {path}");
                 Ok(Reply::Done)
             }
+            Request::ResizeZone(id, bytes) => {
+                self.require_vm("vm.resize-zone")?;
+                if let Some(vm) = &mut self.vm {
+                    vm.resize_zone(&id, bytes)
+                        .map_err(|e| hotplug_error("vm.resize-zone", e))?;
+                }
+                Ok(Reply::Done)
+            }
             Request::Resize(resize) => {
                 self.require_vm("vm.resize")?;
                 if let Some(vm) = &mut self.vm {
@@ -810,7 +818,7 @@ fn hotplug_error(action: &str, e: HotplugError) -> RequestError {
     let kind = match &e {
         HotplugError::Invalid(_) => ErrorKind::BadRequest,
         HotplugError::Duplicate(_) | HotplugError::Busy(_) => ErrorKind::Conflict,
-        HotplugError::NotFound(_) => ErrorKind::NotFound,
+        HotplugError::NotFound(_) | HotplugError::NoZone(_) => ErrorKind::NotFound,
         HotplugError::Denied(_) => ErrorKind::Forbidden,
         HotplugError::Failed(_) => ErrorKind::Internal,
     };

@@ -72,6 +72,13 @@ struct Cli {
     #[arg(long, value_name = "RULE", num_args = 1.., action = ArgAction::Append)]
     landlock_rules: Vec<String>,
 
+    /// A memory zone (with `--memory size=0`): "size=<guest_memory_region_size>,
+    /// file=<backing_file>,shared=on|off,hugepages=on|off,hugepage_size=<hugepage_size>,
+    /// id=<zone_identifier>,hotplug_size=<hotpluggable_memory_size>,
+    /// hotplugged_size=<hotplugged_memory_size>".
+    #[arg(long, value_name = "memory-zone", num_args = 1.., action = ArgAction::Append)]
+    memory_zone: Vec<String>,
+
     /// A rate limiter disks share: "bw_size=<bytes>,bw_one_time_burst=<bytes>,
     /// bw_refill_time=<ms>,ops_size=<io_ops>,ops_one_time_burst=<io_ops>,
     /// ops_refill_time=<ms>,id=<group_id>".
@@ -118,6 +125,7 @@ impl Cli {
             landlock: self.landlock,
             landlock_rules: self.landlock_rules.clone(),
             rate_limit_groups: self.rate_limit_group.clone(),
+            memory_zones: self.memory_zone.clone(),
         }
     }
 

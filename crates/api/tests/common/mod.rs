@@ -137,6 +137,7 @@ fn name_of(request: &Request) -> &'static str {
         Request::ResizeDisk(..) => "resize-disk",
         Request::Coredump(_) => "coredump",
         Request::Resize(_) => "resize",
+        Request::ResizeZone(..) => "resize-zone",
     }
 }
 
@@ -182,6 +183,7 @@ fn handle(vm: &mut Option<(VmConfig, State)>, request: Request) -> Result<Reply,
         Request::ResizeDisk(..) => "vm.resize-disk",
         Request::Coredump(_) => "vm.coredump",
         Request::Resize(_) => "vm.resize",
+        Request::ResizeZone(..) => "vm.resize-zone",
     };
     let Some((config, state)) = vm else {
         return Err(RequestError::new(

@@ -146,10 +146,17 @@ fn memory_compat_keys_at_off() {
 
 #[test]
 fn memory_bad_values() {
-    assert_eq!(
-        err(MemoryConfig::parse("size=0")),
-        "size=0: must be at least 1 MiB (e.g. 512M)"
-    );
+    // 0 is for memory zones; alone it is refused by validation, naming the flag.
+    assert_eq!(MemoryConfig::parse("size=0").unwrap().size, 0);
+    let alone = VmParams {
+        kernel: Some("/k".into()),
+        memory: Some("size=0".into()),
+        ..VmParams::default()
+    };
+    assert!(VmConfig::from_params(&alone)
+        .unwrap_err()
+        .to_string()
+        .contains("must be at least 1 MiB"));
     assert_eq!(
         err(MemoryConfig::parse("size=512K")),
         "size=512K: must be at least 1 MiB (e.g. 512M)"

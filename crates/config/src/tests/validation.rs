@@ -687,8 +687,16 @@ fn cpus_and_memory_compat_fields() {
             "memory.thp: not supported by Palisade",
         ),
         (
-            with(|c| c.memory.zones = Some(vec![json!({"id": "z", "size": 1})])),
-            "memory.zones: not supported by Palisade",
+            with(|c| {
+                c.memory.size = 0;
+                c.memory.zones = Some(vec![MemoryZoneConfig {
+                    id: "z".into(),
+                    size: 1 << 20,
+                    host_numa_node: Some(0),
+                    ..MemoryZoneConfig::default()
+                }])
+            }),
+            "memory.zones[0].host_numa_node: not supported by Palisade",
         ),
         (
             with(|c| c.rng.id = Some("rng".into())),

@@ -3,12 +3,11 @@
 
 use std::sync::Arc;
 
-use vm_memory::{GuestAddress, GuestMemoryBackend};
+use vm_memory::{Address, GuestMemoryBackend, GuestMemoryRegion};
 
 use super::{HotplugError, Vm, VmState};
 use crate::control::Resize;
-use crate::guest_ram::Backing;
-use crate::x86_64::layout::{hotplug_memory_start, MEMORY_HOTPLUG_ALIGN};
+use crate::x86_64::layout::MEMORY_HOTPLUG_ALIGN;
 
 impl Vm {
     /// Applies `resize`. Each part is checked before anything changes; a part that fails
@@ -28,7 +27,7 @@ impl Vm {
             ));
         }
         if memory > 0 {
-            self.add_memory(memory)?;
+            self.add_memory(0, memory)?;
         }
         if let Some(n) = vcpus {
             self.resize_vcpus(n)?;
@@ -38,32 +37,48 @@ impl Vm {
 
     /// How many bytes `desired` RAM adds; refuses what hot-plug cannot do.
     fn check_memory_growth(&self, desired: u64) -> Result<u64, HotplugError> {
-        let current = self.memory_size();
-        let invalid = |why: String| {
-            Err(HotplugError::Invalid(format!(
-                "desired_ram {desired}: {why}"
-            )))
-        };
+        if self.ram.zones.iter().any(|z| z.id.is_some()) {
+            return Err(HotplugError::Invalid(format!(
+                "desired_ram {desired}: the VM's memory is in zones: resize one with vm.resize-zone"
+            )));
+        }
+        self.check_zone_growth(0, desired, "desired_ram")
+    }
+
+    /// How many bytes growing zone `index` to `desired` (boot size and hot-plugged memory)
+    /// adds; `what` names the request's field.
+    fn check_zone_growth(
+        &self,
+        index: usize,
+        desired: u64,
+        what: &str,
+    ) -> Result<u64, HotplugError> {
+        let zone = &self.ram.zones[index];
+        let current = zone.size + zone.hotplugged;
+        let invalid = |why: String| Err(HotplugError::Invalid(format!("{what} {desired}: {why}")));
         if desired == current {
             return Ok(0);
         }
         if desired < current {
             return invalid(format!(
-                "below the {current} bytes the guest has: memory added through ACPI hot-plug \
-                 is never taken back"
+                "below the {current} bytes it has: memory added through ACPI hot-plug is \
+                 never taken back"
             ));
         }
-        let room = self.config.memory.hotplug_size.unwrap_or(0);
-        if room == 0 {
-            return invalid(
-                "the VM has no room for more memory: create it with --memory hotplug_size=SIZE"
-                    .into(),
-            );
+        if zone.room == 0 {
+            return invalid(match &zone.id {
+                None => {
+                    "the VM has no room for more memory: create it with --memory hotplug_size=SIZE"
+                        .into()
+                }
+                Some(id) => {
+                    format!("zone {id} has no room for more memory: give it a hotplug_size")
+                }
+            });
         }
         let more = desired - current;
         // Blocks of 128 MiB, or of the huge page size when larger (1 GiB).
-        let block =
-            MEMORY_HOTPLUG_ALIGN.max(Backing::of(&self.config.memory).hugepage_size.unwrap_or(0));
+        let block = MEMORY_HOTPLUG_ALIGN.max(zone.backing.hugepage_size.unwrap_or(0));
         if !more.is_multiple_of(block) {
             return invalid(format!(
                 "memory is added in blocks of {} MiB, and {more} more bytes is not a whole \
@@ -71,10 +86,15 @@ impl Vm {
                 block >> 20
             ));
         }
-        let left = room - (current - self.boot_ram);
+        let left = zone.room - zone.hotplugged;
         if more > left {
+            let room = if zone.id.is_some() {
+                "the zone's hotplug_size"
+            } else {
+                "memory.hotplug_size"
+            };
             return invalid(format!(
-                "{more} more bytes exceed the {left} left of memory.hotplug_size"
+                "{more} more bytes exceed the {left} left of {room}"
             ));
         }
         if self.devices.free_memory_slots() == 0 {
@@ -83,43 +103,74 @@ impl Vm {
         Ok(more)
     }
 
-    /// Adds `bytes` of guest memory after what was hot-plugged before: mapped into the
-    /// running machine, seen by every device, described to the guest (told at once when it
-    /// runs; found at boot otherwise). Nothing changes if a step fails.
-    fn add_memory(&mut self, bytes: u64) -> Result<(), HotplugError> {
-        let current = self.memory_size();
-        let start = hotplug_memory_start(self.boot_ram) + (current - self.boot_ram);
-        let len = usize::try_from(bytes)
-            .map_err(|_| HotplugError::Invalid(format!("desired_ram: {bytes} bytes too many")))?;
+    /// `vm.resize-zone`: grows zone `id` to `desired` bytes (its boot size and what was
+    /// added before).
+    pub fn resize_zone(&mut self, id: &str, desired: u64) -> Result<(), HotplugError> {
+        let index = self
+            .ram
+            .zone_index(id)
+            .ok_or_else(|| HotplugError::NoZone(id.to_string()))?;
+        let more = self.check_zone_growth(index, desired, "desired_ram")?;
+        if more > 0 {
+            self.add_memory(index, more)?;
+        }
+        Ok(())
+    }
+
+    /// Adds `bytes` of guest memory to zone `index`, after what was hot-plugged into it
+    /// before: mapped into the running machine, seen by every device, described to the
+    /// guest (told at once when it runs; found at boot otherwise). Nothing changes if a step
+    /// fails.
+    pub(super) fn add_memory(&mut self, index: usize, bytes: u64) -> Result<(), HotplugError> {
         let failed = |e: String| {
             HotplugError::Failed(format!("cannot add {bytes} bytes of guest memory: {e}"))
         };
-        let backing = Backing::of(&self.config.memory);
-        let region = crate::guest_ram::map_region(GuestAddress(start), len, current, backing)
-            .map_err(|e| failed(e.to_string()))?;
-        let region = Arc::new(region);
-        let undo = |e: HotplugError| {
-            if backing.shared {
-                crate::guest_ram::shrink(backing, current);
-            }
-            e
-        };
-        let memory = self
+        let region = Arc::new(
+            self.ram
+                .map_hotplug(index, bytes)
+                .map_err(|e| failed(e.to_string()))?,
+        );
+        let start = region.start_addr().raw_value();
+        let mapped = self
             .memory
             .insert_region(region.clone())
-            .map_err(|e| undo(failed(e.to_string())))?;
-        // Regions are kept in address order, and this one is the highest.
-        let slot = (memory.num_regions() - 1) as u32;
+            .map_err(|e| failed(e.to_string()));
+        let memory = match mapped {
+            Ok(m) => m,
+            Err(e) => {
+                self.ram.abandon(index, bytes);
+                return Err(e);
+            }
+        };
+        // The machine's KVM slots are 0 to one less than the regions it had: this is the next.
+        let slot = self.memory.num_regions() as u32;
         let running = matches!(self.state, VmState::Running | VmState::Paused);
         if let Some(machine) = &self.machine {
-            machine
-                .map_memory(slot, &region)
-                .map_err(|e| undo(failed(e.to_string())))?;
+            if let Err(e) = machine.map_memory(slot, &region) {
+                self.ram.abandon(index, bytes);
+                return Err(failed(e.to_string()));
+            }
         }
+        self.ram.commit(index, bytes);
         self.memory = memory;
         self.devices.set_memory(&self.memory);
         self.devices.announce_memory(start, bytes, running);
-        self.config.memory.size = current + bytes;
+        let zone = &self.ram.zones[index];
+        match &zone.id {
+            None => self.config.memory.size += bytes,
+            Some(id) => {
+                if let Some(z) = self
+                    .config
+                    .memory
+                    .zones
+                    .iter_mut()
+                    .flatten()
+                    .find(|z| &z.id == id)
+                {
+                    z.hotplugged_size = Some(zone.hotplugged);
+                }
+            }
+        }
         log::info!("{bytes} bytes of guest memory added at {start:#x}");
         Ok(())
     }
