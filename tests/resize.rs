@@ -242,6 +242,16 @@ fn memory_zones_make_up_ram_and_grow_one_by_one() {
     assert_eq!(vmm.put("vm.boot", &json!({})).0, 204);
     vmm.wait_serial("memory_hotplug: ready", 1);
     assert_eq!(vmm.info()["memory_actual_size"], 64u64 << 20);
+    // The sandbox report names the zone's file, held open from creation.
+    let info = vmm.info();
+    let held = info["landlock"]["held"].as_array().unwrap().clone();
+    assert!(
+        held.iter().any(
+            |h| h["origin"] == json!({"kind": "memory_zone", "id": "z1"})
+                && h["path"] == json!(backing)
+        ),
+        "{held:?}"
+    );
 
     for (endpoint, body, message) in [
         (

@@ -132,6 +132,7 @@ pub fn origin_text(origin: &Origin) -> String {
         Origin::Console => "console".into(),
         Origin::Disk { id } => format!("disk {id}"),
         Origin::Rng => "rng".into(),
+        Origin::MemoryZone { id } => format!("memory zone {id}"),
         Origin::Net { id } => format!("net {id}"),
         Origin::NetHotplug => "network hot-plug".into(),
         Origin::UserRule { index } => format!("landlock rule #{index}"),

@@ -78,6 +78,11 @@ pub enum Origin {
     },
     /// The entropy source.
     Rng,
+    /// A memory zone's file, by zone id.
+    MemoryZone {
+        /// The zone's id.
+        id: String,
+    },
     /// A network device's tap.
     Net {
         /// The device's id.
@@ -201,6 +206,17 @@ impl Policy {
                 how,
                 origin: Origin::Net { id },
             });
+        }
+        for zone in config.memory.zones.iter().flatten() {
+            if let Some(file) = &zone.file {
+                held.push(Held {
+                    path: file.clone(),
+                    how: "memory zone file, opened read-write and mapped as guest RAM".into(),
+                    origin: Origin::MemoryZone {
+                        id: zone.id.clone(),
+                    },
+                });
+            }
         }
         held.push(Held {
             path: config.rng.src.clone(),
