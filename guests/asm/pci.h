@@ -492,7 +492,8 @@ acpi_find_ecam:
 9:  call acpi_table_ok
     jz 10f
     FAIL "the MCFG table has a bad length or checksum"
-10: mov ACPI_SDT_LENGTH(%esi), %ecx
+10: mov %esi, pci_mcfg
+    mov ACPI_SDT_LENGTH(%esi), %ecx
     lea (%esi, %ecx), %ebx
     lea ACPI_MCFG_ENTRIES(%esi), %edi
 11: lea ACPI_MCFG_ENTRY(%edi), %eax
@@ -521,6 +522,7 @@ acpi_find_ecam:
     .data
     .balign 4
 pci_ecam: .long 0
+pci_mcfg: .long 0                   /* the MCFG table, once acpi_find_ecam found it */
 pci_bar_old_lo: .long 0
 pci_bar_old_hi: .long 0
 pci_bar_size: .long 0

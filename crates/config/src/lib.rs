@@ -9,6 +9,7 @@
 //! - [`option_parser`]: the `key=value,…` syntax and value helpers;
 //! - [`params`]: each flag's option string to its config type, and [`VmConfig::from_params`];
 //! - [`memory_zone`]: memory zones;
+//! - [`platform`]: the `--platform` option;
 //! - [`rate_limit`]: rate limiters and their groups;
 //! - [`validate`]: [`VmConfig::validate`] and the per-device checks.
 //!
@@ -39,6 +40,7 @@
 pub mod memory_zone;
 pub mod option_parser;
 pub mod params;
+pub mod platform;
 pub mod rate_limit;
 pub mod validate;
 pub mod vm;

@@ -267,6 +267,7 @@ impl DiskConfig {
         "num_queues",
         "queue_size",
         "serial",
+        "pci_segment",
         "rate_limit_group",
         "bw_size",
         "bw_one_time_burst",
@@ -297,6 +298,7 @@ impl DiskConfig {
             serial: o.get_nonempty("serial")?.map(str::to_string),
             rate_limiter_config: RateLimiterConfig::from_options(&o)?,
             rate_limit_group: o.get_nonempty("rate_limit_group")?.map(str::to_string),
+            pci_segment: o.get_int("pci_segment")?.unwrap_or(0),
             ..DiskConfig::with_path(path)
         })
     }
@@ -316,6 +318,7 @@ impl NetConfig {
         "offload_tso",
         "offload_ufo",
         "offload_csum",
+        "pci_segment",
         "bw_size",
         "bw_one_time_burst",
         "bw_refill_time",
@@ -408,6 +411,7 @@ impl NetConfig {
             offload_ufo: o.get_bool("offload_ufo")?.unwrap_or(true),
             offload_csum: o.get_bool("offload_csum")?.unwrap_or(true),
             rate_limiter_config: RateLimiterConfig::from_options(&o)?,
+            pci_segment: o.get_int("pci_segment")?.unwrap_or(0),
             ..NetConfig::default()
         })
     }
@@ -521,6 +525,8 @@ pub struct VmParams {
     pub rate_limit_groups: Vec<String>,
     /// Each `--memory-zone` value.
     pub memory_zones: Vec<String>,
+    /// `--platform`.
+    pub platform: Option<String>,
 }
 
 /// A command-line error: one line naming the flag.
@@ -719,6 +725,10 @@ impl VmConfig {
             landlock_enable: params.landlock,
             landlock_rules: (!rules.is_empty()).then_some(rules),
             rate_limit_groups: (!rate_limit_groups.is_empty()).then_some(rate_limit_groups),
+            platform: match &params.platform {
+                Some(p) => Some(PlatformConfig::parse(p).map_err(option_err("platform"))?),
+                None => None,
+            },
             ..VmConfig::default()
         };
         config.validate().map_err(|error| ParamsError::Validation {

@@ -313,14 +313,6 @@ fn must_be_none<T>(field: String, value: &Option<T>) -> Result<(), ValidationErr
     }
 }
 
-fn must_be_zero(field: String, value: u16) -> Result<(), ValidationError> {
-    if value != 0 {
-        Err(unsupported(field, "remove it or set it to 0"))
-    } else {
-        Ok(())
-    }
-}
-
 fn must_be_empty_list(field: String, value: &Option<Vec<Value>>) -> Result<(), ValidationError> {
     match value {
         Some(items) if !items.is_empty() => Err(unsupported(field, "remove it or leave it empty")),
@@ -526,6 +518,9 @@ impl MemoryConfig {
     }
 }
 
+/// Most PCI segments Palisade builds (each one bus, with its own ECAM region).
+pub const MAX_PCI_SEGMENTS: u16 = 16;
+
 /// Longest kernel command line Palisade passes (the guest gets it NUL-terminated).
 pub const MAX_CMDLINE_LEN: usize = 4095;
 
@@ -588,7 +583,6 @@ impl ConsoleConfig {
         }
         must_be_false(format!("{name}.iommu"), self.iommu)?;
         must_be_none(format!("{name}.id"), &self.id)?;
-        must_be_zero(format!("{name}.pci_segment"), self.pci_segment)?;
         must_be_none(format!("{name}.pci_device_id"), &self.pci_device_id)
     }
 }
@@ -645,7 +639,6 @@ impl DiskConfig {
                 "empty name: give a group of rate_limit_groups or leave it out".into(),
             ));
         }
-        must_be_zero(format!("{name}.pci_segment"), self.pci_segment)?;
         must_be_none(format!("{name}.pci_device_id"), &self.pci_device_id)?;
         must_be_empty_list(format!("{name}.queue_affinity"), &self.queue_affinity)?;
         must_be_false(format!("{name}.backing_files"), self.backing_files)?;
@@ -738,7 +731,6 @@ impl NetConfig {
                 "remove it or set it to Client",
             ));
         }
-        must_be_zero(format!("{name}.pci_segment"), self.pci_segment)?;
         must_be_none(format!("{name}.pci_device_id"), &self.pci_device_id)?;
         match &self.rate_limiter_config {
             Some(limiter) => limiter
@@ -764,7 +756,6 @@ impl RngConfig {
         }
         must_be_none("rng.id".into(), &self.id)?;
         must_be_false("rng.iommu".into(), self.iommu)?;
-        must_be_zero("rng.pci_segment".into(), self.pci_segment)?;
         must_be_none("rng.pci_device_id".into(), &self.pci_device_id)
     }
 }
@@ -799,6 +790,7 @@ impl VmConfig {
         }
         self.rng.validate()?;
         self.check_device_ids()?;
+        self.check_pci_segments()?;
         if let Some(rules) = &self.landlock_rules {
             if !rules.is_empty() && !self.landlock_enable {
                 return Err(ValidationError::Conflict {
@@ -812,6 +804,31 @@ impl VmConfig {
             }
         }
         self.validate_compat()
+    }
+
+    /// Every device on a PCI segment the VM has.
+    fn check_pci_segments(&self) -> Result<(), ValidationError> {
+        let n = self.pci_segments();
+        let disks = self.disks.iter().flatten().enumerate();
+        let disks = disks.map(|(i, d)| (format!("disks[{i}]"), d.pci_segment));
+        let nets = self.net.iter().flatten().enumerate();
+        let nets = nets.map(|(i, d)| (format!("net[{i}]"), d.pci_segment));
+        let others = [
+            ("rng".to_string(), self.rng.pci_segment),
+            ("console".to_string(), self.console.pci_segment),
+            ("serial".to_string(), self.serial.pci_segment),
+        ];
+        for (name, segment) in disks.chain(nets).chain(others) {
+            if segment >= n {
+                return Err(ValidationError::Conflict {
+                    field: format!("{name}.pci_segment"),
+                    reason: format!(
+                        "is {segment}, but the VM has {n} PCI segment(s): raise platform.num_pci_segments or use a lower segment"
+                    ),
+                });
+            }
+        }
+        Ok(())
     }
 
     /// Each group named once, with valid limits; each disk's group one of them.
@@ -912,17 +929,11 @@ impl PlatformConfig {
     /// SMBIOS strings without NUL bytes, and a UUID in its usual form.
     pub fn validate(&self) -> Result<(), ValidationError> {
         if let Some(n) = self.num_pci_segments {
-            if n == 0 {
+            if n == 0 || n > MAX_PCI_SEGMENTS {
                 return Err(invalid(
                     "platform.num_pci_segments",
                     n,
-                    "must be at least 1".into(),
-                ));
-            }
-            if n > 1 {
-                return Err(unsupported(
-                    "platform.num_pci_segments above 1",
-                    "remove it or set it to 1",
+                    format!("must be between 1 and {MAX_PCI_SEGMENTS}"),
                 ));
             }
         }

@@ -371,6 +371,17 @@ pub struct MemoryConfig {
     pub zones: Option<Vec<crate::MemoryZoneConfig>>,
 }
 
+impl VmConfig {
+    /// The number of PCI segments (`platform.num_pci_segments`, 1 when absent).
+    pub fn pci_segments(&self) -> u16 {
+        self.platform
+            .as_ref()
+            .and_then(|p| p.num_pci_segments)
+            .unwrap_or(1)
+            .max(1)
+    }
+}
+
 impl MemoryConfig {
     /// `size` bytes of RAM, everything else at its default.
     /// RAM and the room kept for hot-plugged memory, in bytes.

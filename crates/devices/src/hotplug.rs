@@ -10,6 +10,7 @@
 //! | hot-plug | 0x0 | read, clears | bitmap of slots just plugged in |
 //! | hot-plug | 0x4 | read, clears | bitmap of slots the guest should eject |
 //! | hot-plug | 0x8 | write | the slot number the guest has released (eject it now) |
+//! | hot-plug | 0xC | read/write | the PCI segment the three registers above speak of |
 //!
 //! To add slot n: plug the device, set bit n of "plugged", set the GED's hot-plug event, raise
 //! the GED interrupt. To remove it: set bit n of "eject", raise the event; the device goes
@@ -39,6 +40,8 @@ pub const HOTPLUG_UP_OFFSET: u64 = 0;
 pub const HOTPLUG_DOWN_OFFSET: u64 = 4;
 /// Hot-plug controller: the slot the guest released.
 pub const HOTPLUG_EJECT_OFFSET: u64 = 8;
+/// Hot-plug controller: the PCI segment the other registers speak of.
+pub const HOTPLUG_SEGMENT_OFFSET: u64 = 0xc;
 
 fn read_u32(value: u32, data: &mut [u8]) {
     data.fill(0);
@@ -78,78 +81,97 @@ impl BusDevice for GenericEventDevice {
     fn write(&mut self, _offset: u64, _data: &[u8]) {}
 }
 
-/// The PCI hot-plug controller.
+/// The PCI hot-plug controller, for every segment's bus 0.
 pub struct PciHotplugController {
-    up: u32,
-    down: u32,
-    ejected: Arc<Mutex<VecDeque<u8>>>,
+    // Per segment: slots just plugged in, slots to eject.
+    up: Vec<u32>,
+    down: Vec<u32>,
+    segment: u32,
+    ejected: Arc<Mutex<VecDeque<(u16, u8)>>>,
     eject_evt: EventFd,
 }
 
 impl PciHotplugController {
-    /// A controller that queues the guest's ejects and signals `eject_evt`.
-    pub fn new(eject_evt: EventFd) -> Self {
+    /// A controller for `segments` PCI segments that queues the guest's ejects (segment,
+    /// slot) and signals `eject_evt`.
+    pub fn new(segments: u16, eject_evt: EventFd) -> Self {
+        let n = usize::from(segments.max(1));
         PciHotplugController {
-            up: 0,
-            down: 0,
+            up: vec![0; n],
+            down: vec![0; n],
+            segment: 0,
             ejected: Arc::default(),
             eject_evt,
         }
     }
 
     /// The slots the guest ejected, for the VMM to take.
-    pub fn ejected(&self) -> Arc<Mutex<VecDeque<u8>>> {
+    pub fn ejected(&self) -> Arc<Mutex<VecDeque<(u16, u8)>>> {
         self.ejected.clone()
     }
 
-    /// Announces that `slot` was plugged in.
-    pub fn plugged(&mut self, slot: u8) {
-        if slot < 32 {
-            self.up |= 1 << slot;
-            self.down &= !(1 << slot);
+    /// Announces that `slot` of `segment` was plugged in.
+    pub fn plugged(&mut self, segment: u16, slot: u8) {
+        let s = usize::from(segment);
+        if slot < 32 && s < self.up.len() {
+            self.up[s] |= 1 << slot;
+            self.down[s] &= !(1 << slot);
         }
     }
 
-    /// Asks the guest to eject `slot`.
-    pub fn request_eject(&mut self, slot: u8) {
-        if slot < 32 {
-            self.down |= 1 << slot;
-            self.up &= !(1 << slot);
+    /// Asks the guest to eject `slot` of `segment`.
+    pub fn request_eject(&mut self, segment: u16, slot: u8) {
+        let s = usize::from(segment);
+        if slot < 32 && s < self.up.len() {
+            self.down[s] |= 1 << slot;
+            self.up[s] &= !(1 << slot);
         }
     }
 
     /// Forgets pending announcements (VM reset).
     pub fn reset(&mut self) {
-        self.up = 0;
-        self.down = 0;
+        self.up.iter_mut().for_each(|b| *b = 0);
+        self.down.iter_mut().for_each(|b| *b = 0);
+        self.segment = 0;
     }
 }
 
 impl BusDevice for PciHotplugController {
     fn read(&mut self, offset: u64, data: &mut [u8]) {
+        let s = self.segment as usize;
         match offset {
-            HOTPLUG_UP_OFFSET if data.len() == 4 => read_u32(std::mem::take(&mut self.up), data),
-            HOTPLUG_DOWN_OFFSET if data.len() == 4 => {
-                read_u32(std::mem::take(&mut self.down), data)
+            HOTPLUG_UP_OFFSET if data.len() == 4 && s < self.up.len() => {
+                read_u32(std::mem::take(&mut self.up[s]), data)
             }
+            HOTPLUG_DOWN_OFFSET if data.len() == 4 && s < self.down.len() => {
+                read_u32(std::mem::take(&mut self.down[s]), data)
+            }
+            HOTPLUG_SEGMENT_OFFSET if data.len() == 4 => read_u32(self.segment, data),
             _ => data.fill(0),
         }
     }
 
     fn write(&mut self, offset: u64, data: &[u8]) {
-        if offset != HOTPLUG_EJECT_OFFSET || data.len() != 4 {
+        let Ok(bytes) = <[u8; 4]>::try_from(data) else {
             return;
+        };
+        let value = u32::from_le_bytes(bytes);
+        match offset {
+            HOTPLUG_SEGMENT_OFFSET => self.segment = value,
+            HOTPLUG_EJECT_OFFSET => {
+                let segment = self.segment;
+                if value == 0 || value >= 32 || segment as usize >= self.up.len() {
+                    return;
+                }
+                self.ejected
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .push_back((segment as u16, value as u8));
+                // The queue holds the slot even if the wake-up is lost; the next one drains it.
+                let _ = self.eject_evt.write(1);
+            }
+            _ => {}
         }
-        let slot = u32::from_le_bytes([data[0], data[1], data[2], data[3]]);
-        if slot == 0 || slot >= 32 {
-            return;
-        }
-        self.ejected
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push_back(slot as u8);
-        // The queue holds the slot even if the wake-up is lost; the next one drains it.
-        let _ = self.eject_evt.write(1);
     }
 }
 
@@ -189,12 +211,12 @@ mod tests {
     #[test]
     fn controller_announces_and_takes_ejects() {
         let evt = EventFd::new(EFD_NONBLOCK | libc::EFD_CLOEXEC).unwrap();
-        let mut hp = PciHotplugController::new(evt.try_clone().unwrap());
-        hp.plugged(3);
-        hp.plugged(5);
+        let mut hp = PciHotplugController::new(2, evt.try_clone().unwrap());
+        hp.plugged(0, 3);
+        hp.plugged(0, 5);
         assert_eq!(read32(&mut hp, HOTPLUG_UP_OFFSET), (1 << 3) | (1 << 5));
         assert_eq!(read32(&mut hp, HOTPLUG_UP_OFFSET), 0);
-        hp.request_eject(3);
+        hp.request_eject(0, 3);
         assert_eq!(read32(&mut hp, HOTPLUG_DOWN_OFFSET), 1 << 3);
         hp.write(HOTPLUG_EJECT_OFFSET, &3u32.to_le_bytes());
         hp.write(HOTPLUG_EJECT_OFFSET, &0u32.to_le_bytes());
@@ -203,8 +225,25 @@ mod tests {
         assert_eq!(evt.read().unwrap(), 1);
         assert_eq!(
             hp.ejected().lock().unwrap().drain(..).collect::<Vec<_>>(),
-            vec![3]
+            vec![(0, 3)]
         );
         assert_eq!(read32(&mut hp, HOTPLUG_EJECT_OFFSET), 0);
+
+        // Segment 1 has bitmaps of its own, picked by the segment register.
+        hp.plugged(1, 2);
+        hp.plugged(0, 7);
+        hp.write(HOTPLUG_SEGMENT_OFFSET, &1u32.to_le_bytes());
+        assert_eq!(read32(&mut hp, HOTPLUG_SEGMENT_OFFSET), 1);
+        assert_eq!(read32(&mut hp, HOTPLUG_UP_OFFSET), 1 << 2);
+        hp.write(HOTPLUG_EJECT_OFFSET, &2u32.to_le_bytes());
+        hp.write(HOTPLUG_SEGMENT_OFFSET, &9u32.to_le_bytes());
+        assert_eq!(read32(&mut hp, HOTPLUG_UP_OFFSET), 0, "no such segment");
+        hp.write(HOTPLUG_EJECT_OFFSET, &2u32.to_le_bytes());
+        hp.write(HOTPLUG_SEGMENT_OFFSET, &0u32.to_le_bytes());
+        assert_eq!(read32(&mut hp, HOTPLUG_UP_OFFSET), 1 << 7);
+        assert_eq!(
+            hp.ejected().lock().unwrap().drain(..).collect::<Vec<_>>(),
+            vec![(1, 2)]
+        );
     }
 }

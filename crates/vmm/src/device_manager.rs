@@ -109,7 +109,7 @@ pub struct DeviceManager {
     memory_hotplug: Arc<Mutex<MemoryHotplugController>>,
     /// Signalled when the guest ejected a hot-plugged device or vCPU.
     pub eject_evt: EventFd,
-    ejected: Arc<Mutex<VecDeque<u8>>>,
+    ejected: Arc<Mutex<VecDeque<(u16, u8)>>>,
     /// COM1, unless the serial port is off.
     pub serial: Option<SerialConsole>,
     /// The pseudo-terminal of the serial port in `pty` mode.
@@ -145,7 +145,8 @@ impl DeviceManager {
         ))));
         mmio.insert(ged.clone(), layout::ACPI_GED_START, layout::ACPI_GED_SIZE)?;
         let eject_evt = eventfd()?;
-        let hotplug = PciHotplugController::new(clone_evt(&eject_evt)?);
+        let segments = cfg.pci_segments();
+        let hotplug = PciHotplugController::new(segments, clone_evt(&eject_evt)?);
         let ejected = hotplug.ejected();
         let hotplug = Arc::new(Mutex::new(hotplug));
         mmio.insert(
@@ -175,6 +176,7 @@ impl DeviceManager {
             vm.clone(),
             mem.clone(),
             mmio64_start,
+            segments,
             worker_setup,
             crate::rate_limits::RateLimits::new(cfg),
         )?;
@@ -260,9 +262,11 @@ impl DeviceManager {
                 source,
             },
         )?;
-        manager
-            .pci
-            .add_virtio("_rng0", Box::new(devices::virtio::rng::Rng::new(source)))?;
+        manager.pci.add_virtio(
+            "_rng0",
+            Box::new(devices::virtio::rng::Rng::new(source)),
+            cfg.rng.pci_segment,
+        )?;
         Ok(manager)
     }
 
@@ -293,7 +297,8 @@ impl DeviceManager {
         self.console_pty = endpoint.pty_path;
         self._console_pty_slave = endpoint.pty_slave;
         let model = devices::virtio::console::Console::new(endpoint.output, input);
-        self.pci.add_virtio("_console0", Box::new(model))?;
+        self.pci
+            .add_virtio("_console0", Box::new(model), cfg.pci_segment)?;
         Ok(())
     }
 
@@ -309,12 +314,12 @@ impl DeviceManager {
         }
     }
 
-    /// Tells the guest that `slot` was plugged in.
-    pub fn announce_plugged(&self, slot: u8) {
+    /// Tells the guest that `slot` of `segment` was plugged in.
+    pub fn announce_plugged(&self, segment: u16, slot: u8) {
         self.hotplug
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .plugged(slot);
+            .plugged(segment, slot);
         self.ged
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -329,12 +334,12 @@ impl DeviceManager {
             .notify(GED_EVENT_POWER_BUTTON);
     }
 
-    /// Asks the guest to release `slot`.
-    pub fn request_eject(&self, slot: u8) {
+    /// Asks the guest to release `slot` of `segment`.
+    pub fn request_eject(&self, segment: u16, slot: u8) {
         self.hotplug
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .request_eject(slot);
+            .request_eject(segment, slot);
         self.ged
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -405,8 +410,8 @@ impl DeviceManager {
             .collect()
     }
 
-    /// The slots the guest has ejected since the last call.
-    pub fn take_ejected(&self) -> Vec<u8> {
+    /// The slots (segment, slot) the guest has ejected since the last call.
+    pub fn take_ejected(&self) -> Vec<(u16, u8)> {
         let _ = self.eject_evt.read();
         self.ejected
             .lock()

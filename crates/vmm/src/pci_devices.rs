@@ -171,7 +171,9 @@ impl BarMapper for KvmBarMapper {
 pub struct PciEntry {
     /// Its id (from the config, or generated).
     pub id: String,
-    /// Its slot on bus 0.
+    /// Its PCI segment.
+    pub segment: u16,
+    /// Its slot on bus 0 of the segment.
     pub slot: u8,
     /// The device.
     pub device: Arc<Mutex<VirtioPci>>,
@@ -184,16 +186,21 @@ pub struct PciEntry {
 impl PciEntry {
     /// Its address as `segment:bus:device.function`.
     pub fn bdf(&self) -> String {
-        format!("0000:00:{:02x}.0", self.slot)
+        format!("{:04x}:00:{:02x}.0", self.segment, self.slot)
     }
 }
 
-/// The PCI bus and the devices on it.
-pub struct PciDevices {
+/// One PCI segment: its bus 0 and the 64-bit window its BARs are placed in.
+struct Segment {
     root: Arc<Mutex<PciRoot>>,
+    mmio64: AddressAllocator,
+}
+
+/// The PCI segments and the devices on them.
+pub struct PciDevices {
+    segments: Vec<Segment>,
     mmio: Arc<Bus>,
     mapper: Arc<KvmBarMapper>,
-    mmio64: AddressAllocator,
     entries: Vec<PciEntry>,
     routes: Arc<GsiRoutes>,
     worker_setup: ThreadSetup,
@@ -202,14 +209,17 @@ pub struct PciDevices {
 }
 
 impl PciDevices {
-    /// A bus with no devices, reachable through ports 0xCF8-0xCFF on `pio` and the ECAM
-    /// window on `mmio`.
+    /// `segments` buses without devices, each reachable through its ECAM region on `mmio`,
+    /// segment 0's also through ports 0xCF8-0xCFF on `pio`; their BARs go in the 64-bit
+    /// window from `mmio64_start`, shared between them (`layout::pci_segment_windows`).
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         pio: &Bus,
         mmio: &Arc<Bus>,
         vm: Arc<CurrentVm>,
         mem: GuestMemoryMmap,
         mmio64_start: u64,
+        segments: u16,
         worker_setup: ThreadSetup,
         limits: crate::rate_limits::RateLimits,
     ) -> Result<Self, PciDeviceError> {
@@ -217,24 +227,33 @@ impl PciDevices {
             mmio: Arc::downgrade(mmio),
             vm: vm.clone(),
         });
-        let root = Arc::new(Mutex::new(PciRoot::new(mapper.clone())));
-        pio.insert(
-            Arc::new(Mutex::new(PioConfigAccess::new(root.clone()))),
-            CONFIG_IO_BASE,
-            CONFIG_IO_LEN,
-        )?;
-        mmio.insert(
-            Arc::new(Mutex::new(EcamAccess::new(root.clone()))),
-            layout::PCI_ECAM_START,
-            layout::PCI_ECAM_SIZE,
-        )?;
-        let mmio64 = AddressAllocator::new(mmio64_start, layout::PCI_MMIO64_SIZE)
-            .map_err(|e| std::io::Error::other(e.to_string()))?;
+        let mut all = Vec::new();
+        for (index, windows) in layout::pci_segment_windows(segments, mmio64_start)
+            .into_iter()
+            .enumerate()
+        {
+            let root = Arc::new(Mutex::new(PciRoot::new(mapper.clone())));
+            if index == 0 {
+                pio.insert(
+                    Arc::new(Mutex::new(PioConfigAccess::new(root.clone()))),
+                    CONFIG_IO_BASE,
+                    CONFIG_IO_LEN,
+                )?;
+            }
+            mmio.insert(
+                Arc::new(Mutex::new(EcamAccess::new(root.clone()))),
+                layout::pci_ecam_start(index as u16),
+                layout::PCI_ECAM_SIZE,
+            )?;
+            let (start, size) = windows.mmio64;
+            let mmio64 = AddressAllocator::new(start, size)
+                .map_err(|e| std::io::Error::other(e.to_string()))?;
+            all.push(Segment { root, mmio64 });
+        }
         Ok(PciDevices {
-            root,
+            segments: all,
             mmio: mmio.clone(),
             mapper,
-            mmio64,
             entries: Vec::new(),
             routes: Arc::new(GsiRoutes::new(vm)),
             worker_setup,
@@ -264,9 +283,11 @@ impl PciDevices {
         self.entries.iter().find(|e| e.id == id)
     }
 
-    /// The entry in `slot`.
-    pub fn in_slot(&self, slot: u8) -> Option<&PciEntry> {
-        self.entries.iter().find(|e| e.slot == slot)
+    /// The entry in `slot` of `segment`.
+    pub fn in_slot(&self, segment: u16, slot: u8) -> Option<&PciEntry> {
+        self.entries
+            .iter()
+            .find(|e| e.segment == segment && e.slot == slot)
     }
 
     /// Opens a disk image as `cfg` says and plugs a virtio-blk device for it with id `id`.
@@ -331,7 +352,7 @@ impl PciDevices {
             }
         }
         log::debug!("disk {id}: I/O through {}", block.io_engine());
-        self.add_virtio(id, Box::new(block))
+        self.add_virtio(id, Box::new(block), cfg.pci_segment)
     }
 
     /// Opens (or adopts) the tap `cfg` names and plugs a virtio-net device for it with id
@@ -395,21 +416,29 @@ impl PciDevices {
         if let (Some(rx), Some(tx)) = (rx, tx) {
             net.set_rate_limiters(rx, tx);
         }
-        let entry = self.add_virtio(id, Box::new(net))?;
+        let entry = self.add_virtio(id, Box::new(net), cfg.pci_segment)?;
         Ok((entry, tap_name, format_mac(&mac)))
     }
 
-    /// Plugs a virtio device model with id `id`.
+    /// Plugs a virtio device model with id `id` on PCI segment `segment`.
     pub fn add_virtio(
         &mut self,
         id: &str,
         model: Box<dyn VirtioDevice>,
+        segment: u16,
     ) -> Result<&PciEntry, PciDeviceError> {
+        if usize::from(segment) >= self.segments.len() {
+            return Err(std::io::Error::other(format!(
+                "PCI segment {segment} does not exist: the VM has {}",
+                self.segments.len()
+            ))
+            .into());
+        }
         let device = VirtioPci::new(model, self.mem.clone(), self.routes.clone())?;
         // Thread names hold 15 bytes.
         let name: String = format!("dev-{id}").chars().take(15).collect();
         let worker = DeviceWorker::start(&name, device.handle(), self.worker_setup.clone())?;
-        self.plug(id, Arc::new(Mutex::new(device)), worker)
+        self.plug(id, Arc::new(Mutex::new(device)), worker, segment)
     }
 
     fn plug(
@@ -417,14 +446,16 @@ impl PciDevices {
         id: &str,
         device: Arc<Mutex<VirtioPci>>,
         worker: DeviceWorker,
+        segment: u16,
     ) -> Result<&PciEntry, PciDeviceError> {
         let size = devices::virtio::pci::BAR0_SIZE;
-        let bar = self
+        let seg = &mut self.segments[usize::from(segment)];
+        let bar = seg
             .mmio64
             .allocate(size, size, AllocPolicy::FirstMatch)
             .map_err(|_| PciDeviceError::NoBarSpace)?;
         let shared: SharedPciDevice = device.clone();
-        let slot = match self
+        let slot = match seg
             .root
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -432,7 +463,7 @@ impl PciDevices {
         {
             Ok(slot) => slot,
             Err(e) => {
-                let _ = self.mmio64.free(&bar);
+                let _ = seg.mmio64.free(&bar);
                 return Err(e.into());
             }
         };
@@ -442,16 +473,17 @@ impl PciDevices {
             .set_bar_address(0, bar.start());
         let region = Arc::new(Mutex::new(BarRegion::new(shared.clone(), 0)));
         if let Err(e) = self.mmio.insert(region, bar.start(), size) {
-            self.root
+            seg.root
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .remove(slot);
-            let _ = self.mmio64.free(&bar);
+            let _ = seg.mmio64.free(&bar);
             return Err(e.into());
         }
         self.mapper.ioevents(&shared, 0, bar.start(), true);
         self.entries.push(PciEntry {
             id: id.to_string(),
+            segment,
             slot,
             device,
             bar,
@@ -471,11 +503,12 @@ impl PciDevices {
             self.mapper.ioevents(&shared, bar, b.address, false);
             self.mmio.remove(b.address);
         }
-        self.root
+        let seg = &mut self.segments[usize::from(entry.segment)];
+        seg.root
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .remove(entry.slot);
-        let _ = self.mmio64.free(&entry.bar);
+        let _ = seg.mmio64.free(&entry.bar);
         Some(entry)
     }
 

@@ -340,7 +340,10 @@ impl Vm {
     }
 
     /// Adds a disk; returns its id and slot. On a running VM the guest is told.
-    pub fn add_disk(&mut self, mut disk: config::DiskConfig) -> Result<(String, u8), HotplugError> {
+    pub fn add_disk(
+        &mut self,
+        mut disk: config::DiskConfig,
+    ) -> Result<(String, (u16, u8)), HotplugError> {
         disk.validate()
             .map_err(|e| HotplugError::Invalid(e.to_string()))?;
         if let Some(group) = disk.rate_limit_group.as_deref() {
@@ -352,9 +355,10 @@ impl Vm {
                 )));
             }
         }
+        self.check_segment(disk.pci_segment, "disk")?;
         let id = self.new_device_id(disk.id.as_deref(), "_disk")?;
         let slot = match self.devices.pci.add_disk(&id, &disk) {
-            Ok(entry) => entry.slot,
+            Ok(entry) => (entry.segment, entry.slot),
             Err(crate::pci_devices::PciDeviceError::Denied(why)) => {
                 return Err(HotplugError::Denied(format!("disk {why}")))
             }
@@ -370,18 +374,22 @@ impl Vm {
         disk.id = Some(id.clone());
         self.config.disks.get_or_insert_with(Vec::new).push(disk);
         if matches!(self.state, VmState::Running | VmState::Paused) {
-            self.devices.announce_plugged(slot);
+            self.devices.announce_plugged(slot.0, slot.1);
         }
         Ok((id, slot))
     }
 
     /// Adds a network device; returns its id and slot. On a running VM the guest is told.
-    pub fn add_net(&mut self, mut net: config::NetConfig) -> Result<(String, u8), HotplugError> {
+    pub fn add_net(
+        &mut self,
+        mut net: config::NetConfig,
+    ) -> Result<(String, (u16, u8)), HotplugError> {
         net.validate()
             .map_err(|e| HotplugError::Invalid(e.to_string()))?;
+        self.check_segment(net.pci_segment, "net")?;
         let id = self.new_device_id(net.id.as_deref(), "_net")?;
         let (slot, tap, mac) = match self.devices.pci.add_net(&id, &net) {
-            Ok((entry, tap, mac)) => (entry.slot, tap, mac),
+            Ok((entry, tap, mac)) => ((entry.segment, entry.slot), tap, mac),
             Err(crate::pci_devices::PciDeviceError::Denied(why)) => {
                 return Err(HotplugError::Denied(format!("net {why}")))
             }
@@ -392,9 +400,21 @@ impl Vm {
         net.mac = Some(mac);
         self.config.net.get_or_insert_with(Vec::new).push(net);
         if matches!(self.state, VmState::Running | VmState::Paused) {
-            self.devices.announce_plugged(slot);
+            self.devices.announce_plugged(slot.0, slot.1);
         }
         Ok((id, slot))
+    }
+
+    /// Refuses a device on a PCI segment the VM does not have.
+    fn check_segment(&self, segment: u16, what: &str) -> Result<(), HotplugError> {
+        let segments = self.config.pci_segments();
+        if segment >= segments {
+            return Err(HotplugError::Invalid(format!(
+                "{what}.pci_segment={segment}: the VM has {segments} PCI segment(s) \
+                 (platform.num_pci_segments, given at creation)"
+            )));
+        }
+        Ok(())
     }
 
     /// The id a new device gets: the one asked for if free, or the next free `prefixN`.
@@ -460,7 +480,7 @@ impl Vm {
             .devices
             .pci
             .find(id)
-            .map(|e| e.slot)
+            .map(|e| (e.segment, e.slot))
             .ok_or_else(|| HotplugError::NotFound(id.to_string()))?;
         if matches!(self.state, VmState::Running | VmState::Paused) {
             // Gone from the config at once, as with Cloud Hypervisor: a reboot never brings
@@ -469,7 +489,7 @@ impl Vm {
             if !self.unplugging.iter().any(|u| u == id) {
                 self.unplugging.push(id.to_string());
             }
-            self.devices.request_eject(slot);
+            self.devices.request_eject(slot.0, slot.1);
             return Ok(Removal::Requested);
         }
         self.unplug(id);
@@ -480,8 +500,13 @@ impl Vm {
     pub fn finish_ejects(&mut self) -> Vec<String> {
         self.finish_vcpu_ejects();
         let mut gone = Vec::new();
-        for slot in self.devices.take_ejected() {
-            if let Some(id) = self.devices.pci.in_slot(slot).map(|e| e.id.clone()) {
+        for (segment, slot) in self.devices.take_ejected() {
+            if let Some(id) = self
+                .devices
+                .pci
+                .in_slot(segment, slot)
+                .map(|e| e.id.clone())
+            {
                 self.unplug(&id);
                 gone.push(id);
             }
@@ -600,6 +625,7 @@ impl Vm {
             ram_size: self.boot_ram,
             // The 64-bit PCI window starts past the room for hot-plugged memory.
             hotplug_size: self.ram.room(),
+            pci_segments: self.config.pci_segments(),
             serial: self.devices.serial.is_some(),
             hotplug_slots: acpi::HOTPLUG_SLOT_RANGE.collect(),
         };

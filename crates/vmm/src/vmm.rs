@@ -535,7 +535,7 @@ impl Vmm {
         let (id, slot) = vm
             .add_disk(disk)
             .map_err(|e| hotplug_error("vm.add-disk", e))?;
-        info!("disk {id} added in slot {slot}");
+        info!("disk {id} added at {}", bdf(slot));
         if running {
             Ok(Reply::Json(json!({ "id": id, "bdf": bdf(slot) })))
         } else {
@@ -561,7 +561,7 @@ impl Vmm {
         let (id, slot) = vm
             .add_net(net)
             .map_err(|e| hotplug_error("vm.add-net", e))?;
-        info!("network device {id} added in slot {slot}");
+        info!("network device {id} added at {}", bdf(slot));
         if running {
             Ok(Reply::Json(json!({ "id": id, "bdf": bdf(slot) })))
         } else {
@@ -810,8 +810,8 @@ impl Vmm {
     }
 }
 
-fn bdf(slot: u8) -> String {
-    format!("0000:00:{slot:02x}.0")
+fn bdf((segment, slot): (u16, u8)) -> String {
+    format!("{segment:04x}:00:{slot:02x}.0")
 }
 
 fn hotplug_error(action: &str, e: HotplugError) -> RequestError {

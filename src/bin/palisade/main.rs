@@ -79,6 +79,14 @@ struct Cli {
     #[arg(long, value_name = "memory-zone", num_args = 1.., action = ArgAction::Append)]
     memory_zone: Vec<String>,
 
+    /// Platform configuration: "num_pci_segments=<num_pci_segments>,
+    /// system_manufacturer=<dmi_system_manufacturer>,system_product_name=<...>,
+    /// system_version=<...>,system_serial_number=<...>,system_uuid=<...>,
+    /// system_sku_number=<...>,system_family=<...>,oem_strings=<list_of_strings>,
+    /// chassis_asset_tag=<...>".
+    #[arg(long, value_name = "platform")]
+    platform: Option<String>,
+
     /// A rate limiter disks share: "bw_size=<bytes>,bw_one_time_burst=<bytes>,
     /// bw_refill_time=<ms>,ops_size=<io_ops>,ops_one_time_burst=<io_ops>,
     /// ops_refill_time=<ms>,id=<group_id>".
@@ -126,6 +134,7 @@ impl Cli {
             landlock_rules: self.landlock_rules.clone(),
             rate_limit_groups: self.rate_limit_group.clone(),
             memory_zones: self.memory_zone.clone(),
+            platform: self.platform.clone(),
         }
     }
 

@@ -301,7 +301,7 @@ fn disk_bad_values() {
     }
     assert_eq!(err(DiskConfig::parse("path=/a,id=")), "id=: empty value");
     assert!(err(DiskConfig::parse("path=/a,vhost_user=on"))
-        .starts_with("vhost_user: unknown key (accepted keys: path, readonly, direct, id, num_queues, queue_size, serial, rate_limit_group, bw_size,"));
+        .starts_with("vhost_user: unknown key (accepted keys: path, readonly, direct, id, num_queues, queue_size, serial, pci_segment, rate_limit_group, bw_size,"));
     assert!(err(DiskConfig::parse("path=/a,path=/b")).starts_with("path: given more than once"));
     assert!(err(DiskConfig::parse("path=\"/a,readonly=on")).starts_with("path: unterminated quote"));
 }

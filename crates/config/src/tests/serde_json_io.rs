@@ -311,8 +311,8 @@ fn ch_style_body_with_non_default_compat_field_is_refused_by_validate() {
         ),
         (
             "/platform",
-            json!({"num_pci_segments": 2}),
-            "platform.num_pci_segments above 1: not supported by Palisade",
+            json!({"iommu_segments": [1]}),
+            "platform.iommu_segments: not supported by Palisade",
         ),
         (
             "/payload/firmware",

@@ -172,7 +172,7 @@ fn consoles() {
     let e = fails(&with(|c| c.serial.pci_segment = 1));
     assert_eq!(
         e,
-        "serial.pci_segment: not supported by Palisade: remove it or set it to 0"
+        "serial.pci_segment: is 1, but the VM has 1 PCI segment(s): raise platform.num_pci_segments or use a lower segment"
     );
     let e = fails(&with(|c| c.console.pci_device_id = Some(3)));
     assert!(
@@ -268,13 +268,6 @@ fn disk_compat_fields() {
                 ..DiskConfig::with_path("/a")
             },
             "disk.rate_limit_group: a disk has its own rate_limiter_config or a rate_limit_group",
-        ),
-        (
-            DiskConfig {
-                pci_segment: 1,
-                ..DiskConfig::with_path("/a")
-            },
-            "disk.pci_segment: not supported by Palisade",
         ),
         (
             DiskConfig {
@@ -483,13 +476,6 @@ fn net_compat_fields() {
                 ..NetConfig::default()
             },
             "net.vhost_mode=Server: not supported by Palisade",
-        ),
-        (
-            NetConfig {
-                pci_segment: 2,
-                ..NetConfig::default()
-            },
-            "net.pci_segment: not supported by Palisade",
         ),
         (
             NetConfig {
@@ -707,10 +693,6 @@ fn cpus_and_memory_compat_fields() {
             "rng.iommu: not supported by Palisade",
         ),
         (
-            with(|c| c.rng.pci_segment = 1),
-            "rng.pci_segment: not supported by Palisade",
-        ),
-        (
             with(|c| c.rng.pci_device_id = Some(1)),
             "rng.pci_device_id: not supported by Palisade",
         ),
@@ -767,11 +749,11 @@ fn top_level_compat_fields() {
         (
             with(|c| {
                 c.platform = Some(PlatformConfig {
-                    num_pci_segments: Some(2),
+                    iommufd: true,
                     ..PlatformConfig::default()
                 })
             }),
-            "platform.num_pci_segments above 1",
+            "platform.iommufd",
         ),
         (
             with(|c| {
@@ -988,4 +970,38 @@ fn huge_pages_are_checked() {
     assert!(fails(&huge(64 << 20, Some(4 << 20))).contains("use 2 MiB (2097152) or 1 GiB"));
     let orphan = with(|c| c.memory.hugepage_size = Some(2 << 20));
     assert!(fails(&orphan).starts_with("memory.hugepage_size: given without memory.hugepages"));
+}
+
+#[test]
+fn devices_must_be_on_a_segment_the_vm_has() {
+    let two = |c: &mut VmConfig| {
+        c.platform = Some(PlatformConfig {
+            num_pci_segments: Some(2),
+            ..PlatformConfig::default()
+        })
+    };
+    let ok = with(|c| {
+        two(c);
+        c.rng.pci_segment = 1;
+        c.disks = Some(vec![DiskConfig {
+            pci_segment: 1,
+            ..DiskConfig::with_path("/a")
+        }]);
+    });
+    assert_eq!(ok.validate(), Ok(()));
+    let bad = with(|c| {
+        two(c);
+        c.net = Some(vec![NetConfig {
+            pci_segment: 2,
+            ..NetConfig::default()
+        }]);
+    });
+    assert!(fails(&bad).starts_with("net[0].pci_segment: is 2, but the VM has 2 PCI segment(s)"));
+    let many = with(|c| {
+        c.platform = Some(PlatformConfig {
+            num_pci_segments: Some(17),
+            ..PlatformConfig::default()
+        })
+    });
+    assert!(fails(&many).contains("must be between 1 and 16"));
 }

@@ -192,6 +192,38 @@ pub fn pci_mmio64_start(ram_size: u64, hotplug_size: u64) -> u64 {
     end.max(RAM_64BIT_START).next_multiple_of(PCI_MMIO64_ALIGN)
 }
 
+/// Most PCI segments Palisade builds (each one bus, with a 1 MiB ECAM region).
+pub const MAX_PCI_SEGMENTS: u16 = config::MAX_PCI_SEGMENTS;
+
+/// Where segment `segment`'s ECAM region starts: segment 0's at [`PCI_ECAM_START`], the
+/// others' one after the other.
+pub fn pci_ecam_start(segment: u16) -> u64 {
+    PCI_ECAM_START + u64::from(segment) * PCI_ECAM_SIZE
+}
+
+/// The BAR windows of one PCI segment: (start, size) below and above 4 GiB.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PciWindows {
+    /// The 32-bit window.
+    pub mmio32: (u64, u64),
+    /// The 64-bit window.
+    pub mmio64: (u64, u64),
+}
+
+/// The windows of `segments` PCI segments: the 32-bit and 64-bit windows cut into equal
+/// parts (whole MiB below 4 GiB, whole GiB above), in segment order.
+pub fn pci_segment_windows(segments: u16, mmio64_start: u64) -> Vec<PciWindows> {
+    let n = u64::from(segments.clamp(1, MAX_PCI_SEGMENTS));
+    let size32 = (PCI_MMIO32_SIZE / n) & !((1 << 20) - 1);
+    let size64 = (PCI_MMIO64_SIZE / n) & !((1 << 30) - 1);
+    (0..n)
+        .map(|i| PciWindows {
+            mmio32: (PCI_MMIO32_START + i * size32, size32),
+            mmio64: (mmio64_start + i * size64, size64),
+        })
+        .collect()
+}
+
 /// The highest guest address (exclusive) of RAM below the 32-bit hole.
 pub fn low_ram_end(ram_size: u64) -> u64 {
     ram_size.min(MEM_32BIT_GAP_START)
@@ -220,6 +252,25 @@ mod tests {
         assert_eq!(pci_mmio64_start(128 << 20, 0), RAM_64BIT_START);
         assert_eq!(pci_mmio64_start(4 << 30, 0), 5 << 30);
         assert_eq!(pci_mmio64_start((3 << 30) + (1 << 20), 0), 5 << 30);
+    }
+
+    #[test]
+    fn pci_segments_share_the_windows_and_have_ecam_regions_of_their_own() {
+        let one = pci_segment_windows(1, 1 << 32);
+        assert_eq!(one[0].mmio32, (PCI_MMIO32_START, PCI_MMIO32_SIZE));
+        assert_eq!(one[0].mmio64, (1 << 32, PCI_MMIO64_SIZE));
+        let three = pci_segment_windows(3, 1 << 32);
+        assert_eq!(three.len(), 3);
+        for pair in three.windows(2) {
+            assert_eq!(pair[0].mmio32.0 + pair[0].mmio32.1, pair[1].mmio32.0);
+            assert!(pair[0].mmio64.0 + pair[0].mmio64.1 <= pair[1].mmio64.0);
+        }
+        let last = three[2];
+        assert!(last.mmio32.0 + last.mmio32.1 <= PCI_MMIO32_START + PCI_MMIO32_SIZE);
+        assert!(last.mmio64.0 + last.mmio64.1 <= (1 << 32) + PCI_MMIO64_SIZE);
+        assert_eq!(pci_ecam_start(2), PCI_ECAM_START + 2 * PCI_ECAM_SIZE);
+        // Every segment's ECAM region ends below the devices above it.
+        assert!(pci_ecam_start(MAX_PCI_SEGMENTS) <= ACPI_GED_START);
     }
 
     #[test]

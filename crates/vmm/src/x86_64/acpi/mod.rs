@@ -76,9 +76,9 @@ use devices::legacy::{ACPI_PM_BASE, ACPI_RESET_VALUE, S5_SLEEP_VALUE};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryError, GuestMemoryMmap};
 
 use super::layout::{
-    pci_mmio64_start, ACPI_GED_IRQ, ACPI_GED_SIZE, ACPI_GED_START, ACPI_START, APIC_START,
-    IOAPIC_START, MPTABLE_START, PCI_ECAM_SIZE, PCI_ECAM_START, PCI_HOTPLUG_SIZE,
-    PCI_HOTPLUG_START, PCI_MMIO32_SIZE, PCI_MMIO32_START, PCI_MMIO64_SIZE,
+    pci_ecam_start, pci_mmio64_start, pci_segment_windows, ACPI_GED_IRQ, ACPI_GED_SIZE,
+    ACPI_GED_START, ACPI_START, APIC_START, IOAPIC_START, MPTABLE_START, PCI_ECAM_SIZE,
+    PCI_ECAM_START, PCI_HOTPLUG_SIZE, PCI_HOTPLUG_START, PCI_MMIO32_SIZE, PCI_MMIO32_START,
 };
 
 /// OEM id written in every table header.
@@ -148,6 +148,8 @@ pub struct AcpiLayout {
     /// Room for hot-plugged memory (`memory.hotplug_size`); with none, there are no memory
     /// devices.
     pub hotplug_size: u64,
+    /// PCI segments, each a host bridge with its ECAM region (at least 1).
+    pub pci_segments: u16,
     /// Whether COM1 (0x3F8, IRQ 4) is present.
     pub serial: bool,
     /// PCI slots (device numbers) of bus 0 that may be hot-plugged, each in
@@ -339,9 +341,11 @@ fn madt(layout: &AcpiLayout) -> Vec<u8> {
     bytes
 }
 
-fn mcfg() -> Vec<u8> {
+fn mcfg(segments: u16) -> Vec<u8> {
     let mut mcfg = MCFG::new(OEM_ID, OEM_TABLE_ID, OEM_REVISION);
-    mcfg.add_ecam(PCI_ECAM_START, 0, 0, 0);
+    for segment in 0..segments.max(1) {
+        mcfg.add_ecam(pci_ecam_start(segment), segment, 0, 0);
+    }
     to_bytes(&mcfg)
 }
 
@@ -376,7 +380,7 @@ fn fadt(dsdt_addr: u64) -> Vec<u8> {
 pub fn build(layout: &AcpiLayout, base: u64) -> AcpiTables {
     let dsdt = dsdt(layout);
     let madt = madt(layout);
-    let mcfg = mcfg();
+    let mcfg = mcfg(layout.pci_segments);
 
     let mut next = base;
     let mut place = |len: u64| {

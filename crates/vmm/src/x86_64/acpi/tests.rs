@@ -10,6 +10,7 @@ fn layout(boot: u8, max: u8, slots: std::ops::RangeInclusive<u8>) -> AcpiLayout 
         ioapic_id: max,
         ram_size: 512 << 20,
         hotplug_size: 0,
+        pci_segments: 1,
         serial: true,
         hotplug_slots: slots.collect(),
     }
@@ -286,6 +287,7 @@ fn iasl_accepts_every_table() {
     let dir = dir.as_path();
     let mut with_memory_hotplug = layout(2, 4, 1..=31);
     with_memory_hotplug.hotplug_size = 1 << 30;
+    with_memory_hotplug.pci_segments = 2;
     let tables = build(&with_memory_hotplug, ACPI_START);
 
     let rsdp = &tables.get(b"RSDP").unwrap().bytes;
@@ -371,7 +373,12 @@ fn iasl_accepts_every_table() {
         "MSCN",
         "MCRS",
         "MSTA",
-        "\\_SB.MHPC.MSCN ()", // iasl names the fields the offsets fall on: the base, end and length.
+        "\\_SB.MHPC.MSCN ()",
+        "Device (PC01)",
+        "PSEG",
+        "PLCK",
+        "PEJ0 (One, 0x1F)",
+        "Notify (\\_SB.PC01.S1F, 0x03)", // iasl names the fields the offsets fall on: the base, end and length.
         "CreateQWordField (MR64, \\_SB.MHPC.MCRS._Y00._MIN, MINL)",
         "CreateQWordField (MR64, \\_SB.MHPC.MCRS._Y00._MAX, MAXL)",
         "CreateQWordField (MR64, \\_SB.MHPC.MCRS._Y00._LEN, LENL)",
