@@ -739,13 +739,13 @@ impl VmConfig {
     }
 }
 
-/// Parses `--serial` or `--console`, refusing the socket mode with a command-line hint.
+/// Parses `--serial` or `--console`; the socket mode is the serial port's only.
 fn parse_console(flag: &'static str, input: &str) -> Result<ConsoleConfig, ParamsError> {
     let console = ConsoleConfig::parse(input).map_err(option_err(flag))?;
-    if console.mode == ConsoleOutputMode::Socket {
+    if console.mode == ConsoleOutputMode::Socket && flag != "serial" {
         return Err(invalid(
             flag,
-            format!("{input}: socket mode is not supported by Palisade (use off, null, tty, pty or file=PATH)"),
+            format!("{input}: the socket mode is the serial port's (--serial socket=PATH); use off, null, tty, pty or file=PATH"),
         ));
     }
     Ok(console)

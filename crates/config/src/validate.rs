@@ -573,10 +573,20 @@ impl ConsoleConfig {
                     })
                 }
             },
+            // A socket for the serial port, as Cloud Hypervisor has (not for the console).
+            ConsoleOutputMode::Socket if name == "serial" => match &self.socket {
+                Some(s) if !s.as_os_str().is_empty() => {}
+                _ => {
+                    return Err(ValidationError::Missing {
+                        field: format!("{name}.socket"),
+                        hint: "mode Socket needs the path of the socket".into(),
+                    })
+                }
+            },
             ConsoleOutputMode::Socket => {
                 return Err(unsupported(
                     format!("{name}.mode=Socket"),
-                    "use Pty, Tty, File, Null or Off",
+                    "use Pty, Tty, File, Null or Off (a socket is for the serial port)",
                 ))
             }
             _ => {}

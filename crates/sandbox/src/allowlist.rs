@@ -162,6 +162,8 @@ pub fn rules(role: Role, ctx: &FilterContext) -> Rules {
             starts_threads(&mut r);
             ioctls(&mut r, ctx);
             messages_on(&mut r, ctx.message_fd);
+            // Taking the client of the serial socket bound at start (never making one).
+            r.allow(&[Sysno::accept4]);
             // Pinning vCPU threads to host CPUs (`cpus.affinity`).
             r.allow(&[Sysno::sched_setaffinity]);
             // Asking for AMX tile state in guests (`cpus.features.amx`), and nothing else

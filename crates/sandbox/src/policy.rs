@@ -153,7 +153,16 @@ fn console_item(cfg: &ConsoleConfig, origin: Origin, held: &mut Vec<Held>) {
             how: "Palisade's own standard input and output".into(),
             origin,
         }),
-        ConsoleOutputMode::Off | ConsoleOutputMode::Null | ConsoleOutputMode::Socket => {}
+        ConsoleOutputMode::Socket => {
+            if let Some(socket) = &cfg.socket {
+                held.push(Held {
+                    path: socket.clone(),
+                    how: "Unix socket, bound when Palisade started".into(),
+                    origin,
+                });
+            }
+        }
+        ConsoleOutputMode::Off | ConsoleOutputMode::Null => {}
     }
 }
 

@@ -38,6 +38,12 @@ pub enum ConsoleError {
     /// A mode Palisade does not offer.
     #[error("console mode {0:?} is not supported by Palisade")]
     Unsupported(ConsoleOutputMode),
+    /// A serial socket that was not bound when Palisade started.
+    #[error(
+        "serial socket {0}: give it on the command line (--serial socket=PATH), where Palisade \
+         binds it when it starts: none of its threads may create a socket once running"
+    )]
+    SocketNotBound(PathBuf),
 }
 
 /// Where a console's input comes from.
@@ -46,6 +52,8 @@ pub enum ConsoleInput {
     Stdin,
     /// The master side of a pseudo-terminal.
     Pty(File),
+    /// The client of the serial socket (or its listener, while none is connected).
+    Socket(std::sync::Arc<crate::serial_socket::SerialSocket>),
 }
 
 impl ConsoleInput {
@@ -54,11 +62,15 @@ impl ConsoleInput {
         match self {
             ConsoleInput::Stdin => libc::STDIN_FILENO,
             ConsoleInput::Pty(f) => f.as_raw_fd(),
+            ConsoleInput::Socket(s) => s.fd(),
         }
     }
 
     /// Reads what is available (the descriptor is polled first, so this does not block long).
     pub fn read(&self, buf: &mut [u8]) -> io::Result<usize> {
+        if let ConsoleInput::Socket(s) = self {
+            return s.read(buf);
+        }
         // SAFETY: `buf` is valid for `buf.len()` bytes and the descriptor is open for the
         // lifetime of `self`.
         let n = unsafe { libc::read(self.fd(), buf.as_mut_ptr().cast(), buf.len()) };
@@ -161,7 +173,19 @@ pub fn open(cfg: &ConsoleConfig) -> Result<Option<ConsoleEndpoint>, ConsoleError
                 pty_slave: Some(slave),
             }
         }
-        mode @ ConsoleOutputMode::Socket => return Err(ConsoleError::Unsupported(mode)),
+        ConsoleOutputMode::Socket => {
+            let path = cfg.socket.clone().unwrap_or_default();
+            let listener = crate::serial_socket::take(&path)
+                .ok_or_else(|| ConsoleError::SocketNotBound(path.clone()))?;
+            let socket =
+                std::sync::Arc::new(crate::serial_socket::SerialSocket::new(listener, path));
+            ConsoleEndpoint {
+                output: Box::new(socket.output()),
+                input: Some(ConsoleInput::Socket(socket)),
+                pty_path: None,
+                pty_slave: None,
+            }
+        }
     };
     Ok(Some(endpoint))
 }
@@ -259,13 +283,17 @@ mod tests {
     use std::io::Read;
 
     #[test]
-    fn off_opens_nothing_and_socket_is_refused() {
+    fn off_opens_nothing_and_an_unbound_socket_is_refused() {
         assert!(open(&ConsoleConfig::with_mode(ConsoleOutputMode::Off))
             .unwrap()
             .is_none());
+        let socket = ConsoleConfig {
+            socket: Some("/nonexistent/serial.sock".into()),
+            ..ConsoleConfig::with_mode(ConsoleOutputMode::Socket)
+        };
         assert!(matches!(
-            open(&ConsoleConfig::with_mode(ConsoleOutputMode::Socket)),
-            Err(ConsoleError::Unsupported(_))
+            open(&socket),
+            Err(ConsoleError::SocketNotBound(_))
         ));
     }
 

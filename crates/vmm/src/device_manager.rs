@@ -292,7 +292,8 @@ impl DeviceManager {
                 )
             }
             Some(ConsoleInput::Pty(file)) => Some(OwnedFd::from(file)),
-            None => None,
+            // Validation keeps sockets to the serial port.
+            Some(ConsoleInput::Socket(_)) | None => None,
         };
         self.console_pty = endpoint.pty_path;
         self._console_pty_slave = endpoint.pty_slave;

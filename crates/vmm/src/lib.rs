@@ -18,6 +18,7 @@ pub mod passed_fds;
 pub mod pci_devices;
 pub mod ram;
 pub mod rate_limits;
+pub mod serial_socket;
 pub mod signals;
 pub mod thread_policy;
 pub mod vcpu;

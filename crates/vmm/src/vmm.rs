@@ -18,7 +18,7 @@ use crate::device_manager::MachineEvents;
 pub use crate::signals::block_termination_signals;
 use crate::signals::SignalFd;
 use crate::vcpu::{self, FaultSink};
-use crate::vm::{self, HotplugError, Removal, Vm, VmError, VmState};
+use crate::vm::{self, Vm, VmError, VmState};
 use sandbox::janitor::Janitor;
 use sandbox::{Policy, Sandbox, SandboxError};
 
@@ -129,6 +129,9 @@ pub enum StartError {
 fn io_err(what: &'static str) -> impl Fn(std::io::Error) -> StartError {
     move |source| StartError::Io { what, source }
 }
+
+mod hotplug_requests;
+use hotplug_requests::hotplug_error;
 
 impl Vmm {
     /// Opens KVM and sets up the loop. `control` carries API requests, if there is an API.
@@ -325,6 +328,17 @@ impl Vmm {
         let Some(input) = devices.serial.as_ref().and_then(|s| s.input.as_ref()) else {
             return;
         };
+        if let crate::console::ConsoleInput::Socket(socket) = input {
+            if !socket.connected() {
+                // The listener was readable: watch the client from now on.
+                let listener = socket.fd();
+                if socket.accept() {
+                    self.unwatch(listener);
+                    self.input_watched = self.watch(socket.fd(), Token::ConsoleInput).is_ok();
+                }
+                return;
+            }
+        }
         if !devices.serial_wants_input() {
             // The guest is not reading: stop polling until it drains the FIFO.
             self.unwatch(input.fd());
@@ -332,7 +346,13 @@ impl Vmm {
             return;
         }
         let mut buf = [0u8; 64];
+        let fd = input.fd();
         match input.read(&mut buf) {
+            Ok(0) if matches!(input, crate::console::ConsoleInput::Socket(_)) => {
+                // The client left: wait for the next one.
+                self.unwatch(fd);
+                self.input_watched = self.watch(input.fd(), Token::ConsoleInput).is_ok();
+            }
             Ok(0) => {
                 // End of input (e.g. stdin closed): nothing more will come.
                 self.unwatch(input.fd());
@@ -525,70 +545,6 @@ impl Vmm {
             }
         }
     }
-
-    fn add_disk(&mut self, disk: config::DiskConfig) -> Response {
-        self.require_vm("vm.add-disk")?;
-        let Some(vm) = &mut self.vm else {
-            return Err(RequestError::new(ErrorKind::NotFound, "vm.add-disk: no VM"));
-        };
-        let running = matches!(vm.state(), VmState::Running | VmState::Paused);
-        let (id, slot) = vm
-            .add_disk(disk)
-            .map_err(|e| hotplug_error("vm.add-disk", e))?;
-        info!("disk {id} added at {}", bdf(slot));
-        if running {
-            Ok(Reply::Json(json!({ "id": id, "bdf": bdf(slot) })))
-        } else {
-            // Cold plug: the guest will find it when it boots.
-            Ok(Reply::Done)
-        }
-    }
-
-    fn add_net(&mut self, net: config::NetConfig) -> Response {
-        // Descriptors sent for this device and not adopted are closed, whatever happens.
-        let fds = net.fds.clone().unwrap_or_default();
-        let answer = self.add_net_inner(net);
-        crate::passed_fds::discard(&fds);
-        answer
-    }
-
-    fn add_net_inner(&mut self, net: config::NetConfig) -> Response {
-        self.require_vm("vm.add-net")?;
-        let Some(vm) = &mut self.vm else {
-            return Err(RequestError::new(ErrorKind::NotFound, "vm.add-net: no VM"));
-        };
-        let running = matches!(vm.state(), VmState::Running | VmState::Paused);
-        let (id, slot) = vm
-            .add_net(net)
-            .map_err(|e| hotplug_error("vm.add-net", e))?;
-        info!("network device {id} added at {}", bdf(slot));
-        if running {
-            Ok(Reply::Json(json!({ "id": id, "bdf": bdf(slot) })))
-        } else {
-            Ok(Reply::Done)
-        }
-    }
-
-    fn remove_device(&mut self, id: &str) -> Response {
-        self.require_vm("vm.remove-device")?;
-        let Some(vm) = &mut self.vm else {
-            return Err(RequestError::new(
-                ErrorKind::NotFound,
-                "vm.remove-device: no VM",
-            ));
-        };
-        match vm
-            .remove_device(id)
-            .map_err(|e| hotplug_error("vm.remove-device", e))?
-        {
-            Removal::Done => {
-                info!("device {id} removed");
-            }
-            Removal::Requested => info!("device {id}: the guest was asked to eject it"),
-        }
-        Ok(Reply::Done)
-    }
-
     fn require_vm(&self, action: &str) -> Result<VmState, RequestError> {
         self.vm.as_ref().map(Vm::state).ok_or_else(|| {
             RequestError::new(
@@ -809,22 +765,6 @@ impl Vmm {
         }
     }
 }
-
-fn bdf((segment, slot): (u16, u8)) -> String {
-    format!("{segment:04x}:00:{slot:02x}.0")
-}
-
-fn hotplug_error(action: &str, e: HotplugError) -> RequestError {
-    let kind = match &e {
-        HotplugError::Invalid(_) => ErrorKind::BadRequest,
-        HotplugError::Duplicate(_) | HotplugError::Busy(_) => ErrorKind::Conflict,
-        HotplugError::NotFound(_) | HotplugError::NoZone(_) => ErrorKind::NotFound,
-        HotplugError::Denied(_) => ErrorKind::Forbidden,
-        HotplugError::Failed(_) => ErrorKind::Internal,
-    };
-    RequestError::new(kind, format!("{action}: {e}"))
-}
-
 fn wrong_state(action: &str, state: VmState, allowed: &str) -> RequestError {
     RequestError::new(
         ErrorKind::WrongState,

@@ -208,6 +208,13 @@ fn run(cli: Cli, start: Instant) -> Result<ExitCode, Failure> {
             vmm::passed_fds::claim_inherited(*n)
                 .map_err(|e| Failure(format!("--net fd={n}: {e}")))?;
         }
+        // Bound now: no thread may make a socket once the filters are on.
+        if config.serial.mode == config::ConsoleOutputMode::Socket {
+            if let Some(path) = &config.serial.socket {
+                vmm::serial_socket::bind_early(path)
+                    .map_err(|e| Failure(format!("--serial socket={}: {e}", path.display())))?;
+            }
+        }
         Some(config)
     } else {
         None

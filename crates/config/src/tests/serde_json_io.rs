@@ -320,9 +320,9 @@ fn ch_style_body_with_non_default_compat_field_is_refused_by_validate() {
             "payload.firmware: not supported by Palisade",
         ),
         (
-            "/serial/mode",
+            "/console/mode",
             json!("Socket"),
-            "serial.mode=Socket: not supported by Palisade",
+            "console.mode=Socket: not supported by Palisade",
         ),
     ];
     for (pointer, value, want) in cases {

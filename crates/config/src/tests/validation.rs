@@ -136,15 +136,20 @@ fn consoles() {
         c.console = ConsoleConfig::with_mode(ConsoleOutputMode::File)
     }));
     assert!(e.starts_with("console.file: missing"), "{e}");
-    let e = fails(&with(|c| {
+    // A socket for the serial port, with its path.
+    let socket = with(|c| {
         c.serial = ConsoleConfig {
             socket: Some("/tmp/s".into()),
             ..ConsoleConfig::with_mode(ConsoleOutputMode::Socket)
         }
+    });
+    assert_eq!(socket.validate(), Ok(()));
+    let e = fails(&with(|c| {
+        c.serial = ConsoleConfig::with_mode(ConsoleOutputMode::Socket)
     }));
     assert_eq!(
         e,
-        "serial.mode=Socket: not supported by Palisade: use Pty, Tty, File, Null or Off"
+        "serial.socket: missing: mode Socket needs the path of the socket"
     );
     let e = fails(&with(|c| {
         c.console = ConsoleConfig::with_mode(ConsoleOutputMode::Socket)
