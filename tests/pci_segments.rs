@@ -32,6 +32,8 @@ fn devices_are_found_on_the_segment_they_are_placed_on() {
             path_str(&kernel),
             "--platform",
             "num_pci_segments=3",
+            "--pci-segment",
+            "pci_segment=2,mmio64_aperture_weight=2",
             "--disk",
             &two,
             "--disk",
@@ -64,6 +66,17 @@ fn devices_are_found_on_the_segment_they_are_placed_on() {
         "{info}"
     );
     assert_eq!(info["config"]["platform"]["num_pci_segments"], 3);
+    assert_eq!(
+        info["config"]["pci_segments"][0]["mmio64_aperture_weight"],
+        2
+    );
+    // Segment 2 weighs 2 of 4 in the 64-bit window: its BARs start half way in.
+    let bar = |id: &str| {
+        info["device_tree"][id]["resources"][0]["MmioAddressRange"]["base"]
+            .as_u64()
+            .unwrap()
+    };
+    assert_eq!(bar("d2") - bar("d0"), 32 << 30, "{info}");
 
     // Hot plug onto segment 1 (the VM is shut down after the guest's PASS, so it is cold
     // plugged), and onto a segment the VM does not have.

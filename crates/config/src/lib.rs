@@ -48,6 +48,7 @@ pub mod vm;
 pub use memory_zone::*;
 pub use option_parser::{OptionError, ValueError};
 pub use params::*;
+pub use platform::PciSegmentConfig;
 pub use rate_limit::*;
 pub use validate::*;
 pub use vm::*;

@@ -527,6 +527,8 @@ pub struct VmParams {
     pub memory_zones: Vec<String>,
     /// `--platform`.
     pub platform: Option<String>,
+    /// Each `--pci-segment` value.
+    pub pci_segments: Vec<String>,
 }
 
 /// A command-line error: one line naming the flag.
@@ -725,6 +727,14 @@ impl VmConfig {
             landlock_enable: params.landlock,
             landlock_rules: (!rules.is_empty()).then_some(rules),
             rate_limit_groups: (!rate_limit_groups.is_empty()).then_some(rate_limit_groups),
+            pci_segments: {
+                let segments = params
+                    .pci_segments
+                    .iter()
+                    .map(|p| crate::PciSegmentConfig::parse(p).map_err(option_err("pci-segment")))
+                    .collect::<Result<Vec<_>, _>>()?;
+                (!segments.is_empty()).then_some(segments)
+            },
             platform: match &params.platform {
                 Some(p) => Some(PlatformConfig::parse(p).map_err(option_err("platform"))?),
                 None => None,

@@ -1,8 +1,47 @@
 //! `--platform`: the machine's PCI segments and SMBIOS identity, with Cloud Hypervisor's
 //! keys (those of features Palisade has no use for — an IOMMU, iommufd — accepted when off).
 
+use serde::{Deserialize, Serialize};
+
 use crate::option_parser::{split_list, OptionError, OptionParser};
 use crate::vm::PlatformConfig;
+
+/// How a PCI segment shares the BAR windows (`pci_segments`, `--pci-segment`): in
+/// proportion to its weights against the other segments'.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PciSegmentConfig {
+    /// The segment.
+    pub pci_segment: u16,
+    /// Its weight in the 32-bit window (1 when absent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mmio32_aperture_weight: Option<u32>,
+    /// Its weight in the 64-bit window (1 when absent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mmio64_aperture_weight: Option<u32>,
+}
+
+impl PciSegmentConfig {
+    /// Keys of `--pci-segment`.
+    pub const KEYS: &'static [&'static str] = &[
+        "pci_segment",
+        "mmio32_aperture_weight",
+        "mmio64_aperture_weight",
+    ];
+
+    /// Parses `--pci-segment pci_segment=N[,mmio32_aperture_weight=W]
+    /// [,mmio64_aperture_weight=W]`.
+    pub fn parse(input: &str) -> Result<Self, OptionError> {
+        let o = OptionParser::new(Self::KEYS).parse(input)?;
+        Ok(PciSegmentConfig {
+            pci_segment: o
+                .get_int("pci_segment")?
+                .ok_or_else(|| OptionError::Invalid("pci_segment: required".into()))?,
+            mmio32_aperture_weight: o.get_int("mmio32_aperture_weight")?,
+            mmio64_aperture_weight: o.get_int("mmio64_aperture_weight")?,
+        })
+    }
+}
 
 impl PlatformConfig {
     /// Keys of `--platform`.
@@ -71,6 +110,15 @@ impl PlatformConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_segment_weight_parses() {
+        let p = PciSegmentConfig::parse("pci_segment=1,mmio64_aperture_weight=3").unwrap();
+        assert_eq!(p.pci_segment, 1);
+        assert_eq!(p.mmio64_aperture_weight, Some(3));
+        assert_eq!(p.mmio32_aperture_weight, None);
+        assert!(PciSegmentConfig::parse("mmio32_aperture_weight=2").is_err());
+    }
 
     #[test]
     fn platform_parses_from_cloud_hypervisors_keys() {

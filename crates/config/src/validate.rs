@@ -816,9 +816,39 @@ impl VmConfig {
         self.validate_compat()
     }
 
-    /// Every device on a PCI segment the VM has.
+    /// Every device, and every `pci_segments` entry, on a PCI segment the VM has.
     fn check_pci_segments(&self) -> Result<(), ValidationError> {
-        let n = self.pci_segments();
+        let n = self.num_pci_segments();
+        let entries = self.pci_segments.as_deref().unwrap_or_default();
+        for (i, p) in entries.iter().enumerate() {
+            let name = format!("pci_segments[{i}]");
+            if p.pci_segment >= n {
+                return Err(invalid(
+                    format!("{name}.pci_segment"),
+                    p.pci_segment,
+                    format!("the VM has {n} PCI segment(s) (platform.num_pci_segments)"),
+                ));
+            }
+            if entries[..i].iter().any(|o| o.pci_segment == p.pci_segment) {
+                return Err(invalid(
+                    format!("{name}.pci_segment"),
+                    p.pci_segment,
+                    "is given twice".into(),
+                ));
+            }
+            for (field, w) in [
+                ("mmio32_aperture_weight", p.mmio32_aperture_weight),
+                ("mmio64_aperture_weight", p.mmio64_aperture_weight),
+            ] {
+                if w == Some(0) || w.is_some_and(|w| w > 1024) {
+                    return Err(invalid(
+                        format!("{name}.{field}"),
+                        w.unwrap_or(0),
+                        "must be between 1 and 1024".into(),
+                    ));
+                }
+            }
+        }
         let disks = self.disks.iter().flatten().enumerate();
         let disks = disks.map(|(i, d)| (format!("disks[{i}]"), d.pci_segment));
         let nets = self.net.iter().flatten().enumerate();
@@ -926,7 +956,6 @@ impl VmConfig {
         must_be_false("watchdog".into(), self.watchdog)?;
         must_be_empty_value("rtc".into(), &self.rtc)?;
         must_be_false("pvpanic".into(), self.pvpanic)?;
-        must_be_empty_list("pci_segments".into(), &self.pci_segments)?;
         if let Some(p) = &self.platform {
             p.validate()?;
         }

@@ -133,7 +133,7 @@ pub struct VmConfig {
     pub pvpanic: bool,
     /// Compatibility: extra PCI segments (must be absent or empty).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub pci_segments: Option<Vec<Value>>,
+    pub pci_segments: Option<Vec<crate::PciSegmentConfig>>,
     /// Platform settings: the SMBIOS identity of the machine, PCI segments.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub platform: Option<PlatformConfig>,
@@ -373,12 +373,30 @@ pub struct MemoryConfig {
 
 impl VmConfig {
     /// The number of PCI segments (`platform.num_pci_segments`, 1 when absent).
-    pub fn pci_segments(&self) -> u16 {
+    pub fn num_pci_segments(&self) -> u16 {
         self.platform
             .as_ref()
             .and_then(|p| p.num_pci_segments)
             .unwrap_or(1)
             .max(1)
+    }
+
+    /// Each segment's share of the 32-bit and the 64-bit BAR windows (`pci_segments`'
+    /// aperture weights; 1 and 1 for a segment not listed).
+    pub fn pci_aperture_weights(&self) -> Vec<(u32, u32)> {
+        (0..self.num_pci_segments())
+            .map(|s| {
+                let given = self
+                    .pci_segments
+                    .iter()
+                    .flatten()
+                    .find(|p| p.pci_segment == s);
+                (
+                    given.and_then(|p| p.mmio32_aperture_weight).unwrap_or(1),
+                    given.and_then(|p| p.mmio64_aperture_weight).unwrap_or(1),
+                )
+            })
+            .collect()
     }
 }
 

@@ -145,7 +145,7 @@ impl DeviceManager {
         ))));
         mmio.insert(ged.clone(), layout::ACPI_GED_START, layout::ACPI_GED_SIZE)?;
         let eject_evt = eventfd()?;
-        let segments = cfg.pci_segments();
+        let segments = cfg.num_pci_segments();
         let hotplug = PciHotplugController::new(segments, clone_evt(&eject_evt)?);
         let ejected = hotplug.ejected();
         let hotplug = Arc::new(Mutex::new(hotplug));
@@ -176,7 +176,7 @@ impl DeviceManager {
             vm.clone(),
             mem.clone(),
             mmio64_start,
-            segments,
+            &cfg.pci_aperture_weights(),
             worker_setup,
             crate::rate_limits::RateLimits::new(cfg),
         )?;

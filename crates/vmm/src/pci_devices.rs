@@ -184,6 +184,11 @@ pub struct PciEntry {
 }
 
 impl PciEntry {
+    /// Where the VMM placed its BAR 0: (base, size).
+    pub fn bar0(&self) -> (u64, u64) {
+        (self.bar.start(), self.bar.len())
+    }
+
     /// Its address as `segment:bus:device.function`.
     pub fn bdf(&self) -> String {
         format!("{:04x}:00:{:02x}.0", self.segment, self.slot)
@@ -209,9 +214,10 @@ pub struct PciDevices {
 }
 
 impl PciDevices {
-    /// `segments` buses without devices, each reachable through its ECAM region on `mmio`,
-    /// segment 0's also through ports 0xCF8-0xCFF on `pio`; their BARs go in the 64-bit
-    /// window from `mmio64_start`, shared between them (`layout::pci_segment_windows`).
+    /// A bus without devices for each segment of `weights`, each reachable through its ECAM
+    /// region on `mmio`, segment 0's also through ports 0xCF8-0xCFF on `pio`; their BARs go in
+    /// the 64-bit window from `mmio64_start`, shared out by the weights
+    /// (`layout::pci_segment_windows`).
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         pio: &Bus,
@@ -219,7 +225,7 @@ impl PciDevices {
         vm: Arc<CurrentVm>,
         mem: GuestMemoryMmap,
         mmio64_start: u64,
-        segments: u16,
+        weights: &[(u32, u32)],
         worker_setup: ThreadSetup,
         limits: crate::rate_limits::RateLimits,
     ) -> Result<Self, PciDeviceError> {
@@ -228,7 +234,7 @@ impl PciDevices {
             vm: vm.clone(),
         });
         let mut all = Vec::new();
-        for (index, windows) in layout::pci_segment_windows(segments, mmio64_start)
+        for (index, windows) in layout::pci_segment_windows(weights, mmio64_start)
             .into_iter()
             .enumerate()
         {

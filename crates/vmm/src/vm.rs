@@ -407,7 +407,7 @@ impl Vm {
 
     /// Refuses a device on a PCI segment the VM does not have.
     fn check_segment(&self, segment: u16, what: &str) -> Result<(), HotplugError> {
-        let segments = self.config.pci_segments();
+        let segments = self.config.num_pci_segments();
         if segment >= segments {
             return Err(HotplugError::Invalid(format!(
                 "{what}.pci_segment={segment}: the VM has {segments} PCI segment(s) \
@@ -625,7 +625,8 @@ impl Vm {
             ram_size: self.boot_ram,
             // The 64-bit PCI window starts past the room for hot-plugged memory.
             hotplug_size: self.ram.room(),
-            pci_segments: self.config.pci_segments(),
+            pci_segments: self.config.num_pci_segments(),
+            pci_weights: self.config.pci_aperture_weights(),
             serial: self.devices.serial.is_some(),
             hotplug_slots: acpi::HOTPLUG_SLOT_RANGE.collect(),
         };

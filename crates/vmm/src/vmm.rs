@@ -567,9 +567,11 @@ impl Vmm {
                     .entries()
                     .iter()
                     .map(|e| {
+                        // As Cloud Hypervisor reports them: where the VMM placed the BAR.
+                        let (base, size) = e.bar0();
                         let node = json!({
                             "id": e.id,
-                            "resources": [],
+                            "resources": [{"MmioAddressRange": {"base": base, "size": size}}],
                             "children": [],
                             "pci_bdf": e.bdf(),
                         });

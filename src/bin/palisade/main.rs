@@ -87,6 +87,11 @@ struct Cli {
     #[arg(long, value_name = "platform")]
     platform: Option<String>,
 
+    /// A PCI segment's share of the BAR windows: "pci_segment=<segment_id>,
+    /// mmio32_aperture_weight=<scale>,mmio64_aperture_weight=<scale>".
+    #[arg(long, value_name = "pci-segment", num_args = 1.., action = ArgAction::Append)]
+    pci_segment: Vec<String>,
+
     /// A rate limiter disks share: "bw_size=<bytes>,bw_one_time_burst=<bytes>,
     /// bw_refill_time=<ms>,ops_size=<io_ops>,ops_one_time_burst=<io_ops>,
     /// ops_refill_time=<ms>,id=<group_id>".
@@ -135,6 +140,7 @@ impl Cli {
             rate_limit_groups: self.rate_limit_group.clone(),
             memory_zones: self.memory_zone.clone(),
             platform: self.platform.clone(),
+            pci_segments: self.pci_segment.clone(),
         }
     }
 

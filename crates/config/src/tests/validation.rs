@@ -748,10 +748,6 @@ fn top_level_compat_fields() {
         (with(|c| c.rtc = Some(json!({"id": "rtc0"}))), "rtc"),
         (with(|c| c.pvpanic = true), "pvpanic"),
         (
-            with(|c| c.pci_segments = Some(vec![json!({"pci_segment": 1})])),
-            "pci_segments",
-        ),
-        (
             with(|c| {
                 c.platform = Some(PlatformConfig {
                     iommufd: true,
@@ -1009,4 +1005,18 @@ fn devices_must_be_on_a_segment_the_vm_has() {
         })
     });
     assert!(fails(&many).contains("must be between 1 and 16"));
+    let weight = |segment: u16, w: u32| {
+        with(|c| {
+            two(c);
+            c.pci_segments = Some(vec![PciSegmentConfig {
+                pci_segment: segment,
+                mmio32_aperture_weight: Some(w),
+                mmio64_aperture_weight: None,
+            }]);
+        })
+    };
+    assert_eq!(weight(1, 3).validate(), Ok(()));
+    assert_eq!(weight(1, 3).pci_aperture_weights(), vec![(1, 1), (3, 1)]);
+    assert!(fails(&weight(2, 1)).starts_with("pci_segments[0].pci_segment=2: the VM has 2"));
+    assert!(fails(&weight(0, 0)).contains("must be between 1 and 1024"));
 }

@@ -210,16 +210,30 @@ pub struct PciWindows {
     pub mmio64: (u64, u64),
 }
 
-/// The windows of `segments` PCI segments: the 32-bit and 64-bit windows cut into equal
-/// parts (whole MiB below 4 GiB, whole GiB above), in segment order.
-pub fn pci_segment_windows(segments: u16, mmio64_start: u64) -> Vec<PciWindows> {
-    let n = u64::from(segments.clamp(1, MAX_PCI_SEGMENTS));
-    let size32 = (PCI_MMIO32_SIZE / n) & !((1 << 20) - 1);
-    let size64 = (PCI_MMIO64_SIZE / n) & !((1 << 30) - 1);
-    (0..n)
-        .map(|i| PciWindows {
-            mmio32: (PCI_MMIO32_START + i * size32, size32),
-            mmio64: (mmio64_start + i * size64, size64),
+/// The windows of the PCI segments whose (32-bit, 64-bit) weights are `weights`: each window
+/// cut in proportion to them (whole MiB below 4 GiB, whole GiB above), in segment order.
+pub fn pci_segment_windows(weights: &[(u32, u32)], mmio64_start: u64) -> Vec<PciWindows> {
+    let one = [(1, 1)];
+    let weights = if weights.is_empty() {
+        &one[..]
+    } else {
+        weights
+    };
+    let total32: u64 = weights.iter().map(|w| u64::from(w.0.max(1))).sum();
+    let total64: u64 = weights.iter().map(|w| u64::from(w.1.max(1))).sum();
+    let (mut at32, mut at64) = (PCI_MMIO32_START, mmio64_start);
+    weights
+        .iter()
+        .map(|&(w32, w64)| {
+            let size32 = (PCI_MMIO32_SIZE * u64::from(w32.max(1)) / total32) & !((1 << 20) - 1);
+            let size64 = (PCI_MMIO64_SIZE * u64::from(w64.max(1)) / total64) & !((1 << 30) - 1);
+            let windows = PciWindows {
+                mmio32: (at32, size32),
+                mmio64: (at64, size64),
+            };
+            at32 += size32;
+            at64 += size64;
+            windows
         })
         .collect()
 }
@@ -256,10 +270,10 @@ mod tests {
 
     #[test]
     fn pci_segments_share_the_windows_and_have_ecam_regions_of_their_own() {
-        let one = pci_segment_windows(1, 1 << 32);
+        let one = pci_segment_windows(&[(1, 1)], 1 << 32);
         assert_eq!(one[0].mmio32, (PCI_MMIO32_START, PCI_MMIO32_SIZE));
         assert_eq!(one[0].mmio64, (1 << 32, PCI_MMIO64_SIZE));
-        let three = pci_segment_windows(3, 1 << 32);
+        let three = pci_segment_windows(&[(1, 1); 3], 1 << 32);
         assert_eq!(three.len(), 3);
         for pair in three.windows(2) {
             assert_eq!(pair[0].mmio32.0 + pair[0].mmio32.1, pair[1].mmio32.0);
@@ -269,6 +283,11 @@ mod tests {
         assert!(last.mmio32.0 + last.mmio32.1 <= PCI_MMIO32_START + PCI_MMIO32_SIZE);
         assert!(last.mmio64.0 + last.mmio64.1 <= (1 << 32) + PCI_MMIO64_SIZE);
         assert_eq!(pci_ecam_start(2), PCI_ECAM_START + 2 * PCI_ECAM_SIZE);
+        // Weights share the windows out: 3 to 1 above 4 GiB.
+        let weighted = pci_segment_windows(&[(1, 3), (1, 1)], 1 << 32);
+        assert_eq!(weighted[0].mmio64.1, 48 << 30);
+        assert_eq!(weighted[1].mmio64, ((1 << 32) + (48 << 30), 16 << 30));
+        assert_eq!(weighted[0].mmio32.1, weighted[1].mmio32.1);
         // Every segment's ECAM region ends below the devices above it.
         assert!(pci_ecam_start(MAX_PCI_SEGMENTS) <= ACPI_GED_START);
     }

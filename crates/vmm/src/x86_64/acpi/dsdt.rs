@@ -22,7 +22,10 @@ fn bridge_name(segment: u16) -> String {
 /// windows.
 fn pci_host_bridge(layout: &AcpiLayout, segment: u16, slots: &BTreeSet<u8>) -> Vec<u8> {
     let mmio64_start = pci_mmio64_start(layout.ram_size, layout.hotplug_size);
-    let windows = pci_segment_windows(layout.pci_segments, mmio64_start)[usize::from(segment)];
+    let windows = pci_segment_windows(&layout.pci_weights, mmio64_start)
+        .get(usize::from(segment))
+        .copied()
+        .unwrap_or(pci_segment_windows(&[], mmio64_start)[0]);
     let bus = aml::AddressSpace::new_bus_number(0u16, 0u16);
     let config_ports = aml::IO::new(0xcf8, 0xcf8, 1, 8);
     let io_low = aml::AddressSpace::new_io(0u16, 0xcf7u16, None);

@@ -150,6 +150,8 @@ pub struct AcpiLayout {
     pub hotplug_size: u64,
     /// PCI segments, each a host bridge with its ECAM region (at least 1).
     pub pci_segments: u16,
+    /// Each segment's (32-bit, 64-bit) share of the BAR windows.
+    pub pci_weights: Vec<(u32, u32)>,
     /// Whether COM1 (0x3F8, IRQ 4) is present.
     pub serial: bool,
     /// PCI slots (device numbers) of bus 0 that may be hot-plugged, each in

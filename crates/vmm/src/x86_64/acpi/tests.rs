@@ -11,6 +11,7 @@ fn layout(boot: u8, max: u8, slots: std::ops::RangeInclusive<u8>) -> AcpiLayout 
         ram_size: 512 << 20,
         hotplug_size: 0,
         pci_segments: 1,
+        pci_weights: vec![(1, 1)],
         serial: true,
         hotplug_slots: slots.collect(),
     }
@@ -288,6 +289,7 @@ fn iasl_accepts_every_table() {
     let mut with_memory_hotplug = layout(2, 4, 1..=31);
     with_memory_hotplug.hotplug_size = 1 << 30;
     with_memory_hotplug.pci_segments = 2;
+    with_memory_hotplug.pci_weights = vec![(1, 1), (1, 3)];
     let tables = build(&with_memory_hotplug, ACPI_START);
 
     let rsdp = &tables.get(b"RSDP").unwrap().bytes;
