@@ -109,6 +109,18 @@ fn segments_beyond_what_palisade_builds_are_refused() {
             vec!["--disk", "path=/dev/null,pci_segment=1"],
             "disks[0].pci_segment: is 1, but the VM has 1 PCI segment(s)",
         ),
+        // More than the firmware tables' area can describe: refused at creation.
+        (
+            vec![
+                "--platform",
+                "num_pci_segments=16",
+                "--cpus",
+                "boot=1,max=254",
+                "--memory",
+                "size=64M,hotplug_size=1G",
+            ],
+            "use fewer vCPUs or PCI segments",
+        ),
     ] {
         let mut all = vec!["--kernel", path_str(&kernel)];
         all.extend(args.iter().copied());

@@ -269,6 +269,8 @@ impl Vm {
             unplugging: Vec::new(),
             vcpu_filters: Arc::new(vcpu_filters),
         };
+        // What the firmware tables cannot describe is refused now, not at boot.
+        acpi::checked(&vm.acpi_layout())?;
         // Memory a zone had hot-plugged (a configuration from `vm.info`) is added again.
         let added: Vec<(usize, u64)> = vm
             .config
@@ -616,12 +618,19 @@ impl Vm {
             &apic_ids[..usize::from(boot_vcpus)],
             ioapic_id,
         )?;
-        let layout = acpi::AcpiLayout {
+        Ok(acpi::write(&self.memory, &self.acpi_layout())?)
+    }
+
+    /// What the ACPI tables describe.
+    fn acpi_layout(&self) -> acpi::AcpiLayout {
+        let boot_vcpus = self.config.cpus.boot_vcpus;
+        let max_vcpus = self.config.cpus.max_vcpus.max(boot_vcpus);
+        acpi::AcpiLayout {
             boot_vcpus,
             max_vcpus,
-            apic_ids,
+            apic_ids: Topology::of(&self.config.cpus).apic_ids(max_vcpus),
             // The same id the MP table and the I/O APIC model use.
-            ioapic_id,
+            ioapic_id: ioapic_id_of(&self.config.cpus),
             ram_size: self.boot_ram,
             // The 64-bit PCI window starts past the room for hot-plugged memory.
             hotplug_size: self.ram.room(),
@@ -629,8 +638,7 @@ impl Vm {
             pci_weights: self.config.pci_aperture_weights(),
             serial: self.devices.serial.is_some(),
             hotplug_slots: acpi::HOTPLUG_SLOT_RANGE.collect(),
-        };
-        Ok(acpi::write(&self.memory, &layout)?)
+        }
     }
 
     /// Loads kernel, initramfs, command line and the boot structures of the entry protocol.

@@ -209,7 +209,7 @@ pub enum AcpiError {
     #[error("PCI slot {0} cannot be hot-plugged: only slots 1 to 31 of bus 0 can (0 is the host bridge)")]
     InvalidSlot(u8),
     /// The tables do not fit in the ACPI area.
-    #[error("ACPI tables end at {end:#x}, past the end of their area at {limit:#x}; use fewer vCPUs or hot-plug slots")]
+    #[error("ACPI tables end at {end:#x}, past the end of their area at {limit:#x}; use fewer vCPUs or PCI segments")]
     TooLarge {
         /// First byte past the tables.
         end: u64,
@@ -425,14 +425,7 @@ pub fn build(layout: &AcpiLayout, base: u64) -> AcpiTables {
 /// address, to be passed to the kernel (`hvm_start_info.rsdp_paddr`,
 /// `boot_params.acpi_rsdp_addr`).
 pub fn write(mem: &GuestMemoryMmap, layout: &AcpiLayout) -> Result<u64, AcpiError> {
-    layout.validate()?;
-    let tables = build(layout, ACPI_START);
-    if tables.end() > MPTABLE_START {
-        return Err(AcpiError::TooLarge {
-            end: tables.end(),
-            limit: MPTABLE_START,
-        });
-    }
+    let tables = checked(layout)?;
     for t in &tables.tables {
         mem.write_slice(&t.bytes, GuestAddress(t.addr))
             .map_err(|source| AcpiError::Write {
@@ -442,6 +435,20 @@ pub fn write(mem: &GuestMemoryMmap, layout: &AcpiLayout) -> Result<u64, AcpiErro
             })?;
     }
     Ok(tables.rsdp_addr())
+}
+
+/// The tables of `layout`, if they can be built and fit in their area (checked when a VM is
+/// created, so that one they cannot describe is refused then rather than at boot).
+pub fn checked(layout: &AcpiLayout) -> Result<AcpiTables, AcpiError> {
+    layout.validate()?;
+    let tables = build(layout, ACPI_START);
+    if tables.end() > MPTABLE_START {
+        return Err(AcpiError::TooLarge {
+            end: tables.end(),
+            limit: MPTABLE_START,
+        });
+    }
+    Ok(tables)
 }
 
 #[cfg(test)]

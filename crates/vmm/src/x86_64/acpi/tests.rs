@@ -191,6 +191,24 @@ fn the_largest_machine_fits_below_the_mp_table() {
     // Even 255 vCPUs (APIC ids up to 254, never the broadcast id 255) fit.
     let tables = build(&layout(255, 255, 1..=31), ACPI_START);
     assert!(tables.end() <= MPTABLE_START);
+    // With memory hot-plug and 255 vCPUs, 7 PCI segments fit; 16 are refused by `checked`
+    // (a VM is refused so at creation), with the way out in the message.
+    let mut all = layout(255, 255, 1..=31);
+    all.hotplug_size = 1 << 30;
+    for (n, fits) in [(7u16, true), (16, false)] {
+        all.pci_segments = n;
+        all.pci_weights = vec![(1, 1); usize::from(n)];
+        match checked(&all) {
+            Ok(t) => assert!(fits && t.end() <= MPTABLE_START, "{n} segments"),
+            Err(e) => {
+                assert!(!fits, "{n} segments: {e}");
+                assert!(
+                    e.to_string().contains("use fewer vCPUs or PCI segments"),
+                    "{e}"
+                );
+            }
+        }
+    }
 }
 
 #[test]
