@@ -9,7 +9,7 @@
 
 use acpi_tables::{aml, Aml};
 
-use super::{to_bytes, AcpiLayout, RawAml};
+use super::{presence_method, to_bytes, AcpiLayout, RawAml};
 use crate::x86_64::layout::{CPU_HOTPLUG_SIZE, CPU_HOTPLUG_START};
 use devices::cpu_hotplug::{CPU_EJECT, CPU_INSERTING, CPU_PRESENT, CPU_REMOVING};
 
@@ -22,8 +22,6 @@ const LOCAL_APIC_ENABLED: u8 = 1;
 /// Notify values: device check, eject request (ACPI 5.6.6).
 const DEVICE_CHECK: u8 = 1;
 const EJECT_REQUEST: u8 = 3;
-/// `_STA` of a present, enabled, shown and working device, and of an absent one.
-const STA_PRESENT: u8 = 0xf;
 
 /// The ACPI name of vCPU `index`: `C` and three hexadecimal digits.
 pub(super) fn cpu_name(index: u8) -> String {
@@ -57,27 +55,8 @@ pub(super) fn processor_container(layout: &AcpiLayout) -> Vec<u8> {
     let release = aml::Release::new("CLCK".into());
 
     // CSTA(index): 0xF if the vCPU is present, else 0.
-    let status = aml::Local(0);
+    let csta = RawAml(presence_method("CSTA", "CLCK", "CSEL", "CSTS", CPU_PRESENT));
     let select_arg = aml::Store::new(&csel, &aml::Arg(0));
-    let read_status = aml::Store::new(&status, &csts);
-    let present_bit = aml::And::new(&aml::ZERO, &status, &CPU_PRESENT);
-    let present = aml::NotEqual::new(&present_bit, &aml::ZERO);
-    let return_present = aml::Return::new(&STA_PRESENT);
-    let if_present = aml::If::new(&present, vec![&return_present]);
-    let return_absent = aml::Return::new(&aml::ZERO);
-    let csta = aml::Method::new(
-        "CSTA".into(),
-        1,
-        true,
-        vec![
-            &acquire,
-            &select_arg,
-            &read_status,
-            &release,
-            &if_present,
-            &return_absent,
-        ],
-    );
 
     // CEJ0(index): the guest has taken the vCPU offline.
     let eject = aml::Store::new(&csts, &CPU_EJECT);

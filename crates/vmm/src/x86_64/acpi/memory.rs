@@ -8,7 +8,7 @@
 
 use acpi_tables::{aml, Aml};
 
-use super::{to_bytes, RawAml};
+use super::{presence_method, to_bytes, RawAml};
 use crate::x86_64::layout::{MEMORY_HOTPLUG_SIZE, MEMORY_HOTPLUG_START};
 use devices::memory_hotplug::{MEMORY_INSERTING, MEMORY_PRESENT, MEMORY_SLOTS};
 
@@ -20,8 +20,6 @@ const QWORD_MAX: u8 = 22;
 const QWORD_LEN: u8 = 38;
 /// Notify value: device check.
 const DEVICE_CHECK: u8 = 1;
-/// `_STA` of a present, enabled, shown and working device.
-const STA_PRESENT: u8 = 0xf;
 
 /// The ACPI name of memory slot `slot`: `M` and three hexadecimal digits.
 pub(super) fn memory_name(slot: usize) -> String {
@@ -54,30 +52,17 @@ pub(super) fn memory_container() -> Vec<u8> {
     let lock = aml::Mutex::new("MLCK".into(), 0);
     let acquire = aml::Acquire::new("MLCK".into(), 0xffff);
     let release = aml::Release::new("MLCK".into());
-    let (msel, msts) = (aml::Path::new("MSEL"), aml::Path::new("MSTS"));
+    let msel = aml::Path::new("MSEL");
     let select_arg = aml::Store::new(&msel, &aml::Arg(0));
 
     // MSTA(slot): 0xF if the slot holds memory, else 0.
-    let status = aml::Local(0);
-    let read_status = aml::Store::new(&status, &msts);
-    let present_bit = aml::And::new(&aml::ZERO, &status, &MEMORY_PRESENT);
-    let present = aml::NotEqual::new(&present_bit, &aml::ZERO);
-    let return_present = aml::Return::new(&STA_PRESENT);
-    let if_present = aml::If::new(&present, vec![&return_present]);
-    let return_absent = aml::Return::new(&aml::ZERO);
-    let msta = aml::Method::new(
-        "MSTA".into(),
-        1,
-        true,
-        vec![
-            &acquire,
-            &select_arg,
-            &read_status,
-            &release,
-            &if_present,
-            &return_absent,
-        ],
-    );
+    let msta = RawAml(presence_method(
+        "MSTA",
+        "MLCK",
+        "MSEL",
+        "MSTS",
+        MEMORY_PRESENT,
+    ));
 
     // MCRS(slot): a QWordMemory resource over the slot's memory.
     let template_memory = aml::AddressSpace::new_memory(

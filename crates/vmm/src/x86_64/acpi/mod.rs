@@ -289,6 +289,39 @@ fn to_bytes(obj: &dyn Aml) -> Vec<u8> {
     bytes
 }
 
+/// `_STA` of a present, enabled, shown and working device.
+const STA_PRESENT: u8 = 0xf;
+
+/// The `_STA` helper of a hot-plug controller with a selection register: method
+/// `name(index)` stores the index in `select` and reads `status` (both under mutex `lock`),
+/// and answers 0xF if bit `present` is set, else 0.
+fn presence_method(name: &str, lock: &str, select: &str, status: &str, present: u32) -> Vec<u8> {
+    let acquire = aml::Acquire::new(lock.into(), 0xffff);
+    let release = aml::Release::new(lock.into());
+    let (select, status_register) = (aml::Path::new(select), aml::Path::new(status));
+    let value = aml::Local(0);
+    let select_arg = aml::Store::new(&select, &aml::Arg(0));
+    let read_status = aml::Store::new(&value, &status_register);
+    let present_bit = aml::And::new(&aml::ZERO, &value, &present);
+    let is_present = aml::NotEqual::new(&present_bit, &aml::ZERO);
+    let return_present = aml::Return::new(&STA_PRESENT);
+    let if_present = aml::If::new(&is_present, vec![&return_present]);
+    let return_absent = aml::Return::new(&aml::ZERO);
+    to_bytes(&aml::Method::new(
+        name.into(),
+        1,
+        true,
+        vec![
+            &acquire,
+            &select_arg,
+            &read_status,
+            &release,
+            &if_present,
+            &return_absent,
+        ],
+    ))
+}
+
 /// Sets the checksum byte (offset 9 of a table header) so that all bytes sum to zero.
 fn fix_checksum(table: &mut [u8]) {
     table[9] = 0;
