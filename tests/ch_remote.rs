@@ -62,3 +62,39 @@ fn ch_remote_pings_creates_inspects_boots_and_deletes() {
         "{err}"
     );
 }
+
+/// ch-remote's `resize` (vCPUs and memory) against a running Palisade VM: the vCPU is
+/// added, the guest finds and uses both memory blocks.
+#[test]
+fn ch_remote_resizes_a_running_vm() {
+    let Some(ch) = reference_tool("CH_REMOTE", "ch-remote") else {
+        return;
+    };
+    let dir = TempDir::new("ch-remote-resize");
+    let extra = serde_json::json!({
+        "cpus": {"boot_vcpus": 1, "max_vcpus": 2},
+        "memory": {"size": 64 << 20, "hotplug_size": 256 << 20},
+    });
+    let vmm = created_vm(&dir, "memory_hotplug", extra);
+    assert_eq!(vmm.put("vm.boot", &serde_json::json!({})).0, 204);
+    vmm.wait_serial("memory_hotplug: ready", 1);
+    let run = |args: &[&str]| {
+        let out = Command::new(&ch)
+            .arg("--api-socket")
+            .arg(&vmm.socket)
+            .args(args)
+            .output()
+            .expect("run ch-remote");
+        assert!(
+            out.status.success(),
+            "ch-remote {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    run(&["resize", "--cpus", "2"]);
+    assert_eq!(vmm.info()["config"]["cpus"]["boot_vcpus"], 2);
+    run(&["resize", "--memory", "192M"]);
+    run(&["resize", "--memory", "320M"]);
+    vmm.wait_serial("PASS memory_hotplug", 1);
+    assert_eq!(vmm.info()["memory_actual_size"], 320u64 << 20);
+}
