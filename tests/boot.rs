@@ -601,3 +601,93 @@ fn amx_is_given_where_kvm_has_it_and_refused_on_one_line_otherwise() {
     let out = boot("hello", &["--cpus", "boot=1,features=avx9"]);
     assert_one_line_error(&out, "features=avx9: unknown CPU feature");
 }
+
+/// The core-scheduling cookie of thread `tid` of `pid` (`PR_SCHED_CORE_GET`), or the error
+/// of a kernel without core scheduling.
+fn core_cookie(tid: u32) -> std::io::Result<u64> {
+    let mut cookie: u64 = 0;
+    // SAFETY: PR_SCHED_CORE_GET writes one u64 where the last argument points.
+    let r = unsafe {
+        libc::prctl(
+            libc::PR_SCHED_CORE,
+            libc::PR_SCHED_CORE_GET as libc::c_ulong,
+            tid as libc::c_ulong,
+            0 as libc::c_ulong,
+            &mut cookie as *mut u64 as libc::c_ulong,
+        )
+    };
+    if r == 0 {
+        Ok(cookie)
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+/// `cpus.core_scheduling`: where the kernel has core scheduling, `vcpu` gives each vCPU
+/// thread a cookie of its own and `vm` one for the whole VMM; where it has not, the VM boots
+/// all the same and the log says so once.
+#[test]
+fn core_scheduling_cookies_where_the_kernel_has_them() {
+    let supported = core_cookie(std::process::id()).is_ok();
+    for mode in ["vcpu", "vm"] {
+        let dir = TempDir::new("core-sched");
+        let serial = ApiVmm::serial_arg(&dir);
+        let cpus = format!("boot=1,core_scheduling={mode}");
+        let kernel = guest("echo");
+        let vmm = ApiVmm::spawn(
+            palisade(),
+            &dir,
+            &[
+                "--kernel",
+                path_str(&kernel),
+                "--cpus",
+                &cpus,
+                "--serial",
+                &serial,
+                "--console",
+                "off",
+                "--no-shutdown",
+                "-v",
+            ],
+        );
+        vmm.wait_serial("echo: ready", 1);
+        // Cloud Hypervisor's default, Vm, is left out of vm.info's configuration.
+        let shown = vmm.info()["config"]["cpus"]["core_scheduling"].clone();
+        let expected = if mode == "vm" {
+            serde_json::Value::Null
+        } else {
+            serde_json::json!("Vcpu")
+        };
+        assert_eq!(shown, expected, "{mode}");
+        if supported {
+            let vcpu = std::fs::read_dir(format!("/proc/{}/task", vmm.pid()))
+                .unwrap()
+                .flatten()
+                .find(|t| {
+                    std::fs::read_to_string(t.path().join("comm"))
+                        .is_ok_and(|c| c.trim() == "vcpu0")
+                })
+                .and_then(|t| t.file_name().to_str()?.parse::<u32>().ok())
+                .expect("a vcpu0 thread");
+            let (main, vcpu) = (core_cookie(vmm.pid()).unwrap(), core_cookie(vcpu).unwrap());
+            assert_ne!(vcpu, 0, "{mode}: the vCPU has a cookie");
+            assert_eq!(
+                main == vcpu,
+                mode == "vm",
+                "{mode}: main {main:#x}, vcpu {vcpu:#x}"
+            );
+        } else {
+            let log = vmm.log_text();
+            assert!(
+                log.matches("core scheduling is not available on this host")
+                    .count()
+                    <= 1,
+                "{log}"
+            );
+            assert!(
+                log.contains("core scheduling is not available on this host"),
+                "{log}"
+            );
+        }
+    }
+}

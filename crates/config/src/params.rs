@@ -81,10 +81,12 @@ impl CpusConfig {
         "topology",
         "affinity",
         "features",
+        "core_scheduling",
     ];
 
     /// Parses `--cpus boot=N[,max=M][,kvm_hyperv=off][,max_phys_bits=B]
-    /// [,topology=THREADS:CORES:DIES:PACKAGES][,affinity=[VCPU@[CPU,…],…]][,features=amx]`: `boot`
+    /// [,topology=THREADS:CORES:DIES:PACKAGES][,affinity=[VCPU@[CPU,…],…]][,features=amx]
+    /// [,core_scheduling=vm|vcpu|off]`: `boot`
     /// defaults to 1, `max` to `boot`; 1 ≤ boot ≤ max ≤ 254.
     pub fn parse(input: &str) -> Result<Self, OptionError> {
         let o = OptionParser::new(Self::KEYS).parse(input)?;
@@ -121,11 +123,24 @@ impl CpusConfig {
                 }
             }
         }
+        let core_scheduling = match o.get("core_scheduling") {
+            None | Some("vm") => CoreScheduling::Vm,
+            Some("vcpu") => CoreScheduling::Vcpu,
+            Some("off") => CoreScheduling::Off,
+            Some(other) => {
+                return Err(OptionError::invalid(
+                    "core_scheduling",
+                    other,
+                    "use vm, vcpu or off",
+                ))
+            }
+        };
         Ok(CpusConfig {
             max_phys_bits: narrow("max_phys_bits", bits)?,
             topology,
             affinity,
             features,
+            core_scheduling,
             ..CpusConfig::new(narrow("boot", boot)?, narrow("max", max)?)
         })
     }

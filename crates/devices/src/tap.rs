@@ -503,13 +503,25 @@ mod tests {
         let mut buf = [0u8; 64];
         let err = (&taps[0]).read(&mut buf).unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::WouldBlock);
-        // A tap created here disappears with its last descriptor.
+        // A tap created here disappears with its last descriptor (the kernel unregisters
+        // the device a moment later, so this waits a bounded time for it).
         drop(taps);
-        let out = std::process::Command::new("ip")
-            .args(["-n", ns.name(), "link", "show", "dev", "pal0"])
-            .output()
-            .unwrap();
-        assert!(!out.status.success());
+        let gone = || {
+            !std::process::Command::new("ip")
+                .args(["-n", ns.name(), "link", "show", "dev", "pal0"])
+                .output()
+                .unwrap()
+                .status
+                .success()
+        };
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while !gone() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "pal0 outlived its descriptors"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
     }
 
     #[test]

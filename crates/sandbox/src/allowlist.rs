@@ -104,6 +104,9 @@ fn starts_threads(r: &mut Rules) {
             libc::PR_CAPBSET_DROP as u64,
             libc::PR_CAP_AMBIENT as u64,
             libc::PR_GET_SECUREBITS as u64,
+            // Core-scheduling cookies for the VMM and its vCPU threads
+            // (`cpus.core_scheduling`).
+            libc::PR_SCHED_CORE as u64,
         ],
     );
 }

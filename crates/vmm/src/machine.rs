@@ -29,6 +29,8 @@ pub struct VcpuSetup {
     pub supported_cpuid: CpuId,
     /// `cpus.affinity`.
     pub affinity: Vec<config::CpuAffinity>,
+    /// `cpus.core_scheduling`.
+    pub core_scheduling: config::CoreScheduling,
 }
 
 /// The KVM VM and its vCPU threads.
@@ -52,6 +54,7 @@ impl Machine {
         boot_vcpus: u8,
         entry: (EntryMode, u64),
     ) -> Result<Machine, VmError> {
+        crate::x86_64::core_scheduling::at_boot(setup.core_scheduling);
         let mut fds = Vec::with_capacity(usize::from(boot_vcpus));
         for index in 0..boot_vcpus {
             fds.push(new_vcpu(
@@ -80,6 +83,7 @@ impl Machine {
 
     fn spawn(&mut self, index: u8, fd: VcpuFd) -> Result<(), VmError> {
         let thread = VcpuThread::spawn(index, fd, self.ctx.clone()).map_err(VmError::Thread)?;
+        crate::x86_64::core_scheduling::for_vcpu(self.setup.core_scheduling, thread.tid());
         let pin = self.setup.affinity.iter().find(|a| a.vcpu == index);
         let pinned = pin.map_or(Ok(()), |a| thread.pin(&a.host_cpus));
         // Kept even when pinning failed, so that the caller's clean-up stops it.

@@ -260,6 +260,7 @@ pub fn install_kick_handler() -> std::io::Result<()> {
 /// A running vCPU thread; it hands its vCPU back when it ends.
 pub struct VcpuThread {
     index: u8,
+    tid: libc::pid_t,
     handle: JoinHandle<VcpuFd>,
 }
 
@@ -272,7 +273,7 @@ impl VcpuThread {
             .name(format!("vcpu{index}"))
             .spawn(move || run(index, vcpu, ctx, ready_tx))?;
         match ready.recv() {
-            Ok(Ok(())) => Ok(VcpuThread { index, handle }),
+            Ok(Ok(tid)) => Ok(VcpuThread { index, tid, handle }),
             Ok(Err(e)) => {
                 let _ = handle.join();
                 Err(std::io::Error::other(format!(
@@ -326,6 +327,11 @@ impl VcpuThread {
     /// The vCPU's index.
     pub fn index(&self) -> u8 {
         self.index
+    }
+
+    /// The thread's id.
+    pub fn tid(&self) -> libc::pid_t {
+        self.tid
     }
 
     /// Waits for the thread to end; returns its vCPU (none if the thread panicked).
@@ -458,7 +464,7 @@ fn run(
     index: u8,
     mut vcpu: VcpuFd,
     ctx: VcpuContext,
-    ready: std::sync::mpsc::SyncSender<Result<(), String>>,
+    ready: std::sync::mpsc::SyncSender<Result<libc::pid_t, String>>,
 ) -> VcpuFd {
     // Locked down before the guest runs: nothing the guest makes this thread do may reach
     // a file, a socket or a capability.
@@ -469,7 +475,8 @@ fn run(
             return vcpu;
         }
     };
-    let _ = ready.send(Ok(()));
+    // SAFETY: gettid has no arguments and cannot fail.
+    let _ = ready.send(Ok(unsafe { libc::gettid() }));
     // A vCPU run again after a hot-unplug may still carry the kick that ended its last
     // thread.
     vcpu.set_kvm_immediate_exit(0);

@@ -603,6 +603,7 @@ impl Vm {
                 crate::x86_64::amx::without_amx(supported_cpuid)
             },
             affinity: self.config.cpus.affinity.clone().unwrap_or_default(),
+            core_scheduling: self.config.cpus.core_scheduling,
         };
         Machine::start(vm, ctx, setup, self.config.cpus.boot_vcpus, entry)
     }

@@ -109,7 +109,7 @@ fn cpus_syntax_errors() {
     );
     assert_eq!(
         err(CpusConfig::parse("boot=1,nested=on")),
-        "nested: unknown key (accepted keys: boot, max, kvm_hyperv, max_phys_bits, topology, affinity, features)"
+        "nested: unknown key (accepted keys: boot, max, kvm_hyperv, max_phys_bits, topology, affinity, features, core_scheduling)"
     );
     assert!(err(CpusConfig::parse("topology=1:x:1:1")).starts_with("topology=1:x:1:1: expected"));
     assert_eq!(

@@ -215,10 +215,6 @@ fn cpus_and_memory_compat_fields() {
             "cpus.affinity[0].host_cpus=[]: give host CPU numbers",
         ),
         (
-            with(|c| c.cpus.core_scheduling = CoreScheduling::Vcpu),
-            "cpus.core_scheduling=Vcpu: not supported by Palisade",
-        ),
-        (
             with(|c| c.memory.hotplugged_size = Some(0)),
             "memory.hotplugged_size: not supported by Palisade",
         ),

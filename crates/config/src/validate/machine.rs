@@ -78,12 +78,6 @@ impl CpusConfig {
                 ));
             }
         }
-        if self.core_scheduling == CoreScheduling::Vcpu {
-            return Err(unsupported(
-                "cpus.core_scheduling=Vcpu",
-                "remove it or set it to Vm or Off",
-            ));
-        }
         Ok(())
     }
 }

@@ -3,6 +3,7 @@
 pub mod acpi;
 pub mod amx;
 pub mod boot;
+pub mod core_scheduling;
 pub mod cpuid;
 pub mod layout;
 pub mod mptable;
