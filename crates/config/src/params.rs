@@ -544,6 +544,8 @@ pub struct VmParams {
     pub platform: Option<String>,
     /// Each `--pci-segment` value.
     pub pci_segments: Vec<String>,
+    /// `--balloon`.
+    pub balloon: Option<String>,
 }
 
 /// A command-line error: one line naming the flag.
@@ -749,6 +751,10 @@ impl VmConfig {
                     .map(|p| crate::PciSegmentConfig::parse(p).map_err(option_err("pci-segment")))
                     .collect::<Result<Vec<_>, _>>()?;
                 (!segments.is_empty()).then_some(segments)
+            },
+            balloon: match &params.balloon {
+                Some(b) => Some(BalloonConfig::parse(b).map_err(option_err("balloon"))?),
+                None => None,
             },
             platform: match &params.platform {
                 Some(p) => Some(PlatformConfig::parse(p).map_err(option_err("platform"))?),

@@ -89,9 +89,9 @@ pub struct VmConfig {
     /// Rate limiters that disks share (`rate_limit_group`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rate_limit_groups: Option<Vec<crate::RateLimitGroupConfig>>,
-    /// Compatibility: memory balloon (must be absent or null).
+    /// The memory balloon.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub balloon: Option<Value>,
+    pub balloon: Option<BalloonConfig>,
     /// Compatibility: virtio-fs devices (must be absent or empty).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fs: Option<Vec<Value>>,

@@ -91,6 +91,9 @@ pub struct SerialConsole {
     _pty_slave: Option<std::fs::File>,
 }
 
+/// The id of the memory balloon (`--balloon`), as Cloud Hypervisor names it.
+pub const BALLOON_ID: &str = "_balloon0";
+
 /// All devices of a VM.
 pub struct DeviceManager {
     /// Port I/O bus.
@@ -267,6 +270,15 @@ impl DeviceManager {
             Box::new(devices::virtio::rng::Rng::new(source)),
             cfg.rng.pci_segment,
         )?;
+        if let Some(b) = &cfg.balloon {
+            let options = devices::virtio::balloon::BalloonOptions {
+                size: b.size,
+                deflate_on_oom: b.deflate_on_oom,
+                free_page_reporting: b.free_page_reporting,
+            };
+            let balloon = devices::virtio::balloon::Balloon::new(options);
+            manager.pci.add_virtio(BALLOON_ID, Box::new(balloon), 0)?;
+        }
         Ok(manager)
     }
 

@@ -87,6 +87,10 @@ struct Cli {
     #[arg(long, value_name = "platform")]
     platform: Option<String>,
 
+    /// Memory balloon: "size=<balloon_size>,deflate_on_oom=on|off,free_page_reporting=on|off".
+    #[arg(long, value_name = "balloon")]
+    balloon: Option<String>,
+
     /// A PCI segment's share of the BAR windows: "pci_segment=<segment_id>,
     /// mmio32_aperture_weight=<scale>,mmio64_aperture_weight=<scale>".
     #[arg(long, value_name = "pci-segment", num_args = 1.., action = ArgAction::Append)]
@@ -141,6 +145,7 @@ impl Cli {
             memory_zones: self.memory_zone.clone(),
             platform: self.platform.clone(),
             pci_segments: self.pci_segment.clone(),
+            balloon: self.balloon.clone(),
         }
     }
 

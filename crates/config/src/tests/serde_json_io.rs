@@ -72,7 +72,11 @@ fn round_trips() {
     c.memory.thp = false;
     c.memory.hotplug_method = HotplugMethod::VirtioMem;
     c.watchdog = true;
-    c.balloon = Some(json!({"size": 4096}));
+    c.balloon = Some(BalloonConfig {
+        size: 4096,
+        deflate_on_oom: true,
+        free_page_reporting: false,
+    });
     c.fs = Some(vec![json!({"tag": "t", "socket": "/s"})]);
     c.debug_console = Some(DebugConsoleConfig {
         file: None,
@@ -305,9 +309,9 @@ fn ch_style_body_with_non_default_compat_field_is_refused_by_validate() {
             "net[0].mtu: not supported by Palisade",
         ),
         (
-            "/balloon",
-            json!({"size": 1024}),
-            "balloon: not supported by Palisade",
+            "/pmem",
+            json!([{"file": "/p"}]),
+            "pmem: not supported by Palisade",
         ),
         (
             "/platform",

@@ -277,7 +277,6 @@ fn cpus_and_memory_compat_fields() {
 #[test]
 fn top_level_compat_fields() {
     let cases: Vec<(VmConfig, &str)> = vec![
-        (with(|c| c.balloon = Some(json!({"size": 1}))), "balloon"),
         (with(|c| c.fs = Some(vec![json!({"tag": "t"})])), "fs"),
         (
             with(|c| c.generic_vhost_user = Some(vec![json!({})])),
@@ -580,4 +579,22 @@ fn devices_must_be_on_a_segment_the_vm_has() {
     assert_eq!(weight(1, 3).pci_aperture_weights(), vec![(1, 1), (3, 1)]);
     assert!(fails(&weight(2, 1)).starts_with("pci_segments[0].pci_segment=2: the VM has 2"));
     assert!(fails(&weight(0, 0)).contains("must be between 1 and 1024"));
+}
+
+#[test]
+fn a_balloon_is_whole_pages() {
+    let balloon = |size| {
+        with(|c| {
+            c.balloon = Some(BalloonConfig {
+                size,
+                ..BalloonConfig::default()
+            })
+        })
+    };
+    assert_eq!(balloon(8192).validate(), Ok(()));
+    assert!(
+        fails(&balloon(100)).starts_with("balloon.size=100: must be a whole number of 4 KiB pages")
+    );
+    let parsed = BalloonConfig::parse("size=1M,free_page_reporting=on").unwrap();
+    assert_eq!((parsed.size, parsed.free_page_reporting), (1 << 20, true));
 }

@@ -155,7 +155,15 @@ impl VmConfig {
     /// Rejects top-level Cloud Hypervisor fields that are not at their default.
     fn validate_compat(&self) -> Result<(), ValidationError> {
         self.check_rate_limit_groups()?;
-        must_be_empty_value("balloon".into(), &self.balloon)?;
+        if let Some(b) = &self.balloon {
+            if b.size % 4096 != 0 {
+                return Err(invalid(
+                    "balloon.size",
+                    b.size,
+                    "must be a whole number of 4 KiB pages".into(),
+                ));
+            }
+        }
         must_be_empty_list("fs".into(), &self.fs)?;
         must_be_empty_list("generic_vhost_user".into(), &self.generic_vhost_user)?;
         must_be_empty_list("pmem".into(), &self.pmem)?;

@@ -386,3 +386,32 @@ impl Default for RngConfig {
         Self::with_src(DEFAULT_RNG_SOURCE)
     }
 }
+
+/// The memory balloon (`--balloon`), as Cloud Hypervisor's `BalloonConfig`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BalloonConfig {
+    /// Bytes the balloon asks the guest for at boot.
+    pub size: u64,
+    /// Let the guest take pages back when it runs out of memory.
+    #[serde(default)]
+    pub deflate_on_oom: bool,
+    /// Free page reporting: the guest hands free memory back on its own.
+    #[serde(default)]
+    pub free_page_reporting: bool,
+}
+
+impl BalloonConfig {
+    /// Keys of `--balloon`.
+    pub const KEYS: &'static [&'static str] = &["size", "deflate_on_oom", "free_page_reporting"];
+
+    /// Parses `--balloon size=SIZE[,deflate_on_oom=on|off][,free_page_reporting=on|off]`.
+    pub fn parse(input: &str) -> Result<Self, crate::OptionError> {
+        let o = crate::option_parser::OptionParser::new(Self::KEYS).parse(input)?;
+        Ok(BalloonConfig {
+            size: o.get_size("size")?.unwrap_or(0),
+            deflate_on_oom: o.get_bool("deflate_on_oom")?.unwrap_or(false),
+            free_page_reporting: o.get_bool("free_page_reporting")?.unwrap_or(false),
+        })
+    }
+}

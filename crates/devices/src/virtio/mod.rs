@@ -7,6 +7,7 @@
 //! [`VirtioDevice::process_queue`] whenever a queue's eventfd fires. Everything a guest controls (descriptor chains, addresses, lengths) is
 //! untrusted: a malformed request fails that request, never the device or the VMM.
 
+pub mod balloon;
 pub mod block;
 pub mod common;
 pub mod console;

@@ -7,6 +7,7 @@ use vm_memory::{Address, GuestMemoryBackend, GuestMemoryRegion};
 
 use super::{HotplugError, Vm, VmState};
 use crate::control::Resize;
+use crate::device_manager::BALLOON_ID;
 use crate::x86_64::layout::MEMORY_HOTPLUG_ALIGN;
 
 impl Vm {
@@ -21,7 +22,7 @@ impl Vm {
             Some(bytes) => self.check_memory_growth(bytes)?,
             None => 0,
         };
-        if resize.desired_balloon.is_some() {
+        if resize.desired_balloon.is_some() && self.devices.pci.find(BALLOON_ID).is_none() {
             return Err(HotplugError::Invalid(
                 "desired_balloon: the VM has no balloon device (add one with --balloon)".into(),
             ));
@@ -31,6 +32,9 @@ impl Vm {
         }
         if let Some(n) = vcpus {
             self.resize_vcpus(n)?;
+        }
+        if let Some(bytes) = resize.desired_balloon {
+            self.resize_balloon(bytes)?;
         }
         Ok(())
     }
@@ -172,6 +176,30 @@ impl Vm {
             }
         }
         log::info!("{bytes} bytes of guest memory added at {start:#x}");
+        Ok(())
+    }
+
+    /// Asks the guest for `bytes` through the balloon (it is told at once when it runs).
+    fn resize_balloon(&mut self, bytes: u64) -> Result<(), HotplugError> {
+        let ram = self.memory_size();
+        if bytes > ram {
+            return Err(HotplugError::Invalid(format!(
+                "desired_balloon {bytes}: more than the guest's {ram} bytes of memory"
+            )));
+        }
+        let entry = self.devices.pci.find(BALLOON_ID).ok_or_else(|| {
+            HotplugError::Invalid("desired_balloon: the VM has no balloon device".into())
+        })?;
+        let device = entry.device.lock().unwrap_or_else(|e| e.into_inner());
+        device
+            .device()
+            .resize(bytes)
+            .map_err(HotplugError::Failed)?;
+        drop(device);
+        if let Some(b) = &mut self.config.balloon {
+            b.size = bytes;
+        }
+        log::info!("balloon: the guest is asked for {bytes} bytes");
         Ok(())
     }
 
