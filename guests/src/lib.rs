@@ -21,6 +21,7 @@
 //! | `virtio_console` | PVH | `PASS virtio_console` | input ending with `q` on the console, or `expect=noinput` |
 //! | `power_button` | PVH | `PASS power_button` | the power button pressed (`vm.power-button`) |
 //! | `nmi` | PVH | `PASS nmi` | an NMI (`vm.nmi`) |
+//! | `watchdog` | PVH | `PASS watchdog` | `--watchdog`: reset when it stops petting, passes on its second boot |
 //! | `virtio_balloon` | PVH | `PASS virtio_balloon` | a balloon (`--balloon size=`), then `desired_balloon` 0 |
 //! | `pci_segments` | PVH | `PASS pci_segments: N segments` | lists each MCFG segment's bus 0 |
 //! | `memory_hotplug` | PVH | `PASS memory_hotplug` | two blocks of memory added (`vm.resize` `desired_ram`) |

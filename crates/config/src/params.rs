@@ -546,6 +546,8 @@ pub struct VmParams {
     pub pci_segments: Vec<String>,
     /// `--balloon`.
     pub balloon: Option<String>,
+    /// `--watchdog`.
+    pub watchdog: bool,
 }
 
 /// A command-line error: one line naming the flag.
@@ -752,6 +754,7 @@ impl VmConfig {
                     .collect::<Result<Vec<_>, _>>()?;
                 (!segments.is_empty()).then_some(segments)
             },
+            watchdog: params.watchdog,
             balloon: match &params.balloon {
                 Some(b) => Some(BalloonConfig::parse(b).map_err(option_err("balloon"))?),
                 None => None,

@@ -122,7 +122,7 @@ pub struct VmConfig {
     /// Compatibility: a virtual IOMMU (must be false).
     #[serde(default, skip_serializing_if = "is_false")]
     pub iommu: bool,
-    /// Compatibility: the virtio watchdog (must be false).
+    /// A watchdog the guest must keep petting (the IB700, `--watchdog`).
     #[serde(default, skip_serializing_if = "is_false")]
     pub watchdog: bool,
     /// Compatibility: the virtio RTC (must be absent or null).

@@ -19,5 +19,6 @@ pub mod tap;
 #[cfg(any(test, feature = "test-util"))]
 pub mod test_util;
 pub mod virtio;
+pub mod watchdog;
 
 pub use bus::{Bus, BusDevice, BusError};

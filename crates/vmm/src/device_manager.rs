@@ -91,6 +91,51 @@ pub struct SerialConsole {
     _pty_slave: Option<std::fs::File>,
 }
 
+/// The watchdog (`--watchdog`): the IB700's deadline, the eventfd its writes signal, and the
+/// VMM thread's timer for the deadline.
+pub struct Watchdog {
+    /// The deadline the guest keeps moving.
+    pub state: Arc<devices::watchdog::WatchdogState>,
+    /// Signalled by each start, pet or stop.
+    pub pet_evt: EventFd,
+    timer: Mutex<vmm_sys_util::timerfd::TimerFd>,
+}
+
+impl Watchdog {
+    /// The timer's descriptor.
+    pub fn timer_fd(&self) -> std::os::fd::RawFd {
+        use std::os::fd::AsRawFd;
+        self.timer
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_raw_fd()
+    }
+
+    /// Sets the timer to the guest's deadline (or stops it).
+    pub fn arm(&self) {
+        let mut timer = self.timer.lock().unwrap_or_else(|e| e.into_inner());
+        let result = match self.state.deadline() {
+            Some(d) => {
+                let left = d.saturating_duration_since(std::time::Instant::now());
+                // A zero duration would disarm the timer: fire at once instead.
+                timer.reset(left.max(std::time::Duration::from_millis(1)), None)
+            }
+            None => timer.clear(),
+        };
+        if let Err(e) = result {
+            log::warn!("watchdog: cannot set its timer: {e}");
+        }
+    }
+
+    /// Takes the timer's expiry.
+    pub fn consume_timer(&self) {
+        let fd = self.timer_fd();
+        let mut count = [0u8; 8];
+        // SAFETY: reads at most 8 bytes into `count` from the timer's non-blocking descriptor.
+        unsafe { libc::read(fd, count.as_mut_ptr().cast(), count.len()) };
+    }
+}
+
 /// The id of the memory balloon (`--balloon`), as Cloud Hypervisor names it.
 pub const BALLOON_ID: &str = "_balloon0";
 
@@ -123,6 +168,8 @@ pub struct DeviceManager {
     pub console_on_stdin: bool,
     /// Each network device's id, tap name and guest MAC, as created.
     pub net_names: Vec<(String, String, String)>,
+    /// The watchdog, if the VM has one.
+    pub watchdog: Option<Watchdog>,
     // Held open so the console's pty master never reports a hang-up.
     _console_pty_slave: Option<std::fs::File>,
 }
@@ -235,6 +282,7 @@ impl DeviceManager {
             console_pty: None,
             console_on_stdin: false,
             net_names: Vec::new(),
+            watchdog: None,
             _console_pty_slave: None,
         };
         if cfg.serial.mode == config::ConsoleOutputMode::Tty
@@ -270,6 +318,31 @@ impl DeviceManager {
             Box::new(devices::virtio::rng::Rng::new(source)),
             cfg.rng.pci_segment,
         )?;
+        if cfg.watchdog {
+            let pet_evt = eventfd()?;
+            let ib700 = devices::watchdog::Ib700::new(clone_evt(&pet_evt)?);
+            let state = ib700.state();
+            manager.pio.insert(
+                Arc::new(Mutex::new(ib700)),
+                devices::watchdog::WATCHDOG_BASE,
+                devices::watchdog::WATCHDOG_LEN,
+            )?;
+            let timer = vmm_sys_util::timerfd::TimerFd::new()
+                .map_err(|e| DeviceError::EventFd(std::io::Error::from_raw_os_error(e.errno())))?;
+            // SAFETY: F_SETFL on the timer's own descriptor; no memory is passed.
+            unsafe {
+                libc::fcntl(
+                    std::os::fd::AsRawFd::as_raw_fd(&timer),
+                    libc::F_SETFL,
+                    libc::O_NONBLOCK,
+                )
+            };
+            manager.watchdog = Some(Watchdog {
+                state,
+                pet_evt,
+                timer: Mutex::new(timer),
+            });
+        }
         if let Some(b) = &cfg.balloon {
             let options = devices::virtio::balloon::BalloonOptions {
                 size: b.size,
@@ -443,6 +516,11 @@ impl DeviceManager {
 
     /// Returns every device to its power-on state (on reboot).
     pub fn reset(&self) {
+        if let Some(w) = &self.watchdog {
+            // A rebooted guest starts its watchdog again if it wants one.
+            w.state.stop();
+            w.arm();
+        }
         self.memory_hotplug
             .lock()
             .unwrap_or_else(|e| e.into_inner())

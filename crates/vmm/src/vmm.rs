@@ -66,6 +66,8 @@ enum Token {
     InputDrained,
     Signal,
     Eject,
+    WatchdogPet,
+    WatchdogTimer,
 }
 
 impl Token {
@@ -79,6 +81,8 @@ impl Token {
             Token::InputDrained,
             Token::Signal,
             Token::Eject,
+            Token::WatchdogPet,
+            Token::WatchdogTimer,
         ]
         .into_iter()
         .find(|t| *t as u64 == v)
@@ -131,6 +135,7 @@ fn io_err(what: &'static str) -> impl Fn(std::io::Error) -> StartError {
 }
 
 mod hotplug_requests;
+mod watchdog;
 use hotplug_requests::hotplug_error;
 
 impl Vmm {
@@ -232,6 +237,8 @@ impl Vmm {
                     Some(Token::InputDrained) => self.on_input_drained(),
                     Some(Token::Signal) => self.on_signal(),
                     Some(Token::Eject) => self.on_eject(),
+                    Some(Token::WatchdogPet) => self.on_watchdog_pet(),
+                    Some(Token::WatchdogTimer) => self.on_watchdog_timer(),
                     None => {}
                 }
             }
@@ -687,6 +694,7 @@ impl Vmm {
         if let Some(vm) = &self.vm {
             let _ = self.watch(vm.devices().eject_evt.as_raw_fd(), Token::Eject);
         }
+        self.watch_watchdog(true);
         Ok(Reply::Done)
     }
 
@@ -754,6 +762,10 @@ impl Vmm {
                 }
             }
             self.unwatch(vm.devices().eject_evt.as_raw_fd());
+            if let Some(w) = &vm.devices().watchdog {
+                self.unwatch(w.pet_evt.as_raw_fd());
+                self.unwatch(w.timer_fd());
+            }
             self.input_watched = false;
             drop(vm);
             // The VM is gone for good: have its kernel side torn down now, so that its

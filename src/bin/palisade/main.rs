@@ -87,6 +87,11 @@ struct Cli {
     #[arg(long, value_name = "platform")]
     platform: Option<String>,
 
+    /// A watchdog the guest must keep petting or be reset (the IB700's ports, which Linux's
+    /// ib700wdt drives).
+    #[arg(long)]
+    watchdog: bool,
+
     /// Memory balloon: "size=<balloon_size>,deflate_on_oom=on|off,free_page_reporting=on|off".
     #[arg(long, value_name = "balloon")]
     balloon: Option<String>,
@@ -146,6 +151,7 @@ impl Cli {
             platform: self.platform.clone(),
             pci_segments: self.pci_segment.clone(),
             balloon: self.balloon.clone(),
+            watchdog: self.watchdog,
         }
     }
 

@@ -279,9 +279,9 @@ fn ch_style_body_with_default_compat_fields_is_accepted() {
 fn ch_style_body_with_non_default_compat_field_is_refused_by_validate() {
     let cases: Vec<(&str, Value, &str)> = vec![
         (
-            "/watchdog",
+            "/pvpanic",
             json!(true),
-            "watchdog: not supported by Palisade",
+            "pvpanic: not supported by Palisade",
         ),
         (
             "/cpus/nested",

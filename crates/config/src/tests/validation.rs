@@ -304,7 +304,6 @@ fn top_level_compat_fields() {
             "numa",
         ),
         (with(|c| c.iommu = true), "iommu"),
-        (with(|c| c.watchdog = true), "watchdog"),
         (with(|c| c.rtc = Some(json!({"id": "rtc0"}))), "rtc"),
         (with(|c| c.pvpanic = true), "pvpanic"),
         (

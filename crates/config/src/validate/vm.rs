@@ -181,7 +181,6 @@ impl VmConfig {
         must_be_empty_value("vsock".into(), &self.vsock)?;
         must_be_empty_list("numa".into(), &self.numa)?;
         must_be_false("iommu".into(), self.iommu)?;
-        must_be_false("watchdog".into(), self.watchdog)?;
         must_be_empty_value("rtc".into(), &self.rtc)?;
         must_be_false("pvpanic".into(), self.pvpanic)?;
         if let Some(p) = &self.platform {
