@@ -11,22 +11,10 @@ use serde_json::json;
 #[test]
 fn the_guest_inflates_and_deflates_the_balloon() {
     let dir = TempDir::new("balloon");
-    let kernel = guest("virtio_balloon");
-    let serial = ApiVmm::serial_arg(&dir);
-    let vmm = ApiVmm::spawn(
-        palisade(),
+    let vmm = booted_guest(
         &dir,
-        &[
-            "--kernel",
-            path_str(&kernel),
-            "--balloon",
-            "size=32K,deflate_on_oom=on",
-            "--serial",
-            &serial,
-            "--console",
-            "off",
-            "--landlock",
-        ],
+        "virtio_balloon",
+        &["--balloon", "size=32K,deflate_on_oom=on", "--landlock"],
     );
     let text = vmm.wait_serial("balloon: inflated 8 pages, which read as zeros", 1);
     assert!(text.contains("balloon: target 8 pages"), "{text}");

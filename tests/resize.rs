@@ -187,20 +187,12 @@ fn memfd_size(pid: u32) -> Option<u64> {
 #[test]
 fn memory_is_added_from_the_command_line_room() {
     let dir = TempDir::new("resize-memory-cli");
-    let kernel = guest("memory_hotplug");
-    let serial = ApiVmm::serial_arg(&dir);
-    let vmm = ApiVmm::spawn(
-        palisade(),
+    let vmm = booted_guest(
         &dir,
+        "memory_hotplug",
         &[
-            "--kernel",
-            path_str(&kernel),
             "--memory",
             "size=64M,hotplug_size=256M",
-            "--serial",
-            &serial,
-            "--console",
-            "off",
             "--landlock",
             "--no-shutdown",
         ],
@@ -324,24 +316,16 @@ fn memory_zones_make_up_ram_and_grow_one_by_one() {
 #[test]
 fn the_guest_sees_the_zones_as_its_ram() {
     let dir = TempDir::new("zones-boot");
-    let kernel = guest("pvh_info");
-    let serial = ApiVmm::serial_arg(&dir);
-    let vmm = ApiVmm::spawn(
-        palisade(),
+    let vmm = booted_guest(
         &dir,
+        "pvh_info",
         &[
-            "--kernel",
-            path_str(&kernel),
             "--memory",
             "size=0",
             "--memory-zone",
             "id=a,size=32M",
             "--memory-zone",
             "id=b,size=16M,shared=on",
-            "--serial",
-            &serial,
-            "--console",
-            "off",
             "--no-shutdown",
         ],
     );

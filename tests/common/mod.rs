@@ -484,3 +484,20 @@ pub fn created_vm(dir: &TempDir, name: &str, extra: serde_json::Value) -> ApiVmm
     assert_eq!(code, 204, "{body}");
     vmm
 }
+
+/// A VMM with an API booting guest `name` from the command line, its serial port in `dir`'s
+/// `serial.log`, no virtio console, and the flags `extra`.
+pub fn booted_guest(dir: &TempDir, name: &str, extra: &[&str]) -> ApiVmm {
+    let kernel = guest(name);
+    let serial = ApiVmm::serial_arg(dir);
+    let mut args = vec![
+        "--kernel",
+        path_str(&kernel),
+        "--serial",
+        &serial,
+        "--console",
+        "off",
+    ];
+    args.extend_from_slice(extra);
+    ApiVmm::spawn(palisade(), dir, &args)
+}
