@@ -35,9 +35,6 @@ pub enum ConsoleError {
     /// A pseudo-terminal could not be created.
     #[error("cannot create a pseudo-terminal: {0}")]
     Pty(io::Error),
-    /// A mode Palisade does not offer.
-    #[error("console mode {0:?} is not supported by Palisade")]
-    Unsupported(ConsoleOutputMode),
     /// A serial socket that was not bound when Palisade started.
     #[error(
         "serial socket {0}: give it on the command line (--serial socket=PATH), where Palisade \

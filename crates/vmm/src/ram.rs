@@ -30,7 +30,7 @@ pub struct Zone {
     pub backing: Backing,
     /// The file it lives in, if any, opened read-write at creation.
     file: Option<File>,
-    /// Where its room for hot-plugged memory starts, and how big it is.
+    /// Where its room for hot-plugged memory starts.
     pub room_start: u64,
     /// Bytes of room.
     pub room: u64,

@@ -169,7 +169,6 @@ pub struct Vm {
     // above it (`layout::hotplug_memory_start`) and reaches the guest through ACPI memory
     // devices, while `config.memory.size` counts both.
     ram: crate::ram::Ram,
-    boot_ram: u64,
     kernel: File,
     initramfs: Option<(File, u64)>,
     devices: DeviceManager,
@@ -255,7 +254,6 @@ impl Vm {
             .map_err(|e| VmError::Thread(std::io::Error::other(e)))?;
         let mut vm = Vm {
             ram,
-            boot_ram,
             config,
             memory,
             kernel,
@@ -632,10 +630,9 @@ impl Vm {
             apic_ids: Topology::of(&self.config.cpus).apic_ids(max_vcpus),
             // The same id the MP table and the I/O APIC model use.
             ioapic_id: ioapic_id_of(&self.config.cpus),
-            ram_size: self.boot_ram,
+            ram_size: self.ram.boot_size(),
             // The 64-bit PCI window starts past the room for hot-plugged memory.
             hotplug_size: self.ram.room(),
-            pci_segments: self.config.num_pci_segments(),
             pci_weights: self.config.pci_aperture_weights(),
             serial: self.devices.serial.is_some(),
             hotplug_slots: acpi::HOTPLUG_SLOT_RANGE.collect(),
@@ -646,7 +643,7 @@ impl Vm {
     fn load_payload(&mut self) -> Result<(EntryMode, u64), VmError> {
         let rsdp = self.write_firmware_tables()?;
         let kernel = boot::load_kernel(&self.memory, &mut self.kernel)?;
-        let ram = self.boot_ram;
+        let ram = self.ram.boot_size();
         let initramfs = match &mut self.initramfs {
             Some((file, size)) => {
                 let addr_max = kernel

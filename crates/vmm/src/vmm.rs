@@ -694,7 +694,7 @@ impl Vmm {
         if let Some(vm) = &self.vm {
             let _ = self.watch(vm.devices().eject_evt.as_raw_fd(), Token::Eject);
         }
-        self.watch_watchdog(true);
+        self.watch_watchdog();
         Ok(Reply::Done)
     }
 

@@ -128,7 +128,7 @@ fn pages_of(bytes: u64) -> u32 {
 }
 
 /// Gives the host back the 4 KiB page at guest frame `pfn`; false when it is not guest
-/// memory. Private memory is dropped (it reads as zeros next time); shared memory has its
+/// memory or the host would not take it. Private memory is dropped (it reads as zeros next time); shared memory has its
 /// backing punched out as well.
 fn release(mem: &GuestMemoryMmap, pfn: u32) -> bool {
     let addr = GuestAddress(u64::from(pfn) * PAGE_SIZE);
@@ -148,8 +148,8 @@ fn release(mem: &GuestMemoryMmap, pfn: u32) -> bool {
     };
     // SAFETY: `host` is the start of a 4 KiB page inside a mapping of guest memory the device
     // holds; dropping its contents is what the driver asked for (it gave the page up).
-    unsafe { libc::madvise(host.cast(), PAGE_SIZE as usize, advice) };
-    true
+    // Huge-page memory refuses a 4 KiB piece: the page stays, and is not counted released.
+    unsafe { libc::madvise(host.cast(), PAGE_SIZE as usize, advice) == 0 }
 }
 
 impl Balloon {

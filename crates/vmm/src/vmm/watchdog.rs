@@ -10,8 +10,8 @@ use super::{Token, Vmm};
 use crate::vm::VmState;
 
 impl Vmm {
-    /// Starts (`on`) watching the VM's watchdog, if it has one.
-    pub(super) fn watch_watchdog(&mut self, on: bool) {
+    /// Starts watching the VM's watchdog, if it has one.
+    pub(super) fn watch_watchdog(&mut self) {
         let Some(w) = self
             .vm
             .as_ref()
@@ -20,10 +20,8 @@ impl Vmm {
             return;
         };
         let (pet, timer) = (w.pet_evt.as_raw_fd(), w.timer_fd());
-        if on {
-            let _ = self.watch(pet, Token::WatchdogPet);
-            let _ = self.watch(timer, Token::WatchdogTimer);
-        }
+        let _ = self.watch(pet, Token::WatchdogPet);
+        let _ = self.watch(timer, Token::WatchdogTimer);
     }
 
     /// The guest started, petted or stopped the watchdog: the timer follows its deadline.

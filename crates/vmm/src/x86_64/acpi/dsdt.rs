@@ -298,12 +298,12 @@ pub(super) fn dsdt_aml(layout: &AcpiLayout) -> Vec<u8> {
     let s5 = aml::Package::new(vec![&S5_SLEEP_TYPE, &S5_SLEEP_TYPE, &aml::ZERO, &aml::ZERO]);
     let mut aml = to_bytes(&aml::Name::new("_S5_".into(), &s5));
 
-    let mut devices: Vec<RawAml> = (0..layout.pci_segments.max(1))
+    let mut devices: Vec<RawAml> = (0..layout.pci_segments())
         .map(|segment| RawAml(pci_host_bridge(layout, segment, &slots)))
         .collect();
     devices.extend([
-        RawAml(motherboard_resources(layout.pci_segments)),
-        RawAml(hotplug_controller(layout.pci_segments, &slots)),
+        RawAml(motherboard_resources(layout.pci_segments())),
+        RawAml(hotplug_controller(layout.pci_segments(), &slots)),
         RawAml(generic_event_device(layout.hotplug_size > 0)),
         RawAml(power_button()),
         RawAml(super::cpus::processor_container(layout)),

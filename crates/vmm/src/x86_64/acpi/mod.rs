@@ -148,9 +148,8 @@ pub struct AcpiLayout {
     /// Room for hot-plugged memory (`memory.hotplug_size`); with none, there are no memory
     /// devices.
     pub hotplug_size: u64,
-    /// PCI segments, each a host bridge with its ECAM region (at least 1).
-    pub pci_segments: u16,
-    /// Each segment's (32-bit, 64-bit) share of the BAR windows.
+    /// Each PCI segment's (32-bit, 64-bit) share of the BAR windows; each segment is a host
+    /// bridge with its ECAM region (none listed: one segment).
     pub pci_weights: Vec<(u32, u32)>,
     /// Whether COM1 (0x3F8, IRQ 4) is present.
     pub serial: bool,
@@ -160,6 +159,11 @@ pub struct AcpiLayout {
 }
 
 impl AcpiLayout {
+    /// The number of PCI segments (at least 1).
+    pub fn pci_segments(&self) -> u16 {
+        self.pci_weights.len().max(1) as u16
+    }
+
     /// Checks what [`build`] cannot express.
     pub fn validate(&self) -> Result<(), AcpiError> {
         if self.boot_vcpus == 0 {
@@ -415,7 +419,7 @@ fn fadt(dsdt_addr: u64) -> Vec<u8> {
 pub fn build(layout: &AcpiLayout, base: u64) -> AcpiTables {
     let dsdt = dsdt(layout);
     let madt = madt(layout);
-    let mcfg = mcfg(layout.pci_segments);
+    let mcfg = mcfg(layout.pci_segments());
 
     let mut next = base;
     let mut place = |len: u64| {

@@ -10,7 +10,6 @@ fn layout(boot: u8, max: u8, slots: std::ops::RangeInclusive<u8>) -> AcpiLayout 
         ioapic_id: max,
         ram_size: 512 << 20,
         hotplug_size: 0,
-        pci_segments: 1,
         pci_weights: vec![(1, 1)],
         serial: true,
         hotplug_slots: slots.collect(),
@@ -196,7 +195,6 @@ fn the_largest_machine_fits_below_the_mp_table() {
     let mut all = layout(255, 255, 1..=31);
     all.hotplug_size = 1 << 30;
     for (n, fits) in [(7u16, true), (16, false)] {
-        all.pci_segments = n;
         all.pci_weights = vec![(1, 1); usize::from(n)];
         match checked(&all) {
             Ok(t) => assert!(fits && t.end() <= MPTABLE_START, "{n} segments"),
@@ -306,7 +304,6 @@ fn iasl_accepts_every_table() {
     let dir = dir.as_path();
     let mut with_memory_hotplug = layout(2, 4, 1..=31);
     with_memory_hotplug.hotplug_size = 1 << 30;
-    with_memory_hotplug.pci_segments = 2;
     with_memory_hotplug.pci_weights = vec![(1, 1), (1, 3)];
     let tables = build(&with_memory_hotplug, ACPI_START);
 
