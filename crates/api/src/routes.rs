@@ -56,7 +56,7 @@ pub const ENDPOINTS: &[Endpoint] = &[
     served("vm.add-disk", "PUT"),
     not_yet("vm.add-fs"),
     not_yet("vm.add-generic-vhost-user"),
-    not_yet("vm.add-pmem"),
+    served("vm.add-pmem", "PUT"),
     served("vm.add-net", "PUT"),
     not_yet("vm.add-vsock"),
     not_yet("vm.add-vdpa"),
@@ -99,6 +99,7 @@ pub fn request_for(name: &str, body: &[u8], fds: Vec<OwnedFd>) -> Result<Request
             Request::Create(Box::new(config))
         }
         "vm.add-disk" => Request::AddDisk(Box::new(json_body(name, "disk configuration", body)?)),
+        "vm.add-pmem" => Request::AddPmem(Box::new(json_body(name, "pmem configuration", body)?)),
         "vm.add-net" => {
             let mut net: NetConfig = json_body(name, "network configuration", body)?;
             // Descriptors sent without `fds` in the body are the device's taps all the same,
@@ -270,6 +271,7 @@ mod tests {
                 let body = match e.name {
                     "vm.create" => &br#"{"payload": {"kernel": "/k"}}"#[..],
                     "vm.add-disk" => &br#"{"path": "/d"}"#[..],
+                    "vm.add-pmem" => &br#"{"file": "/p"}"#[..],
                     "vm.add-net" => &br#"{"tap": "tap0"}"#[..],
                     "vm.remove-device" => &br#"{"id": "d"}"#[..],
                     "vm.resize-disk" => &br#"{"id": "d", "desired_size": 512}"#[..],

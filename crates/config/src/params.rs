@@ -546,8 +546,12 @@ pub struct VmParams {
     pub pci_segments: Vec<String>,
     /// `--balloon`.
     pub balloon: Option<String>,
+    /// Each `--pmem` value.
+    pub pmem: Vec<String>,
     /// `--watchdog`.
     pub watchdog: bool,
+    /// `--pvpanic`.
+    pub pvpanic: bool,
 }
 
 /// A command-line error: one line naming the flag.
@@ -592,7 +596,7 @@ impl ParamsError {
 
 /// The command-line flag a config field comes from.
 fn flag_of_field(field: &str) -> &'static str {
-    const FLAGS: [(&str, &str); 11] = [
+    const FLAGS: [(&str, &str); 16] = [
         ("payload.firmware", "firmware"),
         ("payload.initramfs", "initramfs"),
         ("payload.cmdline", "cmdline"),
@@ -604,6 +608,11 @@ fn flag_of_field(field: &str) -> &'static str {
         ("disks", "disk"),
         ("net", "net"),
         ("rng", "rng"),
+        ("pmem", "pmem"),
+        ("balloon", "balloon"),
+        ("platform", "platform"),
+        ("pci_segments", "pci-segment"),
+        ("rate_limit_groups", "rate-limit-group"),
     ];
     FLAGS
         .iter()
@@ -755,6 +764,15 @@ impl VmConfig {
                 (!segments.is_empty()).then_some(segments)
             },
             watchdog: params.watchdog,
+            pvpanic: params.pvpanic,
+            pmem: {
+                let pmem = params
+                    .pmem
+                    .iter()
+                    .map(|p| crate::PmemConfig::parse(p).map_err(option_err("pmem")))
+                    .collect::<Result<Vec<_>, _>>()?;
+                (!pmem.is_empty()).then_some(pmem)
+            },
             balloon: match &params.balloon {
                 Some(b) => Some(BalloonConfig::parse(b).map_err(option_err("balloon"))?),
                 None => None,

@@ -98,9 +98,9 @@ pub struct VmConfig {
     /// Compatibility: generic vhost-user devices (must be absent or empty).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub generic_vhost_user: Option<Vec<Value>>,
-    /// Compatibility: persistent memory devices (must be absent or empty).
+    /// Persistent memory devices.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub pmem: Option<Vec<Value>>,
+    pub pmem: Option<Vec<crate::PmemConfig>>,
     /// Compatibility: the debug port console (must be absent or in mode `Off`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub debug_console: Option<DebugConsoleConfig>,
@@ -128,7 +128,7 @@ pub struct VmConfig {
     /// Compatibility: the virtio RTC (must be absent or null).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rtc: Option<Value>,
-    /// Compatibility: the pvpanic device (must be false).
+    /// The pvpanic PCI device, through which a guest reports a panic.
     #[serde(default, skip_serializing_if = "is_false")]
     pub pvpanic: bool,
     /// Compatibility: extra PCI segments (must be absent or empty).
@@ -180,11 +180,12 @@ impl Default for VmConfig {
 }
 
 impl VmConfig {
-    /// Whether a disk or network device already uses `id` (for hot-plug requests).
+    /// Whether a disk, network or pmem device already uses `id` (for hot-plug requests).
     pub fn has_device_id(&self, id: &str) -> bool {
         let disk_ids = self.disks.iter().flatten().filter_map(|d| d.id.as_deref());
         let net_ids = self.net.iter().flatten().filter_map(|n| n.id.as_deref());
-        disk_ids.chain(net_ids).any(|i| i == id)
+        let pmem_ids = self.pmem.iter().flatten().filter_map(|p| p.id.as_deref());
+        disk_ids.chain(net_ids).chain(pmem_ids).any(|i| i == id)
     }
 }
 

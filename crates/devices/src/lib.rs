@@ -13,6 +13,7 @@ pub mod memory_hotplug;
 #[cfg(any(test, feature = "test-util"))]
 pub mod netns;
 pub mod pci;
+pub mod pvpanic;
 pub mod rate_limiter;
 pub mod serial;
 pub mod tap;

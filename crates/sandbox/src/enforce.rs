@@ -133,6 +133,7 @@ pub fn origin_text(origin: &Origin) -> String {
         Origin::Disk { id } => format!("disk {id}"),
         Origin::Rng => "rng".into(),
         Origin::MemoryZone { id } => format!("memory zone {id}"),
+        Origin::Pmem { id } => format!("pmem {id}"),
         Origin::Net { id } => format!("net {id}"),
         Origin::NetHotplug => "network hot-plug".into(),
         Origin::UserRule { index } => format!("landlock rule #{index}"),

@@ -90,6 +90,11 @@ pub enum Origin {
     },
     /// Network devices that may be hot-plugged through the API.
     NetHotplug,
+    /// A persistent memory device's file, by device id.
+    Pmem {
+        /// The device's id.
+        id: String,
+    },
     /// A `--landlock-rules` / `landlock_rules` entry, by position.
     UserRule {
         /// Position in the list, from 0.
@@ -214,6 +219,21 @@ impl Policy {
                 path: PathBuf::from(TUN_DEVICE),
                 how,
                 origin: Origin::Net { id },
+            });
+        }
+        for (index, pmem) in config.pmem.iter().flatten().enumerate() {
+            held.push(Held {
+                path: pmem.file.clone(),
+                how: if pmem.discard_writes {
+                    "persistent memory file, opened read-only and mapped privately \
+                     (discard_writes)"
+                        .into()
+                } else {
+                    "persistent memory file, opened read-write and mapped shared".into()
+                },
+                origin: Origin::Pmem {
+                    id: pmem.id.clone().unwrap_or_else(|| format!("_pmem{index}")),
+                },
             });
         }
         for zone in config.memory.zones.iter().flatten() {
@@ -348,6 +368,48 @@ mod tests {
         let w = p.warnings(&c);
         assert_eq!(w.len(), 1, "{w:?}");
         assert!(w[0].contains("/srv/images/ro.raw") && w[0].contains("path=/srv/images,access=rw"));
+    }
+
+    #[test]
+    fn pmem_files_are_held_with_the_access_they_were_opened_with() {
+        let mut c = base();
+        let mut private = config::PmemConfig::with_file("/srv/pmem/golden.img");
+        private.discard_writes = true;
+        private.id = Some("golden".into());
+        c.pmem = Some(vec![
+            config::PmemConfig::with_file("/srv/pmem/data.img"),
+            private,
+        ]);
+        let p = Policy::from_config(&c);
+        assert_eq!(
+            only_rng(&p),
+            vec![Origin::Rng],
+            "held, so no rule is granted"
+        );
+        let data = p
+            .held
+            .iter()
+            .find(|h| h.path.ends_with("data.img"))
+            .unwrap();
+        assert_eq!(
+            data.origin,
+            Origin::Pmem {
+                id: "_pmem0".into()
+            }
+        );
+        assert!(data.how.contains("read-write"), "{}", data.how);
+        let golden = p
+            .held
+            .iter()
+            .find(|h| h.path.ends_with("golden.img"))
+            .unwrap();
+        assert_eq!(
+            golden.origin,
+            Origin::Pmem {
+                id: "golden".into()
+            }
+        );
+        assert!(golden.how.contains("read-only"), "{}", golden.how);
     }
 
     #[test]

@@ -72,6 +72,9 @@ impl MachineEvents {
     }
 }
 
+/// The pvpanic device's id.
+pub const PVPANIC_ID: &str = "_pvpanic0";
+
 fn eventfd() -> Result<EventFd, DeviceError> {
     EventFd::new(EFD_NONBLOCK | libc::EFD_CLOEXEC).map_err(DeviceError::EventFd)
 }
@@ -170,6 +173,8 @@ pub struct DeviceManager {
     pub net_names: Vec<(String, String, String)>,
     /// The watchdog, if the VM has one.
     pub watchdog: Option<Watchdog>,
+    /// What the pvpanic device (`--pvpanic`) records, if the VM has one.
+    pub pvpanic: Option<Arc<devices::pvpanic::PanicEvents>>,
     // Held open so the console's pty master never reports a hang-up.
     _console_pty_slave: Option<std::fs::File>,
 }
@@ -283,6 +288,7 @@ impl DeviceManager {
             console_on_stdin: false,
             net_names: Vec::new(),
             watchdog: None,
+            pvpanic: None,
             _console_pty_slave: None,
         };
         if cfg.serial.mode == config::ConsoleOutputMode::Tty
@@ -305,6 +311,10 @@ impl DeviceManager {
             let id = net.id.clone().unwrap_or_else(|| format!("_net{index}"));
             let (_, tap, mac) = manager.pci.add_net(&id, net)?;
             manager.net_names.push((id, tap, mac));
+        }
+        for (index, pmem) in cfg.pmem.iter().flatten().enumerate() {
+            let id = pmem.id.clone().unwrap_or_else(|| format!("_pmem{index}"));
+            manager.pci.add_pmem(&id, pmem)?;
         }
         // Like Cloud Hypervisor, every VM has an entropy device.
         let source = crate::files::open_read(&cfg.rng.src, crate::files::Kind::Source).map_err(
@@ -342,6 +352,14 @@ impl DeviceManager {
                 pet_evt,
                 timer: Mutex::new(timer),
             });
+        }
+        if cfg.pvpanic {
+            let device = devices::pvpanic::PvPanic::new(eventfd()?);
+            manager.pvpanic = Some(device.events());
+            let bar = devices::pvpanic::BAR_SIZE;
+            manager
+                .pci
+                .add_function(PVPANIC_ID, Arc::new(Mutex::new(device)), bar)?;
         }
         if let Some(b) = &cfg.balloon {
             let options = devices::virtio::balloon::BalloonOptions {
@@ -558,7 +576,10 @@ impl DeviceManager {
     pub fn counters(&self) -> serde_json::Value {
         let mut all = serde_json::Map::new();
         for e in self.pci.entries() {
-            let device = e.device.lock().unwrap_or_else(|e| e.into_inner());
+            let Some(virtio) = &e.virtio else {
+                continue;
+            };
+            let device = virtio.lock().unwrap_or_else(|e| e.into_inner());
             let mut c = device.device().counters();
             c.insert("interrupts".into(), device.interrupts_delivered().into());
             all.insert(e.id.clone(), serde_json::Value::Object(c));

@@ -11,8 +11,8 @@ use std::net::Ipv4Addr;
 use config::{DiskConfig, NetConfig};
 use devices::ioapic::MsiSink;
 use devices::pci::{
-    BarMapper, BarMove, BarRegion, EcamAccess, PciDevice, PciError, PciRoot, PioConfigAccess,
-    SharedPciDevice, CONFIG_IO_BASE, CONFIG_IO_LEN,
+    BarMapper, BarMove, BarRegion, EcamAccess, PciError, PciRoot, PioConfigAccess, SharedPciDevice,
+    CONFIG_IO_BASE, CONFIG_IO_LEN,
 };
 use devices::tap::{Tap, TUN_DEVICE};
 use devices::virtio::block::{Block, BlockOptions};
@@ -27,6 +27,9 @@ use vm_memory::GuestMemoryMmap;
 
 use crate::interrupts::GsiRoutes;
 use crate::x86_64::layout;
+
+mod pmem;
+pub use pmem::DeviceMemory;
 
 /// I/O threads of a disk without io_uring: one per queue, within these bounds (two, so
 /// that one request blocked in the kernel does not stop the others).
@@ -80,9 +83,17 @@ pub enum PciDeviceError {
         /// Why.
         source: std::io::Error,
     },
-    /// The image is outside the Landlock ruleset.
-    #[error("disk {0}")]
+    /// The file is outside the Landlock ruleset.
+    #[error("{0}")]
     Denied(String),
+    /// A persistent memory file that cannot back a device.
+    #[error("pmem {}: {detail}", path.display())]
+    Pmem {
+        /// The file.
+        path: std::path::PathBuf,
+        /// What is wrong.
+        detail: String,
+    },
     /// Another disk holds a lock on the image that this one's access conflicts with.
     #[error(
         "disk {}: the image is in use: {holder} holds a {kind} lock on it; detach it there \
@@ -167,7 +178,8 @@ impl BarMapper for KvmBarMapper {
     }
 }
 
-/// A plugged virtio device.
+/// A plugged PCI device: a virtio device with the thread that serves it, or a plain PCI
+/// function (pvpanic) that works on the vCPU threads.
 pub struct PciEntry {
     /// Its id (from the config, or generated).
     pub id: String,
@@ -175,18 +187,29 @@ pub struct PciEntry {
     pub segment: u16,
     /// Its slot on bus 0 of the segment.
     pub slot: u8,
-    /// The device.
-    pub device: Arc<Mutex<VirtioPci>>,
+    /// The function on the bus.
+    pci: SharedPciDevice,
+    /// The virtio device, for a virtio entry.
+    pub virtio: Option<Arc<Mutex<VirtioPci>>>,
     /// Where its BAR 0 was placed (returned to the allocator when it goes).
     bar: RangeInclusive,
-    /// The thread that serves its queues; stopped when the entry goes.
-    _worker: DeviceWorker,
+    /// The thread that serves a virtio device's queues; stopped when the entry goes.
+    _worker: Option<DeviceWorker>,
+    /// Guest memory the device brings (persistent memory), in a KVM slot of its own.
+    memory: Option<DeviceMemory>,
 }
 
 impl PciEntry {
     /// Where the VMM placed its BAR 0: (base, size).
     pub fn bar0(&self) -> (u64, u64) {
         (self.bar.start(), self.bar.len())
+    }
+
+    /// The guest memory it brings (persistent memory): (base, size).
+    pub fn device_memory(&self) -> Option<(u64, u64)> {
+        self.memory
+            .as_ref()
+            .map(|m| (m.range.start(), m.range.len()))
     }
 
     /// Its address as `segment:bus:device.function`.
@@ -276,8 +299,8 @@ impl PciDevices {
     /// Guest memory grew: devices plugged from now on, and every device there is, use `mem`.
     pub fn set_memory(&mut self, mem: &GuestMemoryMmap) {
         self.mem = mem.clone();
-        for e in &self.entries {
-            e.device
+        for device in self.entries.iter().filter_map(|e| e.virtio.as_ref()) {
+            device
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .set_memory(mem.clone());
@@ -444,23 +467,41 @@ impl PciDevices {
         // Thread names hold 15 bytes.
         let name: String = format!("dev-{id}").chars().take(15).collect();
         let worker = DeviceWorker::start(&name, device.handle(), self.worker_setup.clone())?;
-        self.plug(id, Arc::new(Mutex::new(device)), worker, segment)
+        let device = Arc::new(Mutex::new(device));
+        let bar_size = devices::virtio::pci::BAR0_SIZE;
+        self.plug(
+            id,
+            device.clone(),
+            Some((device, worker)),
+            segment,
+            bar_size,
+        )
+    }
+
+    /// Plugs a plain PCI function (one 64-bit BAR 0 of `bar_size` bytes) with id `id` on
+    /// PCI segment 0.
+    pub fn add_function(
+        &mut self,
+        id: &str,
+        device: SharedPciDevice,
+        bar_size: u64,
+    ) -> Result<&PciEntry, PciDeviceError> {
+        self.plug(id, device, None, 0, bar_size)
     }
 
     fn plug(
         &mut self,
         id: &str,
-        device: Arc<Mutex<VirtioPci>>,
-        worker: DeviceWorker,
+        shared: SharedPciDevice,
+        virtio: Option<(Arc<Mutex<VirtioPci>>, DeviceWorker)>,
         segment: u16,
+        size: u64,
     ) -> Result<&PciEntry, PciDeviceError> {
-        let size = devices::virtio::pci::BAR0_SIZE;
         let seg = &mut self.segments[usize::from(segment)];
         let bar = seg
             .mmio64
             .allocate(size, size, AllocPolicy::FirstMatch)
             .map_err(|_| PciDeviceError::NoBarSpace)?;
-        let shared: SharedPciDevice = device.clone();
         let slot = match seg
             .root
             .lock()
@@ -473,7 +514,7 @@ impl PciDevices {
                 return Err(e.into());
             }
         };
-        device
+        shared
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .set_bar_address(0, bar.start());
@@ -491,9 +532,11 @@ impl PciDevices {
             id: id.to_string(),
             segment,
             slot,
-            device,
+            pci: shared,
+            virtio: virtio.as_ref().map(|(d, _)| d.clone()),
             bar,
-            _worker: worker,
+            _worker: virtio.map(|(_, w)| w),
+            memory: None,
         });
         Ok(self.entries.last().expect("just pushed"))
     }
@@ -501,8 +544,9 @@ impl PciDevices {
     /// Takes the device with `id` off the bus and frees its resources.
     pub fn remove(&mut self, id: &str) -> Option<PciEntry> {
         let index = self.entries.iter().position(|e| e.id == id)?;
-        let entry = self.entries.remove(index);
-        let shared: SharedPciDevice = entry.device.clone();
+        let mut entry = self.entries.remove(index);
+        self.release_memory(&mut entry);
+        let shared = entry.pci.clone();
         // Collected first: moving ioeventfds locks the device again.
         let bars = shared.lock().unwrap_or_else(|e| e.into_inner()).bars();
         for (bar, b) in bars {
@@ -528,7 +572,12 @@ impl PciDevices {
     pub fn attach(&self, vm: &VmFd) {
         self.routes.attach(vm);
         for e in &self.entries {
-            let shared: SharedPciDevice = e.device.clone();
+            if let Some(memory) = &e.memory {
+                if let Err(e) = memory.map(vm) {
+                    log::error!("device memory slot {}: {e}", memory.slot);
+                }
+            }
+            let shared = e.pci.clone();
             let bars = shared.lock().unwrap_or_else(|e| e.into_inner()).bars();
             for (bar, b) in bars {
                 self.mapper.ioevents(&shared, bar, b.address, true);
@@ -539,7 +588,7 @@ impl PciDevices {
     /// Resets every device (VM reset): BARs go back where the VMM placed them.
     pub fn reset(&self) {
         for e in &self.entries {
-            let shared: SharedPciDevice = e.device.clone();
+            let shared = e.pci.clone();
             let before = shared.lock().unwrap_or_else(|e| e.into_inner()).bars();
             shared.lock().unwrap_or_else(|e| e.into_inner()).reset();
             let after = shared.lock().unwrap_or_else(|e| e.into_inner()).bars();
@@ -564,7 +613,7 @@ impl PciDevices {
 fn tap_error(e: std::io::Error, tun: &str) -> PciDeviceError {
     if e.kind() == std::io::ErrorKind::PermissionDenied {
         if let Some(why) = sandbox::explain_denial(Path::new(tun), sandbox::Access::ReadWrite) {
-            return PciDeviceError::Denied(why);
+            return PciDeviceError::Denied(format!("net {why}"));
         }
     }
     PciDeviceError::Io(e)
@@ -603,7 +652,7 @@ fn open_unlocked(
             };
             if source.kind() == std::io::ErrorKind::PermissionDenied {
                 if let Some(why) = sandbox::explain_denial(path, access) {
-                    return PciDeviceError::Denied(why);
+                    return PciDeviceError::Denied(format!("disk {why}"));
                 }
             }
             PciDeviceError::Open {

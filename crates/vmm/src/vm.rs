@@ -29,6 +29,7 @@ use crate::x86_64::regs::{self, EntryMode};
 use crate::x86_64::topology::Topology;
 use crate::x86_64::{acpi, mptable, smbios};
 
+mod hotplug;
 mod resize;
 
 /// The lifecycle state of a VM, named as in the REST API.
@@ -216,6 +217,9 @@ impl Vm {
         for (index, net) in config.net.iter_mut().flatten().enumerate() {
             net.id.get_or_insert_with(|| format!("_net{index}"));
         }
+        for (index, pmem) in config.pmem.iter_mut().flatten().enumerate() {
+            pmem.id.get_or_insert_with(|| format!("_pmem{index}"));
+        }
         let memory_error = |size: u64| {
             move |e: std::io::Error| VmError::Memory {
                 size,
@@ -339,97 +343,6 @@ impl Vm {
         self.boot(kvm, supported_cpuid)
     }
 
-    /// Adds a disk; returns its id and slot. On a running VM the guest is told.
-    pub fn add_disk(
-        &mut self,
-        mut disk: config::DiskConfig,
-    ) -> Result<(String, (u16, u8)), HotplugError> {
-        disk.validate()
-            .map_err(|e| HotplugError::Invalid(e.to_string()))?;
-        if let Some(group) = disk.rate_limit_group.as_deref() {
-            let groups = self.config.rate_limit_groups.as_deref().unwrap_or_default();
-            if !groups.iter().any(|g| g.id == group) {
-                return Err(HotplugError::Invalid(format!(
-                    "disk.rate_limit_group: no rate limit group {group:?}: the VM's groups are \
-                     given at creation (rate_limit_groups, --rate-limit-group)"
-                )));
-            }
-        }
-        self.check_segment(disk.pci_segment, "disk")?;
-        let id = self.new_device_id(disk.id.as_deref(), "_disk")?;
-        let slot = match self.devices.pci.add_disk(&id, &disk) {
-            Ok(entry) => (entry.segment, entry.slot),
-            Err(crate::pci_devices::PciDeviceError::Denied(why)) => {
-                return Err(HotplugError::Denied(format!("disk {why}")))
-            }
-            // A path that cannot be opened is the request's fault, not the VMM's.
-            Err(e @ crate::pci_devices::PciDeviceError::Open { .. }) => {
-                return Err(HotplugError::Invalid(e.to_string()))
-            }
-            Err(e @ crate::pci_devices::PciDeviceError::Locked { .. }) => {
-                return Err(HotplugError::Busy(e.to_string()))
-            }
-            Err(e) => return Err(HotplugError::Failed(e.to_string())),
-        };
-        disk.id = Some(id.clone());
-        self.config.disks.get_or_insert_with(Vec::new).push(disk);
-        if matches!(self.state, VmState::Running | VmState::Paused) {
-            self.devices.announce_plugged(slot.0, slot.1);
-        }
-        Ok((id, slot))
-    }
-
-    /// Adds a network device; returns its id and slot. On a running VM the guest is told.
-    pub fn add_net(
-        &mut self,
-        mut net: config::NetConfig,
-    ) -> Result<(String, (u16, u8)), HotplugError> {
-        net.validate()
-            .map_err(|e| HotplugError::Invalid(e.to_string()))?;
-        self.check_segment(net.pci_segment, "net")?;
-        let id = self.new_device_id(net.id.as_deref(), "_net")?;
-        let (slot, tap, mac) = match self.devices.pci.add_net(&id, &net) {
-            Ok((entry, tap, mac)) => ((entry.segment, entry.slot), tap, mac),
-            Err(crate::pci_devices::PciDeviceError::Denied(why)) => {
-                return Err(HotplugError::Denied(format!("net {why}")))
-            }
-            Err(e) => return Err(HotplugError::Failed(e.to_string())),
-        };
-        net.id = Some(id.clone());
-        net.tap = Some(tap);
-        net.mac = Some(mac);
-        self.config.net.get_or_insert_with(Vec::new).push(net);
-        if matches!(self.state, VmState::Running | VmState::Paused) {
-            self.devices.announce_plugged(slot.0, slot.1);
-        }
-        Ok((id, slot))
-    }
-
-    /// Refuses a device on a PCI segment the VM does not have.
-    fn check_segment(&self, segment: u16, what: &str) -> Result<(), HotplugError> {
-        let segments = self.config.num_pci_segments();
-        if segment >= segments {
-            return Err(HotplugError::Invalid(format!(
-                "{what}.pci_segment={segment}: the VM has {segments} PCI segment(s) \
-                 (platform.num_pci_segments, given at creation)"
-            )));
-        }
-        Ok(())
-    }
-
-    /// The id a new device gets: the one asked for if free, or the next free `prefixN`.
-    fn new_device_id(&self, wanted: Option<&str>, prefix: &str) -> Result<String, HotplugError> {
-        let taken = |id: &str| self.config.has_device_id(id) || self.devices.pci.find(id).is_some();
-        match wanted {
-            Some(id) if taken(id) => Err(HotplugError::Duplicate(id.to_string())),
-            Some(id) => Ok(id.to_string()),
-            None => Ok((0..)
-                .map(|n| format!("{prefix}{n}"))
-                .find(|id| !taken(id))
-                .unwrap_or_default()),
-        }
-    }
-
     /// Writes the paused guest's memory and vCPU registers to `path` as an ELF core.
     pub fn coredump(&self, path: &std::path::Path) -> Result<(), HotplugError> {
         let Some(machine) = &self.machine else {
@@ -468,7 +381,12 @@ impl Vm {
             .pci
             .find(id)
             .ok_or_else(|| HotplugError::NotFound(id.to_string()))?;
-        let device = entry.device.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(virtio) = &entry.virtio else {
+            return Err(HotplugError::Invalid(format!(
+                "{id} is not a disk: only disks can be resized"
+            )));
+        };
+        let device = virtio.lock().unwrap_or_else(|e| e.into_inner());
         let result = device.device().resize(bytes);
         result.map_err(HotplugError::Invalid)
     }
@@ -527,6 +445,9 @@ impl Vm {
         }
         if let Some(nets) = &mut self.config.net {
             nets.retain(|n| n.id.as_deref() != Some(id));
+        }
+        if let Some(pmem) = &mut self.config.pmem {
+            pmem.retain(|p| p.id.as_deref() != Some(id));
         }
     }
 

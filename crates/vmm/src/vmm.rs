@@ -68,6 +68,7 @@ enum Token {
     Eject,
     WatchdogPet,
     WatchdogTimer,
+    Panic,
 }
 
 impl Token {
@@ -83,6 +84,7 @@ impl Token {
             Token::Eject,
             Token::WatchdogPet,
             Token::WatchdogTimer,
+            Token::Panic,
         ]
         .into_iter()
         .find(|t| *t as u64 == v)
@@ -135,6 +137,8 @@ fn io_err(what: &'static str) -> impl Fn(std::io::Error) -> StartError {
 }
 
 mod hotplug_requests;
+mod info;
+mod pvpanic;
 mod watchdog;
 use hotplug_requests::hotplug_error;
 
@@ -239,6 +243,7 @@ impl Vmm {
                     Some(Token::Eject) => self.on_eject(),
                     Some(Token::WatchdogPet) => self.on_watchdog_pet(),
                     Some(Token::WatchdogTimer) => self.on_watchdog_timer(),
+                    Some(Token::Panic) => self.on_panic(),
                     None => {}
                 }
             }
@@ -475,6 +480,7 @@ impl Vmm {
             }
             Request::AddDisk(disk) => self.add_disk(*disk),
             Request::AddNet(net) => self.add_net(*net),
+            Request::AddPmem(pmem) => self.add_pmem(*pmem),
             Request::RemoveDevice(id) => self.remove_device(&id),
             Request::PowerButton => {
                 // As Cloud Hypervisor: a paused guest gets the press when it resumes.
@@ -559,46 +565,6 @@ impl Vmm {
                 format!("{action}: no VM has been created; create one with vm.create first"),
             )
         })
-    }
-
-    fn info(&self) -> serde_json::Value {
-        match &self.vm {
-            Some(vm) => {
-                let confinement = sandbox::current();
-                let mut landlock = confinement.as_ref().map_or(json!({}), |r| json!(r));
-                landlock["requested"] = json!(vm.config().landlock_enable);
-                landlock["confined"] = json!(confinement.is_some());
-                let devices: serde_json::Map<String, serde_json::Value> = vm
-                    .devices()
-                    .pci
-                    .entries()
-                    .iter()
-                    .map(|e| {
-                        // As Cloud Hypervisor reports them: where the VMM placed the BAR.
-                        let (base, size) = e.bar0();
-                        let node = json!({
-                            "id": e.id,
-                            "resources": [{"MmioAddressRange": {"base": base, "size": size}}],
-                            "children": [],
-                            "pci_bdf": e.bdf(),
-                        });
-                        (e.id.clone(), node)
-                    })
-                    .collect();
-                json!({
-                    "sandbox": {
-                        "seccomp": sandbox::lockdown::seccomp_mode(),
-                        "threads": sandbox::lockdown::threads(),
-                    },
-                    "config": vm.config(),
-                    "state": vm.state(),
-                    "memory_actual_size": vm.memory_size(),
-                    "device_tree": devices,
-                    "landlock": landlock,
-                })
-            }
-            None => json!({}),
-        }
     }
 
     fn create_vm(&mut self, config: VmConfig) -> Response {
@@ -695,6 +661,7 @@ impl Vmm {
             let _ = self.watch(vm.devices().eject_evt.as_raw_fd(), Token::Eject);
         }
         self.watch_watchdog();
+        self.watch_panic();
         Ok(Reply::Done)
     }
 

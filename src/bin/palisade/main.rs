@@ -92,9 +92,18 @@ struct Cli {
     #[arg(long)]
     watchdog: bool,
 
+    /// The pvpanic PCI device: a guest panic is logged and reported as an event.
+    #[arg(long)]
+    pvpanic: bool,
+
     /// Memory balloon: "size=<balloon_size>,deflate_on_oom=on|off,free_page_reporting=on|off".
     #[arg(long, value_name = "balloon")]
     balloon: Option<String>,
+
+    /// Persistent memory: "file=<backing_file_path>,size=<persistent_memory_size>,
+    /// discard_writes=on|off,id=<device_id>,pci_segment=<segment_id>".
+    #[arg(long, value_name = "pmem", num_args = 1.., action = ArgAction::Append)]
+    pmem: Vec<String>,
 
     /// A PCI segment's share of the BAR windows: "pci_segment=<segment_id>,
     /// mmio32_aperture_weight=<scale>,mmio64_aperture_weight=<scale>".
@@ -151,7 +160,9 @@ impl Cli {
             platform: self.platform.clone(),
             pci_segments: self.pci_segment.clone(),
             balloon: self.balloon.clone(),
+            pmem: self.pmem.clone(),
             watchdog: self.watchdog,
+            pvpanic: self.pvpanic,
         }
     }
 

@@ -131,6 +131,7 @@ fn name_of(request: &Request) -> &'static str {
         Request::Counters => "counters",
         Request::AddDisk(_) => "add-disk",
         Request::AddNet(_) => "add-net",
+        Request::AddPmem(_) => "add-pmem",
         Request::RemoveDevice(_) => "remove-device",
         Request::PowerButton => "power-button",
         Request::Nmi => "nmi",
@@ -177,6 +178,7 @@ fn handle(vm: &mut Option<(VmConfig, State)>, request: Request) -> Result<Reply,
         Request::Counters => "vm.counters",
         Request::AddDisk(_) => "vm.add-disk",
         Request::AddNet(_) => "vm.add-net",
+        Request::AddPmem(_) => "vm.add-pmem",
         Request::RemoveDevice(_) => "vm.remove-device",
         Request::PowerButton => "vm.power-button",
         Request::Nmi => "vm.nmi",
@@ -208,6 +210,10 @@ fn handle(vm: &mut Option<(VmConfig, State)>, request: Request) -> Result<Reply,
         }
         Request::AddNet(net) => {
             let id = net.id.clone().unwrap_or_else(|| "_net0".into());
+            return Ok(Reply::Json(json!({"id": id, "bdf": "0000:00:01.0"})));
+        }
+        Request::AddPmem(pmem) => {
+            let id = pmem.id.clone().unwrap_or_else(|| "_pmem0".into());
             return Ok(Reply::Json(json!({"id": id, "bdf": "0000:00:01.0"})));
         }
         Request::RemoveDevice(_) => return Ok(Reply::Done),

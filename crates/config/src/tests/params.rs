@@ -615,6 +615,8 @@ fn from_params_names_the_flag() {
         (VmParams { disks: vec!["readonly=on".into()], ..params() }, "--disk: path: required (add path=...)"),
         (VmParams { net: vec!["mac=zz".into()], ..params() }, "--net: mac=zz: not a MAC address (write six pairs of hex digits, e.g. 52:54:00:12:34:56)"),
         (VmParams { rng: Some("src=".into()), ..params() }, "--rng: src=: empty value"),
+        (VmParams { pmem: vec!["size=2M".into()], ..params() }, "--pmem: file: required (add file=...)"),
+        (VmParams { pmem: vec!["file=/p,size=3M".into()], ..params() }, "--pmem: pmem[0].size=3145728: must be a non-zero multiple of 2 MiB"),
         (VmParams { landlock: true, landlock_rules: vec!["path=/tmp,access=x".into()], ..params() }, "--landlock-rules: access=x: must be r, w or rw"),
     ];
     for (p, want) in cases {

@@ -279,11 +279,6 @@ fn ch_style_body_with_default_compat_fields_is_accepted() {
 fn ch_style_body_with_non_default_compat_field_is_refused_by_validate() {
     let cases: Vec<(&str, Value, &str)> = vec![
         (
-            "/pvpanic",
-            json!(true),
-            "pvpanic: not supported by Palisade",
-        ),
-        (
             "/cpus/nested",
             json!(false),
             "cpus.nested: not supported by Palisade",
@@ -310,8 +305,8 @@ fn ch_style_body_with_non_default_compat_field_is_refused_by_validate() {
         ),
         (
             "/pmem",
-            json!([{"file": "/p"}]),
-            "pmem: not supported by Palisade",
+            json!([{"file": "/p", "iommu": true}]),
+            "pmem[0].iommu: not supported by Palisade",
         ),
         (
             "/platform",

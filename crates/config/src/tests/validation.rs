@@ -282,7 +282,6 @@ fn top_level_compat_fields() {
             with(|c| c.generic_vhost_user = Some(vec![json!({})])),
             "generic_vhost_user",
         ),
-        (with(|c| c.pmem = Some(vec![json!({"file": "/f"})])), "pmem"),
         (
             with(|c| c.devices = Some(vec![json!({"path": "/sys/x"})])),
             "devices",
@@ -305,7 +304,6 @@ fn top_level_compat_fields() {
         ),
         (with(|c| c.iommu = true), "iommu"),
         (with(|c| c.rtc = Some(json!({"id": "rtc0"}))), "rtc"),
-        (with(|c| c.pvpanic = true), "pvpanic"),
         (
             with(|c| {
                 c.platform = Some(PlatformConfig {

@@ -18,6 +18,9 @@ impl VmConfig {
         for (i, net) in self.net.iter().flatten().enumerate() {
             net.validate_as(&format!("net[{i}]"))?;
         }
+        for (i, pmem) in self.pmem.iter().flatten().enumerate() {
+            pmem.validate_as(&format!("pmem[{i}]"))?;
+        }
         self.rng.validate()?;
         self.check_device_ids()?;
         self.check_pci_segments()?;
@@ -73,12 +76,14 @@ impl VmConfig {
         let disks = disks.map(|(i, d)| (format!("disks[{i}]"), d.pci_segment));
         let nets = self.net.iter().flatten().enumerate();
         let nets = nets.map(|(i, d)| (format!("net[{i}]"), d.pci_segment));
+        let pmems = self.pmem.iter().flatten().enumerate();
+        let pmems = pmems.map(|(i, d)| (format!("pmem[{i}]"), d.pci_segment));
         let others = [
             ("rng".to_string(), self.rng.pci_segment),
             ("console".to_string(), self.console.pci_segment),
             ("serial".to_string(), self.serial.pci_segment),
         ];
-        for (name, segment) in disks.chain(nets).chain(others) {
+        for (name, segment) in disks.chain(nets).chain(pmems).chain(others) {
             if segment >= n {
                 return Err(ValidationError::Conflict {
                     field: format!("{name}.pci_segment"),
@@ -132,14 +137,16 @@ impl VmConfig {
         Ok(())
     }
 
-    /// Rejects two disk or network devices with the same id.
+    /// Rejects two disk, network or pmem devices with the same id.
     fn check_device_ids(&self) -> Result<(), ValidationError> {
         let mut seen: HashMap<&str, String> = HashMap::new();
         let disks = self.disks.iter().flatten().enumerate();
         let disk_ids = disks.filter_map(|(i, d)| Some((d.id.as_deref()?, format!("disks[{i}]"))));
         let nets = self.net.iter().flatten().enumerate();
         let net_ids = nets.filter_map(|(i, n)| Some((n.id.as_deref()?, format!("net[{i}]"))));
-        for (id, place) in disk_ids.chain(net_ids) {
+        let pmems = self.pmem.iter().flatten().enumerate();
+        let pmem_ids = pmems.filter_map(|(i, p)| Some((p.id.as_deref()?, format!("pmem[{i}]"))));
+        for (id, place) in disk_ids.chain(net_ids).chain(pmem_ids) {
             if let Some(first) = seen.get(id) {
                 return Err(ValidationError::DuplicateId {
                     id: id.to_string(),
@@ -166,7 +173,6 @@ impl VmConfig {
         }
         must_be_empty_list("fs".into(), &self.fs)?;
         must_be_empty_list("generic_vhost_user".into(), &self.generic_vhost_user)?;
-        must_be_empty_list("pmem".into(), &self.pmem)?;
         if let Some(debug) = &self.debug_console {
             if debug.mode != ConsoleOutputMode::Off {
                 return Err(unsupported(
@@ -182,7 +188,6 @@ impl VmConfig {
         must_be_empty_list("numa".into(), &self.numa)?;
         must_be_false("iommu".into(), self.iommu)?;
         must_be_empty_value("rtc".into(), &self.rtc)?;
-        must_be_false("pvpanic".into(), self.pvpanic)?;
         if let Some(p) = &self.platform {
             p.validate()?;
         }

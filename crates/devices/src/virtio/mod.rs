@@ -14,6 +14,7 @@ pub mod console;
 mod iov;
 pub mod net;
 pub mod pci;
+pub mod pmem;
 mod queue;
 pub mod rng;
 #[cfg(test)]

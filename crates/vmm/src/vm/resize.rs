@@ -190,7 +190,12 @@ impl Vm {
         let entry = self.devices.pci.find(BALLOON_ID).ok_or_else(|| {
             HotplugError::Invalid("desired_balloon: the VM has no balloon device".into())
         })?;
-        let device = entry.device.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(virtio) = &entry.virtio else {
+            return Err(HotplugError::Invalid(
+                "desired_balloon: the VM has no balloon device".into(),
+            ));
+        };
+        let device = virtio.lock().unwrap_or_else(|e| e.into_inner());
         device
             .device()
             .resize(bytes)

@@ -1,4 +1,4 @@
-//! The VMM's answers to hot-plug requests: adding disks and network devices (the reply
+//! The VMM's answers to hot-plug requests: adding disks, network and pmem devices (the reply
 //! names their PCI address) and removing devices.
 
 use log::info;
@@ -23,6 +23,23 @@ impl Vmm {
             Ok(Reply::Json(json!({ "id": id, "bdf": bdf(slot) })))
         } else {
             // Cold plug: the guest will find it when it boots.
+            Ok(Reply::Done)
+        }
+    }
+
+    pub(super) fn add_pmem(&mut self, pmem: config::PmemConfig) -> Response {
+        self.require_vm("vm.add-pmem")?;
+        let Some(vm) = &mut self.vm else {
+            return Err(RequestError::new(ErrorKind::NotFound, "vm.add-pmem: no VM"));
+        };
+        let running = matches!(vm.state(), VmState::Running | VmState::Paused);
+        let (id, slot) = vm
+            .add_pmem(pmem)
+            .map_err(|e| hotplug_error("vm.add-pmem", e))?;
+        info!("pmem {id} added at {}", bdf(slot));
+        if running {
+            Ok(Reply::Json(json!({ "id": id, "bdf": bdf(slot) })))
+        } else {
             Ok(Reply::Done)
         }
     }

@@ -1,0 +1,124 @@
+//! Hot-plugging PCI devices: disks, network devices and persistent memory, each checked,
+//! plugged, recorded in the config and announced to a running guest.
+
+use super::{HotplugError, Vm, VmState};
+use crate::pci_devices::PciDeviceError;
+
+impl Vm {
+    /// Adds a disk; returns its id and slot. On a running VM the guest is told.
+    pub fn add_disk(
+        &mut self,
+        mut disk: config::DiskConfig,
+    ) -> Result<(String, (u16, u8)), HotplugError> {
+        disk.validate()
+            .map_err(|e| HotplugError::Invalid(e.to_string()))?;
+        if let Some(group) = disk.rate_limit_group.as_deref() {
+            let groups = self.config.rate_limit_groups.as_deref().unwrap_or_default();
+            if !groups.iter().any(|g| g.id == group) {
+                return Err(HotplugError::Invalid(format!(
+                    "disk.rate_limit_group: no rate limit group {group:?}: the VM's groups are \
+                     given at creation (rate_limit_groups, --rate-limit-group)"
+                )));
+            }
+        }
+        self.check_segment(disk.pci_segment, "disk")?;
+        let id = self.new_device_id(disk.id.as_deref(), "_disk")?;
+        let slot = match self.devices.pci.add_disk(&id, &disk) {
+            Ok(entry) => (entry.segment, entry.slot),
+            Err(PciDeviceError::Denied(why)) => return Err(HotplugError::Denied(why)),
+            // A path that cannot be opened is the request's fault, not the VMM's.
+            Err(e @ PciDeviceError::Open { .. }) => {
+                return Err(HotplugError::Invalid(e.to_string()))
+            }
+            Err(e @ PciDeviceError::Locked { .. }) => {
+                return Err(HotplugError::Busy(e.to_string()))
+            }
+            Err(e) => return Err(HotplugError::Failed(e.to_string())),
+        };
+        disk.id = Some(id.clone());
+        self.config.disks.get_or_insert_with(Vec::new).push(disk);
+        if matches!(self.state, VmState::Running | VmState::Paused) {
+            self.devices.announce_plugged(slot.0, slot.1);
+        }
+        Ok((id, slot))
+    }
+
+    /// Adds a network device; returns its id and slot. On a running VM the guest is told.
+    pub fn add_net(
+        &mut self,
+        mut net: config::NetConfig,
+    ) -> Result<(String, (u16, u8)), HotplugError> {
+        net.validate()
+            .map_err(|e| HotplugError::Invalid(e.to_string()))?;
+        self.check_segment(net.pci_segment, "net")?;
+        let id = self.new_device_id(net.id.as_deref(), "_net")?;
+        let (slot, tap, mac) = match self.devices.pci.add_net(&id, &net) {
+            Ok((entry, tap, mac)) => ((entry.segment, entry.slot), tap, mac),
+            Err(PciDeviceError::Denied(why)) => return Err(HotplugError::Denied(why)),
+            Err(e) => return Err(HotplugError::Failed(e.to_string())),
+        };
+        net.id = Some(id.clone());
+        net.tap = Some(tap);
+        net.mac = Some(mac);
+        self.config.net.get_or_insert_with(Vec::new).push(net);
+        if matches!(self.state, VmState::Running | VmState::Paused) {
+            self.devices.announce_plugged(slot.0, slot.1);
+        }
+        Ok((id, slot))
+    }
+
+    /// Refuses a device on a PCI segment the VM does not have.
+    pub(super) fn check_segment(&self, segment: u16, what: &str) -> Result<(), HotplugError> {
+        let segments = self.config.num_pci_segments();
+        if segment >= segments {
+            return Err(HotplugError::Invalid(format!(
+                "{what}.pci_segment={segment}: the VM has {segments} PCI segment(s) \
+                 (platform.num_pci_segments, given at creation)"
+            )));
+        }
+        Ok(())
+    }
+
+    /// The id a new device gets: the one asked for if free, or the next free `prefixN`.
+    pub(super) fn new_device_id(
+        &self,
+        wanted: Option<&str>,
+        prefix: &str,
+    ) -> Result<String, HotplugError> {
+        let taken = |id: &str| self.config.has_device_id(id) || self.devices.pci.find(id).is_some();
+        match wanted {
+            Some(id) if taken(id) => Err(HotplugError::Duplicate(id.to_string())),
+            Some(id) => Ok(id.to_string()),
+            None => Ok((0..)
+                .map(|n| format!("{prefix}{n}"))
+                .find(|id| !taken(id))
+                .unwrap_or_default()),
+        }
+    }
+
+    /// Adds a persistent memory device; returns its id and slot. On a running VM the
+    /// region is guest memory at once and the guest is told of the device.
+    pub fn add_pmem(
+        &mut self,
+        mut pmem: config::PmemConfig,
+    ) -> Result<(String, (u16, u8)), HotplugError> {
+        pmem.validate()
+            .map_err(|e| HotplugError::Invalid(e.to_string()))?;
+        self.check_segment(pmem.pci_segment, "pmem")?;
+        let id = self.new_device_id(pmem.id.as_deref(), "_pmem")?;
+        let slot = match self.devices.pci.add_pmem(&id, &pmem) {
+            Ok(entry) => (entry.segment, entry.slot),
+            Err(PciDeviceError::Denied(why)) => return Err(HotplugError::Denied(why)),
+            Err(e @ PciDeviceError::Pmem { .. }) => {
+                return Err(HotplugError::Invalid(e.to_string()))
+            }
+            Err(e) => return Err(HotplugError::Failed(e.to_string())),
+        };
+        pmem.id = Some(id.clone());
+        self.config.pmem.get_or_insert_with(Vec::new).push(pmem);
+        if matches!(self.state, VmState::Running | VmState::Paused) {
+            self.devices.announce_plugged(slot.0, slot.1);
+        }
+        Ok((id, slot))
+    }
+}
