@@ -24,6 +24,7 @@
 //! | `watchdog` | PVH | `PASS watchdog` | `--watchdog`: reset when it stops petting, passes on its second boot |
 //! | `virtio_balloon` | PVH | `PASS virtio_balloon` | a balloon (`--balloon size=`), then `desired_balloon` 0 |
 //! | `virtio_pmem` | PVH | `PASS virtio_pmem` | a pmem region (`--pmem file=`) read, written and flushed through PAE paging |
+//! | `virtio_fs` | PVH | `PASS virtio_fs` | FUSE INIT, LOOKUP, OPEN, READ and WRITE on a virtio-fs device (`--fs`, virtiofsd) |
 //! | `pvpanic` | PVH | `PASS pvpanic` | a panic reported through the pvpanic PCI device (`--pvpanic`) |
 //! | `pci_segments` | PVH | `PASS pci_segments: N segments` | lists each MCFG segment's bus 0 |
 //! | `memory_hotplug` | PVH | `PASS memory_hotplug` | two blocks of memory added (`vm.resize` `desired_ram`) |

@@ -54,7 +54,7 @@ pub const ENDPOINTS: &[Endpoint] = &[
     not_yet("vm.add-device"),
     served("vm.remove-device", "PUT"),
     served("vm.add-disk", "PUT"),
-    not_yet("vm.add-fs"),
+    served("vm.add-fs", "PUT"),
     not_yet("vm.add-generic-vhost-user"),
     served("vm.add-pmem", "PUT"),
     served("vm.add-net", "PUT"),
@@ -99,6 +99,7 @@ pub fn request_for(name: &str, body: &[u8], fds: Vec<OwnedFd>) -> Result<Request
             Request::Create(Box::new(config))
         }
         "vm.add-disk" => Request::AddDisk(Box::new(json_body(name, "disk configuration", body)?)),
+        "vm.add-fs" => Request::AddFs(Box::new(json_body(name, "fs configuration", body)?)),
         "vm.add-pmem" => Request::AddPmem(Box::new(json_body(name, "pmem configuration", body)?)),
         "vm.add-net" => {
             let mut net: NetConfig = json_body(name, "network configuration", body)?;
@@ -272,6 +273,7 @@ mod tests {
                     "vm.create" => &br#"{"payload": {"kernel": "/k"}}"#[..],
                     "vm.add-disk" => &br#"{"path": "/d"}"#[..],
                     "vm.add-pmem" => &br#"{"file": "/p"}"#[..],
+                    "vm.add-fs" => &br#"{"tag": "t", "socket": "/s"}"#[..],
                     "vm.add-net" => &br#"{"tap": "tap0"}"#[..],
                     "vm.remove-device" => &br#"{"id": "d"}"#[..],
                     "vm.resize-disk" => &br#"{"id": "d", "desired_size": 512}"#[..],

@@ -37,6 +37,7 @@
 //! assert!(!vm.has_device_id("data"));
 //! ```
 
+pub mod fs;
 pub mod memory_zone;
 pub mod option_parser;
 pub mod params;
@@ -46,6 +47,7 @@ pub mod rate_limit;
 pub mod validate;
 pub mod vm;
 
+pub use fs::FsConfig;
 pub use memory_zone::*;
 pub use option_parser::{OptionError, ValueError};
 pub use params::*;

@@ -548,6 +548,8 @@ pub struct VmParams {
     pub balloon: Option<String>,
     /// Each `--pmem` value.
     pub pmem: Vec<String>,
+    /// Each `--fs` value.
+    pub fs: Vec<String>,
     /// `--watchdog`.
     pub watchdog: bool,
     /// `--pvpanic`.
@@ -596,7 +598,7 @@ impl ParamsError {
 
 /// The command-line flag a config field comes from.
 fn flag_of_field(field: &str) -> &'static str {
-    const FLAGS: [(&str, &str); 16] = [
+    const FLAGS: [(&str, &str); 17] = [
         ("payload.firmware", "firmware"),
         ("payload.initramfs", "initramfs"),
         ("payload.cmdline", "cmdline"),
@@ -609,6 +611,7 @@ fn flag_of_field(field: &str) -> &'static str {
         ("net", "net"),
         ("rng", "rng"),
         ("pmem", "pmem"),
+        ("fs", "fs"),
         ("balloon", "balloon"),
         ("platform", "platform"),
         ("pci_segments", "pci-segment"),
@@ -765,6 +768,14 @@ impl VmConfig {
             },
             watchdog: params.watchdog,
             pvpanic: params.pvpanic,
+            fs: {
+                let fs = params
+                    .fs
+                    .iter()
+                    .map(|f| crate::FsConfig::parse(f).map_err(option_err("fs")))
+                    .collect::<Result<Vec<_>, _>>()?;
+                (!fs.is_empty()).then_some(fs)
+            },
             pmem: {
                 let pmem = params
                     .pmem

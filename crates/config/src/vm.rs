@@ -92,9 +92,9 @@ pub struct VmConfig {
     /// The memory balloon.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub balloon: Option<BalloonConfig>,
-    /// Compatibility: virtio-fs devices (must be absent or empty).
+    /// virtio-fs devices (vhost-user backends).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub fs: Option<Vec<Value>>,
+    pub fs: Option<Vec<crate::FsConfig>>,
     /// Compatibility: generic vhost-user devices (must be absent or empty).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub generic_vhost_user: Option<Vec<Value>>,
@@ -180,12 +180,17 @@ impl Default for VmConfig {
 }
 
 impl VmConfig {
-    /// Whether a disk, network or pmem device already uses `id` (for hot-plug requests).
+    /// Whether a disk, network, pmem or fs device already uses `id` (for hot-plug requests).
     pub fn has_device_id(&self, id: &str) -> bool {
         let disk_ids = self.disks.iter().flatten().filter_map(|d| d.id.as_deref());
         let net_ids = self.net.iter().flatten().filter_map(|n| n.id.as_deref());
         let pmem_ids = self.pmem.iter().flatten().filter_map(|p| p.id.as_deref());
-        disk_ids.chain(net_ids).chain(pmem_ids).any(|i| i == id)
+        let fs_ids = self.fs.iter().flatten().filter_map(|f| f.id.as_deref());
+        disk_ids
+            .chain(net_ids)
+            .chain(pmem_ids)
+            .chain(fs_ids)
+            .any(|i| i == id)
     }
 }
 

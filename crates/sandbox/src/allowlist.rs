@@ -252,6 +252,29 @@ pub fn rules(role: Role, ctx: &FilterContext) -> Rules {
             r.allow(&[Sysno::landlock_restrict_self]);
             r.allow_values(Sysno::prctl, 0, &[libc::PR_SET_NO_NEW_PRIVS as u64]);
         }
+        Role::Connector => {
+            common(&mut r);
+            ioctls(&mut r, ctx);
+            // Stream sockets of the Unix family only, connected to the path it is given
+            // (which it checks against the VM's policy first), with timeouts set, and the
+            // first messages on them; no bind, listen or accept, no other family.
+            r.allow_if(
+                Sysno::socket,
+                &[
+                    (Arg::Int(0), Eq, libc::AF_UNIX as u64),
+                    (Arg::Int(1), MaskedEq(0xf), libc::SOCK_STREAM as u64),
+                ],
+            );
+            r.allow(&[Sysno::connect, Sysno::sendmsg, Sysno::recvmsg]);
+            // Plain reads and writes on a stream: never to or from an address given.
+            r.allow_if(Sysno::sendto, &[(Arg::Pointer(4), Eq, 0)]);
+            r.allow_if(Sysno::recvfrom, &[(Arg::Pointer(4), Eq, 0)]);
+            r.allow_values(
+                Sysno::setsockopt,
+                2,
+                &[libc::SO_RCVTIMEO as u64, libc::SO_SNDTIMEO as u64],
+            );
+        }
         Role::Janitor => {
             common(&mut r);
             messages_on(&mut r, ctx.message_fd);
@@ -309,12 +332,17 @@ mod tests {
             Role::Vcpu,
             Role::Device,
             Role::Janitor,
+            Role::Connector,
         ] {
             let r = rules(role, &ctx);
-            // The VMM thread builds the disks' restricted rings; no other thread may.
-            let doors = DOORS
-                .iter()
-                .filter(|d| !(role == Role::Vmm && **d == Sysno::io_uring_setup));
+            // The VMM thread builds the disks' restricted rings and the connector connects
+            // (to Unix stream sockets only, see below); no other thread may.
+            let opened = |d: Sysno| match role {
+                Role::Vmm => d == Sysno::io_uring_setup,
+                Role::Connector => matches!(d, Sysno::socket | Sysno::connect),
+                _ => false,
+            };
+            let doors = DOORS.iter().filter(|d| !opened(**d));
             for &door in doors {
                 assert!(!r.names(door), "{role:?} allows {door}");
             }
@@ -322,9 +350,51 @@ mod tests {
     }
 
     #[test]
+    fn the_connector_makes_unix_stream_sockets_only() {
+        let r = rules(Role::Connector, &FilterContext::default());
+        assert!(r.names(Sysno::socket) && r.names(Sysno::connect));
+        for call in [
+            Sysno::bind,
+            Sysno::listen,
+            Sysno::accept4,
+            Sysno::openat,
+            Sysno::clone,
+        ] {
+            assert!(!r.names(call), "{call}");
+        }
+        let f = crate::seccomp::build(
+            Role::Connector,
+            crate::SeccompMode::Enforce,
+            &FilterContext::default(),
+        )
+        .unwrap();
+        // What the filter says is checked end to end: a thread with it may make a Unix
+        // stream socket; an inet one would end the process (tests/sandbox.rs style).
+        let made = std::thread::spawn(move || {
+            f.install().unwrap();
+            // SAFETY: socket() takes no pointers; the descriptor is closed at once.
+            unsafe {
+                let kind = libc::SOCK_STREAM | libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK;
+                let fd = libc::socket(libc::AF_UNIX, kind, 0);
+                libc::close(fd);
+                fd
+            }
+        })
+        .join()
+        .unwrap();
+        assert!(made >= 0);
+    }
+
+    #[test]
     fn only_the_vmm_opens_files_or_starts_threads() {
         let ctx = FilterContext::default();
-        for role in [Role::Api, Role::Vcpu, Role::Device, Role::Janitor] {
+        for role in [
+            Role::Api,
+            Role::Vcpu,
+            Role::Device,
+            Role::Janitor,
+            Role::Connector,
+        ] {
             let r = rules(role, &ctx);
             for call in [
                 Sysno::openat,

@@ -134,6 +134,7 @@ pub fn origin_text(origin: &Origin) -> String {
         Origin::Rng => "rng".into(),
         Origin::MemoryZone { id } => format!("memory zone {id}"),
         Origin::Pmem { id } => format!("pmem {id}"),
+        Origin::Fs { id } => format!("fs {id}"),
         Origin::Net { id } => format!("net {id}"),
         Origin::NetHotplug => "network hot-plug".into(),
         Origin::UserRule { index } => format!("landlock rule #{index}"),
@@ -338,6 +339,31 @@ impl Sandbox {
         *state = Some(report.clone());
         Ok(report)
     }
+}
+
+/// Whether the confined VMM may connect to the Unix socket at `path`: always before
+/// confinement; after it, only to a socket under one of the rules (Landlock itself does not
+/// mediate connecting on the kernels Palisade supports, so the connector thread asks this
+/// before every connection). The error is one line with the rule that would allow it.
+pub fn may_connect(path: &Path) -> Result<(), String> {
+    let Some(report) = current() else {
+        return Ok(());
+    };
+    let target = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
+    let resolved = |rule: &Path| std::fs::canonicalize(rule).unwrap_or_else(|_| rule.to_path_buf());
+    if report
+        .rules
+        .iter()
+        .any(|r| target.starts_with(resolved(&r.rule.path)) && r.rule.access.writes())
+    {
+        return Ok(());
+    }
+    Err(format!(
+        "socket {} is outside the Landlock ruleset, and the confined VMM connects only to \
+         sockets under its rules; allow it with {}",
+        path.display(),
+        crate::policy::suggested_rule(path, Access::ReadWrite)
+    ))
 }
 
 /// If the process is confined and Landlock is why `path` cannot be opened with `access`, the

@@ -90,6 +90,11 @@ pub enum Origin {
     },
     /// Network devices that may be hot-plugged through the API.
     NetHotplug,
+    /// A virtio-fs device's backend socket, by device id.
+    Fs {
+        /// The device's id.
+        id: String,
+    },
     /// A persistent memory device's file, by device id.
     Pmem {
         /// The device's id.
@@ -233,6 +238,17 @@ impl Policy {
                 },
                 origin: Origin::Pmem {
                     id: pmem.id.clone().unwrap_or_else(|| format!("_pmem{index}")),
+                },
+            });
+        }
+        for (index, fs) in config.fs.iter().flatten().enumerate() {
+            held.push(Held {
+                path: fs.socket.clone(),
+                how: "vhost-user backend socket, connected at creation by the connector \
+                      thread; only the device's thread exchanges messages on it"
+                    .into(),
+                origin: Origin::Fs {
+                    id: fs.id.clone().unwrap_or_else(|| format!("_fs{index}")),
                 },
             });
         }

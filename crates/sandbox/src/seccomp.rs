@@ -71,6 +71,9 @@ pub enum Role {
     Device,
     /// The janitor process.
     Janitor,
+    /// The connector thread: connects to the Unix sockets of vhost-user backends and holds
+    /// their first exchange; nothing else.
+    Connector,
 }
 
 impl Role {
@@ -82,6 +85,7 @@ impl Role {
             Role::Vcpu => "vcpu",
             Role::Device => "device",
             Role::Janitor => "janitor",
+            Role::Connector => "connector",
         }
     }
 }
@@ -420,6 +424,7 @@ mod tests {
             Role::Vcpu,
             Role::Device,
             Role::Janitor,
+            Role::Connector,
         ] {
             for mode in [SeccompMode::Enforce, SeccompMode::Log, SeccompMode::Off] {
                 let f = build(role, mode, &ctx).unwrap();

@@ -42,6 +42,8 @@ pub enum Request {
     AddDisk(Box<config::DiskConfig>),
     /// Add a virtio-net device (`vm.add-net`).
     AddNet(Box<config::NetConfig>),
+    /// Add a virtio-fs device (`vm.add-fs`).
+    AddFs(Box<config::FsConfig>),
     /// Add a virtio-pmem device (`vm.add-pmem`).
     AddPmem(Box<config::PmemConfig>),
     /// Remove a device by id (`vm.remove-device`).

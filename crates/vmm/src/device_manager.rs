@@ -316,6 +316,10 @@ impl DeviceManager {
             let id = pmem.id.clone().unwrap_or_else(|| format!("_pmem{index}"));
             manager.pci.add_pmem(&id, pmem)?;
         }
+        for (index, fs) in cfg.fs.iter().flatten().enumerate() {
+            let id = fs.id.clone().unwrap_or_else(|| format!("_fs{index}"));
+            manager.pci.add_fs(&id, fs)?;
+        }
         // Like Cloud Hypervisor, every VM has an entropy device.
         let source = crate::files::open_read(&cfg.rng.src, crate::files::Kind::Source).map_err(
             |source| DeviceError::Rng {

@@ -5,6 +5,7 @@
 //! everything that wants the VM to change — the command line, the REST API — sends it a
 //! [`control::Request`].
 
+pub mod connector;
 pub mod console;
 pub mod control;
 pub mod coredump;

@@ -28,6 +28,7 @@ use vm_memory::GuestMemoryMmap;
 use crate::interrupts::GsiRoutes;
 use crate::x86_64::layout;
 
+mod fs;
 mod pmem;
 pub use pmem::DeviceMemory;
 
@@ -86,6 +87,9 @@ pub enum PciDeviceError {
     /// The file is outside the Landlock ruleset.
     #[error("{0}")]
     Denied(String),
+    /// A vhost-user backend that cannot be reached or does not serve the device.
+    #[error("{0}")]
+    Backend(String),
     /// A persistent memory file that cannot back a device.
     #[error("pmem {}: {detail}", path.display())]
     Pmem {

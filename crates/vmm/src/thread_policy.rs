@@ -174,7 +174,7 @@ pub fn filters(role: Role, message_fd: Option<i32>) -> Result<Filters, seccomp::
         Role::Vmm => vmm_ioctls(),
         Role::Vcpu => vcpu_ioctls(),
         Role::Device => device_ioctls(),
-        Role::Api | Role::Janitor => Vec::new(),
+        Role::Api | Role::Janitor | Role::Connector => Vec::new(),
     };
     let ctx = FilterContext {
         ioctls,
@@ -210,6 +210,12 @@ pub fn device_thread_setup() -> Result<devices::virtio::worker::ThreadSetup, Str
             .map(|kept| Box::new(kept) as Box<dyn std::any::Any>)
             .map_err(|e| e.to_string())
     }))
+}
+
+/// Locks the connector thread down: no file rights, no capability, the connector filter.
+pub fn lock_down_connector() -> Result<Registration, String> {
+    let filters = filters(Role::Connector, None).map_err(|e| e.to_string())?;
+    lockdown::lock_down(ThreadLandlock::NoFiles, &[], &filters).map_err(|e| e.to_string())
 }
 
 /// Locks the API thread down: no file rights, no capability, the API filter.

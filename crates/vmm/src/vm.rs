@@ -220,6 +220,9 @@ impl Vm {
         for (index, pmem) in config.pmem.iter_mut().flatten().enumerate() {
             pmem.id.get_or_insert_with(|| format!("_pmem{index}"));
         }
+        for (index, fs) in config.fs.iter_mut().flatten().enumerate() {
+            fs.id.get_or_insert_with(|| format!("_fs{index}"));
+        }
         let memory_error = |size: u64| {
             move |e: std::io::Error| VmError::Memory {
                 size,
@@ -448,6 +451,9 @@ impl Vm {
         }
         if let Some(pmem) = &mut self.config.pmem {
             pmem.retain(|p| p.id.as_deref() != Some(id));
+        }
+        if let Some(fs) = &mut self.config.fs {
+            fs.retain(|f| f.id.as_deref() != Some(id));
         }
     }
 

@@ -481,6 +481,7 @@ impl Vmm {
             Request::AddDisk(disk) => self.add_disk(*disk),
             Request::AddNet(net) => self.add_net(*net),
             Request::AddPmem(pmem) => self.add_pmem(*pmem),
+            Request::AddFs(fs) => self.add_fs(*fs),
             Request::RemoveDevice(id) => self.remove_device(&id),
             Request::PowerButton => {
                 // As Cloud Hypervisor: a paused guest gets the press when it resumes.

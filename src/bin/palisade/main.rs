@@ -105,6 +105,11 @@ struct Cli {
     #[arg(long, value_name = "pmem", num_args = 1.., action = ArgAction::Append)]
     pmem: Vec<String>,
 
+    /// virtio-fs: "tag=<tag_name>,socket=<socket_path>,num_queues=<number_of_queues>,
+    /// queue_size=<size_of_each_queue>,id=<device_id>,pci_segment=<segment_id>".
+    #[arg(long, value_name = "fs", num_args = 1.., action = ArgAction::Append)]
+    fs: Vec<String>,
+
     /// A PCI segment's share of the BAR windows: "pci_segment=<segment_id>,
     /// mmio32_aperture_weight=<scale>,mmio64_aperture_weight=<scale>".
     #[arg(long, value_name = "pci-segment", num_args = 1.., action = ArgAction::Append)]
@@ -161,6 +166,7 @@ impl Cli {
             pci_segments: self.pci_segment.clone(),
             balloon: self.balloon.clone(),
             pmem: self.pmem.clone(),
+            fs: self.fs.clone(),
             watchdog: self.watchdog,
             pvpanic: self.pvpanic,
         }
@@ -329,6 +335,13 @@ fn run(cli: Cli, start: Instant) -> Result<ExitCode, Failure> {
         }
         None => (None, None),
     };
+    let needs_connector = api_socket.is_some()
+        || vm_config
+            .as_ref()
+            .is_some_and(|c| c.fs.as_ref().is_some_and(|f| !f.is_empty()));
+    if needs_connector {
+        vmm::connector::start_early().map_err(Failure)?;
+    }
     let options = VmmOptions {
         no_shutdown: cli.no_shutdown,
         janitor: Some(std::sync::Arc::new(janitor)),

@@ -132,6 +132,7 @@ fn name_of(request: &Request) -> &'static str {
         Request::AddDisk(_) => "add-disk",
         Request::AddNet(_) => "add-net",
         Request::AddPmem(_) => "add-pmem",
+        Request::AddFs(_) => "add-fs",
         Request::RemoveDevice(_) => "remove-device",
         Request::PowerButton => "power-button",
         Request::Nmi => "nmi",
@@ -179,6 +180,7 @@ fn handle(vm: &mut Option<(VmConfig, State)>, request: Request) -> Result<Reply,
         Request::AddDisk(_) => "vm.add-disk",
         Request::AddNet(_) => "vm.add-net",
         Request::AddPmem(_) => "vm.add-pmem",
+        Request::AddFs(_) => "vm.add-fs",
         Request::RemoveDevice(_) => "vm.remove-device",
         Request::PowerButton => "vm.power-button",
         Request::Nmi => "vm.nmi",
@@ -210,6 +212,10 @@ fn handle(vm: &mut Option<(VmConfig, State)>, request: Request) -> Result<Reply,
         }
         Request::AddNet(net) => {
             let id = net.id.clone().unwrap_or_else(|| "_net0".into());
+            return Ok(Reply::Json(json!({"id": id, "bdf": "0000:00:01.0"})));
+        }
+        Request::AddFs(fs) => {
+            let id = fs.id.clone().unwrap_or_else(|| "_fs0".into());
             return Ok(Reply::Json(json!({"id": id, "bdf": "0000:00:01.0"})));
         }
         Request::AddPmem(pmem) => {

@@ -77,7 +77,7 @@ fn round_trips() {
         deflate_on_oom: true,
         free_page_reporting: false,
     });
-    c.fs = Some(vec![json!({"tag": "t", "socket": "/s"})]);
+    c.fs = Some(vec![FsConfig::new("t", "/s")]);
     c.debug_console = Some(DebugConsoleConfig {
         file: None,
         mode: ConsoleOutputMode::Off,

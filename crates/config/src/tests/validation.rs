@@ -277,7 +277,6 @@ fn cpus_and_memory_compat_fields() {
 #[test]
 fn top_level_compat_fields() {
     let cases: Vec<(VmConfig, &str)> = vec![
-        (with(|c| c.fs = Some(vec![json!({"tag": "t"})])), "fs"),
         (
             with(|c| c.generic_vhost_user = Some(vec![json!({})])),
             "generic_vhost_user",

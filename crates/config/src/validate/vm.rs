@@ -21,6 +21,19 @@ impl VmConfig {
         for (i, pmem) in self.pmem.iter().flatten().enumerate() {
             pmem.validate_as(&format!("pmem[{i}]"))?;
         }
+        for (i, fs) in self.fs.iter().flatten().enumerate() {
+            fs.validate_as(&format!("fs[{i}]"))?;
+            let shared = match self.memory.zones.as_deref() {
+                Some(zones) if !zones.is_empty() => zones.iter().all(|z| z.shared),
+                _ => self.memory.shared,
+            };
+            if !shared {
+                return Err(ValidationError::Conflict {
+                    field: format!("fs[{i}]"),
+                    reason: "virtio-fs needs guest memory its backend can map: set memory.shared (--memory shared=on, or shared=on on every zone)".into(),
+                });
+            }
+        }
         self.rng.validate()?;
         self.check_device_ids()?;
         self.check_pci_segments()?;
@@ -78,6 +91,8 @@ impl VmConfig {
         let nets = nets.map(|(i, d)| (format!("net[{i}]"), d.pci_segment));
         let pmems = self.pmem.iter().flatten().enumerate();
         let pmems = pmems.map(|(i, d)| (format!("pmem[{i}]"), d.pci_segment));
+        let fss = self.fs.iter().flatten().enumerate();
+        let pmems = pmems.chain(fss.map(|(i, d)| (format!("fs[{i}]"), d.pci_segment)));
         let others = [
             ("rng".to_string(), self.rng.pci_segment),
             ("console".to_string(), self.console.pci_segment),
@@ -146,6 +161,9 @@ impl VmConfig {
         let net_ids = nets.filter_map(|(i, n)| Some((n.id.as_deref()?, format!("net[{i}]"))));
         let pmems = self.pmem.iter().flatten().enumerate();
         let pmem_ids = pmems.filter_map(|(i, p)| Some((p.id.as_deref()?, format!("pmem[{i}]"))));
+        let fss = self.fs.iter().flatten().enumerate();
+        let fs_ids = fss.filter_map(|(i, f)| Some((f.id.as_deref()?, format!("fs[{i}]"))));
+        let pmem_ids = pmem_ids.chain(fs_ids);
         for (id, place) in disk_ids.chain(net_ids).chain(pmem_ids) {
             if let Some(first) = seen.get(id) {
                 return Err(ValidationError::DuplicateId {
@@ -171,7 +189,6 @@ impl VmConfig {
                 ));
             }
         }
-        must_be_empty_list("fs".into(), &self.fs)?;
         must_be_empty_list("generic_vhost_user".into(), &self.generic_vhost_user)?;
         if let Some(debug) = &self.debug_console {
             if debug.mode != ConsoleOutputMode::Off {

@@ -11,6 +11,7 @@ pub mod balloon;
 pub mod block;
 pub mod common;
 pub mod console;
+pub mod fs;
 mod iov;
 pub mod net;
 pub mod pci;
@@ -19,6 +20,7 @@ mod queue;
 pub mod rng;
 #[cfg(test)]
 mod test_driver;
+pub mod vhost_user;
 pub mod worker;
 
 use std::sync::Arc;
@@ -175,6 +177,14 @@ pub trait VirtioDevice: Send {
     }
     /// The host descriptor with `token` is ready (called on the device's worker thread).
     fn process_host(&mut self, _token: u32) {}
+    /// The host descriptor with `token` is ready while the driver has not activated the
+    /// device (or since it reset it): most devices have nothing to do then.
+    fn process_host_idle(&mut self, _token: u32) {}
+    /// Whether the device's worker serves its queues (false when a vhost-user backend
+    /// does, and reads their notifications itself).
+    fn serves_queues(&self) -> bool {
+        true
+    }
     /// Counters for `vm.counters`, by name.
     fn counters(&self) -> serde_json::Map<String, serde_json::Value> {
         serde_json::Map::new()

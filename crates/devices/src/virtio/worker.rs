@@ -77,10 +77,12 @@ impl DeviceHandle {
         }
     }
 
-    /// Runs the device on its host descriptor `token`, if it is live.
+    /// Runs the device on its host descriptor `token` (as an idle device if it is not live).
     pub fn process_host(&self, token: u32) {
         if self.is_live() {
             self.lock().process_host(token);
+        } else {
+            self.lock().process_host_idle(token);
         }
     }
 }
@@ -106,8 +108,12 @@ impl MutEventSubscriber for DeviceEvents {
             }
         };
         add(ops, self.stop.as_raw_fd(), STOP, EventSet::IN);
-        for (q, evt) in self.handle.notify.iter().enumerate() {
-            add(ops, evt.as_raw_fd(), q as u32, EventSet::IN);
+        // A device whose queues another process serves (vhost-user) leaves their
+        // notifications to it: reading them here would steal the driver's kicks.
+        if self.handle.lock().serves_queues() {
+            for (q, evt) in self.handle.notify.iter().enumerate() {
+                add(ops, evt.as_raw_fd(), q as u32, EventSet::IN);
+            }
         }
         // Host descriptors are edge-triggered: the device drains them itself and comes
         // back for the rest when the guest gives it room.

@@ -1,4 +1,4 @@
-//! Hot-plugging PCI devices: disks, network devices and persistent memory, each checked,
+//! Hot-plugging PCI devices: disks, network devices, persistent memory and file systems, each checked,
 //! plugged, recorded in the config and announced to a running guest.
 
 use super::{HotplugError, Vm, VmState};
@@ -120,5 +120,42 @@ impl Vm {
             self.devices.announce_plugged(slot.0, slot.1);
         }
         Ok((id, slot))
+    }
+
+    /// Adds a virtio-fs device served by the backend on its socket; returns its id and
+    /// slot. On a running VM the guest is told.
+    pub fn add_fs(
+        &mut self,
+        mut fs: config::FsConfig,
+    ) -> Result<(String, (u16, u8)), HotplugError> {
+        fs.validate()
+            .map_err(|e| HotplugError::Invalid(e.to_string()))?;
+        if !self.memory_is_shared() {
+            return Err(HotplugError::Invalid(
+                "fs: virtio-fs needs guest memory its backend can map: create the VM with \
+                 memory.shared (--memory shared=on)"
+                    .into(),
+            ));
+        }
+        self.check_segment(fs.pci_segment, "fs")?;
+        let id = self.new_device_id(fs.id.as_deref(), "_fs")?;
+        let slot = match self.devices.pci.add_fs(&id, &fs) {
+            Ok(entry) => (entry.segment, entry.slot),
+            Err(PciDeviceError::Denied(why)) => return Err(HotplugError::Denied(why)),
+            Err(PciDeviceError::Backend(why)) => return Err(HotplugError::Invalid(why)),
+            Err(e) => return Err(HotplugError::Failed(e.to_string())),
+        };
+        fs.id = Some(id.clone());
+        self.config.fs.get_or_insert_with(Vec::new).push(fs);
+        if matches!(self.state, VmState::Running | VmState::Paused) {
+            self.devices.announce_plugged(slot.0, slot.1);
+        }
+        Ok((id, slot))
+    }
+
+    /// Whether every part of guest RAM is in memory another process can map.
+    fn memory_is_shared(&self) -> bool {
+        use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
+        self.memory.iter().all(|r| r.file_offset().is_some())
     }
 }

@@ -1,4 +1,4 @@
-//! The VMM's answers to hot-plug requests: adding disks, network and pmem devices (the reply
+//! The VMM's answers to hot-plug requests: adding disks, network, pmem and fs devices (the reply
 //! names their PCI address) and removing devices.
 
 use log::info;
@@ -37,6 +37,21 @@ impl Vmm {
             .add_pmem(pmem)
             .map_err(|e| hotplug_error("vm.add-pmem", e))?;
         info!("pmem {id} added at {}", bdf(slot));
+        if running {
+            Ok(Reply::Json(json!({ "id": id, "bdf": bdf(slot) })))
+        } else {
+            Ok(Reply::Done)
+        }
+    }
+
+    pub(super) fn add_fs(&mut self, fs: config::FsConfig) -> Response {
+        self.require_vm("vm.add-fs")?;
+        let Some(vm) = &mut self.vm else {
+            return Err(RequestError::new(ErrorKind::NotFound, "vm.add-fs: no VM"));
+        };
+        let running = matches!(vm.state(), VmState::Running | VmState::Paused);
+        let (id, slot) = vm.add_fs(fs).map_err(|e| hotplug_error("vm.add-fs", e))?;
+        info!("fs {id} added at {}", bdf(slot));
         if running {
             Ok(Reply::Json(json!({ "id": id, "bdf": bdf(slot) })))
         } else {
