@@ -126,20 +126,7 @@ impl FsConfig {
                 "must be a power of two from 2 to 32768",
             ));
         }
-        if self.id.as_deref() == Some("") {
-            return Err(invalid(
-                "id",
-                String::new(),
-                "empty id: give a name or leave it out",
-            ));
-        }
-        if self.pci_device_id.is_some() {
-            return Err(ValidationError::NotSupported {
-                field: format!("{name}.pci_device_id"),
-                hint: "Palisade chooses the slot: remove pci_device_id".into(),
-            });
-        }
-        Ok(())
+        crate::validate::check_device_identity(name, &self.id, &self.pci_device_id)
     }
 }
 

@@ -274,6 +274,29 @@ pub(crate) fn check_landlock_rule(rule: &LandlockConfig) -> Result<(), String> {
 
 // ---- Compatibility fields ----
 
+/// A hot-pluggable device's id (absent or not empty) and slot (Palisade's to choose);
+/// `name` prefixes the fields (`pmem[0]`).
+pub(crate) fn check_device_identity(
+    name: &str,
+    id: &Option<String>,
+    pci_device_id: &Option<u8>,
+) -> Result<(), ValidationError> {
+    if id.as_deref() == Some("") {
+        return Err(invalid(
+            format!("{name}.id"),
+            "",
+            "empty id: give a name or leave it out".into(),
+        ));
+    }
+    if pci_device_id.is_some() {
+        return Err(unsupported(
+            format!("{name}.pci_device_id"),
+            "Palisade chooses the slot: remove pci_device_id",
+        ));
+    }
+    Ok(())
+}
+
 fn unsupported(field: impl Into<String>, hint: &str) -> ValidationError {
     ValidationError::NotSupported {
         field: field.into(),

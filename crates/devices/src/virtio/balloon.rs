@@ -16,9 +16,7 @@ use vm_memory::{
     Address, Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion,
 };
 
-use super::queue::{
-    clear_notification, drain, interrupt_if_needed, walk_chain, Budget, Seg, Served,
-};
+use super::queue::{walk_chain, Running, Seg};
 use super::{
     counters_map, ActivateError, ActiveQueue, InterruptCause, VirtioCommon, VirtioDevice,
     VirtioInterrupt, F_RING_INDIRECT_DESC, F_VERSION_1,
@@ -61,17 +59,10 @@ struct Counters {
     errors: u64,
 }
 
-struct Active {
-    mem: GuestMemoryMmap,
-    interrupt: Arc<dyn VirtioInterrupt>,
-    queues: Vec<ActiveQueue>,
-    warned: bool,
-}
-
 /// A virtio-balloon device model.
 pub struct Balloon {
     common: VirtioCommon,
-    active: Option<Active>,
+    active: Option<Running>,
     counters: Counters,
     descs: Vec<Seg>,
     completions: Vec<(u16, u32)>,
@@ -270,12 +261,7 @@ impl VirtioDevice for Balloon {
         queues: Vec<ActiveQueue>,
     ) -> Result<(), ActivateError> {
         let queues = self.common.enabled_queues(queues, &mem)?;
-        self.active = Some(Active {
-            mem,
-            interrupt,
-            queues,
-            warned: false,
-        });
+        self.active = Some(Running::new(mem, interrupt, queues));
         Ok(())
     }
 
@@ -287,39 +273,22 @@ impl VirtioDevice for Balloon {
     }
 
     fn process_queue(&mut self, index: u16) {
-        let Some(mut active) = self.active.take() else {
+        let Some(mut running) = self.active.take() else {
             return;
         };
         let mut completions = std::mem::take(&mut self.completions);
-        if let Some(aq) = active.queues.iter_mut().find(|q| q.index == index) {
-            clear_notification(&aq.notify);
-            let budget = Budget {
-                bytes: u64::MAX,
-                chains: MAX_CHAINS_PER_CALL,
-            };
-            let mem = active.mem.clone();
-            let drained = drain(
-                &mut aq.queue,
-                &mem,
-                format_args!("virtio-balloon queue {index}"),
-                &mut active.warned,
-                &mut completions,
-                budget,
-                |chain, _, _| {
-                    self.serve(index, &mem, chain);
-                    (Served::Used(0), 0)
-                },
-            );
-            interrupt_if_needed(
-                drained.completed,
-                &mut aq.queue,
-                &mem,
-                active.interrupt.as_ref(),
-                index,
-            );
-        }
+        running.serve_queue(
+            index,
+            "virtio-balloon",
+            MAX_CHAINS_PER_CALL,
+            &mut completions,
+            |mem, chain| {
+                self.serve(index, mem, chain);
+                0
+            },
+        );
         self.completions = completions;
-        self.active = Some(active);
+        self.active = Some(running);
     }
 
     fn resize(&mut self, bytes: u64) -> Result<(), String> {

@@ -18,9 +18,7 @@ use std::sync::Arc;
 use virtio_queue::DescriptorChain;
 use vm_memory::{Bytes, GuestMemoryMmap};
 
-use super::queue::{
-    clear_notification, drain, interrupt_if_needed, rearm, walk_chain, Budget, Seg, Served,
-};
+use super::queue::{walk_chain, Running, Seg};
 use super::{
     counters_map, ActivateError, ActiveQueue, VirtioCommon, VirtioDevice, VirtioInterrupt,
     F_RING_INDIRECT_DESC, F_VERSION_1,
@@ -46,19 +44,12 @@ struct Counters {
     malformed: u64,
 }
 
-struct Active {
-    mem: GuestMemoryMmap,
-    interrupt: Arc<dyn VirtioInterrupt>,
-    queues: Vec<ActiveQueue>,
-    warned: bool,
-}
-
 /// A virtio-pmem device model.
 pub struct Pmem {
     common: VirtioCommon,
     file: File,
     discard_writes: bool,
-    active: Option<Active>,
+    active: Option<Running>,
     counters: Counters,
     descs: Vec<Seg>,
     completions: Vec<(u16, u32)>,
@@ -146,12 +137,7 @@ impl VirtioDevice for Pmem {
         queues: Vec<ActiveQueue>,
     ) -> Result<(), ActivateError> {
         let queues = self.common.enabled_queues(queues, &mem)?;
-        self.active = Some(Active {
-            mem,
-            interrupt,
-            queues,
-            warned: false,
-        });
+        self.active = Some(Running::new(mem, interrupt, queues));
         Ok(())
     }
 
@@ -167,39 +153,19 @@ impl VirtioDevice for Pmem {
     }
 
     fn process_queue(&mut self, index: u16) {
-        let Some(mut active) = self.active.take() else {
+        let Some(mut running) = self.active.take() else {
             return;
         };
         let mut completions = std::mem::take(&mut self.completions);
-        if let Some(aq) = active.queues.iter_mut().find(|q| q.index == index) {
-            clear_notification(&aq.notify);
-            let budget = Budget {
-                bytes: u64::MAX,
-                chains: MAX_CHAINS_PER_CALL,
-            };
-            let mem = active.mem.clone();
-            let drained = drain(
-                &mut aq.queue,
-                &mem,
-                format_args!("virtio-pmem queue {index}"),
-                &mut active.warned,
-                &mut completions,
-                budget,
-                |chain, _, _| (Served::Used(self.serve(&mem, chain)), 0),
-            );
-            interrupt_if_needed(
-                drained.completed,
-                &mut aq.queue,
-                &mem,
-                active.interrupt.as_ref(),
-                index,
-            );
-            if drained.out_of_budget {
-                rearm(&aq.notify, "virtio-pmem", index);
-            }
-        }
+        running.serve_queue(
+            index,
+            "virtio-pmem",
+            MAX_CHAINS_PER_CALL,
+            &mut completions,
+            |mem, chain| self.serve(mem, chain),
+        );
         self.completions = completions;
-        self.active = Some(active);
+        self.active = Some(running);
     }
 
     fn counters(&self) -> serde_json::Map<String, serde_json::Value> {

@@ -21,6 +21,72 @@ use vmm_sys_util::eventfd::EventFd;
 
 use super::{ActivateError, ActiveQueue, InterruptCause, VirtioInterrupt};
 
+/// What a device with simple request queues holds while its driver runs it, and the one
+/// loop that serves such a queue (the balloon's, persistent memory's).
+pub(crate) struct Running {
+    pub mem: GuestMemoryMmap,
+    pub interrupt: std::sync::Arc<dyn VirtioInterrupt>,
+    pub queues: Vec<ActiveQueue>,
+    pub warned: bool,
+}
+
+impl Running {
+    /// The device's queues and what it needs to serve them.
+    pub fn new(
+        mem: GuestMemoryMmap,
+        interrupt: std::sync::Arc<dyn VirtioInterrupt>,
+        queues: Vec<ActiveQueue>,
+    ) -> Self {
+        Running {
+            mem,
+            interrupt,
+            queues,
+            warned: false,
+        }
+    }
+
+    /// Serves queue `index` of device `device`: clears its notification, hands up to
+    /// `chains` chains to `serve` (which returns each one's used length), interrupts the
+    /// driver if it wants, and comes back on its own when chains are left.
+    pub fn serve_queue(
+        &mut self,
+        index: u16,
+        device: &str,
+        chains: u64,
+        completions: &mut Vec<(u16, u32)>,
+        mut serve: impl FnMut(&GuestMemoryMmap, DescriptorChain<&GuestMemoryMmap>) -> u32,
+    ) {
+        let Some(aq) = self.queues.iter_mut().find(|q| q.index == index) else {
+            return;
+        };
+        clear_notification(&aq.notify);
+        let budget = Budget {
+            bytes: u64::MAX,
+            chains,
+        };
+        let mem = self.mem.clone();
+        let drained = drain(
+            &mut aq.queue,
+            &mem,
+            format_args!("{device} queue {index}"),
+            &mut self.warned,
+            completions,
+            budget,
+            |chain, _, _| (Served::Used(serve(&mem, chain)), 0),
+        );
+        interrupt_if_needed(
+            drained.completed,
+            &mut aq.queue,
+            &mem,
+            self.interrupt.as_ref(),
+            index,
+        );
+        if drained.out_of_budget {
+            rearm(&aq.notify, device, index);
+        }
+    }
+}
+
 /// Clears a pending queue notification before the queue is served. The eventfd is
 /// non-blocking, so an already clear one just answers EAGAIN.
 pub(crate) fn clear_notification(notify: &EventFd) {
