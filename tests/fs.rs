@@ -124,6 +124,18 @@ fn the_guest_reads_and_writes_the_shared_directory_under_landlock() {
     let connector = threads.iter().find(|t| t["thread"] == "connector").unwrap();
     assert_eq!(connector["role"], "connector", "{connector}");
 
+    // A second boot: the reset stopped the backend's rings, the new driver sets them up
+    // again on the same connection.
+    vmm.wait_state("Shutdown");
+    assert_eq!(vmm.put("vm.boot", &json!({})).0, 204);
+    let text = vmm.wait_serial("PASS virtio_fs", 2);
+    assert_eq!(
+        text.matches("fuse: read \"hello from the host\"").count(),
+        2,
+        "{text}"
+    );
+    assert_eq!(vmm.get("vm.counters")["fs0"]["backend_errors"], 0);
+
     // The backend goes away: noticed, counted and logged; the VMM carries on.
     backend.kill().unwrap();
     backend.wait().unwrap();

@@ -184,3 +184,41 @@ fn files_that_cannot_back_a_region_are_refused_on_one_line() {
     // A read-only region never grows its file.
     assert_eq!(std::fs::metadata(&short).unwrap().len(), 2 << 20);
 }
+
+#[test]
+fn the_region_follows_the_vm_across_boots_and_leaves_with_the_device() {
+    let dir = TempDir::new("pmem-boots");
+    let file = backing(&dir, "pmem.img");
+    let rules = [json!({"path": dir.path(""), "access": "rw"})];
+    let extra = json!({"pmem": [{"file": file, "id": "pm"}], "landlock_enable": true,
+                       "landlock_rules": rules});
+    let vmm = created_vm(&dir, "virtio_pmem", extra);
+    // Before boot, removing frees the region and the id; adding again takes them back.
+    let region =
+        |vmm: &ApiVmm| vmm.info()["device_tree"]["pm"]["resources"][1]["MmioAddressRange"].clone();
+    let first = region(&vmm);
+    assert_eq!(first["size"], 4 << 20);
+    assert_eq!(vmm.put("vm.remove-device", &json!({"id": "pm"})).0, 204);
+    assert!(vmm.info()["device_tree"]["pm"].is_null());
+    assert!(vmm.info()["config"]["pmem"].as_array().unwrap().is_empty());
+    let (code, body) = vmm.put("vm.add-pmem", &json!({"file": file, "id": "pm"}));
+    assert_eq!(code, 204, "{body}");
+    assert_eq!(region(&vmm), first, "the freed range is used again");
+    // Each boot is a new KVM VM: the region is mapped into it again.
+    assert_eq!(vmm.put("vm.boot", &json!({})).0, 204);
+    vmm.wait_serial("PASS virtio_pmem", 1);
+    vmm.wait_state("Shutdown");
+    assert_eq!(vmm.put("vm.boot", &json!({})).0, 204);
+    let text = vmm.wait_serial("PASS virtio_pmem", 2);
+    assert_eq!(
+        text.matches("pmem: host wrote \"PMEM-FROM-HOST!!\"")
+            .count(),
+        2,
+        "{text}"
+    );
+    assert_eq!(
+        vmm.get("vm.counters")["pm"]["flushes"],
+        2,
+        "one flush per boot"
+    );
+}
