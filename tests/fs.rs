@@ -211,6 +211,15 @@ fn a_missing_or_silent_backend_is_one_line_and_the_api_stays_up() {
         "nothing was half-created"
     );
     holder.join().unwrap();
+    // Hot-plug into a VM whose memory is private: refused before any connection.
+    let mut config = config.clone();
+    config.as_object_mut().unwrap().remove("fs");
+    config["memory"]["shared"] = json!(false);
+    assert_eq!(vmm.put("vm.create", &config).0, 204);
+    let (code, body) = vmm.put("vm.add-fs", &json!({"tag": "t", "socket": silent}));
+    assert_eq!(code, 400, "{body}");
+    assert!(body.contains("--memory shared=on"), "{body}");
+    assert!(vmm.info()["config"]["fs"].is_null());
 }
 
 #[test]
