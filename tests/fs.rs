@@ -64,11 +64,7 @@ fn start_virtiofsd(bin: &Path, socket: &Path, shared: &Path) -> ChildGuard {
         .spawn()
         .unwrap();
     let guard = ChildGuard::new(child);
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !socket.exists() {
-        assert!(Instant::now() < deadline, "virtiofsd never listened");
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    wait_for_socket(socket, "virtiofsd");
     guard
 }
 

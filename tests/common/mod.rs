@@ -451,12 +451,17 @@ pub fn spawn_listening(mut cmd: Command, socket: &Path) -> ChildGuard {
         .spawn()
         .unwrap();
     let guard = ChildGuard::new(child);
+    wait_for_socket(socket, &format!("{cmd:?}"));
+    guard
+}
+
+/// Waits (20 s at most) until the socket `socket` that `what` makes exists.
+pub fn wait_for_socket(socket: &Path, what: &str) {
     let deadline = Instant::now() + Duration::from_secs(20);
     while !socket.exists() {
-        assert!(Instant::now() < deadline, "{cmd:?} never listened");
+        assert!(Instant::now() < deadline, "{what} never listened");
         std::thread::sleep(Duration::from_millis(10));
     }
-    guard
 }
 
 /// A VMM with an API (`--no-shutdown`) and a VM created from guest `name`, 64 MiB, the
