@@ -119,13 +119,13 @@ impl FsConfig {
                 "must be between 1 and 16",
             ));
         }
-        if !(2..=32768).contains(&self.queue_size) || !self.queue_size.is_power_of_two() {
-            return Err(invalid(
-                "queue_size",
-                self.queue_size.to_string(),
-                "must be a power of two from 2 to 32768",
-            ));
-        }
+        crate::validate::check_queue_size(u64::from(self.queue_size)).map_err(|reason| {
+            ValidationError::Invalid {
+                field: format!("{name}.queue_size"),
+                value: self.queue_size.to_string(),
+                reason,
+            }
+        })?;
         crate::validate::check_device_identity(name, &self.id, &self.pci_device_id)
     }
 }

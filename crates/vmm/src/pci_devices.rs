@@ -30,7 +30,7 @@ use crate::x86_64::layout;
 
 mod fs;
 mod pmem;
-pub use pmem::DeviceMemory;
+use pmem::DeviceMemory;
 
 /// I/O threads of a disk without io_uring: one per queue, within these bounds (two, so
 /// that one request blocked in the kernel does not stop the others).
@@ -214,6 +214,11 @@ impl PciEntry {
         self.memory
             .as_ref()
             .map(|m| (m.range.start(), m.range.len()))
+    }
+
+    /// Its segment and slot.
+    pub fn address(&self) -> (u16, u8) {
+        (self.segment, self.slot)
     }
 
     /// Its address as `segment:bus:device.function`.
@@ -460,13 +465,7 @@ impl PciDevices {
         model: Box<dyn VirtioDevice>,
         segment: u16,
     ) -> Result<&PciEntry, PciDeviceError> {
-        if usize::from(segment) >= self.segments.len() {
-            return Err(std::io::Error::other(format!(
-                "PCI segment {segment} does not exist: the VM has {}",
-                self.segments.len()
-            ))
-            .into());
-        }
+        self.check_segment(segment)?;
         let device = VirtioPci::new(model, self.mem.clone(), self.routes.clone())?;
         // Thread names hold 15 bytes.
         let name: String = format!("dev-{id}").chars().take(15).collect();
@@ -480,6 +479,18 @@ impl PciDevices {
             segment,
             bar_size,
         )
+    }
+
+    /// Refuses a PCI segment the VM does not have.
+    fn check_segment(&self, segment: u16) -> Result<(), PciDeviceError> {
+        if usize::from(segment) >= self.segments.len() {
+            return Err(std::io::Error::other(format!(
+                "PCI segment {segment} does not exist: the VM has {}",
+                self.segments.len()
+            ))
+            .into());
+        }
+        Ok(())
     }
 
     /// Plugs a plain PCI function (one 64-bit BAR 0 of `bar_size` bytes) with id `id` on
@@ -501,6 +512,7 @@ impl PciDevices {
         segment: u16,
         size: u64,
     ) -> Result<&PciEntry, PciDeviceError> {
+        let (virtio, worker) = virtio.unzip();
         let seg = &mut self.segments[usize::from(segment)];
         let bar = seg
             .mmio64
@@ -537,9 +549,9 @@ impl PciDevices {
             segment,
             slot,
             pci: shared,
-            virtio: virtio.as_ref().map(|(d, _)| d.clone()),
+            virtio,
             bar,
-            _worker: virtio.map(|(_, w)| w),
+            _worker: worker,
             memory: None,
         });
         Ok(self.entries.last().expect("just pushed"))

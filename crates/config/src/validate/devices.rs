@@ -60,13 +60,7 @@ impl DiskConfig {
             .map_err(|r| invalid(format!("{name}.num_queues"), self.num_queues, r))?;
         check_queue_size(u64::from(self.queue_size))
             .map_err(|r| invalid(format!("{name}.queue_size"), self.queue_size, r))?;
-        if self.id.as_deref() == Some("") {
-            return Err(invalid(
-                format!("{name}.id"),
-                "",
-                "empty id: give a name or leave it out".into(),
-            ));
-        }
+        check_device_identity(name, &self.id, &self.pci_device_id)?;
         must_be_false(format!("{name}.iommu"), self.iommu)?;
         must_be_false(format!("{name}.vhost_user"), self.vhost_user)?;
         must_be_none(format!("{name}.vhost_socket"), &self.vhost_socket)?;
@@ -91,7 +85,6 @@ impl DiskConfig {
                 "empty name: give a group of rate_limit_groups or leave it out".into(),
             ));
         }
-        must_be_none(format!("{name}.pci_device_id"), &self.pci_device_id)?;
         must_be_empty_list(format!("{name}.queue_affinity"), &self.queue_affinity)?;
         must_be_false(format!("{name}.backing_files"), self.backing_files)?;
         must_be_true(format!("{name}.sparse"), self.sparse)?;
@@ -135,13 +128,7 @@ impl NetConfig {
             .map_err(|r| invalid(format!("{name}.num_queues"), self.num_queues, r))?;
         check_queue_size(u64::from(self.queue_size))
             .map_err(|r| invalid(format!("{name}.queue_size"), self.queue_size, r))?;
-        if self.id.as_deref() == Some("") {
-            return Err(invalid(
-                format!("{name}.id"),
-                "",
-                "empty id: give a name or leave it out".into(),
-            ));
-        }
+        check_device_identity(name, &self.id, &self.pci_device_id)?;
         if let Some(fds) = &self.fds {
             let shown = format!("{fds:?}");
             if fds.is_empty() {
@@ -183,7 +170,6 @@ impl NetConfig {
                 "remove it or set it to Client",
             ));
         }
-        must_be_none(format!("{name}.pci_device_id"), &self.pci_device_id)?;
         match &self.rate_limiter_config {
             Some(limiter) => limiter
                 .check(&format!("{name}.rate_limiter_config"))

@@ -288,13 +288,7 @@ pub(crate) fn check_device_identity(
             "empty id: give a name or leave it out".into(),
         ));
     }
-    if pci_device_id.is_some() {
-        return Err(unsupported(
-            format!("{name}.pci_device_id"),
-            "Palisade chooses the slot: remove pci_device_id",
-        ));
-    }
-    Ok(())
+    must_be_none(format!("{name}.pci_device_id"), pci_device_id)
 }
 
 fn unsupported(field: impl Into<String>, hint: &str) -> ValidationError {

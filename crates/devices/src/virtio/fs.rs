@@ -51,8 +51,9 @@ pub struct VhostUserFs {
     pending: Option<Pending>,
     reset_pending: bool,
     memory_pending: Option<GuestMemoryMmap>,
-    // Kept while the backend serves the driver's queues (the worker relays its calls).
-    running: Option<(GuestMemoryMmap, Arc<dyn VirtioInterrupt>, Vec<ActiveQueue>)>,
+    // The driver's interrupts while the backend serves its queues (the worker relays the
+    // backend's calls to them).
+    running: Option<Arc<dyn VirtioInterrupt>>,
     counters: Counters,
 }
 
@@ -124,7 +125,7 @@ impl VhostUserFs {
             {
                 Ok(()) => {
                     log::debug!("virtio-fs {}: the backend serves the queues", self.tag);
-                    self.running = Some((p.mem, p.interrupt, p.queues));
+                    self.running = Some(p.interrupt);
                 }
                 Err(e) => self.failed("handing the queues to the backend", e),
             }
@@ -173,9 +174,6 @@ impl VirtioDevice for VhostUserFs {
     fn set_memory(&mut self, mem: GuestMemoryMmap) {
         if let Some(p) = &mut self.pending {
             p.mem = mem.clone();
-        }
-        if let Some(running) = &mut self.running {
-            running.0 = mem.clone();
         }
         self.memory_pending = Some(mem);
         self.wake_worker();
@@ -229,7 +227,7 @@ impl VirtioDevice for VhostUserFs {
                 };
                 // Drained even when nothing runs, so that it does not stay readable.
                 if evt.read().is_ok() {
-                    if let Some((_, interrupt, _)) = &self.running {
+                    if let Some(interrupt) = &self.running {
                         self.counters.interrupts += 1;
                         interrupt.trigger(InterruptCause::Queue(index as u16));
                     }

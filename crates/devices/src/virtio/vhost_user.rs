@@ -69,7 +69,6 @@ pub struct Backend {
     carrier: Option<Carrier>,
     /// The virtio features the backend offers.
     pub features: u64,
-    protocol: VhostUserProtocolFeatures,
     fd: RawFd,
     num_queues: usize,
     started: bool,
@@ -84,12 +83,12 @@ pub fn handshake(stream: UnixStream, num_queues: usize) -> Result<Backend, Strin
     let err = |what: &'static str| move |e: vhost::Error| format!("{what}: {e}");
     frontend.set_owner().map_err(err("SET_OWNER"))?;
     let features = frontend.get_features().map_err(err("GET_FEATURES"))?;
-    let mut protocol = VhostUserProtocolFeatures::empty();
     if features & F_PROTOCOL_FEATURES != 0 {
         let offered = frontend
             .get_protocol_features()
             .map_err(err("GET_PROTOCOL_FEATURES"))?;
-        protocol = offered & (VhostUserProtocolFeatures::MQ | VhostUserProtocolFeatures::REPLY_ACK);
+        let protocol =
+            offered & (VhostUserProtocolFeatures::MQ | VhostUserProtocolFeatures::REPLY_ACK);
         frontend
             .set_protocol_features(protocol)
             .map_err(err("SET_PROTOCOL_FEATURES"))?;
@@ -113,7 +112,6 @@ pub fn handshake(stream: UnixStream, num_queues: usize) -> Result<Backend, Strin
         frontend,
         carrier: None,
         features,
-        protocol,
         fd,
         num_queues,
         started: false,
@@ -239,11 +237,6 @@ impl Backend {
             }
             Ok(())
         })
-    }
-
-    /// Whether the protocol features include replies to every request.
-    pub fn acks_requests(&self) -> bool {
-        self.protocol.contains(VhostUserProtocolFeatures::REPLY_ACK)
     }
 }
 

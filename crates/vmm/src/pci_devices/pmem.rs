@@ -22,29 +22,29 @@ use super::{PciDeviceError, PciEntry};
 
 /// The first KVM memory slot of device memory, far above those of RAM (one per region,
 /// hot-plugged ones included).
-pub const FIRST_SLOT: u32 = 1024;
+const FIRST_SLOT: u32 = 1024;
 /// Device memory regions a VM may have at once.
-pub const MAX_REGIONS: u32 = 256;
+const MAX_REGIONS: u32 = 256;
 
 /// A region of device memory: a host mapping, where the guest sees it, and its KVM slot.
-pub struct DeviceMemory {
+pub(super) struct DeviceMemory {
     /// The mapping, at its guest address.
-    pub region: GuestRegionMmap,
+    region: GuestRegionMmap,
     /// Its KVM memory slot.
-    pub slot: u32,
+    pub(super) slot: u32,
     /// The guest range, returned to the window's allocator when the device goes.
-    pub range: RangeInclusive,
+    pub(super) range: RangeInclusive,
 }
 
 impl DeviceMemory {
     /// Makes the region guest memory of `vm`.
-    pub fn map(&self, vm: &VmFd) -> Result<(), PciDeviceError> {
+    pub(super) fn map(&self, vm: &VmFd) -> Result<(), PciDeviceError> {
         crate::machine::map_region(vm, self.slot, &self.region)
             .map_err(|e| std::io::Error::other(e.to_string()).into())
     }
 
     /// Takes the region out of `vm` (before the mapping goes).
-    pub fn unmap(&self, vm: &VmFd) {
+    fn unmap(&self, vm: &VmFd) {
         let empty = kvm_userspace_memory_region {
             slot: self.slot,
             memory_size: 0,
@@ -62,7 +62,7 @@ impl DeviceMemory {
 
 /// The backing file of `cfg`, opened as it needs (read-only with `discard_writes`), with the
 /// region's size: `size` if given (a shorter writable file is extended), else the file's.
-pub fn open_backing(cfg: &PmemConfig) -> Result<(File, u64), PciDeviceError> {
+fn open_backing(cfg: &PmemConfig) -> Result<(File, u64), PciDeviceError> {
     let path = cfg.file.as_path();
     let writable = !cfg.discard_writes;
     let mut options = OpenOptions::new();
@@ -119,7 +119,7 @@ pub fn open_backing(cfg: &PmemConfig) -> Result<(File, u64), PciDeviceError> {
 
 /// Maps `size` bytes of `file` at guest address `start`: shared with the file, or private
 /// (copy on write: the guest's writes stay in this process) with `discard_writes`.
-pub fn map_backing(
+fn map_backing(
     file: &File,
     start: u64,
     size: u64,
@@ -140,14 +140,8 @@ impl super::PciDevices {
     /// Opens and maps the backing file `cfg` names and plugs a virtio-pmem device for it
     /// with id `id`; the region is guest memory at once if the guest runs.
     pub fn add_pmem(&mut self, id: &str, cfg: &PmemConfig) -> Result<&PciEntry, PciDeviceError> {
+        self.check_segment(cfg.pci_segment)?;
         let segment = usize::from(cfg.pci_segment);
-        if segment >= self.segments.len() {
-            return Err(std::io::Error::other(format!(
-                "PCI segment {segment} does not exist: the VM has {}",
-                self.segments.len()
-            ))
-            .into());
-        }
         let (file, size) = open_backing(cfg)?;
         let slot = (FIRST_SLOT..FIRST_SLOT + MAX_REGIONS)
             .find(|s| {

@@ -23,24 +23,10 @@ impl Vm {
         }
         self.check_segment(disk.pci_segment, "disk")?;
         let id = self.new_device_id(disk.id.as_deref(), "_disk")?;
-        let slot = match self.devices.pci.add_disk(&id, &disk) {
-            Ok(entry) => (entry.segment, entry.slot),
-            Err(PciDeviceError::Denied(why)) => return Err(HotplugError::Denied(why)),
-            // A path that cannot be opened is the request's fault, not the VMM's.
-            Err(e @ PciDeviceError::Open { .. }) => {
-                return Err(HotplugError::Invalid(e.to_string()))
-            }
-            Err(e @ PciDeviceError::Locked { .. }) => {
-                return Err(HotplugError::Busy(e.to_string()))
-            }
-            Err(e) => return Err(HotplugError::Failed(e.to_string())),
-        };
+        let slot = self.devices.pci.add_disk(&id, &disk)?.address();
         disk.id = Some(id.clone());
         self.config.disks.get_or_insert_with(Vec::new).push(disk);
-        if matches!(self.state, VmState::Running | VmState::Paused) {
-            self.devices.announce_plugged(slot.0, slot.1);
-        }
-        Ok((id, slot))
+        Ok(self.plugged(id, slot))
     }
 
     /// Adds a network device; returns its id and slot. On a running VM the guest is told.
@@ -52,19 +38,21 @@ impl Vm {
             .map_err(|e| HotplugError::Invalid(e.to_string()))?;
         self.check_segment(net.pci_segment, "net")?;
         let id = self.new_device_id(net.id.as_deref(), "_net")?;
-        let (slot, tap, mac) = match self.devices.pci.add_net(&id, &net) {
-            Ok((entry, tap, mac)) => ((entry.segment, entry.slot), tap, mac),
-            Err(PciDeviceError::Denied(why)) => return Err(HotplugError::Denied(why)),
-            Err(e) => return Err(HotplugError::Failed(e.to_string())),
-        };
+        let (entry, tap, mac) = self.devices.pci.add_net(&id, &net)?;
+        let slot = entry.address();
         net.id = Some(id.clone());
         net.tap = Some(tap);
         net.mac = Some(mac);
         self.config.net.get_or_insert_with(Vec::new).push(net);
+        Ok(self.plugged(id, slot))
+    }
+
+    /// A device `id` was plugged at `slot`: a running guest is told.
+    fn plugged(&self, id: String, slot: (u16, u8)) -> (String, (u16, u8)) {
         if matches!(self.state, VmState::Running | VmState::Paused) {
             self.devices.announce_plugged(slot.0, slot.1);
         }
-        Ok((id, slot))
+        (id, slot)
     }
 
     /// Refuses a device on a PCI segment the VM does not have.
@@ -106,20 +94,10 @@ impl Vm {
             .map_err(|e| HotplugError::Invalid(e.to_string()))?;
         self.check_segment(pmem.pci_segment, "pmem")?;
         let id = self.new_device_id(pmem.id.as_deref(), "_pmem")?;
-        let slot = match self.devices.pci.add_pmem(&id, &pmem) {
-            Ok(entry) => (entry.segment, entry.slot),
-            Err(PciDeviceError::Denied(why)) => return Err(HotplugError::Denied(why)),
-            Err(e @ PciDeviceError::Pmem { .. }) => {
-                return Err(HotplugError::Invalid(e.to_string()))
-            }
-            Err(e) => return Err(HotplugError::Failed(e.to_string())),
-        };
+        let slot = self.devices.pci.add_pmem(&id, &pmem)?.address();
         pmem.id = Some(id.clone());
         self.config.pmem.get_or_insert_with(Vec::new).push(pmem);
-        if matches!(self.state, VmState::Running | VmState::Paused) {
-            self.devices.announce_plugged(slot.0, slot.1);
-        }
-        Ok((id, slot))
+        Ok(self.plugged(id, slot))
     }
 
     /// Adds a virtio-fs device served by the backend on its socket; returns its id and
@@ -139,23 +117,32 @@ impl Vm {
         }
         self.check_segment(fs.pci_segment, "fs")?;
         let id = self.new_device_id(fs.id.as_deref(), "_fs")?;
-        let slot = match self.devices.pci.add_fs(&id, &fs) {
-            Ok(entry) => (entry.segment, entry.slot),
-            Err(PciDeviceError::Denied(why)) => return Err(HotplugError::Denied(why)),
-            Err(PciDeviceError::Backend(why)) => return Err(HotplugError::Invalid(why)),
-            Err(e) => return Err(HotplugError::Failed(e.to_string())),
-        };
+        let slot = self.devices.pci.add_fs(&id, &fs)?.address();
         fs.id = Some(id.clone());
         self.config.fs.get_or_insert_with(Vec::new).push(fs);
-        if matches!(self.state, VmState::Running | VmState::Paused) {
-            self.devices.announce_plugged(slot.0, slot.1);
-        }
-        Ok((id, slot))
+        Ok(self.plugged(id, slot))
     }
 
     /// Whether every part of guest RAM is in memory another process can map.
     fn memory_is_shared(&self) -> bool {
         use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
         self.memory.iter().all(|r| r.file_offset().is_some())
+    }
+}
+
+/// How a device that could not be plugged is answered: a path outside the ruleset is
+/// denied; what the request named wrongly (a file that cannot be opened or back a region,
+/// a backend that is not there) is its own fault; a locked image is busy; the rest failed.
+impl From<PciDeviceError> for HotplugError {
+    fn from(e: PciDeviceError) -> Self {
+        match e {
+            PciDeviceError::Denied(why) => HotplugError::Denied(why),
+            PciDeviceError::Backend(why) => HotplugError::Invalid(why),
+            e @ (PciDeviceError::Open { .. } | PciDeviceError::Pmem { .. }) => {
+                HotplugError::Invalid(e.to_string())
+            }
+            e @ PciDeviceError::Locked { .. } => HotplugError::Busy(e.to_string()),
+            e => HotplugError::Failed(e.to_string()),
+        }
     }
 }

@@ -10,73 +10,43 @@ use crate::vm::{HotplugError, Removal, VmState};
 
 impl Vmm {
     pub(super) fn add_disk(&mut self, disk: config::DiskConfig) -> Response {
-        self.require_vm("vm.add-disk")?;
-        let Some(vm) = &mut self.vm else {
-            return Err(RequestError::new(ErrorKind::NotFound, "vm.add-disk: no VM"));
-        };
-        let running = matches!(vm.state(), VmState::Running | VmState::Paused);
-        let (id, slot) = vm
-            .add_disk(disk)
-            .map_err(|e| hotplug_error("vm.add-disk", e))?;
-        info!("disk {id} added at {}", bdf(slot));
-        if running {
-            Ok(Reply::Json(json!({ "id": id, "bdf": bdf(slot) })))
-        } else {
-            // Cold plug: the guest will find it when it boots.
-            Ok(Reply::Done)
-        }
+        self.plug("vm.add-disk", "disk", |vm| vm.add_disk(disk))
     }
 
     pub(super) fn add_pmem(&mut self, pmem: config::PmemConfig) -> Response {
-        self.require_vm("vm.add-pmem")?;
-        let Some(vm) = &mut self.vm else {
-            return Err(RequestError::new(ErrorKind::NotFound, "vm.add-pmem: no VM"));
-        };
-        let running = matches!(vm.state(), VmState::Running | VmState::Paused);
-        let (id, slot) = vm
-            .add_pmem(pmem)
-            .map_err(|e| hotplug_error("vm.add-pmem", e))?;
-        info!("pmem {id} added at {}", bdf(slot));
-        if running {
-            Ok(Reply::Json(json!({ "id": id, "bdf": bdf(slot) })))
-        } else {
-            Ok(Reply::Done)
-        }
+        self.plug("vm.add-pmem", "pmem", |vm| vm.add_pmem(pmem))
     }
 
     pub(super) fn add_fs(&mut self, fs: config::FsConfig) -> Response {
-        self.require_vm("vm.add-fs")?;
-        let Some(vm) = &mut self.vm else {
-            return Err(RequestError::new(ErrorKind::NotFound, "vm.add-fs: no VM"));
-        };
-        let running = matches!(vm.state(), VmState::Running | VmState::Paused);
-        let (id, slot) = vm.add_fs(fs).map_err(|e| hotplug_error("vm.add-fs", e))?;
-        info!("fs {id} added at {}", bdf(slot));
-        if running {
-            Ok(Reply::Json(json!({ "id": id, "bdf": bdf(slot) })))
-        } else {
-            Ok(Reply::Done)
-        }
+        self.plug("vm.add-fs", "fs", |vm| vm.add_fs(fs))
     }
 
     pub(super) fn add_net(&mut self, net: config::NetConfig) -> Response {
         // Descriptors sent for this device and not adopted are closed, whatever happens.
         let fds = net.fds.clone().unwrap_or_default();
-        let answer = self.add_net_inner(net);
+        let answer = self.plug("vm.add-net", "network device", |vm| vm.add_net(net));
         crate::passed_fds::discard(&fds);
         answer
     }
 
-    fn add_net_inner(&mut self, net: config::NetConfig) -> Response {
-        self.require_vm("vm.add-net")?;
+    /// Answers `action`, which plugs a `what` with `add`: its id and PCI address for a
+    /// running guest; nothing for a cold plug (the guest finds it when it boots).
+    fn plug(
+        &mut self,
+        action: &str,
+        what: &str,
+        add: impl FnOnce(&mut crate::vm::Vm) -> Result<(String, (u16, u8)), HotplugError>,
+    ) -> Response {
+        self.require_vm(action)?;
         let Some(vm) = &mut self.vm else {
-            return Err(RequestError::new(ErrorKind::NotFound, "vm.add-net: no VM"));
+            return Err(RequestError::new(
+                ErrorKind::NotFound,
+                format!("{action}: no VM"),
+            ));
         };
         let running = matches!(vm.state(), VmState::Running | VmState::Paused);
-        let (id, slot) = vm
-            .add_net(net)
-            .map_err(|e| hotplug_error("vm.add-net", e))?;
-        info!("network device {id} added at {}", bdf(slot));
+        let (id, slot) = add(vm).map_err(|e| hotplug_error(action, e))?;
+        info!("{what} {id} added at {}", bdf(slot));
         if running {
             Ok(Reply::Json(json!({ "id": id, "bdf": bdf(slot) })))
         } else {
