@@ -21,6 +21,7 @@ pub mod rng;
 #[cfg(test)]
 mod test_driver;
 pub mod vhost_user;
+pub mod vsock;
 pub mod worker;
 
 use std::sync::Arc;
