@@ -58,7 +58,7 @@ pub const ENDPOINTS: &[Endpoint] = &[
     not_yet("vm.add-generic-vhost-user"),
     served("vm.add-pmem", "PUT"),
     served("vm.add-net", "PUT"),
-    not_yet("vm.add-vsock"),
+    served("vm.add-vsock", "PUT"),
     not_yet("vm.add-vdpa"),
     not_yet("vm.add-user-device"),
     not_yet("vm.snapshot"),
@@ -100,6 +100,9 @@ pub fn request_for(name: &str, body: &[u8], fds: Vec<OwnedFd>) -> Result<Request
         }
         "vm.add-disk" => Request::AddDisk(Box::new(json_body(name, "disk configuration", body)?)),
         "vm.add-fs" => Request::AddFs(Box::new(json_body(name, "fs configuration", body)?)),
+        "vm.add-vsock" => {
+            Request::AddVsock(Box::new(json_body(name, "vsock configuration", body)?))
+        }
         "vm.add-pmem" => Request::AddPmem(Box::new(json_body(name, "pmem configuration", body)?)),
         "vm.add-net" => {
             let mut net: NetConfig = json_body(name, "network configuration", body)?;
@@ -274,6 +277,7 @@ mod tests {
                     "vm.add-disk" => &br#"{"path": "/d"}"#[..],
                     "vm.add-pmem" => &br#"{"file": "/p"}"#[..],
                     "vm.add-fs" => &br#"{"tag": "t", "socket": "/s"}"#[..],
+                    "vm.add-vsock" => &br#"{"cid": 3, "socket": "/s"}"#[..],
                     "vm.add-net" => &br#"{"tap": "tap0"}"#[..],
                     "vm.remove-device" => &br#"{"id": "d"}"#[..],
                     "vm.resize-disk" => &br#"{"id": "d", "desired_size": 512}"#[..],

@@ -163,7 +163,7 @@ fn unknown_paths_get_404() {
 fn endpoints_palisade_does_not_serve_answer_501() {
     let h = Harness::start();
     let unserved: Vec<_> = ENDPOINTS.iter().filter(|e| !e.served).collect();
-    assert_eq!(unserved.len(), 9);
+    assert_eq!(unserved.len(), 8);
     for endpoint in unserved {
         for body in [None, Some(r#"{"id": "disk0"}"#)] {
             let r = h.call("PUT", endpoint.name, body);
@@ -566,7 +566,7 @@ fn sixty_four_concurrent_clients_are_all_answered() {
                 let (method, path, expected) = match i % 4 {
                     0 => ("GET", "/api/v1/vmm.ping", 200),
                     1 => ("PUT", "/api/v1/vm.boot", 404),
-                    2 => ("PUT", "/api/v1/vm.add-vsock", 501),
+                    2 => ("PUT", "/api/v1/vm.add-vdpa", 501),
                     _ => ("GET", "/api/v1/vm.nope", 404),
                 };
                 let r = api::client::request_with_timeout(

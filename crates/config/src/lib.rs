@@ -46,6 +46,7 @@ pub mod pmem;
 pub mod rate_limit;
 pub mod validate;
 pub mod vm;
+pub mod vsock;
 
 pub use fs::FsConfig;
 pub use memory_zone::*;
@@ -56,6 +57,7 @@ pub use pmem::PmemConfig;
 pub use rate_limit::*;
 pub use validate::*;
 pub use vm::*;
+pub use vsock::VsockConfig;
 
 #[cfg(test)]
 mod tests;

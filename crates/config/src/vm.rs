@@ -113,9 +113,9 @@ pub struct VmConfig {
     /// Compatibility: vDPA devices (must be absent or empty).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub vdpa: Option<Vec<Value>>,
-    /// Compatibility: the vsock device (must be absent or null).
+    /// The vsock device (one at most).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub vsock: Option<Value>,
+    pub vsock: Option<crate::VsockConfig>,
     /// Compatibility: NUMA nodes (must be absent or empty).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub numa: Option<Vec<Value>>,
@@ -186,10 +186,12 @@ impl VmConfig {
         let net_ids = self.net.iter().flatten().filter_map(|n| n.id.as_deref());
         let pmem_ids = self.pmem.iter().flatten().filter_map(|p| p.id.as_deref());
         let fs_ids = self.fs.iter().flatten().filter_map(|f| f.id.as_deref());
+        let vsock_id = self.vsock.iter().filter_map(|v| v.id.as_deref());
         disk_ids
             .chain(net_ids)
             .chain(pmem_ids)
             .chain(fs_ids)
+            .chain(vsock_id)
             .any(|i| i == id)
     }
 }

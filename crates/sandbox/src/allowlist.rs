@@ -165,8 +165,9 @@ pub fn rules(role: Role, ctx: &FilterContext) -> Rules {
             starts_threads(&mut r);
             ioctls(&mut r, ctx);
             messages_on(&mut r, ctx.message_fd);
-            // Taking the client of the serial socket bound at start (never making one).
-            r.allow(&[Sysno::accept4]);
+            // Taking the client of the serial socket bound at start (never making one);
+            // `shutdown` as well, which vsock workers (whose filter stacks on this one) need.
+            r.allow(&[Sysno::accept4, Sysno::shutdown]);
             // Pinning vCPU threads to host CPUs (`cpus.affinity`).
             r.allow(&[Sysno::sched_setaffinity]);
             // Asking for AMX tile state in guests (`cpus.features.amx`), and nothing else
@@ -237,10 +238,18 @@ pub fn rules(role: Role, ctx: &FilterContext) -> Rules {
             // (a ring only runs its own disk's reads, writes and flushes).
             r.allow(&[Sysno::io_uring_enter]);
         }
-        Role::Device => {
+        Role::Device | Role::Vsock => {
             common(&mut r);
             ioctls(&mut r, ctx);
             disk_io(&mut r);
+            if role == Role::Vsock {
+                // Host clients of the socket the connector bound; the connections' epoll
+                // set; shutting a connection's host end when the guest has sent its last.
+                // The connections are read and written with read(2) and write(2), which
+                // every filter allows, rather than recv/send, which the VMM thread's filter
+                // (stacked on this one) keeps to the janitor's channel.
+                r.allow(&[Sysno::accept4, Sysno::epoll_ctl, Sysno::shutdown]);
+            }
             // Its event loop, and I/O on the other descriptors it was handed (a tap, a
             // console's ends, eventfds); a console's input is polled with no timeout before
             // it is read.
@@ -257,7 +266,9 @@ pub fn rules(role: Role, ctx: &FilterContext) -> Rules {
             ioctls(&mut r, ctx);
             // Stream sockets of the Unix family only, connected to the path it is given
             // (which it checks against the VM's policy first), with timeouts set, and the
-            // first messages on them; no bind, listen or accept, no other family.
+            // first messages on them; bound and listening for a vsock device (its Landlock
+            // domain lets it make socket files and nothing else); never accepting, no
+            // other family.
             r.allow_if(
                 Sysno::socket,
                 &[
@@ -266,6 +277,7 @@ pub fn rules(role: Role, ctx: &FilterContext) -> Rules {
                 ],
             );
             r.allow(&[Sysno::connect, Sysno::sendmsg, Sysno::recvmsg]);
+            r.allow(&[Sysno::bind, Sysno::listen]);
             // Plain reads and writes on a stream: never to or from an address given.
             r.allow_if(Sysno::sendto, &[(Arg::Pointer(4), Eq, 0)]);
             r.allow_if(Sysno::recvfrom, &[(Arg::Pointer(4), Eq, 0)]);
@@ -331,15 +343,21 @@ mod tests {
             Role::Api,
             Role::Vcpu,
             Role::Device,
+            Role::Vsock,
             Role::Janitor,
             Role::Connector,
         ] {
             let r = rules(role, &ctx);
             // The VMM thread builds the disks' restricted rings and the connector connects
-            // (to Unix stream sockets only, see below); no other thread may.
+            // and binds (Unix stream sockets only, see below); no other thread may.
             let opened = |d: Sysno| match role {
                 Role::Vmm => d == Sysno::io_uring_setup,
-                Role::Connector => matches!(d, Sysno::socket | Sysno::connect),
+                Role::Connector => {
+                    matches!(
+                        d,
+                        Sysno::socket | Sysno::connect | Sysno::bind | Sysno::listen
+                    )
+                }
                 _ => false,
             };
             let doors = DOORS.iter().filter(|d| !opened(**d));
@@ -350,16 +368,23 @@ mod tests {
     }
 
     #[test]
+    fn only_a_vsock_worker_accepts_and_watches_connections() {
+        let ctx = FilterContext::default();
+        let (device, vsock) = (rules(Role::Device, &ctx), rules(Role::Vsock, &ctx));
+        for call in [Sysno::accept4, Sysno::epoll_ctl, Sysno::shutdown] {
+            assert!(vsock.names(call) && !device.names(call), "{call}");
+        }
+        // It makes and binds no socket: the connector does.
+        for call in [Sysno::socket, Sysno::bind, Sysno::listen, Sysno::connect] {
+            assert!(!vsock.names(call), "{call}");
+        }
+    }
+
+    #[test]
     fn the_connector_makes_unix_stream_sockets_only() {
         let r = rules(Role::Connector, &FilterContext::default());
-        assert!(r.names(Sysno::socket) && r.names(Sysno::connect));
-        for call in [
-            Sysno::bind,
-            Sysno::listen,
-            Sysno::accept4,
-            Sysno::openat,
-            Sysno::clone,
-        ] {
+        assert!(r.names(Sysno::socket) && r.names(Sysno::connect) && r.names(Sysno::bind));
+        for call in [Sysno::accept4, Sysno::openat, Sysno::clone] {
             assert!(!r.names(call), "{call}");
         }
         let f = crate::seccomp::build(
@@ -392,6 +417,7 @@ mod tests {
             Role::Api,
             Role::Vcpu,
             Role::Device,
+            Role::Vsock,
             Role::Janitor,
             Role::Connector,
         ] {
@@ -405,7 +431,8 @@ mod tests {
                 assert!(!r.names(call), "{role:?} allows {call}");
             }
             // Only a device worker may confine itself further (see `rules`).
-            assert_eq!(r.names(Sysno::prctl), role == Role::Device, "{role:?}");
+            let workers = matches!(role, Role::Device | Role::Vsock);
+            assert_eq!(r.names(Sysno::prctl), workers, "{role:?}");
         }
         let vmm = rules(Role::Vmm, &ctx);
         assert!(vmm.names(Sysno::openat) && vmm.names(Sysno::clone));

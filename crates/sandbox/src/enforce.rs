@@ -135,6 +135,7 @@ pub fn origin_text(origin: &Origin) -> String {
         Origin::MemoryZone { id } => format!("memory zone {id}"),
         Origin::Pmem { id } => format!("pmem {id}"),
         Origin::Fs { id } => format!("fs {id}"),
+        Origin::Vsock { id } => format!("vsock {id}"),
         Origin::Net { id } => format!("net {id}"),
         Origin::NetHotplug => "network hot-plug".into(),
         Origin::UserRule { index } => format!("landlock rule #{index}"),
@@ -350,17 +351,46 @@ pub fn may_connect(path: &Path) -> Result<(), String> {
         return Ok(());
     };
     let target = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
-    let resolved = |rule: &Path| std::fs::canonicalize(rule).unwrap_or_else(|_| rule.to_path_buf());
-    if report
-        .rules
-        .iter()
-        .any(|r| target.starts_with(resolved(&r.rule.path)) && r.rule.access.writes())
-    {
+    if under_writable_rule(&report, &target) {
         return Ok(());
     }
     Err(format!(
         "socket {} is outside the Landlock ruleset, and the confined VMM connects only to \
          sockets under its rules; allow it with {}",
+        path.display(),
+        crate::policy::suggested_rule(path, Access::ReadWrite)
+    ))
+}
+
+/// Whether `target` (resolved) lies under a rule with write access.
+fn under_writable_rule(report: &Report, target: &Path) -> bool {
+    let resolved = |rule: &Path| std::fs::canonicalize(rule).unwrap_or_else(|_| rule.to_path_buf());
+    report
+        .rules
+        .iter()
+        .any(|r| target.starts_with(resolved(&r.rule.path)) && r.rule.access.writes())
+}
+
+/// Whether the VMM may bind a Unix socket at `path` (a hot-plugged vsock device's): always
+/// before confinement; after it, only at a path under a rule with write access. The
+/// connector binds it, whose domain lets it make socket files anywhere: this is the check
+/// that keeps it to the rules. The error is one line with the rule that would allow it.
+pub fn may_bind(path: &Path) -> Result<(), String> {
+    let Some(report) = current() else {
+        return Ok(());
+    };
+    let parent = path.parent().unwrap_or(Path::new("/"));
+    let dir = std::fs::canonicalize(parent).unwrap_or_else(|_| parent.to_path_buf());
+    let target = match path.file_name() {
+        Some(name) => dir.join(name),
+        None => dir,
+    };
+    if under_writable_rule(&report, &target) {
+        return Ok(());
+    }
+    Err(format!(
+        "socket {} is outside the Landlock ruleset, and the confined VMM binds sockets only \
+         under its rules; allow it with {}",
         path.display(),
         crate::policy::suggested_rule(path, Access::ReadWrite)
     ))

@@ -23,6 +23,6 @@ pub mod seccomp;
 pub mod threads;
 
 pub use caps::Capability;
-pub use enforce::{current, explain_denial, may_connect, Report, Sandbox, SandboxError};
+pub use enforce::{current, explain_denial, may_bind, may_connect, Report, Sandbox, SandboxError};
 pub use policy::{Access, Origin, Policy};
 pub use seccomp::{Role, SeccompMode};

@@ -23,6 +23,10 @@ pub enum ThreadLandlock {
     /// A domain that grants no file-system right at all, no TCP port and no scope: for
     /// threads that never open anything (vCPUs, the API server).
     NoFiles,
+    /// A domain whose only file-system right is making socket files (`bind` of a Unix
+    /// socket): for the connector, which binds vsock sockets at paths checked against the
+    /// VM's policy first ([`crate::may_bind`]), and may neither open nor remove anything.
+    SocketFilesOnly,
     /// Whatever the thread has (the VMM thread takes the VM's ruleset when the VM is
     /// created, see [`crate::Sandbox::confine`]).
     Unchanged,
@@ -117,6 +121,25 @@ fn thread_name() -> String {
     std::thread::current().name().unwrap_or("?").to_string()
 }
 
+/// Applies a domain that handles every file-system right but making socket files (and
+/// every TCP port and scope) to the calling thread.
+fn socket_files_domain() -> Result<String, landlock::RulesetError> {
+    let Ok(abi_number) = kernel_abi() else {
+        return Ok("unavailable (the kernel has no Landlock)".into());
+    };
+    let abi = ABI::from(abi_number);
+    let status = rights::ruleset_handling_all_but_sockets(abi)?
+        .create()?
+        .restrict_self()?;
+    Ok(match status.ruleset {
+        RulesetStatus::FullyEnforced => "socket files only (own domain)".into(),
+        RulesetStatus::PartiallyEnforced => {
+            "socket files only (own domain, partly enforced)".into()
+        }
+        RulesetStatus::NotEnforced => "not enforced by this kernel".into(),
+    })
+}
+
 /// Applies a domain that grants nothing on the file system (nor TCP ports, nor scopes) to
 /// the calling thread. Returns how it was enforced, in the report's words.
 fn no_files_domain() -> Result<String, landlock::RulesetError> {
@@ -164,6 +187,12 @@ pub fn lock_down(
             thread: thread.clone(),
             source,
         })?,
+        ThreadLandlock::SocketFilesOnly => {
+            socket_files_domain().map_err(|source| LockdownError::Landlock {
+                thread: thread.clone(),
+                source,
+            })?
+        }
         ThreadLandlock::Unchanged => {
             "not yet confined (the VM's ruleset comes at vm.create)".into()
         }
@@ -184,7 +213,8 @@ pub fn lock_down(
         landlock: landlock_text,
         seccomp: seccomp_text(filters),
         capabilities: held,
-        no_files: landlock == ThreadLandlock::NoFiles,
+        // A domain of its own: the VM's ruleset, applied to the others, is not for it.
+        no_files: landlock != ThreadLandlock::Unchanged,
     };
     log::info!("{}", record.log_line());
     THREADS

@@ -95,6 +95,11 @@ pub enum Origin {
         /// The device's id.
         id: String,
     },
+    /// The vsock device's socket, by device id.
+    Vsock {
+        /// The device's id.
+        id: String,
+    },
     /// A persistent memory device's file, by device id.
     Pmem {
         /// The device's id.
@@ -249,6 +254,18 @@ impl Policy {
                     .into(),
                 origin: Origin::Fs {
                     id: fs.id.clone().unwrap_or_else(|| format!("_fs{index}")),
+                },
+            });
+        }
+        if let Some(vsock) = &config.vsock {
+            held.push(Held {
+                path: vsock.socket.clone(),
+                how: "vsock socket, bound and listening from creation (by the connector \
+                      thread); a guest connection to host port P is relayed to the socket \
+                      at this path followed by _P, which the connector connects to"
+                    .into(),
+                origin: Origin::Vsock {
+                    id: vsock.id.clone().unwrap_or_else(|| "_vsock0".into()),
                 },
             });
         }

@@ -67,10 +67,25 @@ pub fn handled_scopes(abi: ABI) -> BitFlags<Scope> {
 /// A ruleset (best effort) that handles every right `abi` knows — files, TCP, scopes — and
 /// so denies all of them until rules are added.
 pub fn ruleset_handling_all(abi: ABI) -> Result<landlock::Ruleset, landlock::RulesetError> {
+    ruleset_handling(abi, handled_fs(abi))
+}
+
+/// As [`ruleset_handling_all`], but leaving making socket files (`bind`) allowed: the
+/// connector's domain, where nothing else on the file system is.
+pub fn ruleset_handling_all_but_sockets(
+    abi: ABI,
+) -> Result<landlock::Ruleset, landlock::RulesetError> {
+    ruleset_handling(abi, handled_fs(abi) & !AccessFs::MakeSock)
+}
+
+fn ruleset_handling(
+    abi: ABI,
+    fs: BitFlags<AccessFs>,
+) -> Result<landlock::Ruleset, landlock::RulesetError> {
     use landlock::{CompatLevel, Compatible, RulesetAttr};
     let mut ruleset = landlock::Ruleset::default()
         .set_compatibility(CompatLevel::BestEffort)
-        .handle_access(handled_fs(abi))?;
+        .handle_access(fs)?;
     let net = handled_net(abi);
     if !net.is_empty() {
         ruleset = ruleset.handle_access(net)?;

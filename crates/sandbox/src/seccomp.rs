@@ -69,6 +69,9 @@ pub enum Role {
     Vcpu,
     /// A device's worker thread: its queues and host descriptors.
     Device,
+    /// A vsock device's worker thread: a device's, plus accepting host clients on its
+    /// bound socket and watching their connections.
+    Vsock,
     /// The janitor process.
     Janitor,
     /// The connector thread: connects to the Unix sockets of vhost-user backends and holds
@@ -84,6 +87,7 @@ impl Role {
             Role::Api => "api",
             Role::Vcpu => "vcpu",
             Role::Device => "device",
+            Role::Vsock => "vsock",
             Role::Janitor => "janitor",
             Role::Connector => "connector",
         }
@@ -423,6 +427,7 @@ mod tests {
             Role::Api,
             Role::Vcpu,
             Role::Device,
+            Role::Vsock,
             Role::Janitor,
             Role::Connector,
         ] {

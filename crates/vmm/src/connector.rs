@@ -1,4 +1,5 @@
-//! The connector: the one thread of Palisade that may connect to a Unix socket.
+//! The connector: the one thread of Palisade that may connect to a Unix socket, or bind
+//! one (a vsock device's).
 //!
 //! Devices with an outside backend (virtio-fs through vhost-user) reach it on a named Unix
 //! socket, which Landlock does not mediate on the kernels Palisade runs on. So no thread
@@ -18,7 +19,7 @@
 //! is an error on one line, never a hung VMM.
 
 use std::os::fd::FromRawFd;
-use std::os::unix::net::UnixStream;
+use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use std::sync::{Mutex, OnceLock};
@@ -148,8 +149,56 @@ pub fn carry(job: Box<dyn FnOnce() + Send>) -> Result<(), String> {
         .map_err(|_| "the connector thread is gone".to_string())
 }
 
-/// A connected stream socket to `path`, blocking, with read and write timeouts.
-fn connect(path: &Path) -> std::io::Result<UnixStream> {
+/// Binds a listening Unix stream socket at `path` on the connector thread (a vsock
+/// device's; `what` names it in errors). The path is checked against the VM's policy first
+/// ([`sandbox::may_bind`]). A stale socket at `path` (one nobody listens on any more, left
+/// by a VMM that is gone) is replaced; a live one, or anything else there, is an error.
+pub fn bind(path: &Path, what: &str) -> Result<UnixListener, ConnectError> {
+    sandbox::may_bind(path).map_err(|e| ConnectError::Denied(format!("{what}: {e}")))?;
+    let failed = |e: String| ConnectError::Failed(format!("{what}: {}: {e}", path.display()));
+    for attempt in 0..2 {
+        let owned = path.to_owned();
+        match run(move || bind_listening(&owned))? {
+            Ok(listener) => return Ok(listener),
+            Err(e) if e.raw_os_error() == Some(libc::EADDRINUSE) && attempt == 0 => {
+                // Checked and removed on the caller's thread, which may (this one may not).
+                use std::os::unix::fs::FileTypeExt;
+                let meta = std::fs::symlink_metadata(path).map_err(|e| failed(e.to_string()))?;
+                if !meta.file_type().is_socket() {
+                    return Err(failed("something other than a socket is there".into()));
+                }
+                let owned = path.to_owned();
+                let live = run(move || connect(&owned).is_ok())?;
+                if live {
+                    return Err(failed(
+                        "another program listens on it (a VM running with this socket?)".into(),
+                    ));
+                }
+                std::fs::remove_file(path).map_err(|e| {
+                    failed(format!(
+                        "a stale socket is there and cannot be removed: {e}"
+                    ))
+                })?;
+            }
+            Err(e) => return Err(failed(e.to_string())),
+        }
+    }
+    Err(failed("the socket keeps coming back".into()))
+}
+
+/// Runs `job` on the connector thread and waits (a bounded time) for its result.
+fn run<R: Send + 'static>(job: impl FnOnce() -> R + Send + 'static) -> Result<R, ConnectError> {
+    let (tx, rx) = mpsc::channel();
+    carry(Box::new(move || {
+        let _ = tx.send(job());
+    }))
+    .map_err(ConnectError::Failed)?;
+    rx.recv_timeout(JOB_TIMEOUT)
+        .map_err(|_| ConnectError::Failed("the connector thread did not answer".into()))
+}
+
+/// The address of the Unix socket at `path`.
+fn socket_address(path: &Path) -> std::io::Result<libc::sockaddr_un> {
     use std::os::unix::ffi::OsStrExt;
     // SAFETY: sockaddr_un is plain data.
     let mut addr: libc::sockaddr_un = unsafe { std::mem::zeroed() };
@@ -164,6 +213,12 @@ fn connect(path: &Path) -> std::io::Result<UnixStream> {
     for (dst, src) in addr.sun_path.iter_mut().zip(bytes) {
         *dst = *src as libc::c_char;
     }
+    Ok(addr)
+}
+
+/// A new Unix stream socket (close-on-exec, non-blocking).
+fn stream_socket() -> std::io::Result<std::os::fd::OwnedFd> {
+    use std::os::fd::OwnedFd;
     let kind = libc::SOCK_STREAM | libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK;
     // SAFETY: socket() takes no pointers.
     let fd = unsafe { libc::socket(libc::AF_UNIX, kind, 0) };
@@ -171,7 +226,52 @@ fn connect(path: &Path) -> std::io::Result<UnixStream> {
         return Err(std::io::Error::last_os_error());
     }
     // SAFETY: `fd` was just created and is owned by nobody else.
-    let stream = unsafe { UnixStream::from_raw_fd(fd) };
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// A non-blocking socket bound at `path` and listening.
+fn bind_listening(path: &Path) -> std::io::Result<UnixListener> {
+    use std::os::fd::AsRawFd;
+    let addr = socket_address(path)?;
+    let fd = stream_socket()?;
+    let len = std::mem::size_of::<libc::sockaddr_un>() as libc::socklen_t;
+    // SAFETY: `addr` is a valid sockaddr_un of `len` bytes that outlives the call.
+    if unsafe { libc::bind(fd.as_raw_fd(), (&raw const addr).cast(), len) } < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: listen() takes no pointers; `fd` is a bound stream socket.
+    if unsafe { libc::listen(fd.as_raw_fd(), 128) } < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(UnixListener::from(fd))
+}
+
+/// Connects to the Unix socket at `path` on the connector thread, then hands the result to
+/// `done` there (a vsock device's guest connection to a host socket; nothing is exchanged
+/// on it here). The path is built by the device from its own socket's, which the policy
+/// already names, so it is not checked again.
+pub fn dial(path: PathBuf, done: Box<dyn FnOnce(std::io::Result<UnixStream>) + Send>) {
+    let job_done = std::sync::Arc::new(Mutex::new(Some(done)));
+    let fallback = job_done.clone();
+    let sent = carry(Box::new(move || {
+        let result = connect(&path);
+        if let Some(done) = job_done.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            done(result);
+        }
+    }));
+    if let Err(e) = sent {
+        if let Some(done) = fallback.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            done(Err(std::io::Error::other(e)));
+        }
+    }
+}
+
+/// A connected stream socket to `path`, blocking, with read and write timeouts.
+fn connect(path: &Path) -> std::io::Result<UnixStream> {
+    use std::os::fd::AsRawFd;
+    let addr = socket_address(path)?;
+    let stream = UnixStream::from(stream_socket()?);
+    let fd = stream.as_raw_fd();
     let len = std::mem::size_of::<libc::sockaddr_un>() as libc::socklen_t;
     // SAFETY: `addr` is a valid sockaddr_un of `len` bytes that outlives the call.
     let r = unsafe { libc::connect(fd, (&raw const addr).cast(), len) };

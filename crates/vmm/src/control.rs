@@ -44,6 +44,8 @@ pub enum Request {
     AddNet(Box<config::NetConfig>),
     /// Add a virtio-fs device (`vm.add-fs`).
     AddFs(Box<config::FsConfig>),
+    /// Add the vsock device (`vm.add-vsock`).
+    AddVsock(Box<config::VsockConfig>),
     /// Add a virtio-pmem device (`vm.add-pmem`).
     AddPmem(Box<config::PmemConfig>),
     /// Remove a device by id (`vm.remove-device`).

@@ -320,6 +320,10 @@ impl DeviceManager {
             let id = fs.id.clone().unwrap_or_else(|| format!("_fs{index}"));
             manager.pci.add_fs(&id, fs)?;
         }
+        if let Some(vsock) = &cfg.vsock {
+            let id = vsock.id.clone().unwrap_or_else(|| "_vsock0".into());
+            manager.pci.add_vsock(&id, vsock)?;
+        }
         // Like Cloud Hypervisor, every VM has an entropy device.
         let source = crate::files::open_read(&cfg.rng.src, crate::files::Kind::Source).map_err(
             |source| DeviceError::Rng {

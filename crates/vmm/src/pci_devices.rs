@@ -30,6 +30,7 @@ use crate::x86_64::layout;
 
 mod fs;
 mod pmem;
+mod vsock;
 use pmem::DeviceMemory;
 
 /// I/O threads of a disk without io_uring: one per queue, within these bounds (two, so
@@ -465,11 +466,24 @@ impl PciDevices {
         model: Box<dyn VirtioDevice>,
         segment: u16,
     ) -> Result<&PciEntry, PciDeviceError> {
+        let setup = self.worker_setup.clone();
+        self.add_virtio_confined(id, model, segment, setup)
+    }
+
+    /// As [`Self::add_virtio`], with a worker that confines itself with `setup` (a device
+    /// whose work needs calls others may not make).
+    pub fn add_virtio_confined(
+        &mut self,
+        id: &str,
+        model: Box<dyn VirtioDevice>,
+        segment: u16,
+        setup: ThreadSetup,
+    ) -> Result<&PciEntry, PciDeviceError> {
         self.check_segment(segment)?;
         let device = VirtioPci::new(model, self.mem.clone(), self.routes.clone())?;
         // Thread names hold 15 bytes.
         let name: String = format!("dev-{id}").chars().take(15).collect();
-        let worker = DeviceWorker::start(&name, device.handle(), self.worker_setup.clone())?;
+        let worker = DeviceWorker::start(&name, device.handle(), setup)?;
         let device = Arc::new(Mutex::new(device));
         let bar_size = devices::virtio::pci::BAR0_SIZE;
         self.plug(

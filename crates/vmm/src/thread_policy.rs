@@ -173,7 +173,7 @@ pub fn filters(role: Role, message_fd: Option<i32>) -> Result<Filters, seccomp::
     let ioctls = match role {
         Role::Vmm => vmm_ioctls(),
         Role::Vcpu => vcpu_ioctls(),
-        Role::Device => device_ioctls(),
+        Role::Device | Role::Vsock => device_ioctls(),
         Role::Api | Role::Janitor | Role::Connector => Vec::new(),
     };
     let ctx = FilterContext {
@@ -193,14 +193,30 @@ pub fn lock_down_device(filters: &Filters) -> Result<Registration, LockdownError
     lockdown::lock_down(ThreadLandlock::NoFiles, &[], filters)
 }
 
+type CompiledFilters = std::sync::OnceLock<Result<std::sync::Arc<Filters>, String>>;
+
 /// The confinement every device worker thread applies to itself first: the device
 /// filters, compiled once per process.
 pub fn device_thread_setup() -> Result<devices::virtio::worker::ThreadSetup, String> {
-    static FILTERS: std::sync::OnceLock<Result<std::sync::Arc<Filters>, String>> =
-        std::sync::OnceLock::new();
-    let filters = FILTERS
+    static FILTERS: CompiledFilters = std::sync::OnceLock::new();
+    worker_setup(&FILTERS, Role::Device)
+}
+
+/// The confinement of a vsock device's worker: a device's, with the vsock filter (which
+/// also accepts host clients and watches their connections).
+pub fn vsock_thread_setup() -> Result<devices::virtio::worker::ThreadSetup, String> {
+    static FILTERS: CompiledFilters = std::sync::OnceLock::new();
+    worker_setup(&FILTERS, Role::Vsock)
+}
+
+/// A worker's confinement with `role`'s filters, compiled once into `cell`.
+fn worker_setup(
+    cell: &'static CompiledFilters,
+    role: Role,
+) -> Result<devices::virtio::worker::ThreadSetup, String> {
+    let filters = cell
         .get_or_init(|| {
-            filters(Role::Device, None)
+            filters(role, None)
                 .map(std::sync::Arc::new)
                 .map_err(|e| e.to_string())
         })
@@ -212,10 +228,11 @@ pub fn device_thread_setup() -> Result<devices::virtio::worker::ThreadSetup, Str
     }))
 }
 
-/// Locks the connector thread down: no file rights, no capability, the connector filter.
+/// Locks the connector thread down: no file rights but making socket files (it binds vsock
+/// sockets, at paths checked first), no capability, the connector filter.
 pub fn lock_down_connector() -> Result<Registration, String> {
     let filters = filters(Role::Connector, None).map_err(|e| e.to_string())?;
-    lockdown::lock_down(ThreadLandlock::NoFiles, &[], &filters).map_err(|e| e.to_string())
+    lockdown::lock_down(ThreadLandlock::SocketFilesOnly, &[], &filters).map_err(|e| e.to_string())
 }
 
 /// Locks the API thread down: no file rights, no capability, the API filter.

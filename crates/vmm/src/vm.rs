@@ -223,6 +223,9 @@ impl Vm {
         for (index, fs) in config.fs.iter_mut().flatten().enumerate() {
             fs.id.get_or_insert_with(|| format!("_fs{index}"));
         }
+        if let Some(vsock) = &mut config.vsock {
+            vsock.id.get_or_insert_with(|| "_vsock0".into());
+        }
         let memory_error = |size: u64| {
             move |e: std::io::Error| VmError::Memory {
                 size,
@@ -454,6 +457,9 @@ impl Vm {
         }
         if let Some(fs) = &mut self.config.fs {
             fs.retain(|f| f.id.as_deref() != Some(id));
+        }
+        if self.config.vsock.as_ref().and_then(|v| v.id.as_deref()) == Some(id) {
+            self.config.vsock = None;
         }
     }
 

@@ -482,6 +482,7 @@ impl Vmm {
             Request::AddNet(net) => self.add_net(*net),
             Request::AddPmem(pmem) => self.add_pmem(*pmem),
             Request::AddFs(fs) => self.add_fs(*fs),
+            Request::AddVsock(vsock) => self.add_vsock(*vsock),
             Request::RemoveDevice(id) => self.remove_device(&id),
             Request::PowerButton => {
                 // As Cloud Hypervisor: a paused guest gets the press when it resumes.

@@ -110,6 +110,11 @@ struct Cli {
     #[arg(long, value_name = "fs", num_args = 1.., action = ArgAction::Append)]
     fs: Vec<String>,
 
+    /// Virtio VSOCK parameters: "cid=<context_id>,socket=<socket_path>,iommu=on|off,
+    /// id=<device_id>,pci_segment=<segment_id>".
+    #[arg(long, value_name = "vsock")]
+    vsock: Option<String>,
+
     /// A PCI segment's share of the BAR windows: "pci_segment=<segment_id>,
     /// mmio32_aperture_weight=<scale>,mmio64_aperture_weight=<scale>".
     #[arg(long, value_name = "pci-segment", num_args = 1.., action = ArgAction::Append)]
@@ -167,6 +172,7 @@ impl Cli {
             balloon: self.balloon.clone(),
             pmem: self.pmem.clone(),
             fs: self.fs.clone(),
+            vsock: self.vsock.clone(),
             watchdog: self.watchdog,
             pvpanic: self.pvpanic,
         }
@@ -338,7 +344,7 @@ fn run(cli: Cli, start: Instant) -> Result<ExitCode, Failure> {
     let needs_connector = api_socket.is_some()
         || vm_config
             .as_ref()
-            .is_some_and(|c| c.fs.as_ref().is_some_and(|f| !f.is_empty()));
+            .is_some_and(|c| c.fs.as_ref().is_some_and(|f| !f.is_empty()) || c.vsock.is_some());
     if needs_connector {
         vmm::connector::start_early().map_err(Failure)?;
     }

@@ -133,6 +133,7 @@ fn name_of(request: &Request) -> &'static str {
         Request::AddNet(_) => "add-net",
         Request::AddPmem(_) => "add-pmem",
         Request::AddFs(_) => "add-fs",
+        Request::AddVsock(_) => "add-vsock",
         Request::RemoveDevice(_) => "remove-device",
         Request::PowerButton => "power-button",
         Request::Nmi => "nmi",
@@ -181,6 +182,7 @@ fn handle(vm: &mut Option<(VmConfig, State)>, request: Request) -> Result<Reply,
         Request::AddNet(_) => "vm.add-net",
         Request::AddPmem(_) => "vm.add-pmem",
         Request::AddFs(_) => "vm.add-fs",
+        Request::AddVsock(_) => "vm.add-vsock",
         Request::RemoveDevice(_) => "vm.remove-device",
         Request::PowerButton => "vm.power-button",
         Request::Nmi => "vm.nmi",
@@ -216,6 +218,10 @@ fn handle(vm: &mut Option<(VmConfig, State)>, request: Request) -> Result<Reply,
         }
         Request::AddFs(fs) => {
             let id = fs.id.clone().unwrap_or_else(|| "_fs0".into());
+            return Ok(Reply::Json(json!({"id": id, "bdf": "0000:00:01.0"})));
+        }
+        Request::AddVsock(vsock) => {
+            let id = vsock.id.clone().unwrap_or_else(|| "_vsock0".into());
             return Ok(Reply::Json(json!({"id": id, "bdf": "0000:00:01.0"})));
         }
         Request::AddPmem(pmem) => {

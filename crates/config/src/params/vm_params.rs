@@ -47,6 +47,8 @@ pub struct VmParams {
     pub pmem: Vec<String>,
     /// Each `--fs` value.
     pub fs: Vec<String>,
+    /// `--vsock`.
+    pub vsock: Option<String>,
     /// `--watchdog`.
     pub watchdog: bool,
     /// `--pvpanic`.
@@ -95,7 +97,7 @@ impl ParamsError {
 
 /// The command-line flag a config field comes from.
 fn flag_of_field(field: &str) -> &'static str {
-    const FLAGS: [(&str, &str); 17] = [
+    const FLAGS: [(&str, &str); 18] = [
         ("payload.firmware", "firmware"),
         ("payload.initramfs", "initramfs"),
         ("payload.cmdline", "cmdline"),
@@ -109,6 +111,7 @@ fn flag_of_field(field: &str) -> &'static str {
         ("rng", "rng"),
         ("pmem", "pmem"),
         ("fs", "fs"),
+        ("vsock", "vsock"),
         ("balloon", "balloon"),
         ("platform", "platform"),
         ("pci_segments", "pci-segment"),
@@ -280,6 +283,10 @@ impl VmConfig {
                     .map(|p| crate::PmemConfig::parse(p).map_err(option_err("pmem")))
                     .collect::<Result<Vec<_>, _>>()?;
                 (!pmem.is_empty()).then_some(pmem)
+            },
+            vsock: match &params.vsock {
+                Some(v) => Some(crate::VsockConfig::parse(v).map_err(option_err("vsock"))?),
+                None => None,
             },
             balloon: match &params.balloon {
                 Some(b) => Some(BalloonConfig::parse(b).map_err(option_err("balloon"))?),

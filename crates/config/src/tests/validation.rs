@@ -294,10 +294,6 @@ fn top_level_compat_fields() {
             "vdpa",
         ),
         (
-            with(|c| c.vsock = Some(json!({"cid": 3, "socket": "/s"}))),
-            "vsock",
-        ),
-        (
             with(|c| c.numa = Some(vec![json!({"guest_numa_id": 0})])),
             "numa",
         ),

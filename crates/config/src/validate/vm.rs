@@ -34,6 +34,9 @@ impl VmConfig {
                 });
             }
         }
+        if let Some(vsock) = &self.vsock {
+            vsock.validate()?;
+        }
         self.rng.validate()?;
         self.check_device_ids()?;
         self.check_pci_segments()?;
@@ -93,6 +96,11 @@ impl VmConfig {
         let pmems = pmems.map(|(i, d)| (format!("pmem[{i}]"), d.pci_segment));
         let fss = self.fs.iter().flatten().enumerate();
         let pmems = pmems.chain(fss.map(|(i, d)| (format!("fs[{i}]"), d.pci_segment)));
+        let vsocks = self
+            .vsock
+            .iter()
+            .map(|d| ("vsock".to_string(), d.pci_segment));
+        let pmems = pmems.chain(vsocks);
         let others = [
             ("rng".to_string(), self.rng.pci_segment),
             ("console".to_string(), self.console.pci_segment),
@@ -163,7 +171,11 @@ impl VmConfig {
         let pmem_ids = pmems.filter_map(|(i, p)| Some((p.id.as_deref()?, format!("pmem[{i}]"))));
         let fss = self.fs.iter().flatten().enumerate();
         let fs_ids = fss.filter_map(|(i, f)| Some((f.id.as_deref()?, format!("fs[{i}]"))));
-        let pmem_ids = pmem_ids.chain(fs_ids);
+        let vsock_id = self
+            .vsock
+            .iter()
+            .filter_map(|v| Some((v.id.as_deref()?, "vsock".into())));
+        let pmem_ids = pmem_ids.chain(fs_ids).chain(vsock_id);
         for (id, place) in disk_ids.chain(net_ids).chain(pmem_ids) {
             if let Some(first) = seen.get(id) {
                 return Err(ValidationError::DuplicateId {
@@ -201,7 +213,6 @@ impl VmConfig {
         must_be_empty_list("devices".into(), &self.devices)?;
         must_be_empty_list("user_devices".into(), &self.user_devices)?;
         must_be_empty_list("vdpa".into(), &self.vdpa)?;
-        must_be_empty_value("vsock".into(), &self.vsock)?;
         must_be_empty_list("numa".into(), &self.numa)?;
         must_be_false("iommu".into(), self.iommu)?;
         must_be_empty_value("rtc".into(), &self.rtc)?;

@@ -123,6 +123,29 @@ impl Vm {
         Ok(self.plugged(id, slot))
     }
 
+    /// Adds the vsock device (a VM has one at most); returns its id and slot. On a running
+    /// VM the guest is told.
+    pub fn add_vsock(
+        &mut self,
+        mut vsock: config::VsockConfig,
+    ) -> Result<(String, (u16, u8)), HotplugError> {
+        vsock
+            .validate()
+            .map_err(|e| HotplugError::Invalid(e.to_string()))?;
+        if let Some(have) = &self.config.vsock {
+            return Err(HotplugError::Invalid(format!(
+                "vsock: the VM has a vsock device already ({}); remove it first",
+                have.id.as_deref().unwrap_or("_vsock0")
+            )));
+        }
+        self.check_segment(vsock.pci_segment, "vsock")?;
+        let id = self.new_device_id(vsock.id.as_deref(), "_vsock")?;
+        let slot = self.devices.pci.add_vsock(&id, &vsock)?.address();
+        vsock.id = Some(id.clone());
+        self.config.vsock = Some(vsock);
+        Ok(self.plugged(id, slot))
+    }
+
     /// Whether every part of guest RAM is in memory another process can map.
     fn memory_is_shared(&self) -> bool {
         use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};

@@ -1,4 +1,4 @@
-//! The VMM's answers to hot-plug requests: adding disks, network, pmem and fs devices (the reply
+//! The VMM's answers to hot-plug requests: adding disks, network, pmem, fs and vsock devices (the reply
 //! names their PCI address) and removing devices.
 
 use log::info;
@@ -19,6 +19,10 @@ impl Vmm {
 
     pub(super) fn add_fs(&mut self, fs: config::FsConfig) -> Response {
         self.plug("vm.add-fs", "fs", |vm| vm.add_fs(fs))
+    }
+
+    pub(super) fn add_vsock(&mut self, vsock: config::VsockConfig) -> Response {
+        self.plug("vm.add-vsock", "vsock device", |vm| vm.add_vsock(vsock))
     }
 
     pub(super) fn add_net(&mut self, net: config::NetConfig) -> Response {

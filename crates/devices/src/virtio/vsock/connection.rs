@@ -10,7 +10,7 @@
 //! host socket only when the guest has credit for them, so a guest that stops reading
 //! leaves them in the host's socket buffer, where they push back on the host client.
 
-use std::io::{self, Read, Write};
+use std::io;
 use std::num::Wrapping;
 use std::os::unix::net::UnixStream;
 
@@ -168,7 +168,7 @@ impl Connection {
             // The common case: straight to the socket, buffering only what it leaves.
             self.to_host.clear();
             self.to_host_done = 0;
-            match write_some(&mut self.stream, data) {
+            match write_some(&self.stream, data) {
                 Ok(n) => {
                     self.fwd_cnt += Wrapping(n as u32);
                     self.to_host.extend_from_slice(&data[n..]);
@@ -188,7 +188,7 @@ impl Connection {
     /// Writes what is buffered for the host.
     pub fn flush(&mut self) -> Flushed {
         while self.pending_to_host() > 0 {
-            match write_some(&mut self.stream, &self.to_host[self.to_host_done..]) {
+            match write_some(&self.stream, &self.to_host[self.to_host_done..]) {
                 Ok(0) => return Flushed::Partly,
                 Ok(n) => {
                     self.to_host_done += n;
@@ -209,7 +209,7 @@ impl Connection {
     /// nothing now, `Ok(Some(0))` at end of file.
     pub fn read_host(&mut self, buf: &mut [u8]) -> io::Result<Option<usize>> {
         loop {
-            match self.stream.read(buf) {
+            match read_stream(&self.stream, buf) {
                 Ok(n) => return Ok(Some(n)),
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(None),
@@ -234,11 +234,38 @@ impl Connection {
     }
 }
 
+/// Reads from a stream with read(2): the `recv` that `UnixStream`'s own `read` makes is not in
+/// the filters of the threads that serve connections (see the vsock allow-list).
+pub fn read_stream(stream: &UnixStream, buf: &mut [u8]) -> io::Result<usize> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: `buf` is valid for writes of its length for the duration of the call, and
+    // the descriptor is the stream's own, open while it is borrowed.
+    let n = unsafe { libc::read(stream.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(n as usize)
+}
+
+/// Writes to a stream with write(2), for the same reason as [`read_stream`] (`UnixStream`'s
+/// own `write` is a `send`). A peer that is gone is `EPIPE` (Palisade ignores SIGPIPE, as
+/// every Rust program does).
+pub fn write_stream(stream: &UnixStream, data: &[u8]) -> io::Result<usize> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: `data` is valid for reads of its length for the duration of the call, and
+    // the descriptor is the stream's own, open while it is borrowed.
+    let n = unsafe { libc::write(stream.as_raw_fd(), data.as_ptr().cast(), data.len()) };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(n as usize)
+}
+
 /// Writes what the non-blocking socket takes now: `Ok(0)` when it takes nothing.
-fn write_some(stream: &mut UnixStream, data: &[u8]) -> io::Result<usize> {
+fn write_some(stream: &UnixStream, data: &[u8]) -> io::Result<usize> {
     let mut done = 0;
     while done < data.len() {
-        match stream.write(&data[done..]) {
+        match write_stream(stream, &data[done..]) {
             Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
             Ok(n) => done += n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}

@@ -269,7 +269,7 @@ impl Muxer {
         };
         let mut byte = [0u8; 1];
         let line = loop {
-            match io::Read::read(&mut h.stream, &mut byte) {
+            match super::connection::read_stream(&h.stream, &mut byte) {
                 Ok(1) if byte[0] == b'\n' => break Some(std::mem::take(&mut h.line)),
                 Ok(1) if h.line.len() < MAX_LINE => h.line.push(byte[0]),
                 Ok(_) => break None,
@@ -491,7 +491,8 @@ impl Muxer {
             OP_RESPONSE if conn.state == State::Requested => {
                 conn.state = State::Established;
                 let ok = format!("OK {}\n", conn.local_port);
-                if io::Write::write_all(&mut conn.stream, ok.as_bytes()).is_err() {
+                let written = super::connection::write_stream(&conn.stream, ok.as_bytes());
+                if written.ok() != Some(ok.len()) {
                     return self.reset_conn(index);
                 }
                 self.mark_readable(index);
