@@ -55,6 +55,34 @@ impl Active {
     }
 }
 
+/// What serving one queue of an active device takes.
+struct Serving<'a> {
+    mem: &'a GuestMemoryMmap,
+    interrupt: &'a dyn VirtioInterrupt,
+    aq: &'a mut ActiveQueue,
+    warned: &'a mut bool,
+}
+
+/// Queue `index` of the active device, its notification taken; `None` when the device is
+/// not active or the driver did not enable that queue.
+fn serving(active: &mut Option<Active>, index: u16) -> Option<Serving<'_>> {
+    let Active {
+        mem,
+        interrupt,
+        queues,
+        warned,
+    } = active.as_mut()?;
+    let aq = queues.iter_mut().find(|q| q.index == index)?;
+    clear_notification(&aq.notify);
+    let interrupt: &Arc<dyn VirtioInterrupt> = interrupt;
+    Some(Serving {
+        mem,
+        interrupt: interrupt.as_ref(),
+        aq,
+        warned,
+    })
+}
+
 /// A hybrid vsock device.
 pub struct Vsock {
     common: VirtioCommon,
@@ -95,23 +123,19 @@ impl Vsock {
     }
 
     fn process_event(&mut self) {
-        let Some(active) = self.active.as_mut() else {
-            return;
-        };
-        let Active {
+        let Some(Serving {
             mem,
             interrupt,
-            queues,
+            aq,
             warned,
-        } = active;
-        let Some(aq) = queues.iter_mut().find(|q| q.index == EVENT) else {
+        }) = serving(&mut self.active, EVENT)
+        else {
             return;
         };
-        clear_notification(&aq.notify);
         if !self.reset_pending {
             return;
         }
-        let Some(chain) = aq.queue.pop_descriptor_chain(&*mem) else {
+        let Some(chain) = aq.queue.pop_descriptor_chain(mem) else {
             return;
         };
         let head = chain.head_index();
@@ -128,24 +152,20 @@ impl Vsock {
         };
         let name = format_args!("virtio-vsock eventq");
         let done = return_chain(&mut aq.queue, mem, head, len, name, warned);
-        interrupt_if_needed(done, &mut aq.queue, mem, interrupt.as_ref(), EVENT);
+        interrupt_if_needed(done, &mut aq.queue, mem, interrupt, EVENT);
     }
 
     /// Serves the guest's transmissions.
     fn process_tx(&mut self) {
-        let Some(active) = self.active.as_mut() else {
-            return;
-        };
-        let Active {
+        let Some(Serving {
             mem,
             interrupt,
-            queues,
+            aq,
             warned,
-        } = active;
-        let Some(aq) = queues.iter_mut().find(|q| q.index == TX) else {
+        }) = serving(&mut self.active, TX)
+        else {
             return;
         };
-        clear_notification(&aq.notify);
         let mut completed = false;
         let mut yielded = false;
         let mut served = 0;
@@ -161,10 +181,10 @@ impl Vsock {
                 yielded = true;
                 break;
             }
-            let Some(chain) = aq.queue.pop_descriptor_chain(&*mem) else {
+            let Some(chain) = aq.queue.pop_descriptor_chain(mem) else {
                 // Chains published while notifications were off are served too; an
                 // impossible avail index (no chain yet "more") stops after a few looks.
-                match aq.queue.enable_notification(&*mem) {
+                match aq.queue.enable_notification(mem) {
                     Ok(true) if idle_looks < 2 => {
                         idle_looks += 1;
                         continue;
@@ -173,7 +193,7 @@ impl Vsock {
                 }
             };
             idle_looks = 0;
-            let _ = aq.queue.disable_notification(&*mem);
+            let _ = aq.queue.disable_notification(mem);
             served += 1;
             let head = chain.head_index();
             walk_chain(chain, &mut self.descs, 8);
@@ -211,7 +231,7 @@ impl Vsock {
         if yielded {
             rearm(&aq.notify, "virtio-vsock", TX);
         }
-        interrupt_if_needed(completed, &mut aq.queue, mem, interrupt.as_ref(), TX);
+        interrupt_if_needed(completed, &mut aq.queue, mem, interrupt, TX);
         if self.payload.capacity() > 2 * MAX_PAYLOAD as usize {
             self.payload.shrink_to(MAX_PAYLOAD as usize);
         }
@@ -219,19 +239,15 @@ impl Vsock {
 
     /// Fills the guest's receive buffers with what the host side has for it.
     fn process_rx(&mut self) {
-        let Some(active) = self.active.as_mut() else {
-            return;
-        };
-        let Active {
+        let Some(Serving {
             mem,
             interrupt,
-            queues,
+            aq,
             warned,
-        } = active;
-        let Some(aq) = queues.iter_mut().find(|q| q.index == RX) else {
+        }) = serving(&mut self.active, RX)
+        else {
             return;
         };
-        clear_notification(&aq.notify);
         let mut completed = false;
         let mut served = 0;
         let mut idle_looks = 0;
@@ -240,9 +256,9 @@ impl Vsock {
                 rearm(&aq.notify, "virtio-vsock", RX);
                 break;
             }
-            let Some(chain) = aq.queue.pop_descriptor_chain(&*mem) else {
+            let Some(chain) = aq.queue.pop_descriptor_chain(mem) else {
                 // No buffer: back when the driver posts one (bounded, as on transmit).
-                match aq.queue.enable_notification(&*mem) {
+                match aq.queue.enable_notification(mem) {
                     Ok(true) if idle_looks < 2 => {
                         idle_looks += 1;
                         continue;
@@ -285,10 +301,10 @@ impl Vsock {
             let name = format_args!("virtio-vsock rxq");
             completed |= return_chain(&mut aq.queue, mem, head, len, name, warned);
         }
-        interrupt_if_needed(completed, &mut aq.queue, mem, interrupt.as_ref(), RX);
+        interrupt_if_needed(completed, &mut aq.queue, mem, interrupt, RX);
         if self.tx_waiting && !self.muxer.backlogged() {
             self.tx_waiting = false;
-            if let Some(aq) = active.queue(TX) {
+            if let Some(aq) = self.active.as_mut().and_then(|a| a.queue(TX)) {
                 rearm(&aq.notify, "virtio-vsock", TX);
             }
         }
