@@ -27,6 +27,7 @@
 //! | `virtio_fs` | PVH | `PASS virtio_fs` | FUSE INIT, LOOKUP, OPEN, READ and WRITE on a virtio-fs device (`--fs`, virtiofsd) |
 //! | `virtio_vsock` | PVH | `PASS virtio_vsock` | a vsock device (`--vsock`): accepts a host client's `CONNECT 1234`, exchanges data, connects to host port 5000 |
 //! | `pvpanic` | PVH | `PASS pvpanic` | a panic reported through the pvpanic PCI device (`--pvpanic`) |
+//! | `snapshot` | PVH | (none: counts for ever, `tick N irqs M`) | taken and restored (`vm.snapshot`, `vm.restore`) |
 //! | `pci_segments` | PVH | `PASS pci_segments: N segments` | lists each MCFG segment's bus 0 |
 //! | `memory_hotplug` | PVH | `PASS memory_hotplug` | two blocks of memory added (`vm.resize` `desired_ram`) |
 //! | `cpu_hotplug` | PVH | `PASS cpu_hotplug` | a vCPU added, removed and added again (`vm.resize`) |

@@ -61,10 +61,10 @@ pub const ENDPOINTS: &[Endpoint] = &[
     served("vm.add-vsock", "PUT"),
     not_yet("vm.add-vdpa"),
     not_yet("vm.add-user-device"),
-    not_yet("vm.snapshot"),
+    served("vm.snapshot", "PUT"),
     served("vm.coredump", "PUT"),
     served("vm.nmi", "PUT"),
-    not_yet("vm.restore"),
+    served("vm.restore", "PUT"),
     not_yet("vm.receive-migration"),
     not_yet("vm.send-migration"),
 ];
@@ -131,6 +131,11 @@ pub fn request_for(name: &str, body: &[u8], fds: Vec<OwnedFd>) -> Result<Request
             let Destination { destination_url } = json_body(name, "destination", body)?;
             Request::Coredump(destination_url)
         }
+        "vm.snapshot" => {
+            let Destination { destination_url } = json_body(name, "snapshot configuration", body)?;
+            Request::Snapshot(destination_url)
+        }
+        "vm.restore" => Request::Restore(json_body(name, "restore configuration", body)?),
         "vm.resize-disk" => {
             let ResizeDisk { id, desired_size } = json_body(name, "disk resize", body)?;
             Request::ResizeDisk(id, desired_size)
@@ -281,7 +286,8 @@ mod tests {
                     "vm.add-net" => &br#"{"tap": "tap0"}"#[..],
                     "vm.remove-device" => &br#"{"id": "d"}"#[..],
                     "vm.resize-disk" => &br#"{"id": "d", "desired_size": 512}"#[..],
-                    "vm.coredump" => &br#"{"destination_url": "file:///c"}"#[..],
+                    "vm.coredump" | "vm.snapshot" => &br#"{"destination_url": "file:///c"}"#[..],
+                    "vm.restore" => &br#"{"source_url": "file:///s"}"#[..],
                     "vm.resize" => &br#"{"desired_vcpus": 2}"#[..],
                     "vm.resize-zone" => &br#"{"id": "z", "desired_ram": 1}"#[..],
                     _ => b"",

@@ -68,6 +68,19 @@ pub fn msi_message(entry: u64) -> (u64, u32) {
     (address, data as u32)
 }
 
+/// What a snapshot keeps of the I/O APIC: its registers and the level of each pin.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct IoApicState {
+    /// The id register.
+    pub id: u32,
+    /// The selected register.
+    pub selected: u32,
+    /// One redirection entry per pin.
+    pub entries: Vec<u64>,
+    /// Whether each pin is asserted.
+    pub asserted: Vec<bool>,
+}
+
 /// The I/O APIC's registers and pin states.
 pub struct IoApic {
     id: u32,
@@ -95,6 +108,37 @@ impl IoApic {
         self.selected = 0;
         self.entries = [RTE_MASKED; NUM_PINS];
         self.asserted = [false; NUM_PINS];
+    }
+
+    /// The registers and pin levels, for a snapshot.
+    pub fn state(&self) -> IoApicState {
+        IoApicState {
+            id: self.id,
+            selected: self.selected,
+            entries: self.entries.to_vec(),
+            asserted: self.asserted.to_vec(),
+        }
+    }
+
+    /// Takes the registers and pin levels of `state` (a snapshot's); refused, changing
+    /// nothing, when it does not describe this I/O APIC's pins.
+    pub fn restore(&mut self, state: &IoApicState) -> Result<(), String> {
+        let entries: [u64; NUM_PINS] = state.entries.as_slice().try_into().map_err(|_| {
+            format!(
+                "I/O APIC state has {} redirection entries, not {NUM_PINS}",
+                state.entries.len()
+            )
+        })?;
+        let asserted: [bool; NUM_PINS] = state
+            .asserted
+            .as_slice()
+            .try_into()
+            .map_err(|_| format!("I/O APIC state has {} pin levels", state.asserted.len()))?;
+        self.id = state.id & 0xf;
+        self.selected = state.selected;
+        self.entries = entries;
+        self.asserted = asserted;
+        Ok(())
     }
 
     /// The redirection entry of `pin`.
@@ -359,5 +403,21 @@ mod tests {
         let (address, data) = msi_message(entry);
         assert_eq!(address, 0xfee0_f004);
         assert_eq!(data, 0x4141);
+    }
+
+    #[test]
+    fn state_goes_out_and_comes_back_checked() {
+        let (mut a, _) = ioapic();
+        a.write(IOREGSEL, &0x12u32.to_le_bytes());
+        a.write(IOWIN, &0x31u32.to_le_bytes());
+        let state = a.state();
+        let (mut b, _) = ioapic();
+        b.restore(&state).unwrap();
+        assert_eq!(b.entry(1), a.entry(1));
+        assert_eq!(b.state(), state);
+        let mut short = state.clone();
+        short.entries.pop();
+        assert!(b.restore(&short).is_err());
+        assert_eq!(b.state(), state, "a refused state changes nothing");
     }
 }

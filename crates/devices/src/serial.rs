@@ -23,6 +23,9 @@ pub const COM1_LEN: u64 = 8;
 /// The ISA interrupt line of COM1.
 pub const COM1_IRQ: u32 = 4;
 
+/// Bytes the receive FIFO holds (vm-superio's).
+const SERIAL_FIFO_SIZE: usize = 64;
+
 /// Raises the UART's interrupt line.
 pub struct IrqTrigger(Arc<dyn InterruptLine>);
 
@@ -66,6 +69,16 @@ impl SerialEvents for PortEvents {
         // Losing this wake-up only delays input until the next byte arrives.
         let _ = self.drained.write(1);
     }
+}
+
+/// What a snapshot keeps of a UART: its nine registers (divisor low and high, IER, IIR,
+/// LCR, LSR, MCR, MSR, scratch) and the bytes waiting in its receive FIFO.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct SerialPortState {
+    /// The registers, in the order above.
+    pub registers: [u8; 9],
+    /// Received bytes the guest has not read.
+    pub in_buffer: Vec<u8>,
 }
 
 type Uart = Serial<IrqTrigger, PortEvents, Box<dyn Write + Send>>;
@@ -134,6 +147,63 @@ impl SerialPort {
     /// Whether the receive FIFO can take more input.
     pub fn wants_input(&self) -> bool {
         self.uart.fifo_capacity() > 0
+    }
+
+    /// The UART's registers and receive FIFO, for a snapshot.
+    pub fn state(&self) -> SerialPortState {
+        let s = self.uart.state();
+        SerialPortState {
+            registers: [
+                s.baud_divisor_low,
+                s.baud_divisor_high,
+                s.interrupt_enable,
+                s.interrupt_identification,
+                s.line_control,
+                s.line_status,
+                s.modem_control,
+                s.modem_status,
+                s.scratch,
+            ],
+            in_buffer: s.in_buffer,
+        }
+    }
+
+    /// Takes the registers and FIFO of `state` (a snapshot's), keeping the output and
+    /// interrupt; refused, changing nothing, when the FIFO holds more than a 16550's.
+    pub fn restore(&mut self, state: &SerialPortState) -> io::Result<()> {
+        if state.in_buffer.len() > SERIAL_FIFO_SIZE {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!(
+                    "serial port state holds {} received bytes; a 16550 holds {SERIAL_FIFO_SIZE}",
+                    state.in_buffer.len()
+                ),
+            ));
+        }
+        let [baud_divisor_low, baud_divisor_high, interrupt_enable, interrupt_identification, line_control, line_status, modem_control, modem_status, scratch] =
+            state.registers;
+        let registers = vm_superio::serial::SerialState {
+            baud_divisor_low,
+            baud_divisor_high,
+            interrupt_enable,
+            interrupt_identification,
+            line_control,
+            line_status,
+            modem_control,
+            modem_status,
+            scratch,
+            in_buffer: state.in_buffer.clone(),
+        };
+        let events = PortEvents {
+            drained: self.input_drained.try_clone()?,
+            counters: self.counters.clone(),
+        };
+        let out = std::mem::replace(self.uart.writer_mut(), Box::new(io::sink()));
+        // The FIFO size was checked above and raising the interrupt cannot fail, so the
+        // output is not lost here.
+        self.uart = Serial::from_state(&registers, IrqTrigger(self.irq.clone()), events, out)
+            .map_err(|e| io::Error::other(format!("serial port state: {e:?}")))?;
+        Ok(())
     }
 
     /// Returns the UART to its power-on state, keeping its output and interrupt.
@@ -262,5 +332,29 @@ mod tests {
         assert_eq!(b[0] & 1, 0);
         port.write(DATA, b"!");
         assert_eq!(out.0.lock().unwrap().as_slice(), b"!");
+    }
+
+    #[test]
+    fn registers_and_fifo_survive_a_state_round_trip() {
+        let (mut a, _, _, _) = port();
+        a.write(7, &[0x5a]); // scratch
+        a.write(3, &[0x03]); // line control: 8 bits
+        assert_eq!(a.enqueue_input(b"hi"), 2);
+        let state = a.state();
+        let (mut b, out, _, _) = port();
+        b.restore(&state).unwrap();
+        let mut byte = [0u8];
+        b.read(7, &mut byte);
+        assert_eq!(byte[0], 0x5a);
+        b.read(0, &mut byte);
+        assert_eq!(byte[0], b'h', "the FIFO came along");
+        // Its output still goes where it went.
+        b.write(0, b"x");
+        assert_eq!(out.0.lock().unwrap().as_slice(), b"x");
+        let mut full = state;
+        full.in_buffer = vec![0; 65];
+        assert!(b.restore(&full).is_err());
+        b.read(7, &mut byte);
+        assert_eq!(byte[0], 0x5a, "a refused state changes nothing");
     }
 }

@@ -136,6 +136,7 @@ pub fn origin_text(origin: &Origin) -> String {
         Origin::Pmem { id } => format!("pmem {id}"),
         Origin::Fs { id } => format!("fs {id}"),
         Origin::Vsock { id } => format!("vsock {id}"),
+        Origin::Snapshot => "snapshot".into(),
         Origin::Net { id } => format!("net {id}"),
         Origin::NetHotplug => "network hot-plug".into(),
         Origin::UserRule { index } => format!("landlock rule #{index}"),

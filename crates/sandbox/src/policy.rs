@@ -105,6 +105,8 @@ pub enum Origin {
         /// The device's id.
         id: String,
     },
+    /// The snapshot a VM was restored from (`vm.restore`, `--restore`).
+    Snapshot,
     /// A `--landlock-rules` / `landlock_rules` entry, by position.
     UserRule {
         /// Position in the list, from 0.

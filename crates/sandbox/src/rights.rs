@@ -1,9 +1,10 @@
 //! Landlock rights: which the ruleset handles on a given kernel ABI, and which a rule grants.
 //!
-//! Least privilege: a rule never grants execute, rename/link (`refer`), or the creation or
-//! removal of anything. Reading a directory needs `read_dir` on top of `read_file`; writing
-//! includes truncating (a console file is truncated when a VM opens it), so a read-only rule
-//! can neither write nor truncate; `ioctl_dev` is granted only on device nodes (a tap's
+//! Least privilege: a rule never grants execute, rename/link (`refer`), the removal of
+//! anything, or the creation of anything but regular files in a directory the user gave
+//! write access to (where `vm.snapshot` and `vm.coredump` write their files). Reading a
+//! directory needs `read_dir` on top of `read_file`; writing includes truncating (a console
+//! file is truncated when a VM opens it), so a read-only rule can neither write nor truncate; `ioctl_dev` is granted only on device nodes (a tap's
 //! `/dev/net/tun`, a block device) the VMM may write, where it needs it.
 
 use landlock::{Access as _, AccessFs, AccessNet, BitFlags, Scope, ABI};
@@ -35,6 +36,9 @@ pub fn granted(access: Access, kind: PathKind) -> BitFlags<AccessFs> {
     }
     if access.writes() {
         rights |= AccessFs::WriteFile | AccessFs::Truncate;
+        if matches!(kind, PathKind::Directory { under_dev: false }) {
+            rights |= AccessFs::MakeReg;
+        }
     }
     // Device ioctls (a tap's TUNSETIFF) only come with write access: a read-only device,
     // such as an entropy source, is only ever read.
@@ -153,10 +157,9 @@ mod tests {
     use super::*;
 
     #[test]
-    fn rules_never_grant_exec_refer_or_creation() {
+    fn rules_never_grant_exec_refer_removal_or_creation_but_files_in_written_dirs() {
         let forbidden = AccessFs::Execute
             | AccessFs::Refer
-            | AccessFs::MakeReg
             | AccessFs::MakeDir
             | AccessFs::MakeSym
             | AccessFs::RemoveFile
@@ -172,6 +175,10 @@ mod tests {
                     (granted(access, kind) & forbidden).is_empty(),
                     "{access:?} on {kind:?}"
                 );
+                let makes_files = granted(access, kind).contains(AccessFs::MakeReg);
+                let written_dir =
+                    access.writes() && kind == PathKind::Directory { under_dev: false };
+                assert_eq!(makes_files, written_dir, "{access:?} on {kind:?}");
             }
         }
     }
@@ -187,8 +194,8 @@ mod tests {
         let dw = granted(Access::Write, PathKind::Directory { under_dev: false });
         assert_eq!(
             dw,
-            AccessFs::WriteFile | AccessFs::Truncate,
-            "writing into a directory lists nothing"
+            AccessFs::WriteFile | AccessFs::Truncate | AccessFs::MakeReg,
+            "writing into a directory lists nothing, and may create files there"
         );
         assert_eq!(granted(Access::Read, PathKind::Device), AccessFs::ReadFile);
         let dev = granted(Access::ReadWrite, PathKind::Device);

@@ -62,6 +62,10 @@ pub enum Request {
     Resize(Resize),
     /// Grow a memory zone (`vm.resize-zone`): its id and its new size in bytes.
     ResizeZone(String, u64),
+    /// Write the paused VM to this `file:///DIR` URL (`vm.snapshot`).
+    Snapshot(String),
+    /// Create the VM from a snapshot (`vm.restore`).
+    Restore(config::RestoreConfig),
 }
 
 /// The body of `vm.resize`: what to change, each optional.

@@ -189,6 +189,7 @@ impl DeviceManager {
         mem: &GuestMemoryMmap,
         mmio64_start: u64,
         worker_setup: devices::virtio::worker::ThreadSetup,
+        slots: std::collections::BTreeMap<String, u8>,
     ) -> Result<Self, DeviceError> {
         let pio = Arc::new(Bus::new());
         let mmio = Arc::new(Bus::new());
@@ -225,7 +226,7 @@ impl DeviceManager {
             layout::MEMORY_HOTPLUG_START,
             layout::MEMORY_HOTPLUG_SIZE,
         )?;
-        let pci = PciDevices::new(
+        let mut pci = PciDevices::new(
             &pio,
             &mmio,
             vm.clone(),
@@ -235,6 +236,7 @@ impl DeviceManager {
             worker_setup,
             crate::rate_limits::RateLimits::new(cfg),
         )?;
+        pci.plan_slots(slots);
         pio.insert(
             Arc::new(Mutex::new(I8042::new(clone_evt(&events.reset)?))),
             I8042_BASE,

@@ -21,6 +21,7 @@ pub mod ram;
 pub mod rate_limits;
 pub mod serial_socket;
 pub mod signals;
+pub mod snapshot;
 pub mod thread_policy;
 pub mod vcpu;
 pub mod vm;

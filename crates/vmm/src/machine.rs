@@ -81,6 +81,54 @@ impl Machine {
         Ok(machine)
     }
 
+    /// Creates the vCPUs of a snapshot, each set to its state, and starts their threads
+    /// parked (`ctx.control` is a paused one): the machine waits for `vm.resume`.
+    pub fn start_restored(
+        vm_fd: Arc<VmFd>,
+        ctx: VcpuContext,
+        setup: VcpuSetup,
+        states: &[crate::snapshot::vcpu_state::VcpuState],
+    ) -> Result<Machine, VmError> {
+        let mut fds = Vec::with_capacity(states.len());
+        for state in states {
+            let apic_id = setup.topology.apic_id(state.index);
+            let fd = vm_fd
+                .create_vcpu(u64::from(apic_id))
+                .map_err(kvm_err("create a vCPU"))?;
+            fd.set_cpuid2(&cpuid::for_vcpu(
+                &setup.supported_cpuid,
+                apic_id,
+                &setup.topology,
+            ))
+            .map_err(kvm_err("set CPUID"))?;
+            state
+                .apply(&fd)
+                .map_err(|e| VmError::Snapshot(format!("vCPU {}: {e}", state.index)))?;
+            fds.push((state.index, fd));
+        }
+        let mut machine = Machine {
+            vm_fd,
+            control: ctx.control.clone(),
+            threads: Vec::with_capacity(fds.len()),
+            idle: BTreeMap::new(),
+            ctx,
+            setup,
+        };
+        for (index, fd) in fds {
+            if let Err(e) = machine.spawn(index, fd) {
+                vcpu::stop_all(&machine.control, std::mem::take(&mut machine.threads));
+                return Err(e);
+            }
+        }
+        vcpu::wait_all_parked(&machine.control, &machine.threads);
+        Ok(machine)
+    }
+
+    /// The KVM VM.
+    pub fn vm_fd(&self) -> &VmFd {
+        &self.vm_fd
+    }
+
     fn spawn(&mut self, index: u8, fd: VcpuFd) -> Result<(), VmError> {
         let thread = VcpuThread::spawn(index, fd, self.ctx.clone()).map_err(VmError::Thread)?;
         crate::x86_64::core_scheduling::for_vcpu(self.setup.core_scheduling, thread.tid());

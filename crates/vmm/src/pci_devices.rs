@@ -30,8 +30,10 @@ use crate::x86_64::layout;
 
 mod fs;
 mod pmem;
+mod snapshot;
 mod vsock;
 use pmem::DeviceMemory;
+pub use snapshot::PciDeviceState;
 
 /// I/O threads of a disk without io_uring: one per queue, within these bounds (two, so
 /// that one request blocked in the kernel does not stop the others).
@@ -244,6 +246,8 @@ pub struct PciDevices {
     worker_setup: ThreadSetup,
     mem: GuestMemoryMmap,
     limits: crate::rate_limits::RateLimits,
+    // Slots devices must take, by id (a restored VM's devices go where they were).
+    planned: std::collections::BTreeMap<String, u8>,
 }
 
 impl PciDevices {
@@ -298,7 +302,13 @@ impl PciDevices {
             worker_setup,
             mem,
             limits,
+            planned: Default::default(),
         })
+    }
+
+    /// Devices plugged from now on with an id of `slots` take that slot.
+    pub fn plan_slots(&mut self, slots: std::collections::BTreeMap<String, u8>) {
+        self.planned = slots;
     }
 
     /// The plugged devices.
@@ -536,7 +546,7 @@ impl PciDevices {
             .root
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .add(None, shared.clone())
+            .add(self.planned.get(id).copied(), shared.clone())
         {
             Ok(slot) => slot,
             Err(e) => {

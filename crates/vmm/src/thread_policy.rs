@@ -6,9 +6,10 @@
 //! export them).
 
 use kvm_bindings::{
-    kvm_cpuid2, kvm_enable_cap, kvm_fpu, kvm_ioeventfd, kvm_irq_routing, kvm_irqfd,
-    kvm_lapic_state, kvm_mp_state, kvm_msi, kvm_msr_list, kvm_msrs, kvm_regs, kvm_sregs,
-    kvm_userspace_memory_region, kvm_vcpu_events, KVMIO,
+    kvm_clock_data, kvm_cpuid2, kvm_debugregs, kvm_enable_cap, kvm_fpu, kvm_ioeventfd,
+    kvm_irq_routing, kvm_irqfd, kvm_lapic_state, kvm_mp_state, kvm_msi, kvm_msr_list, kvm_msrs,
+    kvm_nested_state, kvm_regs, kvm_sregs, kvm_userspace_memory_region, kvm_vcpu_events, kvm_xcrs,
+    kvm_xsave, KVMIO,
 };
 use sandbox::lockdown::{self, LockdownError, Registration, ThreadLandlock};
 use sandbox::seccomp::{self, FilterContext, Filters, Role};
@@ -45,6 +46,8 @@ mod requests {
     ioctl_iow_nr!(KVM_IOEVENTFD, KVMIO, 0x79, kvm_ioeventfd);
     ioctl_iow_nr!(KVM_ENABLE_CAP, KVMIO, 0xa3, kvm_enable_cap);
     ioctl_iow_nr!(KVM_SIGNAL_MSI, KVMIO, 0xa5, kvm_msi);
+    ioctl_iow_nr!(KVM_SET_CLOCK, KVMIO, 0x7b, kvm_clock_data);
+    ioctl_ior_nr!(KVM_GET_CLOCK, KVMIO, 0x7c, kvm_clock_data);
     // A vCPU.
     ioctl_io_nr!(KVM_RUN, KVMIO, 0x80);
     ioctl_ior_nr!(KVM_GET_REGS, KVMIO, 0x81, kvm_regs);
@@ -62,6 +65,49 @@ mod requests {
     ioctl_iow_nr!(KVM_SET_MP_STATE, KVMIO, 0x99, kvm_mp_state);
     ioctl_io_nr!(KVM_NMI, KVMIO, 0x9a);
     ioctl_ior_nr!(KVM_GET_VCPU_EVENTS, KVMIO, 0x9f, kvm_vcpu_events);
+    ioctl_iow_nr!(KVM_SET_VCPU_EVENTS, KVMIO, 0xa0, kvm_vcpu_events);
+    ioctl_ior_nr!(KVM_GET_DEBUGREGS, KVMIO, 0xa1, kvm_debugregs);
+    ioctl_iow_nr!(KVM_SET_DEBUGREGS, KVMIO, 0xa2, kvm_debugregs);
+    ioctl_io_nr!(KVM_SET_TSC_KHZ, KVMIO, 0xa2);
+    ioctl_io_nr!(KVM_GET_TSC_KHZ, KVMIO, 0xa3);
+    ioctl_ior_nr!(KVM_GET_XSAVE, KVMIO, 0xa4, kvm_xsave);
+    ioctl_iow_nr!(KVM_SET_XSAVE, KVMIO, 0xa5, kvm_xsave);
+    ioctl_ior_nr!(KVM_GET_XCRS, KVMIO, 0xa6, kvm_xcrs);
+    ioctl_iow_nr!(KVM_SET_XCRS, KVMIO, 0xa7, kvm_xcrs);
+    ioctl_iowr_nr!(KVM_GET_NESTED_STATE, KVMIO, 0xbe, kvm_nested_state);
+    ioctl_iow_nr!(KVM_SET_NESTED_STATE, KVMIO, 0xbf, kvm_nested_state);
+}
+
+/// What a parked vCPU reads of itself for a snapshot (only reads: the state is set again
+/// by the VMM thread on the restored vCPU, before its thread exists).
+fn vcpu_snapshot_ioctls() -> [u64; 10] {
+    [
+        KVM_GET_TSC_KHZ(),
+        KVM_GET_MSRS(),
+        KVM_GET_FPU(),
+        KVM_GET_LAPIC(),
+        KVM_GET_MP_STATE(),
+        KVM_GET_VCPU_EVENTS(),
+        KVM_GET_DEBUGREGS(),
+        KVM_GET_XSAVE(),
+        KVM_GET_XCRS(),
+        KVM_GET_NESTED_STATE(),
+    ]
+}
+
+/// What the VMM thread sets on a restored vCPU and VM.
+fn vmm_restore_ioctls() -> [u64; 9] {
+    [
+        KVM_SET_VCPU_EVENTS(),
+        KVM_SET_DEBUGREGS(),
+        KVM_SET_TSC_KHZ(),
+        KVM_GET_TSC_KHZ(),
+        KVM_SET_XSAVE(),
+        KVM_SET_XCRS(),
+        KVM_SET_NESTED_STATE(),
+        KVM_GET_CLOCK(),
+        KVM_SET_CLOCK(),
+    ]
 }
 
 /// What a vCPU thread asks once running: run, read registers for a fault report, and what
@@ -89,6 +135,7 @@ fn vcpu_ioctls() -> Vec<u64> {
     // Request numbers are `c_ulong`, which is `u64` on x86_64, the only target filtered.
     let mut all = kvm.to_vec();
     all.extend(tap);
+    all.extend(vcpu_snapshot_ioctls());
     all
 }
 
@@ -148,6 +195,7 @@ fn vmm_ioctls() -> Vec<u64> {
     // requests in order, and the rest happen once per VM.
     let mut all = vcpu_ioctls();
     all.extend(kvm);
+    all.extend(vmm_restore_ioctls());
     all.extend(host);
     all
 }
@@ -264,6 +312,14 @@ mod tests {
         assert!(!v.contains(&libc::TUNSETIFF));
         let m = vmm_ioctls();
         assert!(m.contains(&KVM_CREATE_VM()) && m.contains(&KVM_RUN()));
+        // A vCPU reads its own state for a snapshot; only the VMM thread sets one.
+        assert!(v.contains(&KVM_GET_XSAVE()) && v.contains(&KVM_GET_NESTED_STATE()));
+        for set in vmm_restore_ioctls() {
+            assert!(m.contains(&set));
+        }
+        assert!(!v.contains(&KVM_SET_XSAVE()) && !v.contains(&KVM_SET_CLOCK()));
+        assert_eq!(KVM_GET_XSAVE(), 0x9000_aea4);
+        assert_eq!(KVM_SET_TSC_KHZ(), 0xaea2);
     }
 
     #[test]

@@ -6,7 +6,8 @@
 //! before the thread enters the kernel is not lost.
 
 use std::cell::Cell;
-use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 
@@ -17,6 +18,8 @@ use kvm_ioctls::{VcpuExit, VcpuFd};
 use log::{debug, trace};
 use vmm_sys_util::eventfd::EventFd;
 use vmm_sys_util::signal::{register_signal_handler, Killable, SIGRTMIN};
+
+use crate::snapshot::vcpu_state::VcpuState;
 
 /// What the VMM wants the vCPUs to do.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -40,6 +43,10 @@ pub struct VcpuControl {
     /// One bit per vCPU index: that vCPU's thread must end (it was unplugged), whatever the
     /// others do.
     retiring: [AtomicU64; 4],
+    /// Bumped to have every parked vCPU read its whole state (a snapshot).
+    capture_round: AtomicU32,
+    /// What each vCPU read in the last round.
+    captured: Mutex<BTreeMap<u8, Result<VcpuState, String>>>,
 }
 
 impl Default for VcpuControl {
@@ -51,6 +58,8 @@ impl Default for VcpuControl {
             nmis: std::sync::atomic::AtomicU32::new(0),
             parked_registers: Mutex::default(),
             retiring: Default::default(),
+            capture_round: AtomicU32::new(0),
+            captured: Mutex::default(),
         }
     }
 }
@@ -107,8 +116,29 @@ impl VcpuControl {
             .insert(index, crate::coredump::VcpuRegisters { regs, sregs });
     }
 
+    /// A control whose vCPUs park before they first run (a restored machine, which waits
+    /// for `vm.resume`).
+    pub fn paused() -> Self {
+        let control = VcpuControl::default();
+        control
+            .desired
+            .store(Desired::Pause as u8, Ordering::Release);
+        control
+    }
+
+    /// Keeps what vCPU `index` read of itself, and wakes the VMM waiting for it.
+    fn store_capture(&self, index: u8, state: Result<VcpuState, String>) {
+        self.captured
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(index, state);
+        let _guard = self.parked.lock().unwrap_or_else(|e| e.into_inner());
+        self.changed.notify_all();
+    }
+
     /// Called by vCPU thread `index` between runs; returns false when the thread must end.
-    fn checkpoint(&self, index: u8) -> bool {
+    /// While parked, the thread runs `capture` whenever a snapshot asks for its state.
+    fn checkpoint(&self, index: u8, capture: &mut dyn FnMut()) -> bool {
         if self.is_retiring(index) {
             return false;
         }
@@ -116,6 +146,7 @@ impl VcpuControl {
             return true;
         }
         let mut parked = self.parked.lock().unwrap_or_else(|e| e.into_inner());
+        let mut seen = self.capture_round.load(Ordering::Acquire);
         loop {
             if self.is_retiring(index) {
                 return false;
@@ -129,10 +160,19 @@ impl VcpuControl {
                     parked = self
                         .changed
                         .wait_while(parked, |_| {
-                            self.desired() == Desired::Pause && !self.is_retiring(index)
+                            self.desired() == Desired::Pause
+                                && !self.is_retiring(index)
+                                && self.capture_round.load(Ordering::Acquire) == seen
                         })
                         .unwrap_or_else(|e| e.into_inner());
                     *parked -= 1;
+                    let round = self.capture_round.load(Ordering::Acquire);
+                    if round != seen {
+                        seen = round;
+                        drop(parked);
+                        capture();
+                        parked = self.parked.lock().unwrap_or_else(|e| e.into_inner());
+                    }
                 }
             }
         }
@@ -227,6 +267,8 @@ pub struct VcpuContext {
     pub reset: Arc<EventFd>,
     /// The thread's system-call filter, installed before it first runs the guest.
     pub filters: Arc<sandbox::seccomp::Filters>,
+    /// The MSRs a snapshot reads (KVM's list).
+    pub msr_indices: Arc<Vec<u32>>,
 }
 
 thread_local! {
@@ -364,6 +406,46 @@ pub fn pause_all(control: &VcpuControl, threads: &[VcpuThread]) {
     control.wait_parked(threads.len());
 }
 
+/// Has every parked vCPU read its whole state (the machine is paused); returns the states
+/// by index, or the first vCPU's error.
+pub fn capture_all(
+    control: &VcpuControl,
+    threads: &[VcpuThread],
+) -> Result<Vec<VcpuState>, String> {
+    control
+        .captured
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .clear();
+    let parked = control.parked.lock().unwrap_or_else(|e| e.into_inner());
+    control.capture_round.fetch_add(1, Ordering::AcqRel);
+    control.changed.notify_all();
+    let count = |c: &VcpuControl| c.captured.lock().unwrap_or_else(|e| e.into_inner()).len();
+    let (_parked, wait) = control
+        .changed
+        .wait_timeout_while(parked, std::time::Duration::from_secs(10), |_| {
+            count(control) < threads.len()
+        })
+        .unwrap_or_else(|e| e.into_inner());
+    if wait.timed_out() {
+        return Err(format!(
+            "only {} of {} vCPUs reported their state",
+            count(control),
+            threads.len()
+        ));
+    }
+    let captured = std::mem::take(&mut *control.captured.lock().unwrap_or_else(|e| e.into_inner()));
+    captured
+        .into_iter()
+        .map(|(index, state)| state.map_err(|e| format!("vCPU {index}: {e}")))
+        .collect()
+}
+
+/// Waits until every one of `threads` is parked (a restored machine, started paused).
+pub fn wait_all_parked(control: &VcpuControl, threads: &[VcpuThread]) {
+    control.wait_parked(threads.len());
+}
+
 /// Sends every vCPU a non-maskable interrupt (a paused one gets it when it resumes).
 pub fn nmi_all(control: &VcpuControl, threads: &[VcpuThread]) {
     control.nmis.fetch_add(1, Ordering::AcqRel);
@@ -487,7 +569,11 @@ fn run(
         if ctx.control.desired() == Desired::Pause {
             ctx.control.record(index, &vcpu);
         }
-        if !ctx.control.checkpoint(index) {
+        let mut capture = || {
+            let state = VcpuState::capture(index, &vcpu, &ctx.msr_indices);
+            ctx.control.store_capture(index, state);
+        };
+        if !ctx.control.checkpoint(index, &mut capture) {
             break;
         }
         let nmis = ctx.control.nmis.load(Ordering::Acquire);
@@ -549,7 +635,7 @@ mod tests {
             let c = control.clone();
             threads.push(std::thread::spawn(move || {
                 let mut laps = 0u64;
-                while c.checkpoint(0) {
+                while c.checkpoint(0, &mut || {}) {
                     laps += 1;
                     std::thread::sleep(Duration::from_micros(50));
                 }
@@ -573,7 +659,7 @@ mod tests {
         let spawn = |index: u8| {
             let c = control.clone();
             std::thread::spawn(move || {
-                while c.checkpoint(index) {
+                while c.checkpoint(index, &mut || {}) {
                     std::thread::sleep(Duration::from_micros(50));
                 }
                 index

@@ -31,6 +31,7 @@ use crate::x86_64::{acpi, mptable, smbios};
 
 mod hotplug;
 mod resize;
+mod snapshot;
 
 /// The lifecycle state of a VM, named as in the REST API.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -106,6 +107,9 @@ pub enum VmError {
     /// A vCPU thread could not be started.
     #[error("cannot start a vCPU thread: {0}")]
     Thread(std::io::Error),
+    /// A snapshot could not be taken or restored.
+    #[error("{0}")]
+    Snapshot(String),
 }
 
 pub(crate) fn kvm_err(what: &'static str) -> impl Fn(kvm_ioctls::Error) -> VmError {
@@ -183,15 +187,19 @@ pub struct Vm {
     unplugging: Vec<String>,
     // The vCPU threads' system-call filter, compiled once for every boot and reboot.
     vcpu_filters: Arc<sandbox::seccomp::Filters>,
+    // The snapshot directory this VM was restored from.
+    restored_from: Option<PathBuf>,
 }
 
 impl Vm {
     /// Opens the VM's files, allocates its memory and builds its devices.
+    /// `slots` places devices (by id) in given PCI slots: a restored VM's go where they were.
     pub fn create(
         mut config: VmConfig,
         events: &MachineEvents,
         faults: Arc<FaultSink>,
         janitor: Option<Arc<Janitor>>,
+        slots: std::collections::BTreeMap<String, u8>,
     ) -> Result<Self, VmError> {
         let kernel_path = config.payload.kernel.as_deref().ok_or(VmError::NoKernel)?;
         let kernel = open("kernel", kernel_path)?;
@@ -244,6 +252,7 @@ impl Vm {
             layout::pci_mmio64_start(boot_ram, ram.room()),
             crate::thread_policy::device_thread_setup()
                 .map_err(|e| VmError::Thread(std::io::Error::other(e)))?,
+            slots,
         )?;
         if let Some(pty) = &devices.serial_pty {
             // Report the pty the way a file would be reported.
@@ -276,6 +285,7 @@ impl Vm {
             state: VmState::Created,
             unplugging: Vec::new(),
             vcpu_filters: Arc::new(vcpu_filters),
+            restored_from: None,
         };
         // What the firmware tables cannot describe is refused now, not at boot.
         acpi::checked(&vm.acpi_layout())?;
@@ -301,6 +311,11 @@ impl Vm {
     /// The configuration (with pty paths filled in).
     pub fn config(&self) -> &VmConfig {
         &self.config
+    }
+
+    /// The snapshot directory the VM was restored from, if it was.
+    pub fn restored_from(&self) -> Option<&Path> {
+        self.restored_from.as_deref()
     }
 
     /// The current state.
@@ -487,6 +502,17 @@ impl Vm {
     }
 
     fn build_machine(&mut self, kvm: &Kvm, supported_cpuid: &CpuId) -> Result<Machine, VmError> {
+        let vm = self.new_kvm_vm(kvm)?;
+        self.devices.attach(Some(vm.clone()));
+        let entry = self.load_payload()?;
+        let ctx = self.vcpu_context(kvm, VcpuControl::default());
+        let setup = self.vcpu_setup(supported_cpuid);
+        Machine::start(vm, ctx, setup, self.config.cpus.boot_vcpus, entry)
+    }
+
+    /// A new KVM VM with the machine's fixed set-up (TSS, identity map, split irqchip) and
+    /// guest memory mapped.
+    fn new_kvm_vm(&self, kvm: &Kvm) -> Result<Arc<kvm_ioctls::VmFd>, VmError> {
         let vm = kvm.create_vm().map_err(kvm_err("create the VM"))?;
         if let Some(janitor) = &self.janitor {
             // SAFETY: the VM's descriptor is open for the duration of this borrow.
@@ -513,20 +539,30 @@ impl Vm {
         for (slot, region) in self.memory.iter().enumerate() {
             crate::machine::map_region(&vm, slot as u32, region)?;
         }
-        let vm = Arc::new(vm);
-        self.devices.attach(Some(vm.clone()));
+        Ok(Arc::new(vm))
+    }
 
-        let entry = self.load_payload()?;
-        let ctx = VcpuContext {
+    /// What the vCPU threads of a new machine share, steered by `control`.
+    fn vcpu_context(&self, kvm: &Kvm, control: VcpuControl) -> VcpuContext {
+        let msr_indices = kvm
+            .get_msr_index_list()
+            .map(|l| l.as_slice().to_vec())
+            .unwrap_or_default();
+        VcpuContext {
             pio: self.devices.pio.clone(),
             mmio: self.devices.mmio.clone(),
             ioapic: self.devices.ioapic.clone(),
-            control: Arc::new(VcpuControl::default()),
+            control: Arc::new(control),
             faults: self.faults.clone(),
             reset: self.reset_evt.clone(),
             filters: self.vcpu_filters.clone(),
-        };
-        let setup = VcpuSetup {
+            msr_indices: Arc::new(msr_indices),
+        }
+    }
+
+    /// What every vCPU of a new machine is built from.
+    fn vcpu_setup(&self, supported_cpuid: &CpuId) -> VcpuSetup {
+        VcpuSetup {
             topology: Topology::of(&self.config.cpus),
             supported_cpuid: if self.config.cpus.features.amx {
                 supported_cpuid.clone()
@@ -535,8 +571,7 @@ impl Vm {
             },
             affinity: self.config.cpus.affinity.clone().unwrap_or_default(),
             core_scheduling: self.config.cpus.core_scheduling,
-        };
-        Machine::start(vm, ctx, setup, self.config.cpus.boot_vcpus, entry)
+        }
     }
 
     /// Writes the MP and ACPI tables; returns the RSDP's address.

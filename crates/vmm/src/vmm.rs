@@ -139,6 +139,7 @@ fn io_err(what: &'static str) -> impl Fn(std::io::Error) -> StartError {
 mod hotplug_requests;
 mod info;
 mod pvpanic;
+mod snapshot_requests;
 mod watchdog;
 use hotplug_requests::hotplug_error;
 
@@ -550,6 +551,8 @@ impl Vmm {
                 info!("NMI sent to every vCPU");
                 Ok(Reply::Done)
             }
+            Request::Snapshot(url) => self.snapshot_vm(&url),
+            Request::Restore(restore) => self.restore_vm(restore),
             Request::Counters => {
                 self.require_vm("vm.counters")?;
                 let counters = self
@@ -583,21 +586,34 @@ impl Vmm {
     }
 
     fn create_vm_inner(&mut self, config: VmConfig) -> Response {
+        self.create_confined(config, "vm.create", Default::default(), Vec::new())
+            .map(|()| Reply::Done)
+    }
+
+    /// Creates the VM of `config` (for `action`), its devices in `slots` where given, and
+    /// confines the VMM if the config asks, with `held` added to what the report lists.
+    fn create_confined(
+        &mut self,
+        config: VmConfig,
+        action: &str,
+        slots: std::collections::BTreeMap<String, u8>,
+        held: Vec<sandbox::policy::Held>,
+    ) -> Result<(), RequestError> {
         if let Some(vm) = &self.vm {
             return Err(RequestError::new(
                 ErrorKind::WrongState,
                 format!(
-                    "vm.create: a VM already exists (state {:?}); delete it with vm.delete first",
+                    "{action}: a VM already exists (state {:?}); delete it with vm.delete first",
                     vm.state()
                 ),
             ));
         }
         config
             .validate()
-            .map_err(|e| RequestError::new(ErrorKind::BadRequest, format!("vm.create: {e}")))?;
+            .map_err(|e| RequestError::new(ErrorKind::BadRequest, format!("{action}: {e}")))?;
         if config.cpus.features.amx {
             self.cpuid = crate::x86_64::amx::enable(&self.kvm)
-                .map_err(|e| RequestError::new(ErrorKind::BadRequest, format!("vm.create: {e}")))?;
+                .map_err(|e| RequestError::new(ErrorKind::BadRequest, format!("{action}: {e}")))?;
         }
         let landlock = config.landlock_enable;
         let api = self.control.is_some();
@@ -606,14 +622,16 @@ impl Vmm {
             &self.events,
             self.faults.clone(),
             self.options.janitor.clone(),
+            slots,
         )
-        .map_err(|e| RequestError::from_error(ErrorKind::BadRequest, "vm.create", &e))?;
+        .map_err(|e| RequestError::from_error(ErrorKind::BadRequest, action, &e))?;
         // What the VMM thread may still need once this VM exists: nothing without an API;
         // under Landlock, only what the ruleset lets a hot-plug or a later VM use.
         let mut keep = crate::thread_policy::vmm_capabilities(api, api);
         if landlock {
             // The VM's files are open: from here on only the policy's rules can be opened.
-            let policy = Policy::from_config(vm.config()).with_net_hotplug(vm.config(), api);
+            let mut policy = Policy::from_config(vm.config()).with_net_hotplug(vm.config(), api);
+            policy.held.extend(held);
             let tun = std::path::Path::new(sandbox::policy::TUN_DEVICE);
             let net_hotplug = api && policy.allowing(tun, sandbox::Access::ReadWrite).is_some();
             keep = crate::thread_policy::vmm_capabilities(net_hotplug, false);
@@ -639,11 +657,7 @@ impl Vmm {
                         error!("{e}: stopping the VMM");
                         self.exit = Some(ExitReason::Fault(e.to_string()));
                     }
-                    return Err(RequestError::from_error(
-                        ErrorKind::Internal,
-                        "vm.create",
-                        &e,
-                    ));
+                    return Err(RequestError::from_error(ErrorKind::Internal, action, &e));
                 }
             }
         }
@@ -651,11 +665,7 @@ impl Vmm {
             // The process would hold more than it should: never go on like that.
             error!("{e}: stopping the VMM");
             self.exit = Some(ExitReason::Fault(e.to_string()));
-            return Err(RequestError::from_error(
-                ErrorKind::Internal,
-                "vm.create",
-                &e,
-            ));
+            return Err(RequestError::from_error(ErrorKind::Internal, action, &e));
         }
         self.vm = Some(vm);
         self.start_console_input();
@@ -664,7 +674,7 @@ impl Vmm {
         }
         self.watch_watchdog();
         self.watch_panic();
-        Ok(Reply::Done)
+        Ok(())
     }
 
     fn start_console_input(&mut self) {

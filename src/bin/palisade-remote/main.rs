@@ -385,7 +385,9 @@ fn main() -> ExitCode {
     match run(&cli.api_socket, &cli.command) {
         Ok(output) => {
             if let Some(text) = output {
-                println!("{text}");
+                // A reader that went away (`| head`) is not an error of the call.
+                use std::io::Write;
+                let _ = writeln!(std::io::stdout(), "{text}");
             }
             ExitCode::SUCCESS
         }

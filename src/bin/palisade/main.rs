@@ -64,6 +64,12 @@ struct Cli {
     #[arg(long, value_name = "SOCKET")]
     api_socket: Option<String>,
 
+    /// Restore from a VM snapshot: "source_url=<source_url>,prefault=on|off,
+    /// memory_restore_mode=copy,resume=true|false". The VM comes back paused unless
+    /// `resume=true`.
+    #[arg(long, value_name = "restore", conflicts_with_all = ["kernel", "firmware"])]
+    restore: Option<String>,
+
     /// Confine the VMM with Landlock when the VM is created.
     #[arg(long)]
     landlock: bool,
@@ -295,7 +301,7 @@ fn run(cli: Cli, start: Instant) -> Result<ExitCode, Failure> {
             check_readable("--disk path=", disk.path.as_deref(), Kind::Disk)?;
         }
         Some(config)
-    } else if cli.api_socket.is_none() {
+    } else if cli.api_socket.is_none() && cli.restore.is_none() {
         return Err(Failure(
             "nothing to run: give --kernel to boot a VM, or --api-socket to serve the API".into(),
         ));
@@ -341,7 +347,14 @@ fn run(cli: Cli, start: Instant) -> Result<ExitCode, Failure> {
         }
         None => (None, None),
     };
+    let restore = cli
+        .restore
+        .as_deref()
+        .map(config::RestoreConfig::parse)
+        .transpose()
+        .map_err(|e| Failure(format!("--restore: {e}")))?;
     let needs_connector = api_socket.is_some()
+        || restore.is_some()
         || vm_config
             .as_ref()
             .is_some_and(|c| c.fs.as_ref().is_some_and(|f| !f.is_empty()) || c.vsock.is_some());
@@ -365,6 +378,15 @@ fn run(cli: Cli, start: Instant) -> Result<ExitCode, Failure> {
             Failure(format!(
                 "cannot boot the VM: {}",
                 e.messages.join(": ").trim_start_matches("vm.boot: ")
+            ))
+        })?;
+    }
+
+    if let Some(restore) = restore {
+        vmm.handle(Request::Restore(restore)).map_err(|e| {
+            Failure(format!(
+                "cannot restore the VM: {}",
+                e.messages.join(": ").trim_start_matches("vm.restore: ")
             ))
         })?;
     }

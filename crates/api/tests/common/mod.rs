@@ -141,6 +141,8 @@ fn name_of(request: &Request) -> &'static str {
         Request::Coredump(_) => "coredump",
         Request::Resize(_) => "resize",
         Request::ResizeZone(..) => "resize-zone",
+        Request::Snapshot(_) => "snapshot",
+        Request::Restore(_) => "restore",
     }
 }
 
@@ -190,6 +192,8 @@ fn handle(vm: &mut Option<(VmConfig, State)>, request: Request) -> Result<Reply,
         Request::Coredump(_) => "vm.coredump",
         Request::Resize(_) => "vm.resize",
         Request::ResizeZone(..) => "vm.resize-zone",
+        Request::Snapshot(_) => "vm.snapshot",
+        Request::Restore(_) => return Ok(Reply::Done),
     };
     let Some((config, state)) = vm else {
         return Err(RequestError::new(

@@ -118,6 +118,20 @@ const MASKED_ENTRY: Entry = Entry {
     control: CTRL_MASKED,
 };
 
+/// What a snapshot keeps of a function's MSI-X: each vector's table entry (address low,
+/// address high, data, control) and pending bit, and the enable and function-mask bits.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct MsixState {
+    /// The vector table.
+    pub table: Vec<[u32; 4]>,
+    /// Each vector's pending bit.
+    pub pending: Vec<bool>,
+    /// MSI-X enabled.
+    pub enabled: bool,
+    /// Every vector masked.
+    pub function_masked: bool,
+}
+
 /// The MSI-X state of one function.
 pub struct Msix {
     entries: Vec<Entry>,
@@ -302,6 +316,62 @@ impl Msix {
     /// Signals `vector` (see [`MsixVectors::trigger`]).
     pub fn trigger(&self, vector: u16) {
         self.vectors.trigger(vector);
+    }
+
+    /// The table, pending bits and control, for a snapshot.
+    pub fn state(&self) -> MsixState {
+        MsixState {
+            table: self
+                .entries
+                .iter()
+                .map(|e| [e.address_lo, e.address_hi, e.data, e.control])
+                .collect(),
+            pending: self
+                .vectors
+                .gates
+                .iter()
+                .map(|g| g.pending.load(Ordering::SeqCst))
+                .collect(),
+            enabled: self.enabled,
+            function_masked: self.function_masked,
+        }
+    }
+
+    /// Checks that `state` describes this function's vectors.
+    pub fn check_state(&self, state: &MsixState) -> Result<(), String> {
+        let count = self.entries.len();
+        if state.table.len() != count || state.pending.len() != count {
+            return Err(format!(
+                "MSI-X state has {} vectors and {} pending bits; the device has {count} vectors",
+                state.table.len(),
+                state.pending.len()
+            ));
+        }
+        Ok(())
+    }
+
+    /// Takes the table, pending bits and control of `state` (checked with
+    /// [`Msix::check_state`] first), routing each unmasked vector to its message and
+    /// delivering what was pending there.
+    pub fn restore(&mut self, state: &MsixState) -> Result<(), String> {
+        self.check_state(state)?;
+        for (v, (e, pending)) in state.table.iter().zip(&state.pending).enumerate() {
+            self.entries[v] = Entry {
+                address_lo: e[0],
+                address_hi: e[1],
+                data: e[2],
+                control: e[3] & CTRL_MASKED,
+            };
+            self.vectors.gates[v]
+                .pending
+                .store(*pending, Ordering::SeqCst);
+        }
+        self.enabled = state.enabled;
+        self.function_masked = state.function_masked;
+        for v in 0..self.entries.len() {
+            self.update_gate(v);
+        }
+        Ok(())
     }
 
     /// Back to the reset state: disabled, every vector masked, nothing pending. The routes

@@ -248,6 +248,12 @@ impl VirtioDevice for Balloon {
         }
     }
 
+    fn restore_config(&mut self, config: &[u8]) {
+        if let Some(actual) = config.get(4..8) {
+            self.write_config(4, actual);
+        }
+    }
+
     fn set_memory(&mut self, mem: GuestMemoryMmap) {
         if let Some(active) = &mut self.active {
             active.mem = mem;

@@ -154,6 +154,10 @@ pub trait VirtioDevice: Send {
     fn write_config(&mut self, offset: u64, data: &[u8]) {
         self.common().ignore_config_write(offset, data);
     }
+    /// Takes back what the driver had written into the configuration space, from a
+    /// snapshot's copy of the whole space (`config`); most devices have nothing the driver
+    /// writes, and keep what their host side says.
+    fn restore_config(&mut self, _config: &[u8]) {}
     /// Starts the device with the driver's queues.
     fn activate(
         &mut self,
@@ -185,6 +189,11 @@ pub trait VirtioDevice: Send {
     /// does, and reads their notifications itself).
     fn serves_queues(&self) -> bool {
         true
+    }
+    /// Requests taken from the driver whose I/O has not finished (a snapshot waits for
+    /// none to be left, so that guest memory holds every answer).
+    fn in_flight(&self) -> usize {
+        0
     }
     /// Counters for `vm.counters`, by name.
     fn counters(&self) -> serde_json::Map<String, serde_json::Value> {

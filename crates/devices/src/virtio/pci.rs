@@ -332,11 +332,14 @@ impl VirtioPci {
         }
         self.status = value;
         if value & status::DRIVER_OK != 0 && value & status::FEATURES_OK != 0 && !self.activated {
-            self.activate();
+            self.activate(false);
         }
     }
 
-    fn activate(&mut self) {
+    /// Hands the driver's queues to the device. `resumed`: the queues were live in a
+    /// snapshot, so each carries on from the used index the guest memory holds (chains the
+    /// device had taken but not finished are taken again) rather than from zero.
+    fn activate(&mut self, resumed: bool) {
         let mut active = Vec::new();
         for (i, setup) in self.queues.iter().enumerate() {
             if !setup.enabled {
@@ -362,6 +365,15 @@ impl VirtioPci {
                 return self.fail(&format!(
                     "queue {i} lies outside guest memory or is misaligned"
                 ));
+            }
+            if resumed {
+                match queue.used_idx(&self.mem, std::sync::atomic::Ordering::Acquire) {
+                    Ok(used) => {
+                        queue.set_next_avail(used.0);
+                        queue.set_next_used(used.0);
+                    }
+                    Err(e) => return self.fail(&format!("queue {i}: used ring: {e:?}")),
+                }
             }
             active.push(ActiveQueue {
                 index: i as u16,
@@ -638,6 +650,9 @@ impl PciDevice for VirtioPci {
 
 /// A shared handle to a virtio PCI device, for the event loop and the bus.
 pub type SharedVirtioPci = Arc<Mutex<VirtioPci>>;
+
+mod state;
+pub use state::{QueueSetupState, VirtioPciState};
 
 #[cfg(test)]
 mod tests;

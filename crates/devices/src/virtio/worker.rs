@@ -14,7 +14,7 @@
 use std::os::fd::{AsRawFd, RawFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -35,6 +35,9 @@ pub struct DeviceHandle {
     device: Arc<Mutex<Box<dyn VirtioDevice>>>,
     notify: Arc<[Arc<EventFd>]>,
     live: Arc<AtomicBool>,
+    // Taken (shared) by the worker around each piece of work, and exclusively by a snapshot
+    // to keep the device still while leaving its model readable.
+    gate: Arc<RwLock<()>>,
 }
 
 impl DeviceHandle {
@@ -44,7 +47,18 @@ impl DeviceHandle {
             device: Arc::new(Mutex::new(device)),
             notify: notify.into(),
             live: Arc::new(AtomicBool::new(false)),
+            gate: Arc::new(RwLock::new(())),
         }
+    }
+
+    /// Keeps the device's worker from doing anything until the guard goes: events wait,
+    /// none is lost. The model itself stays lockable (to read its state).
+    pub fn hold(&self) -> RwLockWriteGuard<'_, ()> {
+        self.gate.write().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn work(&self) -> RwLockReadGuard<'_, ()> {
+        self.gate.read().unwrap_or_else(|e| e.into_inner())
     }
 
     /// The device model, locked.
@@ -70,6 +84,7 @@ impl DeviceHandle {
     /// Runs the device on queue `index` if it is live; otherwise consumes the notification,
     /// so that its eventfd does not stay readable.
     pub fn process_queue(&self, index: u16) {
+        let _work = self.work();
         if self.is_live() {
             self.lock().process_queue(index);
         } else if let Some(evt) = self.notify.get(usize::from(index)) {
@@ -79,6 +94,7 @@ impl DeviceHandle {
 
     /// Runs the device on its host descriptor `token` (as an idle device if it is not live).
     pub fn process_host(&self, token: u32) {
+        let _work = self.work();
         if self.is_live() {
             self.lock().process_host(token);
         } else {

@@ -15,7 +15,9 @@ impl Vmm {
                 landlock["confined"] = json!(confinement.is_some());
                 if confinement.is_some() {
                     // What is held now, hot-plugged devices included.
-                    landlock["held"] = json!(sandbox::Policy::from_config(vm.config()).held);
+                    let mut held = sandbox::Policy::from_config(vm.config()).held;
+                    held.extend(vm.restored_from().map(crate::snapshot::held));
+                    landlock["held"] = json!(held);
                 }
                 let devices: serde_json::Map<String, serde_json::Value> = vm
                     .devices()

@@ -634,6 +634,10 @@ impl VirtioDevice for Block {
         Ok(())
     }
 
+    fn in_flight(&self) -> usize {
+        self.io_in_flight()
+    }
+
     fn counters(&self) -> serde_json::Map<String, serde_json::Value> {
         let c = &self.disk.counters;
         counters_map(&[

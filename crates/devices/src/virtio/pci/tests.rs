@@ -14,6 +14,8 @@ struct Probe {
     interrupt: Option<Arc<dyn VirtioInterrupt>>,
     common: super::super::VirtioCommon,
     memory_regions: Arc<AtomicUsize>,
+    // Each activation's queue positions (next available index, per queue).
+    positions: Arc<Mutex<Vec<u16>>>,
 }
 
 impl VirtioDevice for Probe {
@@ -41,6 +43,7 @@ impl VirtioDevice for Probe {
         queues: Vec<ActiveQueue>,
     ) -> Result<(), super::super::ActivateError> {
         assert_eq!(queues.len(), 2);
+        *self.positions.lock().unwrap() = queues.iter().map(|q| q.queue.next_avail()).collect();
         self.activated.fetch_add(1, Ordering::SeqCst);
         self.interrupt = Some(interrupt);
         Ok(())
@@ -63,6 +66,7 @@ struct Fixture {
     activated: Arc<AtomicUsize>,
     processed: Arc<AtomicUsize>,
     memory_regions: Arc<AtomicUsize>,
+    positions: Arc<Mutex<Vec<u16>>>,
 }
 
 fn fixture() -> Fixture {
@@ -72,7 +76,9 @@ fn fixture() -> Fixture {
     let activated = Arc::new(AtomicUsize::new(0));
     let processed = Arc::new(AtomicUsize::new(0));
     let memory_regions = Arc::new(AtomicUsize::new(0));
+    let positions = Arc::new(Mutex::new(Vec::new()));
     let probe = Probe {
+        positions: positions.clone(),
         acked: acked.clone(),
         activated: activated.clone(),
         processed: processed.clone(),
@@ -95,6 +101,7 @@ fn fixture() -> Fixture {
         activated,
         processed,
         memory_regions,
+        positions,
     }
 }
 
@@ -284,4 +291,57 @@ fn function_reset_restores_the_bar_and_masks_msix() {
     assert_eq!(f.dev.config_read(4) & !0xf, 0);
     assert_eq!(f.dev.config_read(5), 1);
     assert_eq!(r(&mut f.dev, 0x14, 1), 0);
+}
+
+#[test]
+fn a_fresh_device_takes_a_live_ones_state_and_carries_on_from_the_used_ring() {
+    let mut f = fixture();
+    drive_to_ok(&mut f);
+    let mut entry = [0u8; 16];
+    entry[0..8].copy_from_slice(&0xfee0_0000u64.to_le_bytes());
+    entry[8..12].copy_from_slice(&0x45u32.to_le_bytes());
+    f.dev.bar_write(0, MSIX_TABLE_OFFSET + 16, &entry);
+    let ctrl = f.dev.msix_control_offset();
+    f.dev
+        .config_write(ctrl / 4, ctrl % 4, &0x8000u16.to_le_bytes());
+    let state = f.dev.state();
+    assert_eq!(state.queues[1].desc, 0x2000);
+    assert_eq!(state.queues[1].vector, 1);
+    assert!(state.msix.enabled);
+    // A live device takes no state.
+    assert!(f.dev.restore(&state).is_err());
+
+    // The restored guest memory says the driver had 5 buffers of queue 1 back.
+    let mut g = fixture();
+    vm_memory::Bytes::write_obj(&g.dev.mem, 5u16, GuestAddress(0x2200 + 2)).unwrap();
+    g.dev.restore(&state).unwrap();
+    assert_eq!(g.activated.load(Ordering::SeqCst), 1);
+    assert_eq!(*g.positions.lock().unwrap(), vec![0, 5]);
+    assert_eq!(*g.acked.lock().unwrap(), F_VERSION_1 | 1);
+    assert_eq!(r(&mut g.dev, 0x14, 1), state.status as u64);
+    w(&mut g.dev, 0x16, 1, 2);
+    assert_eq!(r(&mut g.dev, 0x1a, 2), 1, "queue 1's vector");
+    assert_eq!(r(&mut g.dev, 0x20, 8), 0x2000);
+    let mut back = [0u8; 16];
+    g.dev.bar_read(0, MSIX_TABLE_OFFSET + 16, &mut back);
+    assert_eq!(back, entry);
+    // Each queue is looked at once, for what the driver made available meanwhile.
+    assert_eq!(g.dev.notify_eventfds()[0].read().unwrap(), 1);
+    // The interrupt goes out through the restored route.
+    g.dev.process_queue(1);
+    assert_eq!(g.msis.take(), vec![(0xfee0_0000, 0x45)]);
+
+    // A state that does not fit is refused and changes nothing.
+    let mut h = fixture();
+    let mut wrong = state.clone();
+    wrong.queues.push(wrong.queues[0]);
+    assert!(h.dev.restore(&wrong).unwrap_err().contains("queues"));
+    let mut wrong = state.clone();
+    wrong.queues[0].size = 3;
+    assert!(h.dev.restore(&wrong).is_err());
+    let mut wrong = state;
+    wrong.config_vector = 77;
+    assert!(h.dev.restore(&wrong).unwrap_err().contains("vector 77"));
+    assert_eq!(r(&mut h.dev, 0x14, 1), 0);
+    assert_eq!(h.activated.load(Ordering::SeqCst), 0);
 }

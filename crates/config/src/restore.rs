@@ -1,0 +1,89 @@
+//! `--restore` and the body of `vm.restore`: which snapshot to restore, and how.
+
+use serde::Deserialize;
+
+use crate::option_parser::{OptionError, OptionParser};
+
+/// The body of `vm.restore` (Cloud Hypervisor's `RestoreConfig`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RestoreConfig {
+    /// `file:///DIR`, the snapshot's directory.
+    pub source_url: String,
+    /// Populate guest memory before the VM runs (it always is: memory is copied in).
+    #[serde(default)]
+    pub prefault: bool,
+    /// `Copy` (the only mode: guest memory is read from the snapshot at restore).
+    #[serde(default)]
+    pub memory_restore_mode: Option<String>,
+    /// Resume the VM once restored, rather than leaving it paused.
+    #[serde(default)]
+    pub resume: bool,
+    /// Taps to use instead of the configuration's (not taken: refused if any are given).
+    #[serde(default)]
+    pub net_fds: Option<serde_json::Value>,
+    /// VFIO descriptors (Palisade has no VFIO: refused if any are given).
+    #[serde(default)]
+    pub vfio_fds: Option<serde_json::Value>,
+    /// An iommufd descriptor (refused if given).
+    #[serde(default)]
+    pub iommufd_fd: Option<serde_json::Value>,
+    /// Memory zone changes (refused unless empty).
+    #[serde(default)]
+    pub zone_updates: Option<Vec<serde_json::Value>>,
+}
+
+impl RestoreConfig {
+    /// The keys `--restore` takes (Cloud Hypervisor's).
+    pub const KEYS: &'static [&'static str] = &[
+        "source_url",
+        "prefault",
+        "memory_restore_mode",
+        "resume",
+        "net_fds",
+        "vfio_fds",
+        "iommufd_fd",
+        "zone_updates",
+    ];
+
+    /// Parses `--restore source_url=…,prefault=on|off,memory_restore_mode=copy,resume=…`.
+    pub fn parse(input: &str) -> Result<Self, OptionError> {
+        let o = OptionParser::new(Self::KEYS).parse(input)?;
+        let text = |key: &str| o.get(key).map(|v| serde_json::Value::String(v.to_string()));
+        Ok(RestoreConfig {
+            source_url: o.require("source_url")?.to_string(),
+            prefault: o.get_bool("prefault")?.unwrap_or(false),
+            memory_restore_mode: o.get("memory_restore_mode").map(str::to_string),
+            resume: o.get_bool("resume")?.unwrap_or(false),
+            net_fds: text("net_fds"),
+            vfio_fds: text("vfio_fds"),
+            iommufd_fd: text("iommufd_fd"),
+            zone_updates: o
+                .get("zone_updates")
+                .map(|v| vec![serde_json::Value::String(v.to_string())]),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn restore_options_and_bodies() {
+        let r = RestoreConfig::parse("source_url=file:///snap,prefault=on,resume=true").unwrap();
+        assert_eq!(r.source_url, "file:///snap");
+        assert!(r.prefault && r.resume);
+        assert!(
+            RestoreConfig::parse("prefault=on").is_err(),
+            "source_url is required"
+        );
+        assert!(RestoreConfig::parse("source_url=file:///s,bogus=1").is_err());
+        let body: RestoreConfig = serde_json::from_str(
+            r#"{"source_url":"file:///s","prefault":false,"memory_restore_mode":"Copy","net_fds":null,"vfio_fds":null,"iommufd_fd":null,"resume":false,"zone_updates":[]}"#,
+        )
+        .unwrap();
+        assert_eq!(body.memory_restore_mode.as_deref(), Some("Copy"));
+        assert!(serde_json::from_str::<RestoreConfig>(r#"{"source_url":"x","y":1}"#).is_err());
+    }
+}
