@@ -10,7 +10,8 @@ use crate::option_parser::{OptionError, OptionParser};
 pub struct RestoreConfig {
     /// `file:///DIR`, the snapshot's directory.
     pub source_url: String,
-    /// Populate guest memory before the VM runs (it always is: memory is copied in).
+    /// Populate every page of guest memory at restore (otherwise only pages the snapshot
+    /// holds data for are read in; the rest are zero until the guest touches them).
     #[serde(default)]
     pub prefault: bool,
     /// `Copy` (the only mode: guest memory is read from the snapshot at restore).

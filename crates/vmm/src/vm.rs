@@ -378,11 +378,11 @@ impl Vm {
                 let denied = e.kind() == std::io::ErrorKind::PermissionDenied;
                 match sandbox::explain_denial(path, sandbox::Access::Write).filter(|_| denied) {
                     Some(why) => HotplugError::Denied(why),
-                    // Landlock rules let files be written, never created.
+                    // Only directory rules with write access let files be created.
                     None if denied && sandbox::enforce::current().is_some() && !path.exists() => {
                         HotplugError::Denied(format!(
-                            "{}: the sandbox lets Palisade write files it may reach, not \
-                             create them; create the file first (empty is fine)",
+                            "{}: the sandbox lets Palisade create files only in directories \
+                             with a write rule; create the file first (empty is fine)",
                             path.display()
                         ))
                     }

@@ -158,6 +158,9 @@ pub trait VirtioDevice: Send {
     /// snapshot's copy of the whole space (`config`); most devices have nothing the driver
     /// writes, and keep what their host side says.
     fn restore_config(&mut self, _config: &[u8]) {}
+    /// The device was just activated from a snapshot (its driver was live when it was
+    /// taken): host state the snapshot could not carry (connections) is reported lost.
+    fn resumed(&mut self) {}
     /// Starts the device with the driver's queues.
     fn activate(
         &mut self,

@@ -4,7 +4,7 @@ use std::fs::File;
 
 use vm_memory::{
     Address, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion,
-    MemoryRegionAddress, ReadVolatile, WriteVolatile,
+    MemoryRegionAddress, ReadVolatile,
 };
 
 use super::MemoryRange;
@@ -62,25 +62,79 @@ pub fn check_layout(ranges: &[MemoryRange], size: u64) -> Result<(), String> {
     Ok(())
 }
 
-/// Writes every region of `mem` into `file`, in [`layout`] order.
+/// Bytes looked at at once when writing: a block of zeros is left as a hole in the file.
+const BLOCK: usize = 1 << 20;
+
+/// Writes every region of `mem` into `file` (new and empty), in [`layout`] order. Blocks of
+/// zeros — most of a guest's untouched memory — are left as holes, so the file takes the
+/// room of what the guest wrote and a restore reads only that.
 pub fn write(file: &mut File, mem: &GuestMemoryMmap) -> std::io::Result<()> {
+    use std::io::{Seek, SeekFrom, Write};
+    let mut buffer = vec![0u8; BLOCK];
+    let mut offset = 0u64;
     for region in mem.iter() {
-        let mut done = 0;
+        let mut done = 0u64;
         while done < region.len() {
-            let n = CHUNK.min(region.len() - done);
-            let slice = region
-                .get_slice(MemoryRegionAddress(done), n as usize)
+            let n = (BLOCK as u64).min(region.len() - done) as usize;
+            let block = &mut buffer[..n];
+            vm_memory::Bytes::read_slice(region, block, MemoryRegionAddress(done))
                 .map_err(|e| std::io::Error::other(format!("guest memory: {e}")))?;
-            file.write_all_volatile(&slice)
-                .map_err(|e| std::io::Error::other(format!("{e}")))?;
-            done += n;
+            if block.iter().any(|&b| b != 0) {
+                file.seek(SeekFrom::Start(offset + done))?;
+                file.write_all(block)?;
+            }
+            done += n as u64;
         }
+        offset += region.len();
     }
+    file.set_len(offset)?;
     file.sync_all()
 }
 
-/// Reads `file`, laid out as `ranges`, into `mem`, which must have exactly those ranges.
-pub fn read(file: &mut File, ranges: &[MemoryRange], mem: &GuestMemoryMmap) -> Result<(), String> {
+/// The data (not hole) extents of `file` within `[start, end)`; all of it where the file
+/// system cannot tell.
+fn data_extents(file: &File, start: u64, end: u64) -> Vec<(u64, u64)> {
+    use std::os::fd::AsRawFd;
+    let fd = file.as_raw_fd();
+    let mut extents = Vec::new();
+    let mut at = start;
+    while at < end {
+        // SAFETY: lseek on a descriptor this function borrows; no memory is passed.
+        let data = unsafe { libc::lseek(fd, at as i64, libc::SEEK_DATA) };
+        if data < 0 {
+            let e = std::io::Error::last_os_error();
+            if e.raw_os_error() == Some(libc::ENXIO) {
+                break; // Only a hole is left.
+            }
+            return vec![(start, end)];
+        }
+        let data = data as u64;
+        if data >= end {
+            break;
+        }
+        // SAFETY: as above.
+        let hole = unsafe { libc::lseek(fd, data as i64, libc::SEEK_HOLE) };
+        let hole = if hole < 0 {
+            end
+        } else {
+            (hole as u64).min(end)
+        };
+        extents.push((data, hole));
+        at = hole;
+    }
+    extents
+}
+
+/// Reads `file`, laid out as `ranges`, into `mem`, which must have exactly those ranges and
+/// be fresh. Holes are skipped where the region is anonymous memory, which is zero already,
+/// unless `prefault` asks for every page to be populated now; file-backed regions get every
+/// byte.
+pub fn read(
+    file: &mut File,
+    ranges: &[MemoryRange],
+    mem: &GuestMemoryMmap,
+    prefault: bool,
+) -> Result<(), String> {
     let have = layout(mem);
     let same = have.len() == ranges.len()
         && have
@@ -100,19 +154,27 @@ pub fn read(file: &mut File, ranges: &[MemoryRange], mem: &GuestMemoryMmap) -> R
             describe(&have)
         ));
     }
-    for r in ranges {
-        let mut done = 0;
-        while done < r.length {
-            let n = CHUNK.min(r.length - done);
-            let mut slice = mem
-                .get_slice(
-                    GuestAddress(r.guest_address).unchecked_add(done),
-                    n as usize,
-                )
-                .map_err(|e| format!("guest memory: {e}"))?;
-            file.read_exact_volatile(&mut slice)
-                .map_err(|e| format!("memory file: {e}"))?;
-            done += n;
+    for (r, region) in ranges.iter().zip(mem.iter()) {
+        let end = r.file_offset + r.length;
+        let extents = if prefault || region.file_offset().is_some() {
+            vec![(r.file_offset, end)]
+        } else {
+            data_extents(file, r.file_offset, end)
+        };
+        for (from, to) in extents {
+            let mut done = from;
+            while done < to {
+                let n = CHUNK.min(to - done);
+                let guest = GuestAddress(r.guest_address).unchecked_add(done - r.file_offset);
+                let mut slice = mem
+                    .get_slice(guest, n as usize)
+                    .map_err(|e| format!("guest memory: {e}"))?;
+                std::io::Seek::seek(file, std::io::SeekFrom::Start(done))
+                    .map_err(|e| format!("memory file: {e}"))?;
+                file.read_exact_volatile(&mut slice)
+                    .map_err(|e| format!("memory file: {e}"))?;
+                done += n;
+            }
         }
     }
     Ok(())
@@ -141,12 +203,12 @@ mod tests {
     #[test]
     fn memory_goes_out_and_comes_back() {
         let mem = GuestMemoryMmap::<()>::from_ranges(&[
-            (GuestAddress(0), 0x4000),
-            (GuestAddress(0x10_0000), 0x2000),
+            (GuestAddress(0), 0x20_0000),
+            (GuestAddress(0x100_0000), 0x20_0000),
         ])
         .unwrap();
         vm_memory::Bytes::write_slice(&mem, b"low", GuestAddress(0x100)).unwrap();
-        vm_memory::Bytes::write_slice(&mem, b"high", GuestAddress(0x10_1000)).unwrap();
+        vm_memory::Bytes::write_slice(&mem, b"high", GuestAddress(0x100_1000)).unwrap();
         let path = std::env::temp_dir().join(format!("palisade-mem-{}", std::process::id()));
         let mut file = File::options()
             .read(true)
@@ -156,21 +218,35 @@ mod tests {
             .open(&path)
             .unwrap();
         write(&mut file, &mem).unwrap();
+        use std::os::unix::fs::MetadataExt;
+        let meta = file.metadata().unwrap();
+        assert_eq!(meta.len(), 0x40_0000);
+        assert!(meta.blocks() * 512 <= 0x20_0000, "zero blocks are holes");
         let ranges = layout(&mem);
         check_layout(&ranges, file.metadata().unwrap().len()).unwrap();
         let back = GuestMemoryMmap::<()>::from_ranges(&[
-            (GuestAddress(0), 0x4000),
-            (GuestAddress(0x10_0000), 0x2000),
+            (GuestAddress(0), 0x20_0000),
+            (GuestAddress(0x100_0000), 0x20_0000),
         ])
         .unwrap();
         let mut file = File::open(&path).unwrap();
-        read(&mut file, &ranges, &back).unwrap();
+        read(&mut file, &ranges, &back, false).unwrap();
         let mut buf = [0u8; 4];
-        vm_memory::Bytes::read_slice(&back, &mut buf, GuestAddress(0x10_1000)).unwrap();
+        vm_memory::Bytes::read_slice(&back, &mut buf, GuestAddress(0x100_1000)).unwrap();
         assert_eq!(&buf, b"high");
-        let other = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 0x6000)]).unwrap();
+        vm_memory::Bytes::read_slice(&back, &mut buf[..3], GuestAddress(0x100)).unwrap();
+        assert_eq!(&buf[..3], b"low");
+        let again = GuestMemoryMmap::<()>::from_ranges(&[
+            (GuestAddress(0), 0x20_0000),
+            (GuestAddress(0x100_0000), 0x20_0000),
+        ])
+        .unwrap();
+        read(&mut File::open(&path).unwrap(), &ranges, &again, true).unwrap();
+        vm_memory::Bytes::read_slice(&again, &mut buf, GuestAddress(0x100_1000)).unwrap();
+        assert_eq!(&buf, b"high", "prefault reads every byte");
+        let other = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 0x40_0000)]).unwrap();
         let mut file = File::open(&path).unwrap();
-        assert!(read(&mut file, &ranges, &other)
+        assert!(read(&mut file, &ranges, &other, true)
             .unwrap_err()
             .contains("not laid out"));
         std::fs::remove_file(path).unwrap();

@@ -131,12 +131,14 @@ impl Vm {
     }
 
     /// Takes the snapshot `loaded` (of this VM's configuration) into this freshly created
-    /// VM: memory, devices, then the vCPUs, which start parked. The VM is then Paused.
+    /// VM: memory (every page populated with `prefault`), devices, then the vCPUs, which
+    /// start parked. The VM is then Paused.
     pub fn restore(
         &mut self,
         kvm: &Kvm,
         supported_cpuid: &CpuId,
         loaded: &mut LoadedSnapshot,
+        prefault: bool,
     ) -> Result<(), VmError> {
         if self.state != VmState::Created || self.machine.is_some() {
             return Err(VmError::Snapshot(
@@ -153,7 +155,7 @@ impl Vm {
                 "the snapshot and its configuration disagree on the serial port".into(),
             ));
         }
-        snapshot::memory::read(&mut loaded.memory, &state.memory, &self.memory)
+        snapshot::memory::read(&mut loaded.memory, &state.memory, &self.memory, prefault)
             .map_err(VmError::Snapshot)?;
         let vm = self.new_kvm_vm(kvm)?;
         self.devices.attach(Some(vm.clone()));

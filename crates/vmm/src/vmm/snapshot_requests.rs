@@ -126,7 +126,7 @@ impl Vmm {
         crate::events::emit("vm", "restoring");
         self.create_confined(config, action, slots, held)?;
         let restored = match &mut self.vm {
-            Some(vm) => vm.restore(&self.kvm, &self.cpuid, &mut loaded),
+            Some(vm) => vm.restore(&self.kvm, &self.cpuid, &mut loaded, restore.prefault),
             None => return Ok(Reply::Done),
         };
         if let Err(e) = restored {

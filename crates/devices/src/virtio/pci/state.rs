@@ -174,6 +174,7 @@ impl VirtioPci {
             if !self.activated {
                 return Err("the device could not be activated with the snapshot's queues".into());
             }
+            self.device.lock().resumed();
             // Whatever the driver made available while the snapshot was taken is looked at.
             for evt in self.device.notify_eventfds() {
                 let _ = evt.write(1);

@@ -345,6 +345,11 @@ impl VirtioDevice for Vsock {
         }
     }
 
+    fn resumed(&mut self) {
+        // The host ends of the guest's connections did not come along.
+        self.transport_reset();
+    }
+
     fn reset(&mut self) {
         self.active = None;
         self.muxer.reset();
