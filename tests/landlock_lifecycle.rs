@@ -31,7 +31,7 @@ fn the_ruleset_is_logged_once_with_every_rule_and_held_item() {
     assert_eq!(log.matches("Landlock ABI").count(), 1, "{log}");
     assert!(log.contains("enforced (full)"), "{log}");
     assert!(log.contains(&format!(
-        "Landlock rule: {} access=rw (write_file read_file read_dir truncate) from landlock rule #0",
+        "Landlock rule: {} access=rw (write_file read_file read_dir make_reg truncate) from landlock rule #0",
         dir.path("hotplug").display()
     )));
     assert!(log.contains(&format!("no rule needed for {} (kernel)", kernel.display())));
@@ -183,7 +183,8 @@ fn lifecycle_under_landlock_from_the_api_and_recreation_within_the_ruleset() {
     );
     assert_eq!(
         rules[2]["rights"],
-        serde_json::json!(["write_file", "truncate"])
+        serde_json::json!(["write_file", "make_reg", "truncate"]),
+        "a written directory may have files created in it (snapshots), nothing else"
     );
     assert_eq!(
         rules[1]["origin"],

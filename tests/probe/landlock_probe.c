@@ -11,7 +11,8 @@
  * Both files are opened at load time, before any confinement, and the list is read again
  * (through its descriptor) at every signal, so a test can change it between rounds.
  * The list holds `name|op|arg1|arg2` entries separated by `;` or newlines. Ops:
- *   read PATH, write PATH, create PATH, mkdir PATH, unlink PATH, truncate PATH,
+ *   read PATH, write PATH, create PATH, create_own PATH (PATH.<thread id>, so that every
+ *   thread tries a name of its own), mkdir PATH, unlink PATH, truncate PATH,
  *   link FROM TO, rename FROM TO, symlink TARGET LINK, exec PATH,
  *   tcp PORT (connect to 127.0.0.1:PORT), abstract NAME (connect to @NAME),
  *   kill PID (SIGCONT).
@@ -76,6 +77,25 @@ static long run_probe(const char *op, const char *a, const char *b)
             close((int)r), r = 0;
     } else if (!strcmp(op, "create")) {
         r = open(a, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+        if (r >= 0)
+            close((int)r), r = 0;
+    } else if (!strcmp(op, "create_own")) {
+        char path[4096];
+        size_t n = strlen(a);
+        long tid = syscall(SYS_gettid);
+        char digits[24];
+        int d = 0;
+        do
+            digits[d++] = (char)('0' + tid % 10), tid /= 10;
+        while (tid > 0);
+        if (n + 1 + (size_t)d + 1 > sizeof path)
+            return -1;
+        memcpy(path, a, n);
+        path[n++] = '.';
+        while (d > 0)
+            path[n++] = digits[--d];
+        path[n] = 0;
+        r = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
         if (r >= 0)
             close((int)r), r = 0;
     } else if (!strcmp(op, "mkdir")) {
