@@ -65,8 +65,8 @@ pub const ENDPOINTS: &[Endpoint] = &[
     served("vm.coredump", "PUT"),
     served("vm.nmi", "PUT"),
     served("vm.restore", "PUT"),
-    not_yet("vm.receive-migration"),
-    not_yet("vm.send-migration"),
+    served("vm.receive-migration", "PUT"),
+    served("vm.send-migration", "PUT"),
 ];
 
 /// The endpoint at `path` (a full path such as `/api/v1/vm.boot`).
@@ -136,6 +136,12 @@ pub fn request_for(name: &str, body: &[u8], fds: Vec<OwnedFd>) -> Result<Request
             Request::Snapshot(destination_url)
         }
         "vm.restore" => Request::Restore(json_body(name, "restore configuration", body)?),
+        "vm.send-migration" => {
+            Request::SendMigration(json_body(name, "send migration configuration", body)?)
+        }
+        "vm.receive-migration" => {
+            Request::ReceiveMigration(json_body(name, "receive migration configuration", body)?)
+        }
         "vm.resize-disk" => {
             let ResizeDisk { id, desired_size } = json_body(name, "disk resize", body)?;
             Request::ResizeDisk(id, desired_size)
@@ -288,6 +294,8 @@ mod tests {
                     "vm.resize-disk" => &br#"{"id": "d", "desired_size": 512}"#[..],
                     "vm.coredump" | "vm.snapshot" => &br#"{"destination_url": "file:///c"}"#[..],
                     "vm.restore" => &br#"{"source_url": "file:///s"}"#[..],
+                    "vm.send-migration" => &br#"{"destination_url": "unix:/m"}"#[..],
+                    "vm.receive-migration" => &br#"{"receiver_url": "unix:/m"}"#[..],
                     "vm.resize" => &br#"{"desired_vcpus": 2}"#[..],
                     "vm.resize-zone" => &br#"{"id": "z", "desired_ram": 1}"#[..],
                     _ => b"",

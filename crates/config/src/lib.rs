@@ -39,6 +39,7 @@
 
 pub mod fs;
 pub mod memory_zone;
+pub mod migration;
 pub mod option_parser;
 pub mod params;
 pub mod platform;
@@ -51,6 +52,7 @@ pub mod vsock;
 
 pub use fs::FsConfig;
 pub use memory_zone::*;
+pub use migration::{ReceiveMigration, SendMigration};
 pub use option_parser::{OptionError, ValueError};
 pub use params::*;
 pub use platform::PciSegmentConfig;

@@ -137,6 +137,7 @@ pub fn origin_text(origin: &Origin) -> String {
         Origin::Fs { id } => format!("fs {id}"),
         Origin::Vsock { id } => format!("vsock {id}"),
         Origin::Snapshot => "snapshot".into(),
+        Origin::Migration => "migration".into(),
         Origin::Net { id } => format!("net {id}"),
         Origin::NetHotplug => "network hot-plug".into(),
         Origin::UserRule { index } => format!("landlock rule #{index}"),

@@ -107,6 +107,8 @@ pub enum Origin {
     },
     /// The snapshot a VM was restored from (`vm.restore`, `--restore`).
     Snapshot,
+    /// The socket a VM was received on (`vm.receive-migration`).
+    Migration,
     /// A `--landlock-rules` / `landlock_rules` entry, by position.
     UserRule {
         /// Position in the list, from 0.

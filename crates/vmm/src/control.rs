@@ -66,6 +66,10 @@ pub enum Request {
     Snapshot(String),
     /// Create the VM from a snapshot (`vm.restore`).
     Restore(config::RestoreConfig),
+    /// Migrate the VM to another VMM (`vm.send-migration`).
+    SendMigration(config::SendMigration),
+    /// Receive a VM from another VMM (`vm.receive-migration`).
+    ReceiveMigration(config::ReceiveMigration),
 }
 
 /// The body of `vm.resize`: what to change, each optional.

@@ -15,6 +15,7 @@ pub mod files;
 pub mod guest_ram;
 pub mod interrupts;
 pub mod machine;
+pub mod migration;
 pub mod passed_fds;
 pub mod pci_devices;
 pub mod ram;

@@ -32,6 +32,7 @@ use crate::x86_64::{acpi, mptable, smbios};
 mod hotplug;
 mod resize;
 mod snapshot;
+pub use snapshot::RestoreMemory;
 
 /// The lifecycle state of a VM, named as in the REST API.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -187,8 +188,9 @@ pub struct Vm {
     unplugging: Vec<String>,
     // The vCPU threads' system-call filter, compiled once for every boot and reboot.
     vcpu_filters: Arc<sandbox::seccomp::Filters>,
-    // The snapshot directory this VM was restored from.
-    restored_from: Option<PathBuf>,
+    // Where this VM came from when it was not created here: the snapshot it was restored
+    // from, or the socket it was received on (as the Landlock report names them).
+    came_from: Option<sandbox::policy::Held>,
 }
 
 impl Vm {
@@ -285,7 +287,7 @@ impl Vm {
             state: VmState::Created,
             unplugging: Vec::new(),
             vcpu_filters: Arc::new(vcpu_filters),
-            restored_from: None,
+            came_from: None,
         };
         // What the firmware tables cannot describe is refused now, not at boot.
         acpi::checked(&vm.acpi_layout())?;
@@ -313,9 +315,14 @@ impl Vm {
         &self.config
     }
 
-    /// The snapshot directory the VM was restored from, if it was.
-    pub fn restored_from(&self) -> Option<&Path> {
-        self.restored_from.as_deref()
+    /// The snapshot or migration socket the VM came from, if it was not created here.
+    pub fn came_from(&self) -> Option<&sandbox::policy::Held> {
+        self.came_from.as_ref()
+    }
+
+    /// Records where the VM came from (a restore, a migration).
+    pub fn set_came_from(&mut self, held: sandbox::policy::Held) {
+        self.came_from = Some(held);
     }
 
     /// The current state.

@@ -138,6 +138,7 @@ fn io_err(what: &'static str) -> impl Fn(std::io::Error) -> StartError {
 
 mod hotplug_requests;
 mod info;
+mod migration_requests;
 mod pvpanic;
 mod snapshot_requests;
 mod watchdog;
@@ -553,6 +554,8 @@ impl Vmm {
             }
             Request::Snapshot(url) => self.snapshot_vm(&url),
             Request::Restore(restore) => self.restore_vm(restore),
+            Request::SendMigration(body) => self.send_migration(body),
+            Request::ReceiveMigration(body) => self.receive_migration(body),
             Request::Counters => {
                 self.require_vm("vm.counters")?;
                 let counters = self

@@ -143,6 +143,8 @@ fn name_of(request: &Request) -> &'static str {
         Request::ResizeZone(..) => "resize-zone",
         Request::Snapshot(_) => "snapshot",
         Request::Restore(_) => "restore",
+        Request::SendMigration(_) => "send-migration",
+        Request::ReceiveMigration(_) => "receive-migration",
     }
 }
 
@@ -193,7 +195,8 @@ fn handle(vm: &mut Option<(VmConfig, State)>, request: Request) -> Result<Reply,
         Request::Resize(_) => "vm.resize",
         Request::ResizeZone(..) => "vm.resize-zone",
         Request::Snapshot(_) => "vm.snapshot",
-        Request::Restore(_) => return Ok(Reply::Done),
+        Request::Restore(_) | Request::ReceiveMigration(_) => return Ok(Reply::Done),
+        Request::SendMigration(_) => "vm.send-migration",
     };
     let Some((config, state)) = vm else {
         return Err(RequestError::new(

@@ -11,6 +11,19 @@ use crate::machine::Machine;
 use crate::snapshot::{self, LoadedSnapshot, SnapshotError, SnapshotState};
 use crate::vcpu::{self, VcpuControl};
 
+/// Where a restored VM's memory comes from.
+pub enum RestoreMemory<'a> {
+    /// A snapshot's memory file.
+    File {
+        /// The file.
+        file: &'a mut std::fs::File,
+        /// Read every page, holes included.
+        prefault: bool,
+    },
+    /// Already in guest memory (received by a migration).
+    Received,
+}
+
 /// How long a snapshot waits for the disks' requests in flight to finish.
 const DRAIN_WAIT: Duration = Duration::from_secs(10);
 
@@ -53,6 +66,28 @@ impl Vm {
     /// Writes the paused VM into the directory `dir` (which must exist): configuration,
     /// memory, vCPUs and devices. The VM stays paused and may resume afterwards.
     pub fn snapshot(&self, dir: &Path) -> Result<(), VmError> {
+        if let Some(why) = self.snapshot_refusal() {
+            return Err(VmError::Snapshot(why));
+        }
+        snapshot::check_directory(dir).map_err(snapshot_error)?;
+        self.with_state_held(|vm, state| {
+            // Emptied first, written last: a snapshot cut short is never taken for a whole one.
+            snapshot::create(dir, snapshot::STATE_FILE).map_err(snapshot_error)?;
+            snapshot::write_json(dir, snapshot::CONFIG_FILE, &vm.config).map_err(snapshot_error)?;
+            let (mut memory, path) =
+                snapshot::create(dir, snapshot::MEMORY_FILE).map_err(snapshot_error)?;
+            snapshot::memory::write(&mut memory, &vm.memory)
+                .map_err(|source| snapshot_error(SnapshotError::Io { path, source }))?;
+            snapshot::write_json(dir, snapshot::STATE_FILE, &state).map_err(snapshot_error)
+        })
+    }
+
+    /// Runs `f` with the paused VM's state (everything but memory) while every device is
+    /// held still with nothing in flight, so that guest memory does not change either.
+    pub fn with_state_held<R>(
+        &self,
+        f: impl FnOnce(&Self, SnapshotState) -> Result<R, VmError>,
+    ) -> Result<R, VmError> {
         let Some(machine) = &self.machine else {
             return Err(VmError::Snapshot("the VM is not running".into()));
         };
@@ -62,7 +97,6 @@ impl Vm {
         if let Some(why) = self.snapshot_refusal() {
             return Err(VmError::Snapshot(why));
         }
-        snapshot::check_directory(dir).map_err(snapshot_error)?;
         let vcpus =
             vcpu::capture_all(machine.control(), machine.threads()).map_err(VmError::Snapshot)?;
         // Every device held still, with nothing in flight, for as long as its state and
@@ -120,14 +154,7 @@ impl Vm {
                 .map(|s| s.port.lock().unwrap_or_else(|p| p.into_inner()).state()),
             pci: self.devices.pci.state(),
         };
-        // Emptied first, written last: a snapshot cut short is never taken for a whole one.
-        snapshot::create(dir, snapshot::STATE_FILE).map_err(snapshot_error)?;
-        snapshot::write_json(dir, snapshot::CONFIG_FILE, &self.config).map_err(snapshot_error)?;
-        let (mut memory, path) =
-            snapshot::create(dir, snapshot::MEMORY_FILE).map_err(snapshot_error)?;
-        snapshot::memory::write(&mut memory, &self.memory)
-            .map_err(|source| snapshot_error(SnapshotError::Io { path, source }))?;
-        snapshot::write_json(dir, snapshot::STATE_FILE, &state).map_err(snapshot_error)
+        f(self, state)
     }
 
     /// Takes the snapshot `loaded` (of this VM's configuration) into this freshly created
@@ -140,12 +167,34 @@ impl Vm {
         loaded: &mut LoadedSnapshot,
         prefault: bool,
     ) -> Result<(), VmError> {
+        let memory = RestoreMemory::File {
+            file: &mut loaded.memory,
+            prefault,
+        };
+        self.restore_state(kvm, supported_cpuid, &loaded.state, memory)?;
+        self.came_from = Some(snapshot::held(&loaded.dir));
+        Ok(())
+    }
+
+    /// Guest memory, as a migration fills it.
+    pub fn guest_memory(&self) -> &vm_memory::GuestMemoryMmap {
+        &self.memory
+    }
+
+    /// Takes `state` into this freshly created VM, its memory from `memory`: devices, then
+    /// the vCPUs, which start parked. The VM is then Paused.
+    pub fn restore_state(
+        &mut self,
+        kvm: &Kvm,
+        supported_cpuid: &CpuId,
+        state: &SnapshotState,
+        memory: RestoreMemory<'_>,
+    ) -> Result<(), VmError> {
         if self.state != VmState::Created || self.machine.is_some() {
             return Err(VmError::Snapshot(
                 "only a VM that never ran can be restored into".into(),
             ));
         }
-        let state = &loaded.state;
         self.devices
             .pci
             .check_state(&state.pci)
@@ -155,8 +204,19 @@ impl Vm {
                 "the snapshot and its configuration disagree on the serial port".into(),
             ));
         }
-        snapshot::memory::read(&mut loaded.memory, &state.memory, &self.memory, prefault)
-            .map_err(VmError::Snapshot)?;
+        match memory {
+            RestoreMemory::File { file, prefault } => {
+                snapshot::memory::read(file, &state.memory, &self.memory, prefault)
+                    .map_err(VmError::Snapshot)?
+            }
+            RestoreMemory::Received => {
+                if state.memory != snapshot::memory::layout(&self.memory) {
+                    return Err(VmError::Snapshot(
+                        "the source's guest memory is not laid out as its configuration's".into(),
+                    ));
+                }
+            }
+        }
         let vm = self.new_kvm_vm(kvm)?;
         self.devices.attach(Some(vm.clone()));
         let result = self.restore_machine(kvm, supported_cpuid, vm, state);
@@ -164,7 +224,6 @@ impl Vm {
             Ok(machine) => {
                 self.machine = Some(machine);
                 self.state = VmState::Paused;
-                self.restored_from = Some(loaded.dir.clone());
                 Ok(())
             }
             Err(e) => {

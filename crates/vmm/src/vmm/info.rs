@@ -16,7 +16,7 @@ impl Vmm {
                 if confinement.is_some() {
                     // What is held now, hot-plugged devices included.
                     let mut held = sandbox::Policy::from_config(vm.config()).held;
-                    held.extend(vm.restored_from().map(crate::snapshot::held));
+                    held.extend(vm.came_from().cloned());
                     landlock["held"] = json!(held);
                 }
                 let devices: serde_json::Map<String, serde_json::Value> = vm
