@@ -305,3 +305,125 @@ fn ch_remote_migrates_a_vm_between_two_palisades() {
     assert_eq!(target.state(), "Running");
     counts_on(&dir.path("serial.log"), before, 3);
 }
+
+/// Root, `/dev/net/tun` and `ip`, which network namespaces and taps need; a missing one is
+/// a skip, except on CI where it is a failure.
+fn net_ready(test: &str) -> bool {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let root = unsafe { libc::geteuid() } == 0;
+    let ip = Command::new("ip")
+        .arg("-V")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if root && ip && Path::new("/dev/net/tun").exists() {
+        return true;
+    }
+    assert!(
+        std::env::var_os("CI").is_none(),
+        "{test}: needs root, /dev/net/tun and ip"
+    );
+    println!("skipping {test}: needs root, /dev/net/tun and ip");
+    false
+}
+
+/// Each device's PCI address, by id.
+fn addresses(info: &serde_json::Value) -> Vec<(String, serde_json::Value)> {
+    let mut v: Vec<_> = info["device_tree"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .map(|(id, d)| (id.clone(), d["pci_bdf"].clone()))
+        .collect();
+    v.sort_by(|a, b| a.0.cmp(&b.0));
+    v
+}
+
+#[test]
+fn a_vm_with_disks_a_net_and_a_console_migrates_and_every_acknowledged_write_is_on_disk() {
+    let test = "a_vm_with_disks_a_net_and_a_console_migrates";
+    if !net_ready(test) {
+        return;
+    }
+    let ns = devices::netns::NetNs::new();
+    let dir = TempDir::new("migrate-devices");
+    let (d0, d1) = (dir.path("d0.img"), dir.path("d1.img"));
+    for image in [&d0, &d1] {
+        std::fs::write(image, vec![0u8; 1 << 20]).unwrap();
+    }
+    let kernel = guest("snapshot");
+    let serial = format!("file={}", dir.path("serial.log").display());
+    let console = format!("file={}", dir.path("console.log").display());
+    let disk = format!("path={},id=d0", d0.display());
+    let tap = format!("mig{}", ns.index());
+    // Two queue pairs: a multi-queue tap, which the destination attaches to while the
+    // source still holds its queues.
+    let net = format!("tap={tap},num_queues=4,id=n0");
+    let mut cmd = palisade();
+    ns.enter(&mut cmd);
+    let source = ApiVmm::spawn(
+        cmd,
+        &dir,
+        &[
+            "--kernel",
+            path_str(&kernel),
+            "--cmdline",
+            "disk",
+            "--memory",
+            "size=32M",
+            "--serial",
+            &serial,
+            "--console",
+            &console,
+            "--disk",
+            &disk,
+            "--net",
+            &net,
+            "--no-shutdown",
+        ],
+    );
+    source.wait_serial("tick 2 ", 1);
+    let (code, body) = source.put("vm.add-disk", &json!({"path": d1, "id": "d1"}));
+    assert_eq!(code, 200, "{body}");
+    let before = addresses(&source.info());
+    assert_eq!(before.len(), 5, "{before:?}");
+
+    let target_dir = TempDir::new("migrate-devices-target");
+    let mut cmd = palisade();
+    ns.enter(&mut cmd);
+    let target = ApiVmm::spawn(cmd, &target_dir, &["--no-shutdown"]);
+    let socket = target_dir.path("m.sock");
+    let receiver = receiving(&target, &socket);
+    let last = *last_ticks(&source.serial_text()).last().unwrap();
+    let (code, body) = send(&source, &socket);
+    assert_eq!(code, 204, "{body}\nsource: {}", source.log_text());
+    let (code, body) = receiver.join().unwrap();
+    assert_eq!(code, 204, "{body}\ntarget: {}", target.log_text());
+    assert_eq!(
+        addresses(&target.info()),
+        before,
+        "every device where it was"
+    );
+    counts_on(&dir.path("serial.log"), last, 3);
+    // Every tick printed (before and after the move) is a write the guest saw done: its
+    // sector holds its count.
+    assert_eq!(target.call("PUT", "vm.pause", None).0, 204);
+    let image = std::fs::read(&d0).unwrap();
+    let text = std::fs::read_to_string(dir.path("serial.log")).unwrap();
+    let ticks = last_ticks(&text);
+    assert!(ticks.len() >= 3, "{text}");
+    for k in ticks {
+        let sector = &image[k as usize * 512..(k as usize + 1) * 512];
+        let words: Vec<u32> = sector
+            .chunks_exact(4)
+            .map(|w| u32::from_le_bytes([w[0], w[1], w[2], w[3]]))
+            .collect();
+        assert!(
+            words.iter().all(|&w| w == k as u32),
+            "sector {k}: {:?}",
+            &words[..4]
+        );
+    }
+    drop(source);
+    drop(target);
+    ns.remove();
+}

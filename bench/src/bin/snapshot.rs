@@ -1,7 +1,8 @@
-//! Snapshot and restore times for 128 MiB and 1 GiB guests (issue target: figures in the
-//! note), each next to its baseline measured in the same run: writing the same number of
-//! bytes from memory to a file and syncing it (what a snapshot cannot beat), and reading
-//! them back into fresh memory (what a restore cannot beat).
+//! Snapshot and restore times for 128 MiB and 1 GiB guests, and the downtime of a live
+//! migration (issue target: figures in the note), each next to its baseline measured in the
+//! same run: writing the same number of bytes from memory to a file and syncing it (what a
+//! snapshot cannot beat), reading them back into fresh memory (what a restore cannot beat),
+//! and pushing them through a Unix socket pair (what a migration's copy cannot beat).
 //!
 //! A release `palisade --api-socket` runs the `snapshot` test guest (it counts in RAM and
 //! drives the entropy device); once it has counted, it is paused and `vm.snapshot` is timed
@@ -31,13 +32,14 @@ fn call(socket: &Path, endpoint: &str, body: Option<&str>) -> (u16, String) {
 
 fn spawn(dir: &Path, name: &str, args: &[&str]) -> (Child, PathBuf) {
     let socket = dir.join(format!("{name}.sock"));
+    let log = std::fs::File::create(dir.join(format!("{name}.log"))).expect("log file");
     let child = Command::new(release_binary("palisade"))
         .arg("--api-socket")
         .arg(&socket)
         .args(args)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
+        .stderr(log)
         .spawn()
         .expect("spawn palisade");
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -111,6 +113,82 @@ fn round(dir: &Path, bytes: u64) -> (Duration, Duration) {
     (snapshot, restore)
 }
 
+/// One live migration of a guest of `bytes` between two VMMs: its whole time (from the
+/// client) and the downtime the source measured (pause to the destination's answer).
+fn migrate(dir: &Path, bytes: u64) -> (Duration, Duration) {
+    let serial = dir.join("serial.log");
+    let _ = std::fs::remove_file(&serial);
+    let guest = test_guests::path("snapshot");
+    let memory = format!("size={bytes}");
+    let serial_arg = format!("file={}", serial.display());
+    let (source, source_socket) = spawn(
+        dir,
+        "msource",
+        &[
+            "-v",
+            "--kernel",
+            guest.to_str().unwrap(),
+            "--memory",
+            &memory,
+            "--serial",
+            &serial_arg,
+            "--console",
+            "off",
+        ],
+    );
+    wait_for(&serial, "tick 1 ");
+    let (target, target_socket) = spawn(dir, "mtarget", &[]);
+    let socket = dir.join("m.sock");
+    let _ = std::fs::remove_file(&socket);
+    let receive = {
+        let target_socket = target_socket.clone();
+        let body = format!(r#"{{"receiver_url": "unix:{}"}}"#, socket.display());
+        std::thread::spawn(move || call(&target_socket, "vm.receive-migration", Some(&body)))
+    };
+    while !socket.exists() {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let body = format!(r#"{{"destination_url": "unix:{}"}}"#, socket.display());
+    let started = Instant::now();
+    let (code, answer) = call(&source_socket, "vm.send-migration", Some(&body));
+    let total = started.elapsed();
+    assert_eq!(code, 204, "{answer}");
+    assert_eq!(receive.join().unwrap().0, 204);
+    let log = std::fs::read_to_string(dir.join("msource.log")).unwrap_or_default();
+    let downtime: f64 = log
+        .split("downtime ")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next()?.parse().ok())
+        .expect("the source logs the downtime");
+    let count = std::fs::read_to_string(&serial).unwrap_or_default();
+    let after = count.matches("tick ").count();
+    wait_for(&serial, &format!("tick {} ", after + 2));
+    stop(source);
+    stop(target);
+    (total, Duration::from_secs_f64(downtime / 1e3))
+}
+
+/// Pushing `bytes` through a Unix socket pair from one thread to another.
+fn socket_baseline(bytes: u64) -> Duration {
+    let (mut a, mut b) = std::os::unix::net::UnixStream::pair().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut buf = vec![0u8; 1 << 20];
+        let mut left = bytes;
+        while left > 0 {
+            let n = b.read(&mut buf).unwrap();
+            assert!(n > 0);
+            left -= n as u64;
+        }
+    });
+    let chunk = vec![1u8; 1 << 20];
+    let started = Instant::now();
+    for _ in 0..bytes / chunk.len() as u64 {
+        a.write_all(&chunk).unwrap();
+    }
+    reader.join().unwrap();
+    started.elapsed()
+}
+
 /// Writing `bytes` from memory to a file and syncing it; then reading them back.
 fn baseline(dir: &Path, bytes: u64) -> (Duration, Duration) {
     let path = dir.join("baseline");
@@ -177,6 +255,24 @@ fn main() {
             ms(r),
             ms(rd),
             ms(r) / ms(rd)
+        );
+    }
+    println!("live migration over a Unix socket (medians of {ROUNDS} rounds; baseline: the same bytes through a socket pair)");
+    for (label, bytes) in [("128 MiB", 128u64 << 20), ("1 GiB", 1 << 30)] {
+        let mut totals = Vec::new();
+        let mut downtimes = Vec::new();
+        let mut pushes = Vec::new();
+        for _ in 0..ROUNDS {
+            let (t, d) = migrate(&dir, bytes);
+            totals.push(t);
+            downtimes.push(d);
+            pushes.push(socket_baseline(bytes));
+        }
+        println!(
+            "  {label}: migration {:>8.1} ms, downtime {:>6.1} ms   socket push of all memory {:>8.1} ms",
+            ms(median(totals)),
+            ms(median(downtimes)),
+            ms(median(pushes))
         );
     }
     let _ = std::fs::remove_dir_all(&dir);

@@ -189,7 +189,7 @@ impl DeviceManager {
         mem: &GuestMemoryMmap,
         mmio64_start: u64,
         worker_setup: devices::virtio::worker::ThreadSetup,
-        slots: std::collections::BTreeMap<String, u8>,
+        placement: crate::pci_devices::Placement,
     ) -> Result<Self, DeviceError> {
         let pio = Arc::new(Bus::new());
         let mmio = Arc::new(Bus::new());
@@ -236,7 +236,7 @@ impl DeviceManager {
             worker_setup,
             crate::rate_limits::RateLimits::new(cfg),
         )?;
-        pci.plan_slots(slots);
+        pci.plan(placement);
         pio.insert(
             Arc::new(Mutex::new(I8042::new(clone_evt(&events.reset)?))),
             I8042_BASE,

@@ -29,6 +29,7 @@ use crate::interrupts::GsiRoutes;
 use crate::x86_64::layout;
 
 mod fs;
+mod image_locks;
 mod pmem;
 mod snapshot;
 mod vsock;
@@ -236,6 +237,15 @@ struct Segment {
     mmio64: AddressAllocator,
 }
 
+/// Where a VM that was not created here (restored, received) puts its devices, and how.
+#[derive(Clone, Debug, Default)]
+pub struct Placement {
+    /// The slot each device (by id) takes.
+    pub slots: std::collections::BTreeMap<String, u8>,
+    /// Open disk images unlocked; the locks are taken later ([`PciDevices::take_image_locks`]).
+    pub defer_image_locks: bool,
+}
+
 /// The PCI segments and the devices on them.
 pub struct PciDevices {
     segments: Vec<Segment>,
@@ -248,6 +258,10 @@ pub struct PciDevices {
     limits: crate::rate_limits::RateLimits,
     // Slots devices must take, by id (a restored VM's devices go where they were).
     planned: std::collections::BTreeMap<String, u8>,
+    // Each disk's image and its lock.
+    image_locks: Vec<image_locks::ImageLock>,
+    // Disks open their images unlocked (a VM arriving by migration; see `image_locks`).
+    defer_locks: bool,
 }
 
 impl PciDevices {
@@ -303,12 +317,17 @@ impl PciDevices {
             mem,
             limits,
             planned: Default::default(),
+            image_locks: Vec::new(),
+            defer_locks: false,
         })
     }
 
-    /// Devices plugged from now on with an id of `slots` take that slot.
-    pub fn plan_slots(&mut self, slots: std::collections::BTreeMap<String, u8>) {
-        self.planned = slots;
+    /// Devices plugged from now on go as `placement` says.
+    pub fn plan(&mut self, placement: Placement) {
+        self.planned = placement.slots;
+        if placement.defer_image_locks {
+            self.defer_image_locks();
+        }
     }
 
     /// The plugged devices.
@@ -342,7 +361,13 @@ impl PciDevices {
     /// Opens a disk image as `cfg` says and plugs a virtio-blk device for it with id `id`.
     pub fn add_disk(&mut self, id: &str, cfg: &DiskConfig) -> Result<&PciEntry, PciDeviceError> {
         let path = cfg.path.as_deref().ok_or(PciDeviceError::NoPath)?;
-        let file = open_disk(path, cfg.readonly, cfg.direct)?;
+        let file = if self.defer_locks {
+            open_unlocked(path, cfg.readonly, cfg.direct)?
+        } else {
+            open_disk(path, cfg.readonly, cfg.direct)?
+        };
+        // The lock belongs to this open: a descriptor of it is kept to hand the lock over.
+        let kept = file.try_clone()?;
         // The guest's GET_ID answer holds 20 bytes at most.
         let serial = cfg.serial.clone().unwrap_or_else(|| id.to_string());
         let mut end = serial.len().min(20);
@@ -401,7 +426,9 @@ impl PciDevices {
             }
         }
         log::debug!("disk {id}: I/O through {}", block.io_engine());
-        self.add_virtio(id, Box::new(block), cfg.pci_segment)
+        self.add_virtio(id, Box::new(block), cfg.pci_segment)?;
+        self.keep_image(id, path.to_owned(), cfg.readonly, kept);
+        Ok(self.entries.last().expect("just plugged"))
     }
 
     /// Opens (or adopts) the tap `cfg` names and plugs a virtio-net device for it with id
@@ -584,6 +611,7 @@ impl PciDevices {
     /// Takes the device with `id` off the bus and frees its resources.
     pub fn remove(&mut self, id: &str) -> Option<PciEntry> {
         let index = self.entries.iter().position(|e| e.id == id)?;
+        self.forget_image(id);
         let mut entry = self.entries.remove(index);
         self.release_memory(&mut entry);
         let shared = entry.pci.clone();

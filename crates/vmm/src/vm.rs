@@ -195,13 +195,14 @@ pub struct Vm {
 
 impl Vm {
     /// Opens the VM's files, allocates its memory and builds its devices.
-    /// `slots` places devices (by id) in given PCI slots: a restored VM's go where they were.
+    /// `placement` puts devices (by id) in given PCI slots — a restored or received VM's go
+    /// where they were — and may defer disk image locks (a received VM's).
     pub fn create(
         mut config: VmConfig,
         events: &MachineEvents,
         faults: Arc<FaultSink>,
         janitor: Option<Arc<Janitor>>,
-        slots: std::collections::BTreeMap<String, u8>,
+        placement: crate::pci_devices::Placement,
     ) -> Result<Self, VmError> {
         let kernel_path = config.payload.kernel.as_deref().ok_or(VmError::NoKernel)?;
         let kernel = open("kernel", kernel_path)?;
@@ -254,7 +255,7 @@ impl Vm {
             layout::pci_mmio64_start(boot_ram, ram.room()),
             crate::thread_policy::device_thread_setup()
                 .map_err(|e| VmError::Thread(std::io::Error::other(e)))?,
-            slots,
+            placement,
         )?;
         if let Some(pty) = &devices.serial_pty {
             // Report the pty the way a file would be reported.
@@ -318,6 +319,19 @@ impl Vm {
     /// The snapshot or migration socket the VM came from, if it was not created here.
     pub fn came_from(&self) -> Option<&sandbox::policy::Held> {
         self.came_from.as_ref()
+    }
+
+    /// Lets go of the disk images' locks (a migrating source, paused).
+    pub fn release_image_locks(&mut self) {
+        self.devices.pci.release_image_locks();
+    }
+
+    /// Takes the disk images' locks not held (a received VM, or a source taking them back).
+    pub fn take_image_locks(&mut self) -> Result<(), VmError> {
+        self.devices
+            .pci
+            .take_image_locks()
+            .map_err(|e| VmError::Device(e.into()))
     }
 
     /// Records where the VM came from (a restore, a migration).

@@ -593,13 +593,13 @@ impl Vmm {
             .map(|()| Reply::Done)
     }
 
-    /// Creates the VM of `config` (for `action`), its devices in `slots` where given, and
+    /// Creates the VM of `config` (for `action`), its devices placed as `placement` says, and
     /// confines the VMM if the config asks, with `held` added to what the report lists.
     fn create_confined(
         &mut self,
         config: VmConfig,
         action: &str,
-        slots: std::collections::BTreeMap<String, u8>,
+        placement: crate::pci_devices::Placement,
         held: Vec<sandbox::policy::Held>,
     ) -> Result<(), RequestError> {
         if let Some(vm) = &self.vm {
@@ -625,7 +625,7 @@ impl Vmm {
             &self.events,
             self.faults.clone(),
             self.options.janitor.clone(),
-            slots,
+            placement,
         )
         .map_err(|e| RequestError::from_error(ErrorKind::BadRequest, action, &e))?;
         // What the VMM thread may still need once this VM exists: nothing without an API;

@@ -185,6 +185,8 @@ impl Vmm {
         if was_running {
             vm.pause();
         }
+        // The destination takes the disks' locks once it has everything.
+        vm.release_image_locks();
         let answer = vm.with_state_held(|vm, state| {
             tracker
                 .send_changed(vm.guest_memory(), wire)
@@ -194,14 +196,19 @@ impl Vmm {
             wire.recv_ack()
                 .map_err(|e| crate::vm::VmError::Snapshot(format!("migration socket: {e}")))
         });
-        match answer {
-            Ok(Ok(())) => Ok(paused_at.elapsed()),
-            Ok(Err(e)) => Err(failed(
+        let failure = match answer {
+            Ok(Ok(())) => return Ok(paused_at.elapsed()),
+            Ok(Err(e)) => failed(
                 action,
                 format!("the destination could not take the VM: {e}"),
-            )),
-            Err(e) => Err(RequestError::from_error(ErrorKind::Internal, action, &e)),
+            ),
+            Err(e) => RequestError::from_error(ErrorKind::Internal, action, &e),
+        };
+        // The VM runs on here: its disks are its own again.
+        if let Err(e) = vm.take_image_locks() {
+            warn!("{action}: the VM runs on without its image locks: {e}");
         }
+        Err(failure)
     }
 
     /// `vm.receive-migration`: listens on `unix:PATH` for one source and runs its VM.
@@ -261,12 +268,12 @@ impl Vmm {
                 "the VM's taps were passed as descriptors, which cannot travel",
             ));
         }
-        self.create_confined(
-            offer.config,
-            action,
-            offer.slots,
-            vec![migration::held(path)],
-        )?;
+        // The source still holds its disks' locks: they are taken once it has let go.
+        let placement = crate::pci_devices::Placement {
+            slots: offer.slots,
+            defer_image_locks: true,
+        };
+        self.create_confined(offer.config, action, placement, vec![migration::held(path)])?;
         wire.send_ack(Ok(())).map_err(io)?;
         let state: SnapshotState = loop {
             let (kind, len) = wire.recv_header().map_err(io)?;
@@ -288,6 +295,8 @@ impl Vmm {
         let Some(vm) = &mut self.vm else {
             return Err(failed(action, "no VM"));
         };
+        vm.take_image_locks()
+            .map_err(|e| RequestError::from_error(ErrorKind::BadRequest, action, &e))?;
         vm.restore_state(&self.kvm, &self.cpuid, &state, RestoreMemory::Received)
             .map_err(|e| RequestError::from_error(ErrorKind::BadRequest, action, &e))?;
         vm.set_came_from(migration::held(path));

@@ -121,10 +121,13 @@ impl Vmm {
             ));
         }
         let held = vec![snapshot::held(&dir)];
-        let slots = crate::pci_devices::PciDevices::slots_of(&loaded.state.pci);
+        let placement = crate::pci_devices::Placement {
+            slots: crate::pci_devices::PciDevices::slots_of(&loaded.state.pci),
+            defer_image_locks: false,
+        };
         let config = loaded.config.clone();
         crate::events::emit("vm", "restoring");
-        self.create_confined(config, action, slots, held)?;
+        self.create_confined(config, action, placement, held)?;
         let restored = match &mut self.vm {
             Some(vm) => vm.restore(&self.kvm, &self.cpuid, &mut loaded, restore.prefault),
             None => return Ok(Reply::Done),
