@@ -63,25 +63,19 @@ fn wait_for(path: &Path, needle: &str) {
     }
 }
 
-fn stop(mut child: Child) {
-    let _ = child.kill();
-    let _ = child.wait();
-}
-
-/// One snapshot and one restore of a guest of `bytes`; their durations.
-fn round(dir: &Path, bytes: u64) -> (Duration, Duration) {
-    let snap = dir.join("snap");
-    let _ = std::fs::remove_dir_all(&snap);
-    std::fs::create_dir_all(&snap).unwrap();
+/// A VMM `name` (logging verbosely) running the counting guest on `bytes` of RAM, once it
+/// has counted: the process, its API socket and the guest's serial file.
+fn counting_guest(dir: &Path, name: &str, bytes: u64) -> (Child, PathBuf, PathBuf) {
     let serial = dir.join("serial.log");
     let _ = std::fs::remove_file(&serial);
     let guest = test_guests::path("snapshot");
     let memory = format!("size={bytes}");
     let serial_arg = format!("file={}", serial.display());
-    let (source, socket) = spawn(
+    let (child, socket) = spawn(
         dir,
-        "source",
+        name,
         &[
+            "-v",
             "--kernel",
             guest.to_str().unwrap(),
             "--memory",
@@ -93,6 +87,20 @@ fn round(dir: &Path, bytes: u64) -> (Duration, Duration) {
         ],
     );
     wait_for(&serial, "tick 1 ");
+    (child, socket, serial)
+}
+
+fn stop(mut child: Child) {
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+/// One snapshot and one restore of a guest of `bytes`; their durations.
+fn round(dir: &Path, bytes: u64) -> (Duration, Duration) {
+    let snap = dir.join("snap");
+    let _ = std::fs::remove_dir_all(&snap);
+    std::fs::create_dir_all(&snap).unwrap();
+    let (source, socket, serial) = counting_guest(dir, "source", bytes);
     assert_eq!(call(&socket, "vm.pause", None).0, 204);
     let body = format!(r#"{{"destination_url": "file://{}"}}"#, snap.display());
     let started = Instant::now();
@@ -116,27 +124,7 @@ fn round(dir: &Path, bytes: u64) -> (Duration, Duration) {
 /// One live migration of a guest of `bytes` between two VMMs: its whole time (from the
 /// client) and the downtime the source measured (pause to the destination's answer).
 fn migrate(dir: &Path, bytes: u64) -> (Duration, Duration) {
-    let serial = dir.join("serial.log");
-    let _ = std::fs::remove_file(&serial);
-    let guest = test_guests::path("snapshot");
-    let memory = format!("size={bytes}");
-    let serial_arg = format!("file={}", serial.display());
-    let (source, source_socket) = spawn(
-        dir,
-        "msource",
-        &[
-            "-v",
-            "--kernel",
-            guest.to_str().unwrap(),
-            "--memory",
-            &memory,
-            "--serial",
-            &serial_arg,
-            "--console",
-            "off",
-        ],
-    );
-    wait_for(&serial, "tick 1 ");
+    let (source, source_socket, serial) = counting_guest(dir, "msource", bytes);
     let (target, target_socket) = spawn(dir, "mtarget", &[]);
     let socket = dir.join("m.sock");
     let _ = std::fs::remove_file(&socket);

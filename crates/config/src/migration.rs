@@ -133,13 +133,11 @@ impl ReceiveMigration {
         if self.tls_dir.is_some() {
             return Err("tls_dir: TLS is for TCP migrations, which Palisade does not make".into());
         }
-        let given = |v: &Option<serde_json::Value>| v.as_ref().is_some_and(|v| !v.is_null());
-        if given(&self.vfio_fds) || given(&self.iommufd_fd) {
-            return Err("vfio_fds/iommufd_fd: Palisade has no VFIO devices".into());
-        }
-        if self.zone_updates.as_ref().is_some_and(|z| !z.is_empty()) {
-            return Err("zone_updates: memory zones are received as the source has them".into());
-        }
+        crate::restore::refuse_vfio_and_zones(
+            &self.vfio_fds,
+            &self.iommufd_fd,
+            &self.zone_updates,
+        )?;
         precopy(&self.memory_mode)
     }
 }

@@ -66,6 +66,39 @@ impl RestoreConfig {
     }
 }
 
+/// Refuses what Palisade has no use for in a restore or an incoming migration: VFIO
+/// descriptors, an iommufd, memory zone changes.
+pub(crate) fn refuse_vfio_and_zones(
+    vfio_fds: &Option<serde_json::Value>,
+    iommufd_fd: &Option<serde_json::Value>,
+    zone_updates: &Option<Vec<serde_json::Value>>,
+) -> Result<(), String> {
+    let given = |v: &Option<serde_json::Value>| v.as_ref().is_some_and(|v| !v.is_null());
+    if given(vfio_fds) || given(iommufd_fd) {
+        return Err("vfio_fds/iommufd_fd: Palisade has no VFIO devices".into());
+    }
+    if zone_updates.as_ref().is_some_and(|z| !z.is_empty()) {
+        return Err("zone_updates: memory zones come back as they were".into());
+    }
+    Ok(())
+}
+
+impl RestoreConfig {
+    /// What Palisade cannot do of this restore, if anything.
+    pub fn check(&self) -> Result<(), String> {
+        if self.net_fds.as_ref().is_some_and(|v| !v.is_null()) {
+            return Err("net_fds: taps are reopened from the snapshot's configuration; passing new ones is not supported".into());
+        }
+        refuse_vfio_and_zones(&self.vfio_fds, &self.iommufd_fd, &self.zone_updates)?;
+        match self.memory_restore_mode.as_deref() {
+            None | Some("Copy") | Some("copy") => Ok(()),
+            Some(other) => Err(format!(
+                "memory_restore_mode {other:?}: only Copy is supported (memory is read in before the VM runs)"
+            )),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

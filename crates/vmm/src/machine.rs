@@ -64,21 +64,8 @@ impl Machine {
                 (index == 0).then_some(entry),
             )?);
         }
-        let mut machine = Machine {
-            vm_fd,
-            control: ctx.control.clone(),
-            threads: Vec::with_capacity(fds.len()),
-            idle: BTreeMap::new(),
-            ctx,
-            setup,
-        };
-        for (index, fd) in fds.into_iter().enumerate() {
-            if let Err(e) = machine.spawn(index as u8, fd) {
-                vcpu::stop_all(&machine.control, std::mem::take(&mut machine.threads));
-                return Err(e);
-            }
-        }
-        Ok(machine)
+        let fds = fds.into_iter().enumerate().map(|(i, fd)| (i as u8, fd));
+        Machine::run(vm_fd, ctx, setup, fds.collect())
     }
 
     /// Creates the vCPUs of a snapshot, each set to its state, and starts their threads
@@ -89,23 +76,28 @@ impl Machine {
         setup: VcpuSetup,
         states: &[crate::snapshot::vcpu_state::VcpuState],
     ) -> Result<Machine, VmError> {
+        crate::x86_64::core_scheduling::at_boot(setup.core_scheduling);
         let mut fds = Vec::with_capacity(states.len());
         for state in states {
-            let apic_id = setup.topology.apic_id(state.index);
-            let fd = vm_fd
-                .create_vcpu(u64::from(apic_id))
-                .map_err(kvm_err("create a vCPU"))?;
-            fd.set_cpuid2(&cpuid::for_vcpu(
-                &setup.supported_cpuid,
-                apic_id,
-                &setup.topology,
-            ))
-            .map_err(kvm_err("set CPUID"))?;
+            let fd = create_vcpu(&vm_fd, state.index, &setup)?;
             state
                 .apply(&fd)
                 .map_err(|e| VmError::Snapshot(format!("vCPU {}: {e}", state.index)))?;
             fds.push((state.index, fd));
         }
+        let machine = Machine::run(vm_fd, ctx, setup, fds)?;
+        vcpu::wait_all_parked(&machine.control, &machine.threads);
+        Ok(machine)
+    }
+
+    /// The machine of `vm_fd`, its vCPUs `fds` (by index) each started on its thread; if
+    /// one cannot start, those started are stopped again.
+    fn run(
+        vm_fd: Arc<VmFd>,
+        ctx: VcpuContext,
+        setup: VcpuSetup,
+        fds: Vec<(u8, VcpuFd)>,
+    ) -> Result<Machine, VmError> {
         let mut machine = Machine {
             vm_fd,
             control: ctx.control.clone(),
@@ -120,7 +112,6 @@ impl Machine {
                 return Err(e);
             }
         }
-        vcpu::wait_all_parked(&machine.control, &machine.threads);
         Ok(machine)
     }
 
@@ -237,28 +228,28 @@ fn new_vcpu(
     setup: &VcpuSetup,
     entry: Option<(EntryMode, u64)>,
 ) -> Result<VcpuFd, VmError> {
-    let apic_id = setup.topology.apic_id(index);
-    // KVM gives a vCPU its id as APIC id.
-    let fd = vm
-        .create_vcpu(u64::from(apic_id))
-        .map_err(kvm_err("create a vCPU"))?;
-    configure_vcpu(&fd, apic_id, setup, entry)?;
+    let fd = create_vcpu(vm, index, setup)?;
+    configure_vcpu(&fd, entry)?;
     Ok(fd)
 }
 
-/// Sets a vCPU's CPUID, MSRs, FPU, local APIC and, for the boot vCPU, entry registers.
-fn configure_vcpu(
-    fd: &VcpuFd,
-    apic_id: u8,
-    setup: &VcpuSetup,
-    entry: Option<(EntryMode, u64)>,
-) -> Result<(), VmError> {
+/// Creates vCPU `index` with its CPUID (KVM gives a vCPU its id as APIC id).
+fn create_vcpu(vm: &VmFd, index: u8, setup: &VcpuSetup) -> Result<VcpuFd, VmError> {
+    let apic_id = setup.topology.apic_id(index);
+    let fd = vm
+        .create_vcpu(u64::from(apic_id))
+        .map_err(kvm_err("create a vCPU"))?;
     fd.set_cpuid2(&cpuid::for_vcpu(
         &setup.supported_cpuid,
         apic_id,
         &setup.topology,
     ))
     .map_err(kvm_err("set CPUID"))?;
+    Ok(fd)
+}
+
+/// Sets a new vCPU's MSRs, FPU, local APIC and, for the boot vCPU, entry registers.
+fn configure_vcpu(fd: &VcpuFd, entry: Option<(EntryMode, u64)>) -> Result<(), VmError> {
     let msrs = regs::boot_msrs_fam().map_err(|_| VmError::Kvm {
         what: "build the MSR list",
         source: kvm_ioctls::Error::new(libc::EINVAL),

@@ -566,6 +566,20 @@ impl Vmm {
             }
         }
     }
+    /// Refuses `action` (which makes a VM) while a VM exists.
+    fn require_no_vm(&self, action: &str) -> Result<(), RequestError> {
+        match &self.vm {
+            Some(vm) => Err(RequestError::new(
+                ErrorKind::WrongState,
+                format!(
+                    "{action}: a VM already exists (state {:?}); delete it with vm.delete first",
+                    vm.state()
+                ),
+            )),
+            None => Ok(()),
+        }
+    }
+
     fn require_vm(&self, action: &str) -> Result<VmState, RequestError> {
         self.vm.as_ref().map(Vm::state).ok_or_else(|| {
             RequestError::new(
@@ -602,15 +616,7 @@ impl Vmm {
         placement: crate::pci_devices::Placement,
         held: Vec<sandbox::policy::Held>,
     ) -> Result<(), RequestError> {
-        if let Some(vm) = &self.vm {
-            return Err(RequestError::new(
-                ErrorKind::WrongState,
-                format!(
-                    "{action}: a VM already exists (state {:?}); delete it with vm.delete first",
-                    vm.state()
-                ),
-            ));
-        }
+        self.require_no_vm(action)?;
         config
             .validate()
             .map_err(|e| RequestError::new(ErrorKind::BadRequest, format!("{action}: {e}")))?;

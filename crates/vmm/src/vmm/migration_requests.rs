@@ -215,15 +215,7 @@ impl Vmm {
     pub(super) fn receive_migration(&mut self, body: ReceiveMigration) -> Response {
         let action = "vm.receive-migration";
         body.check().map_err(|e| bad(action, e))?;
-        if let Some(vm) = &self.vm {
-            return Err(RequestError::new(
-                ErrorKind::WrongState,
-                format!(
-                    "{action}: a VM already exists (state {:?}); receive into a VMM without one",
-                    vm.state()
-                ),
-            ));
-        }
+        self.require_no_vm(action)?;
         let path =
             config::migration::unix_socket_path(&body.receiver_url).map_err(|e| bad(action, e))?;
         let listener = crate::connector::bind(&path, "migration").map_err(|e| match e {

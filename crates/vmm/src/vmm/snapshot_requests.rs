@@ -41,26 +41,6 @@ fn vm_request_error(action: &str, e: &VmError) -> RequestError {
     RequestError::from_error(kind, action, e)
 }
 
-/// Why `restore` asks for something a restore cannot do, if it does.
-fn unsupported(restore: &RestoreConfig) -> Option<String> {
-    let given = |v: &Option<serde_json::Value>| v.as_ref().is_some_and(|v| !v.is_null());
-    if given(&restore.net_fds) {
-        return Some("net_fds: taps are reopened from the snapshot's configuration; passing new ones is not supported".into());
-    }
-    if given(&restore.vfio_fds) || given(&restore.iommufd_fd) {
-        return Some("vfio_fds/iommufd_fd: Palisade has no VFIO devices".into());
-    }
-    if restore.zone_updates.as_ref().is_some_and(|z| !z.is_empty()) {
-        return Some("zone_updates: memory zones are restored as the snapshot has them".into());
-    }
-    match restore.memory_restore_mode.as_deref() {
-        None | Some("Copy") | Some("copy") => None,
-        Some(other) => Some(format!(
-            "memory_restore_mode {other:?}: only Copy is supported (memory is read in before the VM runs)"
-        )),
-    }
-}
-
 impl Vmm {
     /// `vm.snapshot`: the paused VM into `url`'s directory.
     pub(super) fn snapshot_vm(&mut self, url: &str) -> Response {
@@ -92,21 +72,10 @@ impl Vmm {
     /// with `resume`).
     pub(super) fn restore_vm(&mut self, restore: RestoreConfig) -> Response {
         let action = "vm.restore";
-        if let Some(vm) = &self.vm {
-            return Err(RequestError::new(
-                ErrorKind::WrongState,
-                format!(
-                    "{action}: a VM already exists (state {:?}); restore into a VMM without one",
-                    vm.state()
-                ),
-            ));
-        }
-        if let Some(why) = unsupported(&restore) {
-            return Err(RequestError::new(
-                ErrorKind::BadRequest,
-                format!("{action}: {why}"),
-            ));
-        }
+        self.require_no_vm(action)?;
+        restore
+            .check()
+            .map_err(|why| RequestError::new(ErrorKind::BadRequest, format!("{action}: {why}")))?;
         let started = std::time::Instant::now();
         let dir = snapshot::directory_of(&restore.source_url)
             .map_err(|e| snapshot_request_error(action, e))?;

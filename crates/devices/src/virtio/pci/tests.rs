@@ -177,6 +177,18 @@ fn drive_to_ok(f: &mut Fixture) {
     );
 }
 
+/// Points MSI-X vector 1 at vector 0x45 of APIC 0 and writes `control` into the capability's
+/// message control word; the table entry written.
+fn program_vector_1(dev: &mut VirtioPci, control: u16) -> [u8; 16] {
+    let mut entry = [0u8; 16];
+    entry[0..8].copy_from_slice(&0xfee0_0000u64.to_le_bytes());
+    entry[8..12].copy_from_slice(&0x45u32.to_le_bytes());
+    dev.bar_write(0, MSIX_TABLE_OFFSET + 16, &entry);
+    let ctrl = dev.msix_control_offset();
+    dev.config_write(ctrl / 4, ctrl % 4, &control.to_le_bytes());
+    entry
+}
+
 #[test]
 fn identity_and_capabilities() {
     let mut f = fixture();
@@ -202,13 +214,7 @@ fn negotiation_activation_notification_and_msix() {
     assert_eq!(f.activated.load(Ordering::SeqCst), 1);
     assert_eq!(*f.acked.lock().unwrap(), F_VERSION_1 | 1);
     // Program and enable MSI-X vector 1 (queue 1).
-    let mut entry = [0u8; 16];
-    entry[0..8].copy_from_slice(&0xfee0_0000u64.to_le_bytes());
-    entry[8..12].copy_from_slice(&0x45u32.to_le_bytes());
-    f.dev.bar_write(0, MSIX_TABLE_OFFSET + 16, &entry);
-    let ctrl = f.dev.msix_control_offset();
-    f.dev
-        .config_write(ctrl / 4, ctrl % 4, &0x8001u16.to_le_bytes());
+    program_vector_1(&mut f.dev, 0x8001);
     // A notification written by the guest without ioeventfd reaches the eventfd.
     w(&mut f.dev, NOTIFY_OFFSET + 4, 1, 2);
     assert_eq!(f.dev.notify_eventfds()[1].read().unwrap(), 1);
@@ -297,13 +303,7 @@ fn function_reset_restores_the_bar_and_masks_msix() {
 fn a_fresh_device_takes_a_live_ones_state_and_carries_on_from_the_used_ring() {
     let mut f = fixture();
     drive_to_ok(&mut f);
-    let mut entry = [0u8; 16];
-    entry[0..8].copy_from_slice(&0xfee0_0000u64.to_le_bytes());
-    entry[8..12].copy_from_slice(&0x45u32.to_le_bytes());
-    f.dev.bar_write(0, MSIX_TABLE_OFFSET + 16, &entry);
-    let ctrl = f.dev.msix_control_offset();
-    f.dev
-        .config_write(ctrl / 4, ctrl % 4, &0x8000u16.to_le_bytes());
+    let entry = program_vector_1(&mut f.dev, 0x8000);
     let state = f.dev.state();
     assert_eq!(state.queues[1].desc, 0x2000);
     assert_eq!(state.queues[1].vector, 1);
