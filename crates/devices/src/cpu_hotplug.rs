@@ -38,13 +38,21 @@ pub const CPU_REMOVING: u32 = 1 << 2;
 /// Status write bit: the guest released the selected vCPU.
 pub const CPU_EJECT: u32 = 1 << 3;
 
-#[derive(Clone, Copy, Default)]
+#[derive(Clone, Copy, Default, PartialEq, Eq, Debug, serde::Serialize, serde::Deserialize)]
 struct Slot {
     present: bool,
     inserting: bool,
     removing: bool,
     // Asked for by the VMM and not yet ejected (outlives `removing`, which the guest clears).
     removal_wanted: bool,
+}
+
+/// What a snapshot keeps of the vCPU hot-plug controller: each possible vCPU's slot and the
+/// selected one.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct CpuHotplugState {
+    slots: Vec<Slot>,
+    selected: u32,
 }
 
 /// The vCPU hot-plug controller of a VM with `max` possible vCPUs.
@@ -67,6 +75,28 @@ impl CpuHotplugController {
         };
         c.reset(boot);
         c
+    }
+
+    /// Every slot, for a snapshot.
+    pub fn state(&self) -> CpuHotplugState {
+        CpuHotplugState {
+            slots: self.slots.clone(),
+            selected: self.selected,
+        }
+    }
+
+    /// Takes a snapshot's slots back; refused if it has another number of vCPUs.
+    pub fn restore(&mut self, state: &CpuHotplugState) -> Result<(), String> {
+        if state.slots.len() != self.slots.len() {
+            return Err(format!(
+                "the snapshot's vCPU hot-plug controller has {} vCPUs, this one {}",
+                state.slots.len(),
+                self.slots.len()
+            ));
+        }
+        self.slots.clone_from(&state.slots);
+        self.selected = state.selected;
+        Ok(())
     }
 
     /// The vCPUs the guest ejected, for the VMM to stop.
@@ -243,5 +273,24 @@ mod tests {
         assert_eq!(status_of(&mut c, 1), 0);
         assert_eq!(status_of(&mut c, 2), 0);
         assert_eq!(status_of(&mut c, 0), CPU_PRESENT);
+    }
+
+    #[test]
+    fn slots_survive_a_state_round_trip_and_a_wrong_size_is_refused() {
+        let evt = EventFd::new(EFD_NONBLOCK).unwrap();
+        let mut a = CpuHotplugController::new(4, 1, evt.try_clone().unwrap());
+        a.plugged(2);
+        let state = a.state();
+        let mut b = CpuHotplugController::new(4, 1, evt.try_clone().unwrap());
+        b.restore(&state).unwrap();
+        assert_eq!(status_of(&mut b, 2), CPU_PRESENT | CPU_INSERTING);
+        assert_eq!(status_of(&mut b, 1), 0);
+        let mut small = CpuHotplugController::new(2, 1, evt);
+        assert!(small.restore(&state).is_err());
+        assert_eq!(
+            status_of(&mut small, 1),
+            0,
+            "a refused state changes nothing"
+        );
     }
 }

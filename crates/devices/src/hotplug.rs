@@ -62,6 +62,17 @@ impl GenericEventDevice {
         GenericEventDevice { events: 0, irq }
     }
 
+    /// The events not yet read by the guest (a snapshot's).
+    pub fn pending(&self) -> u32 {
+        self.events
+    }
+
+    /// Takes a snapshot's pending events back, without interrupting: the guest's local
+    /// APIC, restored too, has the interrupt if it was not taken yet.
+    pub fn restore_pending(&mut self, events: u32) {
+        self.events = events;
+    }
+
     /// Records `events` and interrupts the guest.
     pub fn notify(&mut self, events: u32) {
         self.events |= events;
@@ -79,6 +90,17 @@ impl BusDevice for GenericEventDevice {
     }
 
     fn write(&mut self, _offset: u64, _data: &[u8]) {}
+}
+
+/// What a snapshot keeps of the PCI hot-plug controller.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct PciHotplugState {
+    /// Per segment, the slots announced as plugged in.
+    pub up: Vec<u32>,
+    /// Per segment, the slots to eject.
+    pub down: Vec<u32>,
+    /// The segment the guest selected.
+    pub segment: u32,
 }
 
 /// The PCI hot-plug controller, for every segment's bus 0.
@@ -126,6 +148,31 @@ impl PciHotplugController {
             self.down[s] |= 1 << slot;
             self.up[s] &= !(1 << slot);
         }
+    }
+
+    /// The pending announcements, for a snapshot: per segment, the slots plugged in and
+    /// those to eject, and the selected segment.
+    pub fn state(&self) -> PciHotplugState {
+        PciHotplugState {
+            up: self.up.clone(),
+            down: self.down.clone(),
+            segment: self.segment,
+        }
+    }
+
+    /// Takes a snapshot's announcements back; refused if it has another number of segments.
+    pub fn restore(&mut self, state: &PciHotplugState) -> Result<(), String> {
+        if state.up.len() != self.up.len() || state.down.len() != self.down.len() {
+            return Err(format!(
+                "the snapshot's PCI hot-plug controller has {} segments, this one {}",
+                state.up.len(),
+                self.up.len()
+            ));
+        }
+        self.up.clone_from(&state.up);
+        self.down.clone_from(&state.down);
+        self.segment = state.segment;
+        Ok(())
     }
 
     /// Forgets pending announcements (VM reset).
@@ -245,5 +292,23 @@ mod tests {
             hp.ejected().lock().unwrap().drain(..).collect::<Vec<_>>(),
             vec![(1, 2)]
         );
+    }
+
+    #[test]
+    fn announcements_and_events_survive_a_state_round_trip() {
+        let evt = EventFd::new(EFD_NONBLOCK | libc::EFD_CLOEXEC).unwrap();
+        let mut a = PciHotplugController::new(2, evt.try_clone().unwrap());
+        a.plugged(1, 4);
+        let mut b = PciHotplugController::new(2, evt.try_clone().unwrap());
+        b.restore(&a.state()).unwrap();
+        assert_eq!(b.state(), a.state());
+        assert!(PciHotplugController::new(1, evt)
+            .restore(&a.state())
+            .is_err());
+        let irq = Arc::new(Count::default());
+        let mut ged = GenericEventDevice::new(irq.clone());
+        ged.restore_pending(GED_EVENT_PCI_HOTPLUG);
+        assert_eq!(irq.0.load(Ordering::SeqCst), 0, "no new interrupt");
+        assert_eq!(read32(&mut ged, 0), GED_EVENT_PCI_HOTPLUG);
     }
 }

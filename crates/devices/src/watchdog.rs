@@ -38,6 +38,17 @@ impl WatchdogState {
         self.deadline().is_some_and(|d| now >= d)
     }
 
+    /// What is left until the deadline, if the watchdog runs (a snapshot keeps it).
+    pub fn remaining(&self) -> Option<Duration> {
+        self.deadline()
+            .map(|d| d.saturating_duration_since(Instant::now()))
+    }
+
+    /// Runs the watchdog with `left` until its deadline (a restore), or stops it.
+    pub fn restore(&self, left: Option<Duration>) {
+        *self.deadline.lock().unwrap_or_else(|e| e.into_inner()) = left.map(|l| Instant::now() + l);
+    }
+
     /// Stops it (VM reset or shutdown).
     pub fn stop(&self) {
         *self.deadline.lock().unwrap_or_else(|e| e.into_inner()) = None;
@@ -114,5 +125,21 @@ mod tests {
         assert_eq!(Ib700::timeout(99), Duration::from_secs(0));
         w.write(1, &[5]);
         assert_eq!(state.deadline(), None, "port 0x442 does nothing");
+    }
+
+    #[test]
+    fn the_time_left_is_kept_and_counts_on_after_a_restore() {
+        let evt = EventFd::new(EFD_NONBLOCK).unwrap();
+        let mut w = Ib700::new(evt.try_clone().unwrap());
+        assert_eq!(w.state().remaining(), None);
+        w.write(START, &[13]);
+        let left = w.state().remaining().unwrap();
+        assert!(left > Duration::from_secs(3) && left <= Duration::from_secs(4));
+        let other = Ib700::new(evt);
+        other.state().restore(Some(left));
+        let d = other.state().deadline().unwrap();
+        assert!(d > Instant::now() + Duration::from_secs(3));
+        other.state().restore(None);
+        assert_eq!(other.state().deadline(), None);
     }
 }

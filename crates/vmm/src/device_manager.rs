@@ -23,6 +23,9 @@ use crate::console::{self, ConsoleError, ConsoleInput};
 use crate::pci_devices::{CurrentVm, PciDeviceError, PciDevices};
 use crate::x86_64::layout;
 
+mod snapshot;
+pub use snapshot::PlatformState;
+
 /// Errors setting up devices.
 #[derive(Debug, thiserror::Error)]
 pub enum DeviceError {

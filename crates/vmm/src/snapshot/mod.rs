@@ -5,7 +5,7 @@
 //! | file | content |
 //! | --- | --- |
 //! | `config.json` | the VM's configuration ([`config::VmConfig`], with hot-plugged devices) |
-//! | `state.json` | [`SnapshotState`]: format and version, the memory layout, KVM's clock, each vCPU, the I/O APIC, the serial port, each PCI device |
+//! | `state.json` | [`SnapshotState`]: format and version, the memory layout, KVM's clock, each vCPU, the I/O APIC, the serial port, each PCI device, the platform devices |
 //! | `memory-ranges` | guest memory, each range of `state.json`'s `memory` in order |
 //!
 //! `state.json` is written last, after being emptied first: a snapshot cut short never
@@ -72,6 +72,8 @@ pub struct SnapshotState {
     pub serial: Option<SerialPortState>,
     /// Each PCI device.
     pub pci: Vec<PciDeviceState>,
+    /// The ACPI event device, the hot-plug controllers, the watchdog.
+    pub platform: crate::device_manager::PlatformState,
 }
 
 /// Why a snapshot could not be written or read.

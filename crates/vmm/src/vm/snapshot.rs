@@ -153,6 +153,7 @@ impl Vm {
                 .as_ref()
                 .map(|s| s.port.lock().unwrap_or_else(|p| p.into_inner()).state()),
             pci: self.devices.pci.state(),
+            platform: self.devices.platform_state(),
         };
         f(self, state)
     }
@@ -263,7 +264,9 @@ impl Vm {
             .pci
             .restore(&state.pci)
             .map_err(VmError::Snapshot)?;
-        self.devices.power_on_vcpus(state.vcpus.len() as u8);
+        self.devices
+            .restore_platform(&state.platform)
+            .map_err(VmError::Snapshot)?;
         let ctx = self.vcpu_context(kvm, VcpuControl::paused());
         let setup = self.vcpu_setup(supported_cpuid);
         Machine::start_restored(vm, ctx, setup, &state.vcpus)
