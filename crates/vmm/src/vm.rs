@@ -565,10 +565,14 @@ impl Vm {
 
     /// What the vCPU threads of a new machine share, steered by `control`.
     fn vcpu_context(&self, kvm: &Kvm, control: VcpuControl) -> VcpuContext {
-        let msr_indices = kvm
-            .get_msr_index_list()
-            .map(|l| l.as_slice().to_vec())
-            .unwrap_or_default();
+        // KVM's list does not change: read once, for every machine of the process.
+        static MSR_INDICES: std::sync::OnceLock<Arc<Vec<u32>>> = std::sync::OnceLock::new();
+        let msr_indices = MSR_INDICES
+            .get_or_init(|| {
+                let list = kvm.get_msr_index_list();
+                Arc::new(list.map(|l| l.as_slice().to_vec()).unwrap_or_default())
+            })
+            .clone();
         VcpuContext {
             pio: self.devices.pio.clone(),
             mmio: self.devices.mmio.clone(),
@@ -577,7 +581,7 @@ impl Vm {
             faults: self.faults.clone(),
             reset: self.reset_evt.clone(),
             filters: self.vcpu_filters.clone(),
-            msr_indices: Arc::new(msr_indices),
+            msr_indices,
         }
     }
 

@@ -376,6 +376,27 @@ pub(crate) fn drain<'m>(
     }
 }
 
+/// The next chain the driver made available on `queue`. When there is none, notifications
+/// are turned back on and the ring is looked at again, so that chains published meanwhile
+/// are served too — twice in a row at most (`idle_looks` counts them; a chain found clears
+/// it), so that an impossible avail index cannot keep the device spinning.
+pub(crate) fn next_chain<'m>(
+    queue: &mut Queue,
+    mem: &'m GuestMemoryMmap,
+    idle_looks: &mut u32,
+) -> Option<DescriptorChain<&'m GuestMemoryMmap>> {
+    loop {
+        if let Some(chain) = queue.pop_descriptor_chain(mem) {
+            *idle_looks = 0;
+            return Some(chain);
+        }
+        match queue.enable_notification(mem) {
+            Ok(true) if *idle_looks < 2 => *idle_looks += 1,
+            _ => return None,
+        }
+    }
+}
+
 /// One descriptor of a chain being served.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Seg {

@@ -55,6 +55,11 @@ impl PciDevices {
             .collect()
     }
 
+    /// Each plugged device's slot, by id (what a migration's destination places them by).
+    pub fn slots(&self) -> std::collections::BTreeMap<String, u8> {
+        self.entries.iter().map(|e| (e.id.clone(), e.slot)).collect()
+    }
+
     /// Where each device of `states` must be plugged, by id.
     pub fn slots_of(states: &[PciDeviceState]) -> std::collections::BTreeMap<String, u8> {
         states.iter().map(|s| (s.id.clone(), s.slot)).collect()

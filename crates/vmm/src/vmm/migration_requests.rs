@@ -148,7 +148,7 @@ impl Vmm {
         wire.send_json(Kind::Hello, &Hello::ours()).map_err(io)?;
         let offer = VmOffer {
             config: vm.config().clone(),
-            slots: crate::pci_devices::PciDevices::slots_of(&vm.devices().pci.state()),
+            slots: vm.devices().pci.slots(),
         };
         wire.send_json(Kind::Config, &offer).map_err(io)?;
         wire.recv_ack()

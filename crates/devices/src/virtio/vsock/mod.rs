@@ -18,7 +18,8 @@ use virtio_queue::{QueueOwnedT, QueueT};
 use vm_memory::GuestMemoryMmap;
 
 use super::queue::{
-    clear_notification, guest_error, interrupt_if_needed, rearm, return_chain, walk_chain, Seg,
+    clear_notification, guest_error, interrupt_if_needed, next_chain, rearm, return_chain,
+    walk_chain, Seg,
 };
 use super::{
     counters_map, ActivateError, ActiveQueue, VirtioCommon, VirtioDevice, VirtioInterrupt,
@@ -181,18 +182,9 @@ impl Vsock {
                 yielded = true;
                 break;
             }
-            let Some(chain) = aq.queue.pop_descriptor_chain(mem) else {
-                // Chains published while notifications were off are served too; an
-                // impossible avail index (no chain yet "more") stops after a few looks.
-                match aq.queue.enable_notification(mem) {
-                    Ok(true) if idle_looks < 2 => {
-                        idle_looks += 1;
-                        continue;
-                    }
-                    _ => break,
-                }
+            let Some(chain) = next_chain(&mut aq.queue, mem, &mut idle_looks) else {
+                break;
             };
-            idle_looks = 0;
             let _ = aq.queue.disable_notification(mem);
             served += 1;
             let head = chain.head_index();
@@ -256,17 +248,10 @@ impl Vsock {
                 rearm(&aq.notify, "virtio-vsock", RX);
                 break;
             }
-            let Some(chain) = aq.queue.pop_descriptor_chain(mem) else {
-                // No buffer: back when the driver posts one (bounded, as on transmit).
-                match aq.queue.enable_notification(mem) {
-                    Ok(true) if idle_looks < 2 => {
-                        idle_looks += 1;
-                        continue;
-                    }
-                    _ => break,
-                }
+            // No buffer: back when the driver posts one.
+            let Some(chain) = next_chain(&mut aq.queue, mem, &mut idle_looks) else {
+                break;
             };
-            idle_looks = 0;
             served += 1;
             let head = chain.head_index();
             walk_chain(chain, &mut self.descs, 8);
