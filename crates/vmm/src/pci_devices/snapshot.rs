@@ -57,7 +57,10 @@ impl PciDevices {
 
     /// Each plugged device's slot, by id (what a migration's destination places them by).
     pub fn slots(&self) -> std::collections::BTreeMap<String, u8> {
-        self.entries.iter().map(|e| (e.id.clone(), e.slot)).collect()
+        self.entries
+            .iter()
+            .map(|e| (e.id.clone(), e.slot))
+            .collect()
     }
 
     /// Where each device of `states` must be plugged, by id.
